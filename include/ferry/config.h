@@ -1,0 +1,89 @@
+/* ferry configuration: the parsed, validated, immutable form of ferry.json.
+ *
+ * A config is built once by ferry_config_load() and never changed after; a
+ * reload builds a new one. It is reference-counted so that listeners and
+ * sessions opened under an older config keep theirs alive until they end.
+ */
+#ifndef FERRY_CONFIG_H
+#define FERRY_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define FERRY_NAME_MAX 64
+#define FERRY_HOST_MAX 256
+#define FERRY_ERR_MAX 512
+
+enum ferry_log_level { FERRY_LOG_DEBUG, FERRY_LOG_INFO, FERRY_LOG_WARN, FERRY_LOG_ERROR };
+
+enum ferry_proto { FERRY_PROTO_POSTGRESQL, FERRY_PROTO_MYSQL };
+
+/* A "host:port" pair as written in the config; host is a name or a literal
+ * address (IPv6 literals without the brackets). */
+struct ferry_hostport {
+    char host[FERRY_HOST_MAX];
+    uint16_t port;
+};
+
+struct ferry_cluster_cfg {
+    char name[FERRY_NAME_MAX];
+    struct ferry_hostport endpoint;
+    bool writer;                        /* static route until discovery lands */
+};
+
+struct ferry_listener_cfg {
+    char name[FERRY_NAME_MAX];
+    enum ferry_proto protocol;
+    struct ferry_hostport bind;
+    uint32_t max_client_connections;
+    double connect_timeout;             /* seconds */
+    size_t session_buffer;              /* bytes per session and direction */
+    struct ferry_cluster_cfg *clusters; /* owned, nclusters entries */
+    size_t nclusters;
+};
+
+struct ferry_config {
+    char *path;                         /* owned: file it was loaded from */
+    unsigned workers;                   /* resolved: never 0 */
+    enum ferry_log_level log_level;
+    double shutdown_timeout;            /* seconds */
+    bool admin_enabled;
+    struct ferry_hostport admin_bind;
+    struct ferry_listener_cfg *listeners; /* owned, nlisteners entries */
+    size_t nlisteners;
+    int refs;                           /* atomic; see ferry_config_ref() */
+};
+
+/* Loads and validates path. On success returns a config with one reference.
+ * On failure returns NULL and writes "path: key.path: reason" into err.
+ * Thread: any; no global state. */
+struct ferry_config *ferry_config_load(const char *path, char err[FERRY_ERR_MAX]);
+
+/* Same, from a string already in memory; path is used in messages only. */
+struct ferry_config *ferry_config_parse(const char *path, const char *json,
+                                        char err[FERRY_ERR_MAX]);
+
+/* Reference counting; thread-safe. unref frees at zero. NULL is ignored. */
+struct ferry_config *ferry_config_ref(struct ferry_config *cfg);
+void ferry_config_unref(struct ferry_config *cfg);
+
+/* Listener by name, or NULL. */
+const struct ferry_listener_cfg *ferry_config_listener(const struct ferry_config *cfg,
+                                                        const char *name);
+
+/* The cluster that static routing sends clients to (marked writer, else the first). */
+const struct ferry_cluster_cfg *ferry_listener_static_writer(const struct ferry_listener_cfg *l);
+
+/* Parses "host:port" / "[v6]:port". Returns 0, or -1 with reason in why. */
+int ferry_hostport_parse(const char *s, struct ferry_hostport *out, char *why, size_t whylen);
+
+/* Formats as "host:port" or "[v6]:port". */
+void ferry_hostport_format(const struct ferry_hostport *hp, char *out, size_t outlen);
+
+bool ferry_hostport_equal(const struct ferry_hostport *a, const struct ferry_hostport *b);
+
+const char *ferry_proto_name(enum ferry_proto p);
+const char *ferry_log_level_name(enum ferry_log_level l);
+
+#endif

@@ -1,0 +1,590 @@
+/* ferry.json loader: JSON (jansson) → validated, immutable struct ferry_config.
+ * Every rejection names the file, the key path and the reason, so an operator
+ * can fix the file without reading code. Nothing here touches the network.
+ */
+#include "ferry/config.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DEFAULT_ADMIN_BIND "127.0.0.1:9187"
+
+/* Parsing context: the file name for messages and the first error seen. */
+struct cfg_ctx {
+    const char *path;
+    char *err;      /* borrowed: FERRY_ERR_MAX bytes */
+    bool failed;
+};
+
+static void cfg_fail(struct cfg_ctx *c, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void cfg_fail(struct cfg_ctx *c, const char *key, const char *fmt, ...)
+{
+    if (c->failed)
+        return;     /* keep the first error: later ones are often consequences */
+    c->failed = true;
+    int n = snprintf(c->err, FERRY_ERR_MAX, "%s: %s%s", c->path, key ? key : "", key ? ": " : "");
+    if (n < 0 || n >= FERRY_ERR_MAX)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err + n, FERRY_ERR_MAX - (size_t)n, fmt, ap);
+    va_end(ap);
+}
+
+static const char *json_type_name(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
+    }
+    return "unknown";
+}
+
+enum { KEY_MAX = 256 };
+
+/* out = where + suffix, truncated to KEY_MAX; key paths only feed messages. */
+static const char *subkey(char out[KEY_MAX], const char *where, const char *suffix)
+{
+    size_t a = strnlen(where, KEY_MAX - 1);
+    size_t b = strnlen(suffix, KEY_MAX - 1 - a);
+    memmove(out, where, a);
+    memcpy(out + a, suffix, b);
+    out[a + b] = '\0';
+    return out;
+}
+
+/* out = where + "[i]" */
+static const char *subkey_index(char out[KEY_MAX], const char *where, const char *array, size_t i)
+{
+    char idx[32];
+    snprintf(idx, sizeof idx, "[%zu]", i);
+    subkey(out, where, array);
+    return subkey(out, out, idx);
+}
+
+/* Rejects keys of obj that are not in allowed (NULL-terminated). */
+static void check_keys(struct cfg_ctx *c, const char *where, json_t *obj, const char *const *allowed)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(obj, k, v) {
+        bool ok = false;
+        for (const char *const *a = allowed; *a; a++)
+            if (strcmp(*a, k) == 0)
+                ok = true;
+        if (!ok) {
+            char key[KEY_MAX];
+            subkey(key, where, *where ? "." : "");
+            cfg_fail(c, subkey(key, key, k), "unknown key");
+            return;
+        }
+    }
+}
+
+/* Each getter: absent → keep *out (the default) and return false;
+ * present and valid → set *out, return true; invalid → record an error. */
+static bool get_string(struct cfg_ctx *c, json_t *obj, const char *k, const char *key,
+                       const char **out)
+{
+    json_t *v = json_object_get(obj, k);
+    if (!v)
+        return false;
+    if (!json_is_string(v)) {
+        cfg_fail(c, key, "expected a string, got %s", json_type_name(v));
+        return false;
+    }
+    *out = json_string_value(v);
+    return true;
+}
+
+static bool get_uint(struct cfg_ctx *c, json_t *obj, const char *k, const char *key,
+                     long long lo, long long hi, long long *out)
+{
+    json_t *v = json_object_get(obj, k);
+    if (!v)
+        return false;
+    if (!json_is_integer(v)) {
+        cfg_fail(c, key, "expected an integer, got %s", json_type_name(v));
+        return false;
+    }
+    long long n = json_integer_value(v);
+    if (n < lo || n > hi) {
+        cfg_fail(c, key, "%lld out of range %lld..%lld", n, lo, hi);
+        return false;
+    }
+    *out = n;
+    return true;
+}
+
+static bool get_seconds(struct cfg_ctx *c, json_t *obj, const char *k, const char *key,
+                        double lo, double hi, double *out)
+{
+    json_t *v = json_object_get(obj, k);
+    if (!v)
+        return false;
+    if (!json_is_number(v)) {
+        cfg_fail(c, key, "expected a number of seconds, got %s", json_type_name(v));
+        return false;
+    }
+    double d = json_number_value(v);
+    if (!(d >= lo && d <= hi)) {
+        cfg_fail(c, key, "%g seconds out of range %g..%g", d, lo, hi);
+        return false;
+    }
+    *out = d;
+    return true;
+}
+
+static bool get_bool(struct cfg_ctx *c, json_t *obj, const char *k, const char *key, bool *out)
+{
+    json_t *v = json_object_get(obj, k);
+    if (!v)
+        return false;
+    if (!json_is_boolean(v)) {
+        cfg_fail(c, key, "expected a boolean, got %s", json_type_name(v));
+        return false;
+    }
+    *out = json_is_true(v);
+    return true;
+}
+
+int ferry_hostport_parse(const char *s, struct ferry_hostport *out, char *why, size_t whylen)
+{
+    const char *colon;
+    size_t hostlen;
+    const char *host = s;
+
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':') {
+            snprintf(why, whylen, "\"%s\" is not [ipv6]:port", s);
+            return -1;
+        }
+        host = s + 1;
+        hostlen = (size_t)(close - host);
+        colon = close + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon) {
+            snprintf(why, whylen, "\"%s\" is not host:port", s);
+            return -1;
+        }
+        hostlen = (size_t)(colon - s);
+        if (memchr(s, ':', hostlen)) {
+            snprintf(why, whylen, "\"%s\": write IPv6 addresses as [addr]:port", s);
+            return -1;
+        }
+    }
+    if (hostlen == 0 || hostlen >= FERRY_HOST_MAX) {
+        snprintf(why, whylen, "\"%s\": host is empty or too long", s);
+        return -1;
+    }
+    const char *p = colon + 1;
+    if (*p == '\0') {
+        snprintf(why, whylen, "\"%s\": missing port", s);
+        return -1;
+    }
+    long port = 0;
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9' || port > 1000000) {
+            snprintf(why, whylen, "\"%s\": port is not a number", s);
+            return -1;
+        }
+        port = port * 10 + (*p - '0');
+    }
+    if (port < 1 || port > 65535) {
+        snprintf(why, whylen, "port %ld out of range", port);
+        return -1;
+    }
+    memcpy(out->host, host, hostlen);
+    out->host[hostlen] = '\0';
+    out->port = (uint16_t)port;
+    return 0;
+}
+
+void ferry_hostport_format(const struct ferry_hostport *hp, char *out, size_t outlen)
+{
+    if (strchr(hp->host, ':'))
+        snprintf(out, outlen, "[%s]:%u", hp->host, hp->port);
+    else
+        snprintf(out, outlen, "%s:%u", hp->host, hp->port);
+}
+
+bool ferry_hostport_equal(const struct ferry_hostport *a, const struct ferry_hostport *b)
+{
+    return a->port == b->port && strcmp(a->host, b->host) == 0;
+}
+
+static bool is_wildcard(const char *host)
+{
+    return strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0 || strcmp(host, "*") == 0;
+}
+
+/* Two binds collide when they share a port and either host, or a wildcard. */
+static bool binds_collide(const struct ferry_hostport *a, const struct ferry_hostport *b)
+{
+    return a->port == b->port &&
+           (strcmp(a->host, b->host) == 0 || is_wildcard(a->host) || is_wildcard(b->host));
+}
+
+static void get_hostport(struct cfg_ctx *c, json_t *obj, const char *k, const char *key,
+                         struct ferry_hostport *out, bool required)
+{
+    const char *s = NULL;
+    if (!get_string(c, obj, k, key, &s)) {
+        if (required && !c->failed)
+            cfg_fail(c, key, "required key is missing");
+        return;
+    }
+    char why[256];
+    if (ferry_hostport_parse(s, out, why, sizeof why) != 0)
+        cfg_fail(c, key, "%s", why);
+}
+
+static bool valid_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n >= FERRY_NAME_MAX)
+        return false;
+    for (const char *p = s; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '_' || *p == '-' || *p == '.'))
+            return false;
+    return true;
+}
+
+static void get_name(struct cfg_ctx *c, json_t *obj, const char *where, char out[FERRY_NAME_MAX])
+{
+    char key[KEY_MAX];
+    const char *s = NULL;
+    subkey(key, where, ".name");
+    if (!get_string(c, obj, "name", key, &s)) {
+        if (!c->failed)
+            cfg_fail(c, key, "required key is missing");
+        return;
+    }
+    if (!valid_name(s)) {
+        cfg_fail(c, key, "\"%s\" must be 1-63 characters of A-Z a-z 0-9 _ . -", s);
+        return;
+    }
+    strcpy(out, s);
+}
+
+static void parse_cluster(struct cfg_ctx *c, json_t *v, const char *where, struct ferry_cluster_cfg *cl)
+{
+    static const char *const keys[] = {"name", "endpoint", "writer", NULL};
+    char key[KEY_MAX];
+    if (!json_is_object(v)) {
+        cfg_fail(c, where, "expected an object, got %s", json_type_name(v));
+        return;
+    }
+    check_keys(c, where, v, keys);
+    get_name(c, v, where, cl->name);
+    subkey(key, where, ".endpoint");
+    get_hostport(c, v, "endpoint", key, &cl->endpoint, true);
+    subkey(key, where, ".writer");
+    get_bool(c, v, "writer", key, &cl->writer);
+}
+
+static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, struct ferry_listener_cfg *l)
+{
+    static const char *const keys[] = {"name", "protocol", "bind", "max_client_connections",
+                                       "connect_timeout", "session_buffer", "clusters", NULL};
+    char key[KEY_MAX];
+    if (!json_is_object(v)) {
+        cfg_fail(c, where, "expected an object, got %s", json_type_name(v));
+        return;
+    }
+    check_keys(c, where, v, keys);
+    get_name(c, v, where, l->name);
+
+    const char *proto = NULL;
+    subkey(key, where, ".protocol");
+    if (!get_string(c, v, "protocol", key, &proto)) {
+        if (!c->failed)
+            cfg_fail(c, key, "required key is missing");
+    } else if (strcmp(proto, "postgresql") == 0) {
+        l->protocol = FERRY_PROTO_POSTGRESQL;
+    } else if (strcmp(proto, "mysql") == 0) {
+        l->protocol = FERRY_PROTO_MYSQL;
+    } else {
+        cfg_fail(c, key, "\"%s\" is not one of postgresql, mysql", proto);
+    }
+
+    subkey(key, where, ".bind");
+    get_hostport(c, v, "bind", key, &l->bind, true);
+
+    long long n;
+    l->max_client_connections = 10000;
+    subkey(key, where, ".max_client_connections");
+    if (get_uint(c, v, "max_client_connections", key, 1, 1000000, &n))
+        l->max_client_connections = (uint32_t)n;
+    l->connect_timeout = 5.0;
+    subkey(key, where, ".connect_timeout");
+    get_seconds(c, v, "connect_timeout", key, 0.01, 300, &l->connect_timeout);
+    l->session_buffer = 256 * 1024;
+    subkey(key, where, ".session_buffer");
+    if (get_uint(c, v, "session_buffer", key, 16384, 64LL * 1024 * 1024, &n))
+        l->session_buffer = (size_t)n;
+
+    subkey(key, where, ".clusters");
+    json_t *arr = json_object_get(v, "clusters");
+    if (!arr) {
+        cfg_fail(c, key, "required key is missing");
+        return;
+    }
+    if (!json_is_array(arr)) {
+        cfg_fail(c, key, "expected an array, got %s", json_type_name(arr));
+        return;
+    }
+    if (json_array_size(arr) == 0) {
+        cfg_fail(c, key, "a listener needs at least one cluster");
+        return;
+    }
+    l->nclusters = json_array_size(arr);
+    l->clusters = calloc(l->nclusters, sizeof *l->clusters);
+    if (!l->clusters) {
+        cfg_fail(c, key, "out of memory");
+        return;
+    }
+    size_t writers = 0;
+    for (size_t j = 0; j < l->nclusters && !c->failed; j++) {
+        subkey_index(key, where, ".clusters", j);
+        parse_cluster(c, json_array_get(arr, j), key, &l->clusters[j]);
+        for (size_t k = 0; k < j && !c->failed; k++)
+            if (strcmp(l->clusters[k].name, l->clusters[j].name) == 0)
+                cfg_fail(c, key, "duplicate cluster name \"%s\"", l->clusters[j].name);
+        if (l->clusters[j].writer && ++writers > 1) {
+            subkey_index(key, where, ".clusters", j);
+            subkey(key, key, ".writer");
+            cfg_fail(c, key, "only one cluster per listener can be marked writer");
+        }
+    }
+}
+
+static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg)
+{
+    static const char *const keys[] = {"workers", "log_level", "shutdown_timeout", "admin",
+                                       "listeners", NULL};
+    if (!json_is_object(root)) {
+        cfg_fail(c, NULL, "the top level must be an object, got %s", json_type_name(root));
+        return;
+    }
+    check_keys(c, "", root, keys);
+
+    long long n = 0;
+    get_uint(c, root, "workers", "workers", 0, 256, &n);
+    if (n == 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        n = cpus > 0 ? cpus : 1;
+    }
+    cfg->workers = (unsigned)n;
+
+    const char *lvl = NULL;
+    cfg->log_level = FERRY_LOG_INFO;
+    if (get_string(c, root, "log_level", "log_level", &lvl)) {
+        static const char *const names[] = {"debug", "info", "warn", "error"};
+        bool ok = false;
+        for (int i = 0; i < 4; i++)
+            if (strcmp(lvl, names[i]) == 0) {
+                cfg->log_level = (enum ferry_log_level)i;
+                ok = true;
+            }
+        if (!ok)
+            cfg_fail(c, "log_level", "\"%s\" is not one of debug, info, warn, error", lvl);
+    }
+
+    cfg->shutdown_timeout = 30;
+    get_seconds(c, root, "shutdown_timeout", "shutdown_timeout", 0, 3600, &cfg->shutdown_timeout);
+
+    char why[256];
+    cfg->admin_enabled = true;
+    ferry_hostport_parse(DEFAULT_ADMIN_BIND, &cfg->admin_bind, why, sizeof why);
+    json_t *admin = json_object_get(root, "admin");
+    if (admin) {
+        static const char *const akeys[] = {"bind", NULL};
+        if (!json_is_object(admin)) {
+            cfg_fail(c, "admin", "expected an object, got %s", json_type_name(admin));
+        } else {
+            check_keys(c, "admin", admin, akeys);
+            json_t *b = json_object_get(admin, "bind");
+            if (json_is_null(b))
+                cfg->admin_enabled = false;
+            else
+                get_hostport(c, admin, "bind", "admin.bind", &cfg->admin_bind, false);
+        }
+    }
+
+    json_t *arr = json_object_get(root, "listeners");
+    if (!arr) {
+        cfg_fail(c, "listeners", "required key is missing");
+        return;
+    }
+    if (!json_is_array(arr)) {
+        cfg_fail(c, "listeners", "expected an array, got %s", json_type_name(arr));
+        return;
+    }
+    if (json_array_size(arr) == 0) {
+        cfg_fail(c, "listeners", "at least one listener is required");
+        return;
+    }
+    cfg->nlisteners = json_array_size(arr);
+    cfg->listeners = calloc(cfg->nlisteners, sizeof *cfg->listeners);
+    if (!cfg->listeners) {
+        cfg_fail(c, "listeners", "out of memory");
+        return;
+    }
+    char key[KEY_MAX];
+    for (size_t i = 0; i < cfg->nlisteners && !c->failed; i++) {
+        struct ferry_listener_cfg *l = &cfg->listeners[i];
+        subkey_index(key, "", "listeners", i);
+        parse_listener(c, json_array_get(arr, i), key, l);
+        for (size_t k = 0; k < i && !c->failed; k++) {
+            if (strcmp(cfg->listeners[k].name, l->name) == 0) {
+                subkey_index(key, "", "listeners", i);
+                subkey(key, key, ".name");
+                cfg_fail(c, key, "duplicate listener name \"%s\"", l->name);
+            } else if (binds_collide(&cfg->listeners[k].bind, &l->bind)) {
+                char other[300];
+                ferry_hostport_format(&cfg->listeners[k].bind, other, sizeof other);
+                subkey_index(key, "", "listeners", i);
+                subkey(key, key, ".bind");
+                cfg_fail(c, key, "duplicate bind address (listeners[%zu] binds %s)", k, other);
+            }
+        }
+        if (!c->failed && cfg->admin_enabled && binds_collide(&cfg->admin_bind, &l->bind)) {
+            subkey_index(key, "", "listeners", i);
+            subkey(key, key, ".bind");
+            cfg_fail(c, key, "same address as admin.bind");
+        }
+    }
+}
+
+static void config_free(struct ferry_config *cfg)
+{
+    if (!cfg)
+        return;
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        free(cfg->listeners[i].clusters);
+    free(cfg->listeners);
+    free(cfg->path);
+    free(cfg);
+}
+
+struct ferry_config *ferry_config_parse(const char *path, const char *text, char err[FERRY_ERR_MAX])
+{
+    struct cfg_ctx c = {.path = path, .err = err, .failed = false};
+    json_error_t jerr;
+    /* Duplicate keys are rejected: which one wins is otherwise a surprise. */
+    json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        snprintf(err, FERRY_ERR_MAX, "%s:%d:%d: invalid JSON: %s", path, jerr.line, jerr.column,
+                 jerr.text);
+        return NULL;
+    }
+    struct ferry_config *cfg = calloc(1, sizeof *cfg);
+    if (!cfg || !(cfg->path = strdup(path))) {
+        cfg_fail(&c, NULL, "out of memory");
+    } else {
+        parse_root(&c, root, cfg);
+    }
+    json_decref(root);
+    if (c.failed) {
+        config_free(cfg);
+        return NULL;
+    }
+    cfg->refs = 1;
+    return cfg;
+}
+
+struct ferry_config *ferry_config_load(const char *path, char err[FERRY_ERR_MAX])
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, FERRY_ERR_MAX, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    /* Config files are small; a cap keeps a wrong path (a device, a huge
+     * file) from eating memory. */
+    enum { MAX_CONFIG = 4 * 1024 * 1024 };
+    char *text = malloc(MAX_CONFIG + 1);
+    size_t n = text ? fread(text, 1, MAX_CONFIG + 1, f) : 0;
+    int rerr = ferror(f) ? errno : 0;
+    fclose(f);
+    if (!text) {
+        snprintf(err, FERRY_ERR_MAX, "%s: out of memory", path);
+        return NULL;
+    }
+    if (rerr) {
+        snprintf(err, FERRY_ERR_MAX, "%s: cannot read: %s", path, strerror(rerr));
+        free(text);
+        return NULL;
+    }
+    if (n > MAX_CONFIG) {
+        snprintf(err, FERRY_ERR_MAX, "%s: file larger than %d bytes", path, MAX_CONFIG);
+        free(text);
+        return NULL;
+    }
+    text[n] = '\0';
+    if (strlen(text) != n) {
+        snprintf(err, FERRY_ERR_MAX, "%s: invalid JSON: file contains a NUL byte", path);
+        free(text);
+        return NULL;
+    }
+    struct ferry_config *cfg = ferry_config_parse(path, text, err);
+    free(text);
+    return cfg;
+}
+
+struct ferry_config *ferry_config_ref(struct ferry_config *cfg)
+{
+    if (cfg)
+        __atomic_add_fetch(&cfg->refs, 1, __ATOMIC_RELAXED);
+    return cfg;
+}
+
+void ferry_config_unref(struct ferry_config *cfg)
+{
+    if (cfg && __atomic_sub_fetch(&cfg->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        config_free(cfg);
+}
+
+const struct ferry_listener_cfg *ferry_config_listener(const struct ferry_config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        if (strcmp(cfg->listeners[i].name, name) == 0)
+            return &cfg->listeners[i];
+    return NULL;
+}
+
+const struct ferry_cluster_cfg *ferry_listener_static_writer(const struct ferry_listener_cfg *l)
+{
+    for (size_t i = 0; i < l->nclusters; i++)
+        if (l->clusters[i].writer)
+            return &l->clusters[i];
+    return &l->clusters[0];
+}
+
+const char *ferry_proto_name(enum ferry_proto p)
+{
+    return p == FERRY_PROTO_MYSQL ? "mysql" : "postgresql";
+}
+
+const char *ferry_log_level_name(enum ferry_log_level l)
+{
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+    return (unsigned)l < 4 ? names[l] : "?";
+}

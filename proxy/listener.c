@@ -1,0 +1,138 @@
+/* Listening sockets: one per worker per listener, all bound to the same
+ * address with SO_REUSEPORT so the kernel spreads accepts across workers.
+ * libuv 1.44 has no flag for it, so the socket is built by hand here (on the
+ * main thread, where a bind failure can still reject a start or a reload) and
+ * handed to the worker, which adopts it with uv_tcp_open.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "ferry/log.h"
+#include "proxy.h"
+
+/* Resolves a bind address (literal or name, passive) to one sockaddr. */
+static int resolve_bind(const struct ferry_hostport *hp, struct sockaddr_storage *ss, socklen_t *len)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    char port[8];
+    snprintf(port, sizeof port, "%u", hp->port);
+    const char *host = strcmp(hp->host, "*") == 0 ? NULL : hp->host;
+    int rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0)
+        return rc;
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+/* Returns a bound (not yet listening) socket, or -1 with err filled. */
+static int open_bound_socket(const struct sockaddr_storage *ss, socklen_t len, const char *addr,
+                             char *err, size_t errlen)
+{
+    const char *errpos = "socket";
+    int one = 1;
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        goto failed;
+    errpos = "setsockopt(SO_REUSEADDR)";
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
+        goto failed;
+    errpos = "setsockopt(SO_REUSEPORT)";
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+        goto failed;
+    if (ss->ss_family == AF_INET6) {
+        errpos = "setsockopt(IPV6_V6ONLY)";
+        if (setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0)
+            goto failed;
+    }
+    errpos = "bind";
+    if (bind(fd, (const struct sockaddr *)ss, len) < 0)
+        goto failed;
+    return fd;
+failed:
+    snprintf(err, errlen, "%s: %s: %s", addr, errpos, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+struct px_listener *px_listener_create(const struct ferry_listener_cfg *lcfg, unsigned nworkers,
+                                       char *err, size_t errlen)
+{
+    char addr[FERRY_HOST_MAX + 16];
+    ferry_hostport_format(&lcfg->bind, addr, sizeof addr);
+
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int rc = resolve_bind(&lcfg->bind, &ss, &len);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s: cannot resolve: %s", addr, gai_strerror(rc));
+        return NULL;
+    }
+
+    struct px_listener *pl = calloc(1, sizeof *pl);
+    if (!pl)
+        goto oom;
+    pl->fds = malloc(nworkers * sizeof *pl->fds);
+    pl->stats = aligned_alloc(64, nworkers * sizeof *pl->stats);
+    if (!pl->fds || !pl->stats)
+        goto oom;
+    memset(pl->stats, 0, nworkers * sizeof *pl->stats);
+    pl->refs = 1;
+    pl->nworkers = nworkers;
+    snprintf(pl->name, sizeof pl->name, "%s", lcfg->name);
+    pl->protocol = lcfg->protocol;
+    pl->bind = lcfg->bind;
+    for (unsigned i = 0; i < nworkers; i++)
+        pl->fds[i] = -1;
+    for (unsigned i = 0; i < nworkers; i++) {
+        pl->fds[i] = open_bound_socket(&ss, len, addr, err, errlen);
+        if (pl->fds[i] < 0) {
+            px_listener_unref(pl);
+            return NULL;
+        }
+    }
+    return pl;
+oom:
+    snprintf(err, errlen, "%s: out of memory", addr);
+    if (pl) {
+        free(pl->fds);
+        free(pl->stats);
+        free(pl);
+    }
+    return NULL;
+}
+
+struct px_listener *px_listener_ref(struct px_listener *pl)
+{
+    __atomic_add_fetch(&pl->refs, 1, __ATOMIC_RELAXED);
+    return pl;
+}
+
+void px_listener_unref(struct px_listener *pl)
+{
+    if (!pl || __atomic_sub_fetch(&pl->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    for (unsigned i = 0; i < pl->nworkers; i++)
+        if (pl->fds[i] >= 0)
+            close(pl->fds[i]);      /* never handed to a worker */
+    free(pl->fds);
+    free(pl->stats);
+    free(pl);
+}
+
+bool px_listener_matches(const struct px_listener *pl, const struct ferry_listener_cfg *lcfg)
+{
+    return strcmp(pl->name, lcfg->name) == 0 && pl->protocol == lcfg->protocol &&
+           ferry_hostport_equal(&pl->bind, &lcfg->bind);
+}

@@ -1,0 +1,367 @@
+/* ferry's entry point: the command line, and the main thread's loop, which
+ * owns the listener registry and turns signals into reloads and drains. The
+ * main thread never touches sessions; it only posts messages to workers.
+ */
+#include <signal.h>
+#include <sys/resource.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ferry/config.h"
+#include "ferry/log.h"
+#include "ferry/version.h"
+#include "proxy.h"
+
+struct px_process px_proc = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+enum { EXIT_RUNTIME = 1, EXIT_CONFIG = 2 };
+
+static struct {
+    uv_loop_t *loop;
+    uv_signal_t sighup, sigterm, sigint;
+    uv_timer_t drain_poll;
+    struct px_admin *admin;
+    bool admin_enabled;
+    struct ferry_hostport admin_bind;
+    const char *config_path;
+} mainloop;
+
+uint64_t px_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: ferry run -c FILE     run the proxy in the foreground\n"
+            "       ferry check -c FILE   validate FILE; exit 0 if valid, 2 if not\n"
+            "       ferry version         print the version\n");
+}
+
+/* Builds the listener set for cfg, reusing listeners of the running set that
+ * keep their identity. Returns an array of owned refs in cfg order, or NULL
+ * (nothing leaked) with err filled. Main thread only. */
+static struct px_listener **listeners_for(const struct ferry_config *cfg, char *err, size_t errlen)
+{
+    struct px_listener **out = calloc(cfg->nlisteners, sizeof *out);
+    if (!out) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct ferry_listener_cfg *lcfg = &cfg->listeners[i];
+        for (size_t k = 0; k < px_proc.nlisteners && !out[i]; k++)
+            if (px_listener_matches(px_proc.listeners[k], lcfg))
+                out[i] = px_listener_ref(px_proc.listeners[k]);
+        if (!out[i] && !(out[i] = px_listener_create(lcfg, px_proc.nworkers, err, errlen))) {
+            for (size_t k = 0; k < i; k++)
+                px_listener_unref(out[k]);
+            free(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static void post_config(struct ferry_config *cfg, struct px_listener **pls)
+{
+    for (unsigned w = 0; w < px_proc.nworkers; w++) {
+        struct px_msg *m = calloc(1, sizeof *m);
+        struct px_listener **refs = calloc(cfg->nlisteners, sizeof *refs);
+        if (!m || !refs) {
+            /* Cannot happen in practice; a worker that misses a config keeps
+             * the previous one, which is safe. */
+            ferry_log(FERRY_LOG_ERROR, "worker.post_failed", "worker=%u error=\"out of memory\"", w);
+            free(m);
+            free(refs);
+            continue;
+        }
+        for (size_t i = 0; i < cfg->nlisteners; i++)
+            refs[i] = px_listener_ref(pls[i]);
+        m->type = PX_MSG_CONFIG;
+        m->cfg = ferry_config_ref(cfg);
+        m->listeners = refs;
+        px_worker_post(&px_proc.workers[w], m);
+    }
+}
+
+static void log_listeners(const struct ferry_config *cfg)
+{
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct ferry_listener_cfg *l = &cfg->listeners[i];
+        char bind[FERRY_HOST_MAX + 16], ep[FERRY_HOST_MAX + 16];
+        const char *cluster;
+        ferry_hostport_format(&l->bind, bind, sizeof bind);
+        ferry_hostport_format(px_route(l, &cluster), ep, sizeof ep);
+        ferry_log(FERRY_LOG_INFO, "listener.ready", "name=%s protocol=%s bind=%s cluster=%s backend=%s",
+                  l->name, ferry_proto_name(l->protocol), bind, cluster, ep);
+    }
+}
+
+/* Swaps in a new config and listener set; takes ownership of both. */
+static void install(struct ferry_config *cfg, struct px_listener **pls)
+{
+    pthread_mutex_lock(&px_proc.lock);
+    struct ferry_config *old_cfg = px_proc.cfg;
+    struct px_listener **old = px_proc.listeners;
+    size_t nold = px_proc.nlisteners;
+    px_proc.cfg = cfg;
+    px_proc.listeners = pls;
+    px_proc.nlisteners = cfg->nlisteners;
+    px_proc.generation++;
+    pthread_mutex_unlock(&px_proc.lock);
+    ferry_log_set_level(cfg->log_level);
+    post_config(cfg, pls);
+    for (size_t i = 0; i < nold; i++)
+        px_listener_unref(old[i]);
+    free(old);
+    ferry_config_unref(old_cfg);
+}
+
+static bool admin_changed(const struct ferry_config *cfg)
+{
+    return cfg->admin_enabled != mainloop.admin_enabled ||
+           (cfg->admin_enabled && !ferry_hostport_equal(&cfg->admin_bind, &mainloop.admin_bind));
+}
+
+static void reload(void)
+{
+    char err[FERRY_ERR_MAX];
+    struct ferry_config *cfg = ferry_config_load(mainloop.config_path, err);
+    if (!cfg) {
+        ferry_log(FERRY_LOG_ERROR, "config.reload_failed",
+                  "generation=%llu error=\"%s\" action=\"keeping the running config\"",
+                  (unsigned long long)px_proc.generation, err);
+        return;
+    }
+    if (cfg->workers != px_proc.nworkers)
+        ferry_log(FERRY_LOG_WARN, "config.reload_partial",
+                  "key=workers running=%u configured=%u action=\"restart ferry to apply\"",
+                  px_proc.nworkers, cfg->workers);
+    struct px_listener **pls = listeners_for(cfg, err, sizeof err);
+    struct px_admin *new_admin = NULL;
+    if (pls && admin_changed(cfg) && cfg->admin_enabled)
+        new_admin = px_admin_start(&cfg->admin_bind, err, sizeof err);
+    if (!pls || (admin_changed(cfg) && cfg->admin_enabled && !new_admin)) {
+        ferry_log(FERRY_LOG_ERROR, "config.reload_failed",
+                  "generation=%llu error=\"%s\" action=\"keeping the running config\"",
+                  (unsigned long long)px_proc.generation, err);
+        if (pls) {
+            for (size_t i = 0; i < cfg->nlisteners; i++)
+                px_listener_unref(pls[i]);
+            free(pls);
+        }
+        ferry_config_unref(cfg);
+        return;
+    }
+    if (admin_changed(cfg)) {
+        px_admin_stop(mainloop.admin);
+        mainloop.admin = new_admin;
+        mainloop.admin_enabled = cfg->admin_enabled;
+        mainloop.admin_bind = cfg->admin_bind;
+    }
+    size_t added = 0, kept = 0;
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        bool existed = false;
+        for (size_t k = 0; k < px_proc.nlisteners; k++)
+            existed |= px_proc.listeners[k] == pls[i];
+        existed ? kept++ : added++;
+    }
+    size_t removed = px_proc.nlisteners - kept;
+    install(cfg, pls);
+    ferry_log(FERRY_LOG_INFO, "config.reloaded",
+              "generation=%llu listeners=%zu added=%zu removed=%zu kept=%zu",
+              (unsigned long long)px_proc.generation, cfg->nlisteners, added, removed, kept);
+    log_listeners(cfg);
+}
+
+static void on_drain_poll(uv_timer_t *t)
+{
+    for (unsigned i = 0; i < px_proc.nworkers; i++)
+        if (!__atomic_load_n(&px_proc.workers[i].finished, __ATOMIC_ACQUIRE))
+            return;
+    uv_close((uv_handle_t *)&mainloop.sighup, NULL);
+    uv_close((uv_handle_t *)&mainloop.sigterm, NULL);
+    uv_close((uv_handle_t *)&mainloop.sigint, NULL);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+static void post_all(enum px_msg_type type)
+{
+    for (unsigned w = 0; w < px_proc.nworkers; w++) {
+        struct px_msg *m = calloc(1, sizeof *m);
+        if (m) {
+            m->type = type;
+            px_worker_post(&px_proc.workers[w], m);
+        }
+    }
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    (void)h;
+    if (signum == SIGHUP) {
+        if (__atomic_load_n(&px_proc.draining, __ATOMIC_RELAXED))
+            ferry_log(FERRY_LOG_WARN, "config.reload_ignored", "reason=draining");
+        else
+            reload();
+        return;
+    }
+    if (__atomic_load_n(&px_proc.draining, __ATOMIC_RELAXED)) {
+        ferry_log(FERRY_LOG_WARN, "shutdown.forced", "signal=%s", strsignal(signum));
+        post_all(PX_MSG_CLOSE_ALL);
+        return;
+    }
+    __atomic_store_n(&px_proc.draining, 1, __ATOMIC_RELAXED);
+    ferry_log(FERRY_LOG_INFO, "shutdown.draining", "signal=%s shutdown_timeout=%g",
+              strsignal(signum), px_proc.cfg->shutdown_timeout);
+    post_all(PX_MSG_DRAIN);
+    uv_timer_start(&mainloop.drain_poll, on_drain_poll, 20, 20);
+}
+
+/* Each client costs two descriptors (client + backend); the usual soft
+ * limit of 1024 would cap ferry near 500 clients, so take the hard limit. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rlim_t was = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+            ferry_log(FERRY_LOG_DEBUG, "ferry.fd_limit", "was=%llu now=%llu",
+                      (unsigned long long)was, (unsigned long long)rl.rlim_cur);
+    }
+}
+
+static int cmd_check(const char *path)
+{
+    char err[FERRY_ERR_MAX];
+    struct ferry_config *cfg = ferry_config_load(path, err);
+    if (!cfg) {
+        fprintf(stderr, "ferry: %s\n", err);
+        return EXIT_CONFIG;
+    }
+    printf("%s: ok (%zu listener%s, %u workers)\n", path, cfg->nlisteners,
+           cfg->nlisteners == 1 ? "" : "s", cfg->workers);
+    ferry_config_unref(cfg);
+    return 0;
+}
+
+static int cmd_run(const char *path)
+{
+    char err[FERRY_ERR_MAX];
+    struct ferry_config *cfg = ferry_config_load(path, err);
+    if (!cfg) {
+        fprintf(stderr, "ferry: %s\n", err);
+        return EXIT_CONFIG;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    ferry_log_set_level(cfg->log_level);
+    raise_fd_limit();
+    mainloop.config_path = path;
+    px_proc.started_ms = px_now_ms();
+    px_proc.nworkers = cfg->workers;
+    px_proc.workers = calloc(cfg->workers, sizeof *px_proc.workers);
+    struct px_listener **pls = px_proc.workers ? listeners_for(cfg, err, sizeof err) : NULL;
+    if (!pls) {
+        ferry_log(FERRY_LOG_ERROR, "ferry.start_failed", "error=\"%s\"", err);
+        free(px_proc.workers);
+        ferry_config_unref(cfg);
+        return EXIT_RUNTIME;
+    }
+    mainloop.admin_enabled = cfg->admin_enabled;
+    mainloop.admin_bind = cfg->admin_bind;
+    if (cfg->admin_enabled && !(mainloop.admin = px_admin_start(&cfg->admin_bind, err, sizeof err))) {
+        ferry_log(FERRY_LOG_ERROR, "ferry.start_failed", "error=\"%s\"", err);
+        for (size_t i = 0; i < cfg->nlisteners; i++)
+            px_listener_unref(pls[i]);
+        free(pls);
+        free(px_proc.workers);
+        ferry_config_unref(cfg);
+        return EXIT_RUNTIME;
+    }
+
+    mainloop.loop = uv_default_loop();
+    uv_signal_init(mainloop.loop, &mainloop.sighup);
+    uv_signal_init(mainloop.loop, &mainloop.sigterm);
+    uv_signal_init(mainloop.loop, &mainloop.sigint);
+    uv_timer_init(mainloop.loop, &mainloop.drain_poll);
+    uv_signal_start(&mainloop.sighup, on_signal, SIGHUP);
+    uv_signal_start(&mainloop.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&mainloop.sigint, on_signal, SIGINT);
+
+    for (unsigned i = 0; i < px_proc.nworkers; i++) {
+        if (px_worker_start(&px_proc.workers[i], i) != 0) {
+            ferry_log(FERRY_LOG_ERROR, "ferry.start_failed", "error=\"cannot start worker %u\"", i);
+            exit(EXIT_RUNTIME);
+        }
+    }
+    char admin[FERRY_HOST_MAX + 16] = "disabled";
+    if (cfg->admin_enabled)
+        ferry_hostport_format(&cfg->admin_bind, admin, sizeof admin);
+    ferry_log(FERRY_LOG_INFO, "ferry.started", "version=%s config=%s workers=%u admin=%s pid=%ld",
+              FERRY_VERSION, path, px_proc.nworkers, admin, (long)getpid());
+    install(cfg, pls);
+    log_listeners(cfg);
+
+    uv_run(mainloop.loop, UV_RUN_DEFAULT);
+
+    for (unsigned i = 0; i < px_proc.nworkers; i++)
+        px_worker_join(&px_proc.workers[i]);
+    px_admin_stop(mainloop.admin);
+    uv_loop_close(mainloop.loop);
+    for (size_t i = 0; i < px_proc.nlisteners; i++)
+        px_listener_unref(px_proc.listeners[i]);
+    free(px_proc.listeners);
+    ferry_config_unref(px_proc.cfg);
+    free(px_proc.workers);
+    ferry_log(FERRY_LOG_INFO, "ferry.stopped", "reason=shutdown");
+    return 0;
+}
+
+/* Returns the value of -c/--config, or NULL. */
+static const char *config_arg(int argc, char **argv)
+{
+    for (int i = 2; i < argc; i++) {
+        if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc)
+            return argv[i + 1];
+        if (strncmp(argv[i], "--config=", 9) == 0)
+            return argv[i] + 9;
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_CONFIG;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        printf("ferry %s (libuv %s)\n", FERRY_VERSION, uv_version_string());
+        return 0;
+    }
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "run") == 0 || strcmp(cmd, "check") == 0) {
+        const char *path = config_arg(argc, argv);
+        if (!path) {
+            fprintf(stderr, "ferry: %s needs -c FILE\n", cmd);
+            usage(stderr);
+            return EXIT_CONFIG;
+        }
+        return strcmp(cmd, "run") == 0 ? cmd_run(path) : cmd_check(path);
+    }
+    fprintf(stderr, "ferry: unknown command \"%s\"\n", cmd);
+    usage(stderr);
+    return EXIT_CONFIG;
+}

@@ -1,0 +1,145 @@
+/* Internals shared by the modules of proxy/: the runtime objects (listener,
+ * worker, session) and the hand-offs between the main thread and workers.
+ *
+ * Threads: the main thread owns the listener registry and reloads; each
+ * worker thread owns its loop, its listening handles and its sessions
+ * outright; the admin thread only reads counters (relaxed atomics).
+ */
+#ifndef FERRY_PROXY_H
+#define FERRY_PROXY_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "ferry/config.h"
+#include "ferry/list.h"
+
+#define PX_CHUNK_SIZE (32 * 1024)   /* one read buffer; also the write unit */
+
+/* Counters one worker keeps for one listener. Written only by that worker,
+ * read by the admin thread: relaxed atomics, one cache line per worker so the
+ * workers never share a line. */
+struct px_counters {
+    uint64_t accepted;              /* client connections accepted */
+    uint64_t refused;               /* closed at once: over max_client_connections */
+    uint64_t active;                /* client sessions open now */
+    uint64_t backend_connect_failed;
+    uint64_t bytes_from_clients;
+    uint64_t bytes_from_servers;
+} __attribute__((aligned(64)));
+
+#define PX_STAT_ADD(field, n) __atomic_store_n(&(field), (field) + (uint64_t)(n), __ATOMIC_RELAXED)
+#define PX_STAT_GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+
+/* A listening address as the process knows it. Identity is (name, protocol,
+ * bind): a reload that keeps all three keeps the sockets and the counters.
+ * Created by the main thread; referenced by the registry, by every worker
+ * that listens on it and by every session accepted from it. */
+struct px_listener {
+    int refs;                       /* atomic */
+    char name[FERRY_NAME_MAX];
+    enum ferry_proto protocol;
+    struct ferry_hostport bind;
+    unsigned nworkers;
+    int *fds;                       /* owned: one bound socket per worker; -1 once handed over */
+    struct px_counters *stats;      /* owned: nworkers entries */
+    uint32_t clients;               /* atomic: open client connections, all workers */
+};
+
+struct px_listener *px_listener_create(const struct ferry_listener_cfg *lcfg, unsigned nworkers,
+                                       char *err, size_t errlen);
+struct px_listener *px_listener_ref(struct px_listener *pl);
+void px_listener_unref(struct px_listener *pl);
+bool px_listener_matches(const struct px_listener *pl, const struct ferry_listener_cfg *lcfg);
+
+/* What the main thread asks a worker to do. Queued under the worker's mutex
+ * and drained in its async callback (uv_async_send coalesces). */
+enum px_msg_type {
+    PX_MSG_CONFIG,      /* apply cfg + listeners */
+    PX_MSG_DRAIN,       /* stop accepting; close sessions after shutdown_timeout */
+    PX_MSG_CLOSE_ALL,   /* close every session now (second signal) */
+};
+
+struct px_msg {
+    enum px_msg_type type;
+    struct ferry_config *cfg;       /* owned ref (CONFIG) */
+    struct px_listener **listeners; /* owned refs, cfg->nlisteners entries, cfg order (CONFIG) */
+    struct px_msg *next;
+};
+
+/* A worker's listening handle for one listener. */
+struct px_accepting {
+    uv_tcp_t tcp;
+    struct px_worker *owner;
+    struct px_listener *pl;                 /* owned ref */
+    const struct ferry_listener_cfg *lcfg;  /* borrowed from owner->cfg */
+    bool keep;                              /* scratch during reconcile */
+    struct ferry_list link;                 /* in owner->accepting */
+};
+
+struct px_chunk;
+
+struct px_worker {
+    unsigned index;
+    pthread_t thread;
+    uv_loop_t loop;
+    uv_async_t wakeup;
+    uv_timer_t drain_timer;
+    pthread_mutex_t lock;           /* guards inbox only */
+    struct px_msg *inbox;           /* FIFO, oldest first */
+    bool inbox_closed;              /* under lock: wakeup is closing, drop posts */
+    int finished;                   /* atomic: the loop has returned */
+    struct ferry_config *cfg;       /* owned ref: the config new sessions get */
+    struct ferry_list accepting;    /* px_accepting */
+    struct ferry_list sessions;     /* px_session */
+    unsigned nsessions;
+    bool draining;
+    bool configured;                /* first CONFIG applied */
+    struct px_chunk *free_chunks;   /* per-worker pool; never crosses threads */
+    unsigned nfree_chunks;
+    uint64_t buffered_bytes;        /* atomic read by admin: bytes queued in sessions */
+    uint64_t buffered_peak;         /* atomic read by admin: most one direction ever queued */
+    uint64_t chunks_allocated;      /* atomic read by admin */
+    uint64_t last_refuse_log_ms;
+};
+
+int px_worker_start(struct px_worker *w, unsigned index);
+void px_worker_post(struct px_worker *w, struct px_msg *m);   /* any thread; takes m */
+void px_worker_join(struct px_worker *w);
+
+/* session.c: worker-side entry points */
+void px_session_accept(struct px_accepting *a);
+void px_session_close_all(struct px_worker *w, const char *reason);
+void px_chunk_pool_free(struct px_worker *w);   /* after the loop has stopped */
+/* worker.c: called by session.c when a session has been freed */
+void px_worker_session_ended(struct px_worker *w);
+
+/* The process: registry of listeners and the workers; read by admin. */
+struct px_process {
+    pthread_mutex_t lock;           /* guards cfg, listeners, generation */
+    struct ferry_config *cfg;       /* owned ref: config in force */
+    struct px_listener **listeners; /* owned refs, cfg order */
+    size_t nlisteners;
+    uint64_t generation;            /* 1 at start, +1 per successful reload */
+    struct px_worker *workers;
+    unsigned nworkers;
+    unsigned workers_ready;         /* atomic: workers that applied a config */
+    int draining;                   /* atomic */
+    uint64_t started_ms;
+};
+
+extern struct px_process px_proc;
+
+/* routing: the endpoint new sessions of this listener go to. Discovery
+ * replaces the static choice; callers must not cache the result. */
+const struct ferry_hostport *px_route(const struct ferry_listener_cfg *lcfg, const char **cluster);
+
+/* admin HTTP */
+struct px_admin;
+struct px_admin *px_admin_start(const struct ferry_hostport *bind, char *err, size_t errlen);
+void px_admin_stop(struct px_admin *a);
+
+uint64_t px_now_ms(void);
+
+#endif

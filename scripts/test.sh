@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every test ferry has: installs dependencies, builds with gcc, runs the
+# unit tests and the integration tests against real servers, then does the
+# same with a clang ASan+UBSan build. Exit status is non-zero if anything fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JOBS=$(nproc 2>/dev/null || echo 2)
+
+./scripts/install-deps.sh
+
+step() { printf '\n==== %s ====\n' "$*"; }
+
+step "build (gcc, -Werror)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=gcc >/dev/null
+cmake --build build -j"$JOBS"
+
+step "build (clang, ASan+UBSan, -Werror)"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DFERRY_SANITIZE=ON >/dev/null
+cmake --build build-asan -j"$JOBS"
+
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=99
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=98
+
+step "unit tests (gcc)"
+ctest --test-dir build --output-on-failure
+step "unit tests (ASan+UBSan)"
+ctest --test-dir build-asan --output-on-failure
+
+step "fuzz: config loader, 20 s (clang libFuzzer)"
+cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang -DFERRY_FUZZ=ON >/dev/null
+cmake --build build-fuzz -j"$JOBS" --target fuzz_config
+fuzz_work=$(mktemp -d)
+trap 'rm -rf "$fuzz_work"' EXIT
+./build-fuzz/tests/fuzz/fuzz_config -max_total_time=20 -print_final_stats=0 "$fuzz_work" tests/fuzz/corpus/config 2>&1 | tail -n 1
+
+step "integration tests (gcc build)"
+FERRY_BIN="$PWD/build/ferry" /usr/bin/python3 -m pytest tests/integration -q -p no:cacheprovider "$@"
+step "integration tests (ASan+UBSan build)"
+FERRY_BIN="$PWD/build-asan/ferry" FERRY_SANITIZED=1 /usr/bin/python3 -m pytest tests/integration -q -p no:cacheprovider "$@"
+
+step "all tests passed"

@@ -1,0 +1,18 @@
+"""Integration-test harness for ferry: real PostgreSQL and MariaDB
+primary/replica pairs and the ferry binary, on 127.0.0.1, in temp dirs.
+
+    from harness import PgPair, MariaDBPair, Ferry, make_config, listener, cluster
+
+Everything started here is cleaned up at interpreter exit, and every wait is
+bounded; see proc.py for how.
+"""
+
+from .ferry import Ferry, check, cluster, ferry_bin, listener, make_config, require_binary
+from .mariadb import MariaDBPair, MariaDBServer
+from .pg import PgPair, PgServer
+from .ports import free_port
+from .proc import HarnessError
+
+__all__ = ["Ferry", "check", "cluster", "ferry_bin", "listener", "make_config",
+           "require_binary", "MariaDBPair", "MariaDBServer", "PgPair", "PgServer",
+           "free_port", "HarnessError"]

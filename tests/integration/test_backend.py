@@ -1,0 +1,96 @@
+"""When the backend is down or unreachable, the client's connection ends
+promptly, the other listener keeps serving, and the listener recovers as soon
+as the backend is back."""
+
+import socket
+import time
+
+import psycopg2
+import pytest
+
+import harness
+from fronts import listener_status, my_connect, my_listener, pg_dsn
+from harness import cluster, listener, make_config
+from harness.ports import free_port
+
+
+class Blackhole:
+    """A loopback port whose accept queue is full, so new SYNs are dropped
+    and a connect hangs, like a host behind a dead route."""
+
+    def __init__(self):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(0)
+        self.port = self.server.getsockname()[1]
+        self.fillers = []
+        for _ in range(3):   # fill the queue; the later ones stay in SYN_SENT
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", self.port))
+            self.fillers.append(s)
+        time.sleep(0.1)
+
+    def close(self):
+        for s in self.fillers + [self.server]:
+            s.close()
+
+
+def pg_listener_to(port, **options):
+    return listener("pg", "postgresql", [cluster("region-a", f"127.0.0.1:{port}", writer=True)],
+                    **options)
+
+
+def test_unreachable_backend_times_out_and_other_listener_serves(ferry_factory, mariadb_pair):
+    hole = Blackhole()
+    try:
+        ferry = ferry_factory(make_config(pg_listener_to(hole.port, connect_timeout=0.5),
+                                          my_listener(mariadb_pair), workers=2))
+        start = time.monotonic()
+        with pytest.raises(psycopg2.OperationalError):
+            psycopg2.connect(pg_dsn(ferry) + " connect_timeout=20")
+        elapsed = time.monotonic() - start
+        # ferry gave up (0.5 s), not the client's own 20 s timeout
+        assert elapsed < 15
+        harness.proc.wait_for(lambda: "timed out after 0.5s" in ferry.log_text(), timeout=5,
+                              what="the connect timeout log line")
+        assert listener_status(ferry, "pg")["backend_connect_failures_total"] == 1
+        assert listener_status(ferry, "pg")["clients_active"] == 0
+        # the MySQL listener is unaffected
+        conn = my_connect(ferry)
+        with conn.cursor() as cur:
+            cur.execute("SELECT 42")
+            assert cur.fetchone() == (42,)
+        conn.close()
+    finally:
+        hole.close()
+
+
+def test_refused_backend_ends_client_at_once(ferry_factory):
+    port = free_port()   # nothing listens here
+    ferry = ferry_factory(make_config(pg_listener_to(port), workers=1))
+    with pytest.raises(psycopg2.OperationalError):
+        psycopg2.connect(pg_dsn(ferry) + " connect_timeout=20")
+    assert listener_status(ferry, "pg")["backend_connect_failures_total"] == 1
+    assert "connection refused" in ferry.log_text()
+
+
+def test_backend_restart_recovers(ferry_factory, pg_pair, mariadb_pair):
+    cfg = make_config(
+        listener("pg", "postgresql", [cluster("region-a", pg_pair.primary, writer=True)]),
+        my_listener(mariadb_pair), workers=2)
+    ferry = ferry_factory(cfg)
+    assert harness.pg.run_query(pg_dsn(ferry), "SELECT 1") == [(1,)]
+    pg_pair.primary.stop(mode="fast")
+    try:
+        with pytest.raises(psycopg2.OperationalError):
+            psycopg2.connect(pg_dsn(ferry) + " connect_timeout=20")
+        conn = my_connect(ferry)
+        with conn.cursor() as cur:
+            cur.execute("SELECT 7")
+            assert cur.fetchone() == (7,)
+        conn.close()
+    finally:
+        pg_pair.primary.start()
+    assert harness.pg.run_query(pg_dsn(ferry), "SELECT 2") == [(2,)]
+    assert ferry.status()["ready"] is True

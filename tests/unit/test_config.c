@@ -1,0 +1,227 @@
+/* ferry.json loader: every accepted default and every rejection message.
+ * Messages are compared whole: they are the operator's interface. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "ferry/config.h"
+#include "unit.h"
+
+#define L0 "\"listeners\":[{\"name\":\"pg\",\"protocol\":\"postgresql\",\"bind\":\"127.0.0.1:6432\","
+#define CL "\"clusters\":[{\"name\":\"a\",\"endpoint\":\"127.0.0.1:5432\"}]"
+
+static char err[FERRY_ERR_MAX];
+
+static void test_minimal_defaults(void)
+{
+    struct ferry_config *c = ferry_config_parse("ferry.json", "{" L0 CL "}]}", err);
+    ASSERT_TRUE(c != NULL);
+    ASSERT_TRUE(c->workers >= 1);
+    ASSERT_EQ_INT(c->log_level, FERRY_LOG_INFO);
+    ASSERT_TRUE(c->shutdown_timeout == 30);
+    ASSERT_TRUE(c->admin_enabled);
+    ASSERT_EQ_STR(c->admin_bind.host, "127.0.0.1");
+    ASSERT_EQ_INT(c->admin_bind.port, 9187);
+    ASSERT_EQ_INT(c->nlisteners, 1);
+    const struct ferry_listener_cfg *l = &c->listeners[0];
+    ASSERT_EQ_STR(l->name, "pg");
+    ASSERT_EQ_INT(l->protocol, FERRY_PROTO_POSTGRESQL);
+    ASSERT_EQ_INT(l->bind.port, 6432);
+    ASSERT_EQ_INT(l->max_client_connections, 10000);
+    ASSERT_TRUE(l->connect_timeout == 5.0);
+    ASSERT_EQ_INT(l->session_buffer, 262144);
+    ASSERT_EQ_INT(l->nclusters, 1);
+    ASSERT_EQ_STR(ferry_listener_static_writer(l)->name, "a");
+    ferry_config_unref(c);
+}
+
+static void test_full_config(void)
+{
+    const char *json =
+        "{\"workers\":3,\"log_level\":\"debug\",\"shutdown_timeout\":2.5,"
+        "\"admin\":{\"bind\":\"[::1]:9000\"},"
+        "\"listeners\":[{\"name\":\"my\",\"protocol\":\"mysql\",\"bind\":\"0.0.0.0:3307\","
+        "\"max_client_connections\":5,\"connect_timeout\":0.5,\"session_buffer\":65536,"
+        "\"clusters\":[{\"name\":\"us-east-1\",\"endpoint\":\"db.example:3306\"},"
+        "{\"name\":\"eu-west-1\",\"endpoint\":\"[fd00::1]:3306\",\"writer\":true}]}]}";
+    struct ferry_config *c = ferry_config_parse("ferry.json", json, err);
+    ASSERT_TRUE(c != NULL);
+    ASSERT_EQ_INT(c->workers, 3);
+    ASSERT_EQ_INT(c->log_level, FERRY_LOG_DEBUG);
+    ASSERT_TRUE(c->shutdown_timeout == 2.5);
+    ASSERT_EQ_STR(c->admin_bind.host, "::1");
+    const struct ferry_listener_cfg *l = &c->listeners[0];
+    ASSERT_EQ_INT(l->protocol, FERRY_PROTO_MYSQL);
+    ASSERT_EQ_INT(l->max_client_connections, 5);
+    ASSERT_EQ_INT(l->session_buffer, 65536);
+    ASSERT_EQ_STR(l->clusters[0].endpoint.host, "db.example");
+    ASSERT_EQ_STR(ferry_listener_static_writer(l)->name, "eu-west-1");
+    ASSERT_EQ_STR(ferry_listener_static_writer(l)->endpoint.host, "fd00::1");
+    ASSERT_TRUE(ferry_config_listener(c, "my") == l);
+    ASSERT_TRUE(ferry_config_listener(c, "nope") == NULL);
+    /* references: a second holder keeps it alive */
+    ASSERT_TRUE(ferry_config_ref(c) == c);
+    ferry_config_unref(c);
+    ASSERT_EQ_STR(c->listeners[0].name, "my");
+    ferry_config_unref(c);
+}
+
+static void test_admin_disabled(void)
+{
+    struct ferry_config *c = ferry_config_parse("f.json", "{\"admin\":{\"bind\":null}," L0 CL "}]}", err);
+    ASSERT_TRUE(c != NULL);
+    ASSERT_TRUE(!c->admin_enabled);
+    ferry_config_unref(c);
+}
+
+/* Each row: a whole document and the exact message it must produce. */
+static const struct {
+    const char *json;
+    const char *want;
+} bad[] = {
+    {"{" L0 CL "}],}", "ferry.json:1:132: invalid JSON: string or '}' expected near '}'"},
+    {"[]", "ferry.json: the top level must be an object, got an array"},
+    {"{}", "ferry.json: listeners: required key is missing"},
+    {"{\"listeners\":[]}", "ferry.json: listeners: at least one listener is required"},
+    {"{\"listeners\":{}}", "ferry.json: listeners: expected an array, got an object"},
+    {"{\"wrokers\":1," L0 CL "}]}", "ferry.json: wrokers: unknown key"},
+    {"{\"workers\":\"2\"," L0 CL "}]}", "ferry.json: workers: expected an integer, got a string"},
+    {"{\"workers\":300," L0 CL "}]}", "ferry.json: workers: 300 out of range 0..256"},
+    {"{\"workers\":1.5," L0 CL "}]}", "ferry.json: workers: expected an integer, got a number"},
+    {"{\"log_level\":\"loud\"," L0 CL "}]}",
+     "ferry.json: log_level: \"loud\" is not one of debug, info, warn, error"},
+    {"{\"shutdown_timeout\":-1," L0 CL "}]}",
+     "ferry.json: shutdown_timeout: -1 seconds out of range 0..3600"},
+    {"{\"shutdown_timeout\":true," L0 CL "}]}",
+     "ferry.json: shutdown_timeout: expected a number of seconds, got a boolean"},
+    {"{\"admin\":{\"bind\":\"localhost\"}," L0 CL "}]}",
+     "ferry.json: admin.bind: \"localhost\" is not host:port"},
+    {"{\"admin\":{\"port\":1}," L0 CL "}]}", "ferry.json: admin.port: unknown key"},
+    {"{\"admin\":{\"bind\":\"127.0.0.1:6432\"}," L0 CL "}]}",
+     "ferry.json: listeners[0].bind: same address as admin.bind"},
+    {"{\"listeners\":[{\"name\":\"pg\",\"protocol\":\"postgresql\",\"bind\":\"127.0.0.1:70000\"," CL "}]}",
+     "ferry.json: listeners[0].bind: port 70000 out of range"},
+    {"{\"listeners\":[{\"name\":\"pg\",\"protocol\":\"postgresql\",\"bind\":\"127.0.0.1:0\"," CL "}]}",
+     "ferry.json: listeners[0].bind: port 0 out of range"},
+    {"{\"listeners\":[{\"name\":\"pg\",\"protocol\":\"postgresql\",\"bind\":\"127.0.0.1:x1\"," CL "}]}",
+     "ferry.json: listeners[0].bind: \"127.0.0.1:x1\": port is not a number"},
+    {"{\"listeners\":[{\"name\":\"pg\",\"protocol\":\"postgresql\",\"bind\":\"::1:5432\"," CL "}]}",
+     "ferry.json: listeners[0].bind: \"::1:5432\": write IPv6 addresses as [addr]:port"},
+    {"{\"listeners\":[{\"name\":\"pg\",\"protocol\":\"postgresql\"," CL "}]}",
+     "ferry.json: listeners[0].bind: required key is missing"},
+    {"{\"listeners\":[{\"name\":\"pg\",\"protocol\":\"oracle\",\"bind\":\"127.0.0.1:1\"," CL "}]}",
+     "ferry.json: listeners[0].protocol: \"oracle\" is not one of postgresql, mysql"},
+    {"{\"listeners\":[{\"name\":\"p g\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\"," CL "}]}",
+     "ferry.json: listeners[0].name: \"p g\" must be 1-63 characters of A-Z a-z 0-9 _ . -"},
+    {"{\"listeners\":[{\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\"," CL "}]}",
+     "ferry.json: listeners[0].name: required key is missing"},
+    {"{" L0 "\"clusters\":[]}]}", "ferry.json: listeners[0].clusters: a listener needs at least one cluster"},
+    {"{" L0 "\"port\":1," CL "}]}", "ferry.json: listeners[0].port: unknown key"},
+    {"{" L0 "\"max_client_connections\":0," CL "}]}",
+     "ferry.json: listeners[0].max_client_connections: 0 out of range 1..1000000"},
+    {"{" L0 "\"connect_timeout\":0," CL "}]}",
+     "ferry.json: listeners[0].connect_timeout: 0 seconds out of range 0.01..300"},
+    {"{" L0 "\"session_buffer\":1024," CL "}]}",
+     "ferry.json: listeners[0].session_buffer: 1024 out of range 16384..67108864"},
+    {"{" L0 "\"clusters\":[{\"name\":\"a\"}]}]}",
+     "ferry.json: listeners[0].clusters[0].endpoint: required key is missing"},
+    {"{" L0 "\"clusters\":[{\"name\":\"a\",\"endpoint\":\"h:1\",\"writer\":1}]}]}",
+     "ferry.json: listeners[0].clusters[0].writer: expected a boolean, got an integer"},
+    {"{" L0 "\"clusters\":[{\"name\":\"a\",\"endpoint\":\"h:1\",\"role\":\"w\"}]}]}",
+     "ferry.json: listeners[0].clusters[0].role: unknown key"},
+    {"{" L0 "\"clusters\":[{\"name\":\"a\",\"endpoint\":\"h:1\"},{\"name\":\"a\",\"endpoint\":\"h:2\"}]}]}",
+     "ferry.json: listeners[0].clusters[1]: duplicate cluster name \"a\""},
+    {"{" L0 "\"clusters\":[{\"name\":\"a\",\"endpoint\":\"h:1\",\"writer\":true},"
+     "{\"name\":\"b\",\"endpoint\":\"h:2\",\"writer\":true}]}]}",
+     "ferry.json: listeners[0].clusters[1].writer: only one cluster per listener can be marked writer"},
+    {"{\"listeners\":[{\"name\":\"a\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\"," CL "},"
+     "{\"name\":\"b\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\"," CL "}]}",
+     "ferry.json: listeners[1].bind: duplicate bind address (listeners[0] binds 127.0.0.1:1)"},
+    {"{\"listeners\":[{\"name\":\"a\",\"protocol\":\"mysql\",\"bind\":\"0.0.0.0:1\"," CL "},"
+     "{\"name\":\"b\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\"," CL "}]}",
+     "ferry.json: listeners[1].bind: duplicate bind address (listeners[0] binds 0.0.0.0:1)"},
+    {"{\"listeners\":[{\"name\":\"a\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\"," CL "},"
+     "{\"name\":\"a\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:2\"," CL "}]}",
+     "ferry.json: listeners[1].name: duplicate listener name \"a\""},
+    {"{\"workers\":1,\"workers\":2," L0 CL "}]}",
+     "ferry.json:1:22: invalid JSON: duplicate object key near '\"workers\"'"},
+};
+
+static void test_rejections(void)
+{
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = '\0';
+        struct ferry_config *c = ferry_config_parse("ferry.json", bad[i].json, err);
+        if (c) {
+            fprintf(stderr, "  row %zu accepted: %s\n", i, bad[i].json);
+            ferry_config_unref(c);
+        }
+        ASSERT_TRUE(c == NULL);
+        if (strcmp(err, bad[i].want) != 0)
+            fprintf(stderr, "  row %zu\n", i);
+        ASSERT_EQ_STR(err, bad[i].want);
+    }
+}
+
+static void test_files(void)
+{
+    ASSERT_TRUE(ferry_config_load("/nonexistent/ferry.json", err) == NULL);
+    ASSERT_EQ_STR(err, "/nonexistent/ferry.json: cannot open: No such file or directory");
+
+    char path[] = "/tmp/ferry-unit-XXXXXX";
+    int fd = mkstemp(path);
+    ASSERT_TRUE(fd >= 0);
+    const char *text = "{\n  \"listeners\": [\n    {\"name\": \"pg\",, }\n  ]\n}\n";
+    ASSERT_TRUE(write(fd, text, strlen(text)) == (ssize_t)strlen(text));
+    close(fd);
+    struct ferry_config *c = ferry_config_load(path, err);
+    char want[FERRY_ERR_MAX];
+    snprintf(want, sizeof want, "%s:3:19: invalid JSON: string or '}' expected near ','", path);
+    ASSERT_TRUE(c == NULL);
+    ASSERT_EQ_STR(err, want);
+
+    FILE *f = fopen(path, "w");
+    fputs("{" L0 CL "}]}", f);
+    fclose(f);
+    c = ferry_config_load(path, err);
+    unlink(path);
+    ASSERT_TRUE(c != NULL);
+    ASSERT_EQ_STR(c->path, path);
+    ferry_config_unref(c);
+
+    ASSERT_TRUE(ferry_config_load("/tmp", err) == NULL);
+    ASSERT_EQ_STR(err, "/tmp: cannot read: Is a directory");
+}
+
+static void test_hostport(void)
+{
+    struct ferry_hostport hp;
+    char why[128], out[300];
+    ASSERT_EQ_INT(ferry_hostport_parse("[::1]:5432", &hp, why, sizeof why), 0);
+    ASSERT_EQ_STR(hp.host, "::1");
+    ASSERT_EQ_INT(hp.port, 5432);
+    ferry_hostport_format(&hp, out, sizeof out);
+    ASSERT_EQ_STR(out, "[::1]:5432");
+    ASSERT_EQ_INT(ferry_hostport_parse("db.internal:65535", &hp, why, sizeof why), 0);
+    ferry_hostport_format(&hp, out, sizeof out);
+    ASSERT_EQ_STR(out, "db.internal:65535");
+    ASSERT_EQ_INT(ferry_hostport_parse(":5432", &hp, why, sizeof why), -1);
+    ASSERT_EQ_STR(why, "\":5432\": host is empty or too long");
+    ASSERT_EQ_INT(ferry_hostport_parse("h:", &hp, why, sizeof why), -1);
+    ASSERT_EQ_STR(why, "\"h:\": missing port");
+    ASSERT_EQ_INT(ferry_hostport_parse("[::1]5432", &hp, why, sizeof why), -1);
+    ASSERT_EQ_STR(why, "\"[::1]5432\" is not [ipv6]:port");
+    ASSERT_EQ_INT(ferry_hostport_parse("h:99999999999999", &hp, why, sizeof why), -1);
+    ASSERT_EQ_STR(why, "\"h:99999999999999\": port is not a number");
+}
+
+int main(void)
+{
+    RUN(test_minimal_defaults);
+    RUN(test_full_config);
+    RUN(test_admin_disabled);
+    RUN(test_rejections);
+    RUN(test_files);
+    RUN(test_hostport);
+    UNIT_DONE();
+}
