@@ -26,12 +26,18 @@ ctest --test-dir build --output-on-failure
 step "unit tests (ASan+UBSan)"
 ctest --test-dir build-asan --output-on-failure
 
-step "fuzz: config loader, 20 s (clang libFuzzer)"
+step "fuzz: every fuzz_* target for ${FUZZ_SECONDS:=15} s (clang libFuzzer, ASan+UBSan)"
 cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang -DFERRY_FUZZ=ON >/dev/null
-cmake --build build-fuzz -j"$JOBS" --target fuzz_config
+cmake --build build-fuzz -j"$JOBS"
 fuzz_work=$(mktemp -d)
 trap 'rm -rf "$fuzz_work"' EXIT
-./build-fuzz/tests/fuzz/fuzz_config -max_total_time=20 -print_final_stats=0 "$fuzz_work" tests/fuzz/corpus/config 2>&1 | tail -n 1
+for target in $(find build-fuzz -type f -perm -u+x -name 'fuzz_*' | sort); do
+  name=$(basename "$target"); name=${name#fuzz_}
+  mkdir -p "$fuzz_work/$name"
+  echo "fuzz_$name:"
+  "$target" -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 "$fuzz_work/$name" \
+    "tests/fuzz/corpus/$name" 2>&1 | tail -n 1
+done
 
 step "integration tests (gcc build)"
 FERRY_BIN="$PWD/build/ferry" /usr/bin/python3 -m pytest tests/integration -q -p no:cacheprovider "$@"
