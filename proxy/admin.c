@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ferry/discovery.h"
 #include "ferry/log.h"
 #include "ferry/version.h"
 #include "proxy.h"
@@ -42,8 +43,8 @@ static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned code, const
     return body ? reply(c, code, "text/plain; charset=utf-8", body) : MHD_NO;
 }
 
-/* Ready when every worker listens on the current listeners and every
- * listener has a route. Caller holds px_proc.lock. */
+/* Ready when every worker listens on the current listeners and discovery
+ * (if any) has decided once. Caller holds px_proc.lock. */
 static bool is_ready(const char **why)
 {
     if (__atomic_load_n(&px_proc.draining, __ATOMIC_RELAXED)) {
@@ -54,11 +55,14 @@ static bool is_ready(const char **why)
         *why = "workers starting";
         return false;
     }
-    for (size_t i = 0; i < px_proc.cfg->nlisteners; i++)
-        if (!px_route(&px_proc.cfg->listeners[i], NULL)) {
-            *why = "a listener has no backend route";
-            return false;
-        }
+    /* A listener without a writer still serves: it holds new clients until
+     * one appears (the failover window). Going unready then would make
+     * Kubernetes drop the very clients ferry is holding, so readiness only
+     * waits for discovery's first decision. */
+    if (px_proc.discovery && !px_proc.topology) {
+        *why = "discovery has not finished its first probe round";
+        return false;
+    }
     return true;
 }
 
@@ -76,10 +80,15 @@ static json_t *listener_status(const struct ferry_listener_cfg *lcfg, struct px_
     char bind[FERRY_HOST_MAX + 16], ep[FERRY_HOST_MAX + 16];
     const char *cluster = NULL;
     ferry_hostport_format(&lcfg->bind, bind, sizeof bind);
-    ferry_hostport_format(px_route(lcfg, &cluster), ep, sizeof ep);
-    return json_pack("{s:s, s:s, s:s, s:{s:s, s:s}, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+    const struct ferry_hostport *route = px_route(lcfg, px_proc.topology, &cluster);
+    json_t *route_json = json_null();
+    if (route) {
+        ferry_hostport_format(route, ep, sizeof ep);
+        route_json = json_pack("{s:s, s:s}", "cluster", cluster, "endpoint", ep);
+    }
+    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
                      "name", lcfg->name, "protocol", ferry_proto_name(lcfg->protocol), "bind", bind,
-                     "route", "cluster", cluster, "endpoint", ep,
+                     "routing", lcfg->probe_enabled ? "discovered" : "static", "route", route_json,
                      "max_client_connections", (json_int_t)lcfg->max_client_connections,
                      "session_buffer", (json_int_t)lcfg->session_buffer,
                      "clients_active", (json_int_t)sum.active,
@@ -114,6 +123,8 @@ static char *status_json(void)
         "workers", (json_int_t)px_proc.nworkers, "ready", ready, "listeners", ls, "buffers",
         "queued_bytes", (json_int_t)buffered, "queued_bytes_peak", (json_int_t)peak,
         "chunk_bytes", (json_int_t)PX_CHUNK_SIZE, "chunks_allocated", (json_int_t)chunks);
+    if (px_proc.discovery)
+        json_object_set_new(doc, "discovery", ferry_discovery_status(px_proc.discovery));
     pthread_mutex_unlock(&px_proc.lock);
     char *out = json_dumps(doc, JSON_INDENT(2));
     json_decref(doc);

@@ -285,7 +285,7 @@ static void get_name(struct cfg_ctx *c, json_t *obj, const char *where, char out
 
 static void parse_cluster(struct cfg_ctx *c, json_t *v, const char *where, struct ferry_cluster_cfg *cl)
 {
-    static const char *const keys[] = {"name", "endpoint", "writer", NULL};
+    static const char *const keys[] = {"name", "region", "endpoint", "writer", NULL};
     char key[KEY_MAX];
     if (!json_is_object(v)) {
         cfg_fail(c, where, "expected an object, got %s", json_type_name(v));
@@ -293,16 +293,127 @@ static void parse_cluster(struct cfg_ctx *c, json_t *v, const char *where, struc
     }
     check_keys(c, where, v, keys);
     get_name(c, v, where, cl->name);
+    const char *region = NULL;
+    subkey(key, where, ".region");
+    if (get_string(c, v, "region", key, &region)) {
+        if (!valid_name(region))
+            cfg_fail(c, key, "\"%s\" must be 1-63 characters of A-Z a-z 0-9 _ . -", region);
+        else
+            strcpy(cl->region, region);
+    }
     subkey(key, where, ".endpoint");
     get_hostport(c, v, "endpoint", key, &cl->endpoint, true);
     subkey(key, where, ".writer");
     get_bool(c, v, "writer", key, &cl->writer);
 }
 
+/* Reads a secret from the environment or a file; NULL (with an error) if it
+ * cannot. The value is never put in a message. */
+static char *read_secret_file(struct cfg_ctx *c, const char *key, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        cfg_fail(c, key, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    bool too_long = !feof(f);
+    fclose(f);
+    if (too_long) {
+        cfg_fail(c, key, "%s: longer than %zu bytes", path, sizeof buf - 1);
+        return NULL;
+    }
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        n--;    /* files written by editors and `echo` end in a newline */
+    buf[n] = '\0';
+    char *out = strdup(buf);
+    memset(buf, 0, sizeof buf);
+    return out;
+}
+
+static void parse_probe(struct cfg_ctx *c, json_t *listener, const char *where,
+                        struct ferry_listener_cfg *l)
+{
+    static const char *const keys[] = {"user", "password", "password_env", "password_file",
+                                       "database", NULL};
+    char key[KEY_MAX], pkey[KEY_MAX];
+    json_t *v = json_object_get(listener, "probe");
+    if (!v || c->failed)
+        return;
+    subkey(pkey, where, ".probe");
+    if (!json_is_object(v)) {
+        cfg_fail(c, pkey, "expected an object, got %s", json_type_name(v));
+        return;
+    }
+    check_keys(c, pkey, v, keys);
+    l->probe_enabled = true;
+    const char *s = NULL;
+    if (!get_string(c, v, "user", subkey(key, pkey, ".user"), &s)) {
+        if (!c->failed)
+            cfg_fail(c, key, "required key is missing");
+        return;
+    }
+    if (strlen(s) == 0 || strlen(s) >= FERRY_NAME_MAX) {
+        cfg_fail(c, key, "must be 1-63 bytes");
+        return;
+    }
+    strcpy(l->probe_user, s);
+    strcpy(l->probe_database, l->protocol == FERRY_PROTO_POSTGRESQL ? "postgres" : "");
+    if (get_string(c, v, "database", subkey(key, pkey, ".database"), &s)) {
+        if (strlen(s) >= FERRY_NAME_MAX)
+            cfg_fail(c, key, "longer than 63 bytes");
+        else
+            strcpy(l->probe_database, s);
+    }
+    int sources = 0;
+    if (get_string(c, v, "password", subkey(key, pkey, ".password"), &s)) {
+        sources++;
+        l->probe_password = strdup(s);
+    }
+    if (get_string(c, v, "password_env", subkey(key, pkey, ".password_env"), &s)) {
+        sources++;
+        const char *val = getenv(s);
+        if (!val)
+            cfg_fail(c, key, "environment variable %s is not set", s);
+        else
+            l->probe_password = strdup(val);
+    }
+    if (get_string(c, v, "password_file", subkey(key, pkey, ".password_file"), &s)) {
+        sources++;
+        l->probe_password = read_secret_file(c, key, s);
+    }
+    if (sources > 1)
+        cfg_fail(c, pkey, "give only one of password, password_env, password_file");
+}
+
+static void parse_discovery(struct cfg_ctx *c, json_t *root, struct ferry_discovery_cfg *d)
+{
+    static const char *const keys[] = {"probe_interval", "probe_timeout", "writer_down_after",
+                                       "hold_timeout", NULL};
+    *d = (struct ferry_discovery_cfg){.probe_interval = 1.0, .probe_timeout = 1.0,
+                                      .writer_down_after = 3, .hold_timeout = 30.0};
+    json_t *v = json_object_get(root, "discovery");
+    if (!v)
+        return;
+    if (!json_is_object(v)) {
+        cfg_fail(c, "discovery", "expected an object, got %s", json_type_name(v));
+        return;
+    }
+    check_keys(c, "discovery", v, keys);
+    get_seconds(c, v, "probe_interval", "discovery.probe_interval", 0.05, 3600, &d->probe_interval);
+    get_seconds(c, v, "probe_timeout", "discovery.probe_timeout", 0.05, 60, &d->probe_timeout);
+    long long n;
+    if (get_uint(c, v, "writer_down_after", "discovery.writer_down_after", 1, 100, &n))
+        d->writer_down_after = (unsigned)n;
+    get_seconds(c, v, "hold_timeout", "discovery.hold_timeout", 0, 3600, &d->hold_timeout);
+}
+
 static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, struct ferry_listener_cfg *l)
 {
     static const char *const keys[] = {"name", "protocol", "bind", "max_client_connections",
-                                       "connect_timeout", "session_buffer", "clusters", NULL};
+                                       "connect_timeout", "session_buffer", "probe", "clusters",
+                                       NULL};
     char key[KEY_MAX];
     if (!json_is_object(v)) {
         cfg_fail(c, where, "expected an object, got %s", json_type_name(v));
@@ -339,6 +450,8 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
     subkey(key, where, ".session_buffer");
     if (get_uint(c, v, "session_buffer", key, 16384, 64LL * 1024 * 1024, &n))
         l->session_buffer = (size_t)n;
+
+    parse_probe(c, v, where, l);
 
     subkey(key, where, ".clusters");
     json_t *arr = json_object_get(v, "clusters");
@@ -378,7 +491,7 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
 static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg)
 {
     static const char *const keys[] = {"workers", "log_level", "shutdown_timeout", "admin",
-                                       "listeners", NULL};
+                                       "discovery", "listeners", NULL};
     if (!json_is_object(root)) {
         cfg_fail(c, NULL, "the top level must be an object, got %s", json_type_name(root));
         return;
@@ -409,6 +522,8 @@ static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg
 
     cfg->shutdown_timeout = 30;
     get_seconds(c, root, "shutdown_timeout", "shutdown_timeout", 0, 3600, &cfg->shutdown_timeout);
+
+    parse_discovery(c, root, &cfg->discovery);
 
     char why[256];
     cfg->admin_enabled = true;
@@ -477,8 +592,13 @@ static void config_free(struct ferry_config *cfg)
 {
     if (!cfg)
         return;
-    for (size_t i = 0; i < cfg->nlisteners; i++)
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
         free(cfg->listeners[i].clusters);
+        if (cfg->listeners[i].probe_password) {
+            memset(cfg->listeners[i].probe_password, 0, strlen(cfg->listeners[i].probe_password));
+            free(cfg->listeners[i].probe_password);
+        }
+    }
     free(cfg->listeners);
     free(cfg->path);
     free(cfg);

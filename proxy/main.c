@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "ferry/config.h"
+#include "ferry/discovery.h"
 #include "ferry/log.h"
 #include "ferry/version.h"
 #include "proxy.h"
@@ -39,9 +40,11 @@ uint64_t px_now_ms(void)
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: ferry run -c FILE     run the proxy in the foreground\n"
-            "       ferry check -c FILE   validate FILE; exit 0 if valid, 2 if not\n"
-            "       ferry version         print the version\n");
+            "usage: ferry run -c FILE              run the proxy in the foreground\n"
+            "       ferry check -c FILE            validate FILE; exit 0 if valid, 2 if not\n"
+            "       ferry discover -c FILE [--json] probe once; exit 0 with a writer for every\n"
+            "                                      discovered listener, 1 without, 2 bad config\n"
+            "       ferry version                  print the version\n");
 }
 
 /* Builds the listener set for cfg, reusing listeners of the running set that
@@ -98,9 +101,53 @@ static void log_listeners(const struct ferry_config *cfg)
         char bind[FERRY_HOST_MAX + 16], ep[FERRY_HOST_MAX + 16];
         const char *cluster;
         ferry_hostport_format(&l->bind, bind, sizeof bind);
-        ferry_hostport_format(px_route(l, &cluster), ep, sizeof ep);
-        ferry_log(FERRY_LOG_INFO, "listener.ready", "name=%s protocol=%s bind=%s cluster=%s backend=%s",
-                  l->name, ferry_proto_name(l->protocol), bind, cluster, ep);
+        const struct ferry_hostport *route = px_route(l, NULL, &cluster);
+        if (route)
+            ferry_hostport_format(route, ep, sizeof ep);
+        ferry_log(FERRY_LOG_INFO, "listener.ready", "name=%s protocol=%s bind=%s routing=%s cluster=%s backend=%s",
+                  l->name, ferry_proto_name(l->protocol), bind, l->probe_enabled ? "discovered" : "static",
+                  route ? cluster : "-", route ? ep : "-");
+    }
+}
+
+/* Discovery thread: a new snapshot (takes the reference). Kept for the
+ * admin endpoint and handed to every worker. */
+static void publish_topology(struct ferry_topology *t, void *ud)
+{
+    (void)ud;
+    pthread_mutex_lock(&px_proc.lock);
+    struct ferry_topology *old = px_proc.topology;
+    px_proc.topology = t;
+    for (unsigned w = 0; w < px_proc.nworkers; w++) {
+        struct px_msg *m = calloc(1, sizeof *m);
+        if (!m)
+            continue;   /* that worker keeps the previous snapshot; the next one reaches it */
+        m->type = PX_MSG_TOPOLOGY;
+        m->topology = ferry_topology_ref(t);
+        px_worker_post(&px_proc.workers[w], m);
+    }
+    pthread_mutex_unlock(&px_proc.lock);
+    ferry_topology_unref(old);
+}
+
+static bool any_discovered(const struct ferry_config *cfg)
+{
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        if (cfg->listeners[i].probe_enabled)
+            return true;
+    return false;
+}
+
+/* Starts, reconfigures or keeps discovery for cfg. Once started it keeps
+ * running (with nothing to probe) until shutdown. */
+static void discovery_for(struct ferry_config *cfg)
+{
+    if (px_proc.discovery) {
+        ferry_discovery_reconfigure(px_proc.discovery, cfg);
+    } else if (any_discovered(cfg)) {
+        px_proc.discovery = ferry_discovery_start(cfg, publish_topology, NULL);
+        if (!px_proc.discovery)
+            ferry_log(FERRY_LOG_ERROR, "discovery.start_failed", "error=\"out of memory\"");
     }
 }
 
@@ -118,6 +165,7 @@ static void install(struct ferry_config *cfg, struct px_listener **pls)
     pthread_mutex_unlock(&px_proc.lock);
     ferry_log_set_level(cfg->log_level);
     post_config(cfg, pls);
+    discovery_for(cfg);
     for (size_t i = 0; i < nold; i++)
         px_listener_unref(old[i]);
     free(old);
@@ -312,9 +360,12 @@ static int cmd_run(const char *path)
 
     uv_run(mainloop.loop, UV_RUN_DEFAULT);
 
+    ferry_discovery_stop(px_proc.discovery);    /* its last publish may still post to workers */
+    px_proc.discovery = NULL;
     for (unsigned i = 0; i < px_proc.nworkers; i++)
         px_worker_join(&px_proc.workers[i]);
     px_admin_stop(mainloop.admin);
+    ferry_topology_unref(px_proc.topology);
     uv_loop_close(mainloop.loop);
     for (size_t i = 0; i < px_proc.nlisteners; i++)
         px_listener_unref(px_proc.listeners[i]);
@@ -323,6 +374,53 @@ static int cmd_run(const char *path)
     free(px_proc.workers);
     ferry_log(FERRY_LOG_INFO, "ferry.stopped", "reason=shutdown");
     return 0;
+}
+
+static int cmd_discover(const char *path, bool as_json)
+{
+    char err[FERRY_ERR_MAX];
+    struct ferry_config *cfg = ferry_config_load(path, err);
+    if (!cfg) {
+        fprintf(stderr, "ferry: %s\n", err);
+        return EXIT_CONFIG;
+    }
+    ferry_log_set_level(FERRY_LOG_WARN);
+    bool has_writer = false;
+    json_t *doc = ferry_discovery_once(cfg, &has_writer);
+    if (as_json) {
+        char *text = json_dumps(doc, JSON_INDENT(2));
+        printf("%s\n", text ? text : "[]");
+        free(text);
+    } else if (json_array_size(doc) == 0) {
+        printf("no listener has a \"probe\" section: nothing to discover\n");
+    } else {
+        size_t i;
+        json_t *l;
+        json_array_foreach(doc, i, l) {
+            json_t *w = json_object_get(l, "writer");
+            printf("listener %s: writer %s (%s)\n", json_string_value(json_object_get(l, "name")),
+                   json_is_string(w) ? json_string_value(w) : "NONE",
+                   json_string_value(json_object_get(l, "reason")));
+            size_t j;
+            json_t *c;
+            json_array_foreach(json_object_get(l, "clusters"), j, c)
+                printf("  %-20s %-28s %-11s %s\n", json_string_value(json_object_get(c, "name")),
+                       json_string_value(json_object_get(c, "endpoint")),
+                       json_string_value(json_object_get(c, "state")),
+                       json_string_value(json_object_get(c, "detail")));
+        }
+    }
+    json_decref(doc);
+    ferry_config_unref(cfg);
+    return has_writer ? 0 : 1;
+}
+
+static bool has_flag(int argc, char **argv, const char *flag)
+{
+    for (int i = 2; i < argc; i++)
+        if (strcmp(argv[i], flag) == 0)
+            return true;
+    return false;
 }
 
 /* Returns the value of -c/--config, or NULL. */
@@ -352,13 +450,15 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    if (strcmp(cmd, "run") == 0 || strcmp(cmd, "check") == 0) {
+    if (strcmp(cmd, "run") == 0 || strcmp(cmd, "check") == 0 || strcmp(cmd, "discover") == 0) {
         const char *path = config_arg(argc, argv);
         if (!path) {
             fprintf(stderr, "ferry: %s needs -c FILE\n", cmd);
             usage(stderr);
             return EXIT_CONFIG;
         }
+        if (strcmp(cmd, "discover") == 0)
+            return cmd_discover(path, has_flag(argc, argv, "--json"));
         return strcmp(cmd, "run") == 0 ? cmd_run(path) : cmd_check(path);
     }
     fprintf(stderr, "ferry: unknown command \"%s\"\n", cmd);

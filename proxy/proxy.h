@@ -14,6 +14,8 @@
 
 #include "ferry/config.h"
 #include "ferry/list.h"
+#include "ferry/topology.h"
+#include "ferry/wbuf.h"
 
 #define PX_CHUNK_SIZE (32 * 1024)   /* one read buffer; also the write unit */
 
@@ -59,12 +61,14 @@ enum px_msg_type {
     PX_MSG_CONFIG,      /* apply cfg + listeners */
     PX_MSG_DRAIN,       /* stop accepting; close sessions after shutdown_timeout */
     PX_MSG_CLOSE_ALL,   /* close every session now (second signal) */
+    PX_MSG_TOPOLOGY,    /* a new topology snapshot: route new sessions, release held ones */
 };
 
 struct px_msg {
     enum px_msg_type type;
     struct ferry_config *cfg;       /* owned ref (CONFIG) */
     struct px_listener **listeners; /* owned refs, cfg->nlisteners entries, cfg order (CONFIG) */
+    struct ferry_topology *topology;/* owned ref (TOPOLOGY) */
     struct px_msg *next;
 };
 
@@ -93,6 +97,8 @@ struct px_worker {
     struct ferry_config *cfg;       /* owned ref: the config new sessions get */
     struct ferry_list accepting;    /* px_accepting */
     struct ferry_list sessions;     /* px_session */
+    struct ferry_list held;         /* px_session waiting for a writer (also in sessions) */
+    struct ferry_topology *topology;/* owned ref: latest snapshot, NULL before the first */
     unsigned nsessions;
     bool draining;
     bool configured;                /* first CONFIG applied */
@@ -112,6 +118,7 @@ void px_worker_join(struct px_worker *w);
 void px_session_accept(struct px_accepting *a);
 void px_session_close_all(struct px_worker *w, const char *reason);
 void px_chunk_pool_free(struct px_worker *w);   /* after the loop has stopped */
+void px_session_release_held(struct px_worker *w); /* route held sessions again */
 /* worker.c: called by session.c when a session has been freed */
 void px_worker_session_ended(struct px_worker *w);
 
@@ -122,6 +129,8 @@ struct px_process {
     struct px_listener **listeners; /* owned refs, cfg order */
     size_t nlisteners;
     uint64_t generation;            /* 1 at start, +1 per successful reload */
+    struct ferry_topology *topology;/* owned ref: latest snapshot (for admin) */
+    struct ferry_discovery *discovery; /* NULL when no listener is discovered */
     struct px_worker *workers;
     unsigned nworkers;
     unsigned workers_ready;         /* atomic: workers that applied a config */
@@ -131,9 +140,22 @@ struct px_process {
 
 extern struct px_process px_proc;
 
-/* routing: the endpoint new sessions of this listener go to. Discovery
- * replaces the static choice; callers must not cache the result. */
-const struct ferry_hostport *px_route(const struct ferry_listener_cfg *lcfg, const char **cluster);
+/* Routing: the endpoint new sessions of this listener go to: the static
+ * writer for listeners without "probe", else the writer of topo (NULL while
+ * there is none: hold). The result points into lcfg or topo; do not keep it
+ * beyond the caller's reference to them. */
+const struct ferry_hostport *px_route(const struct ferry_listener_cfg *lcfg,
+                                      const struct ferry_topology *topo, const char **cluster);
+
+/* Errors ferry itself sends to a client before any server has spoken,
+ * in the listener's protocol. */
+enum px_err {
+    PX_ERR_TOO_MANY_CLIENTS,    /* max_client_connections reached */
+    PX_ERR_NO_WRITER,           /* hold_timeout passed without a writer */
+    PX_ERR_BACKEND_DOWN,        /* the writer could not be reached */
+};
+void px_error_message(enum ferry_proto proto, enum px_err kind, const char *text,
+                      struct ferry_wbuf *out);
 
 /* admin HTTP */
 struct px_admin;

@@ -47,10 +47,19 @@ struct px_session {
     bool gai_pending;
     bool connected;
     bool closing;
+    bool counted;                           /* holds a max_client_connections slot */
+    bool held;                              /* waiting for a writer (in owner->held) */
+    bool failing;                           /* an error message is on its way to the client */
+    enum px_err fail_kind;                  /* pending error while reading a PG preamble */
+    char *fail_text;                        /* owned; pending error text */
+    uint8_t preamble[8];                    /* PG: first bytes of the client's packet */
+    size_t npreamble;
     int pending_closes;                     /* close callbacks still due */
     uint64_t id;
     char endpoint[FERRY_HOST_MAX + 16];     /* backend address, for logs */
+    char cluster[FERRY_NAME_MAX];           /* backend cluster name, for logs */
     struct ferry_list link;                 /* in owner->sessions */
+    struct ferry_list held_link;            /* in owner->held while held */
 };
 
 static uint64_t next_session_id;
@@ -111,11 +120,15 @@ static void session_free(struct px_session *s)
 {
     struct px_worker *w = s->owner;
     ferry_list_remove(&s->link);
+    ferry_list_remove(&s->held_link);
     w->nsessions--;
-    __atomic_sub_fetch(&s->pl->clients, 1, __ATOMIC_RELAXED);
-    PX_STAT_ADD(session_stats(s)->active, -1);
+    if (s->counted) {
+        __atomic_sub_fetch(&s->pl->clients, 1, __ATOMIC_RELAXED);
+        PX_STAT_ADD(session_stats(s)->active, -1);
+    }
     px_listener_unref(s->pl);
     ferry_config_unref(s->cfg);
+    free(s->fail_text);
     free(s);
     px_worker_session_ended(w);
 }
@@ -299,16 +312,136 @@ static void conn_start_reading(struct px_conn *c)
         session_close(c->owner, FERRY_LOG_INFO, "read start failed");
 }
 
+/* ---- errors ferry sends before any server has spoken ---- */
+
+static void on_preamble_timeout(uv_timer_t *t)
+{
+    session_close(t->data, FERRY_LOG_INFO, "client sent no startup packet");
+}
+
+struct px_error_write {
+    uv_write_t req;
+    struct ferry_wbuf buf;
+    struct px_session *s;
+};
+
+static void on_error_written(uv_write_t *req, int status)
+{
+    (void)status;   /* the client may be gone already: nothing more to do */
+    struct px_error_write *e = ferry_container_of(req, struct px_error_write, req);
+    session_close(e->s, FERRY_LOG_DEBUG, "error sent to client");
+    ferry_wbuf_free(&e->buf);
+    free(e);
+}
+
+/* Sends one error message to the client, then closes the session. */
+static void send_error(struct px_session *s, enum px_err kind, const char *text)
+{
+    struct px_error_write *e = calloc(1, sizeof *e);
+    if (e) {
+        ferry_wbuf_init(&e->buf, 4096);
+        px_error_message(s->lcfg->protocol, kind, text, &e->buf);
+        e->s = s;
+        uv_buf_t b = uv_buf_init((char *)e->buf.data, (unsigned)e->buf.len);
+        if (!e->buf.failed &&
+            uv_write(&e->req, (uv_stream_t *)&s->client.tcp, &b, 1, on_error_written) == 0)
+            return;
+        ferry_wbuf_free(&e->buf);
+        free(e);
+    }
+    session_close(s, FERRY_LOG_INFO, text);
+}
+
+/* PostgreSQL clients speak first: libpq sends an SSLRequest (by default)
+ * and only shows an error that arrives after its startup packet. So before
+ * failing a PG client that nothing has read yet, answer SSLRequest and
+ * GSSENCRequest with 'N' and wait for the startup packet's first bytes. */
+enum { PG_SSL_REQUEST = 80877103, PG_GSSENC_REQUEST = 80877104 };
+
+static void on_preamble_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    struct px_conn *c = h->data;
+    struct px_session *s = c->owner;
+    buf->base = (char *)s->preamble + s->npreamble;
+    buf->len = sizeof s->preamble - s->npreamble;
+}
+
+static void on_preamble(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    (void)buf;
+    struct px_conn *c = st->data;
+    struct px_session *s = c->owner;
+    if (nread < 0) {
+        session_close(s, FERRY_LOG_DEBUG, "client left before its error was sent");
+        return;
+    }
+    s->npreamble += (size_t)nread;
+    if (s->npreamble < sizeof s->preamble)
+        return;
+    uint32_t len = ferry_get_u32be(s->preamble), code = ferry_get_u32be(s->preamble + 4);
+    if (len == 8 && (code == PG_SSL_REQUEST || code == PG_GSSENC_REQUEST)) {
+        static char no = 'N';
+        uv_buf_t b = uv_buf_init(&no, 1);
+        s->npreamble = 0;
+        if (uv_try_write(st, &b, 1) == 1)
+            return;     /* one byte on a fresh socket: never queued */
+    }
+    uv_read_stop(st);
+    send_error(s, s->fail_kind, s->fail_text);
+}
+
+static void session_fail(struct px_session *s, enum px_err kind, const char *text)
+{
+    if (s->closing || s->failing)
+        return;
+    s->failing = true;
+    ferry_log(FERRY_LOG_INFO, "session.failed", "listener=%s session=%llu reason=\"%s\"",
+              s->pl->name, (unsigned long long)s->id, text);
+    /* bounded: a client that never sends its startup packet is closed */
+    uv_timer_stop(&s->timer);
+    if (s->lcfg->protocol == FERRY_PROTO_POSTGRESQL && !s->client.reading &&
+        (s->fail_text = strdup(text)) != NULL) {
+        s->fail_kind = kind;
+        uv_timer_start(&s->timer, on_preamble_timeout, 5000, 0);
+        if (uv_read_start((uv_stream_t *)&s->client.tcp, on_preamble_alloc, on_preamble) == 0)
+            return;
+    }
+    send_error(s, kind, text);
+}
+
 /* ---- backend connect ---- */
 
-static void on_connect_timeout(uv_timer_t *t)
+static void backend_failed(struct px_session *s, const char *error)
 {
-    struct px_session *s = t->data;
     PX_STAT_ADD(session_stats(s)->backend_connect_failed, 1);
     ferry_log(FERRY_LOG_WARN, "backend.connect_failed",
-              "listener=%s session=%llu backend=%s error=\"timed out after %gs\"", s->pl->name,
-              (unsigned long long)s->id, s->endpoint, s->lcfg->connect_timeout);
-    session_close(s, FERRY_LOG_INFO, "backend connect timeout");
+              "listener=%s session=%llu cluster=%s backend=%s error=\"%s\"", s->pl->name,
+              (unsigned long long)s->id, s->cluster, s->endpoint, error);
+    char text[400];
+    snprintf(text, sizeof text, "cannot reach the writer %s (%s): %s", s->cluster, s->endpoint,
+             error);
+    session_fail(s, PX_ERR_BACKEND_DOWN, text);
+}
+
+static void hold_expired(struct px_session *s)
+{
+    char text[300];
+    snprintf(text, sizeof text, "no writer for listener %s after waiting %gs", s->pl->name,
+             s->cfg->discovery.hold_timeout);
+    session_fail(s, PX_ERR_NO_WRITER, text);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct px_session *s = t->data;
+    if (s->held) {
+        hold_expired(s);
+        return;
+    }
+    char error[64];
+    snprintf(error, sizeof error, "timed out after %gs", s->lcfg->connect_timeout);
+    backend_failed(s, error);
 }
 
 static void tune_tcp(uv_tcp_t *t)
@@ -323,11 +456,7 @@ static void on_connected(uv_connect_t *req, int status)
     if (status == UV_ECANCELED || s->closing)
         return;
     if (status < 0) {
-        PX_STAT_ADD(session_stats(s)->backend_connect_failed, 1);
-        ferry_log(FERRY_LOG_WARN, "backend.connect_failed",
-                  "listener=%s session=%llu backend=%s error=\"%s\"", s->pl->name,
-                  (unsigned long long)s->id, s->endpoint, uv_strerror(status));
-        session_close(s, FERRY_LOG_INFO, "backend connect failed");
+        backend_failed(s, uv_strerror(status));
         return;
     }
     uv_timer_stop(&s->timer);
@@ -346,13 +475,8 @@ static void connect_to(struct px_session *s, const struct sockaddr *sa)
     s->server.open = true;
     s->connect_req.data = s;
     int rc = uv_tcp_connect(&s->connect_req, &s->server.tcp, sa, on_connected);
-    if (rc != 0) {
-        PX_STAT_ADD(session_stats(s)->backend_connect_failed, 1);
-        ferry_log(FERRY_LOG_WARN, "backend.connect_failed",
-                  "listener=%s session=%llu backend=%s error=\"%s\"", s->pl->name,
-                  (unsigned long long)s->id, s->endpoint, uv_strerror(rc));
-        session_close(s, FERRY_LOG_INFO, "backend connect failed");
-    }
+    if (rc != 0)
+        backend_failed(s, uv_strerror(rc));
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -366,12 +490,10 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         return;
     }
     if (status < 0 || !res) {
-        PX_STAT_ADD(session_stats(s)->backend_connect_failed, 1);
-        ferry_log(FERRY_LOG_WARN, "backend.connect_failed",
-                  "listener=%s session=%llu backend=%s error=\"resolve: %s\"", s->pl->name,
-                  (unsigned long long)s->id, s->endpoint, uv_strerror(status));
+        char error[128];
+        snprintf(error, sizeof error, "resolve: %s", uv_strerror(status));
         uv_freeaddrinfo(res);
-        session_close(s, FERRY_LOG_INFO, "backend name resolution failed");
+        backend_failed(s, error);
         return;
     }
     connect_to(s, res->ai_addr);
@@ -395,32 +517,34 @@ static void start_backend(struct px_session *s, const struct ferry_hostport *ep)
     s->gai_req.data = s;
     int rc = uv_getaddrinfo(&s->owner->loop, &s->gai_req, on_resolved, ep->host, port, &hints);
     if (rc != 0) {
-        session_close(s, FERRY_LOG_WARN, "backend name resolution failed");
+        backend_failed(s, uv_strerror(rc));
         return;
     }
     s->gai_pending = true;
 }
 
-/* ---- accept ---- */
-
-static void on_refused_closed(uv_handle_t *h)
+/* Routes s and starts connecting; false (nothing started) when there is no
+ * writer to route to. */
+static bool route_and_connect(struct px_session *s)
 {
-    free(h);
+    const char *cluster = NULL;
+    const struct ferry_hostport *ep = px_route(s->lcfg, s->owner->topology, &cluster);
+    if (!ep)
+        return false;
+    snprintf(s->cluster, sizeof s->cluster, "%s", cluster);
+    ferry_hostport_format(ep, s->endpoint, sizeof s->endpoint);
+    ferry_log(FERRY_LOG_DEBUG, "session.routed", "listener=%s session=%llu cluster=%s backend=%s",
+              s->pl->name, (unsigned long long)s->id, s->cluster, s->endpoint);
+    uv_timer_start(&s->timer, on_timer, (uint64_t)(s->lcfg->connect_timeout * 1000.0), 0);
+    start_backend(s, ep);
+    return true;
 }
 
-/* Over the limit: accept and close at once so the kernel queue drains.
- * The protocol layers turn this into a proper error message. */
-static void refuse(struct px_accepting *a)
+/* ---- accept ---- */
+
+static void log_refusal(struct px_accepting *a)
 {
     struct px_worker *w = a->owner;
-    uv_tcp_t *t = malloc(sizeof *t);
-    if (!t)
-        return;
-    uv_tcp_init(&w->loop, t);
-    if (uv_accept((uv_stream_t *)&a->tcp, (uv_stream_t *)t) == 0)
-        uv_tcp_close_reset(t, on_refused_closed);
-    else
-        uv_close((uv_handle_t *)t, on_refused_closed);
     PX_STAT_ADD(a->pl->stats[w->index].refused, 1);
     uint64_t now = px_now_ms();
     if (now - w->last_refuse_log_ms >= 1000) {  /* one line a second, not one per client */
@@ -432,21 +556,39 @@ static void refuse(struct px_accepting *a)
     }
 }
 
+static void on_bare_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* Out of memory for a session: take the connection off the queue and close it. */
+static void drop_connection(struct px_accepting *a)
+{
+    uv_tcp_t *t = malloc(sizeof *t);
+    if (!t)
+        return;
+    uv_tcp_init(&a->owner->loop, t);
+    uv_accept((uv_stream_t *)&a->tcp, (uv_stream_t *)t);
+    uv_close((uv_handle_t *)t, on_bare_closed);
+}
+
 void px_session_accept(struct px_accepting *a)
 {
     struct px_worker *w = a->owner;
+    /* Over the limit the connection still becomes a session, but only to be
+     * told why in its own protocol and closed; it does not count. */
     uint32_t n = __atomic_add_fetch(&a->pl->clients, 1, __ATOMIC_RELAXED);
-    if (n > a->lcfg->max_client_connections) {
+    bool over = n > a->lcfg->max_client_connections;
+    if (over)
         __atomic_sub_fetch(&a->pl->clients, 1, __ATOMIC_RELAXED);
-        refuse(a);
-        return;
-    }
     struct px_session *s = calloc(1, sizeof *s);
     if (!s) {
-        __atomic_sub_fetch(&a->pl->clients, 1, __ATOMIC_RELAXED);
-        refuse(a);
+        if (!over)
+            __atomic_sub_fetch(&a->pl->clients, 1, __ATOMIC_RELAXED);
+        drop_connection(a);
         return;
     }
+    s->counted = !over;
     s->owner = w;
     s->pl = px_listener_ref(a->pl);
     s->cfg = ferry_config_ref(w->cfg);
@@ -455,27 +597,55 @@ void px_session_accept(struct px_accepting *a)
     s->client = (struct px_conn){.owner = s, .peer = &s->server, .name = "client", .open = true};
     s->server = (struct px_conn){.owner = s, .peer = &s->client, .name = "server"};
     ferry_list_insert_tail(&w->sessions, &s->link);
+    ferry_list_init(&s->held_link);
     w->nsessions++;
-    PX_STAT_ADD(session_stats(s)->active, 1);
-    PX_STAT_ADD(session_stats(s)->accepted, 1);
+    if (s->counted) {
+        PX_STAT_ADD(session_stats(s)->active, 1);
+        PX_STAT_ADD(session_stats(s)->accepted, 1);
+    }
 
     uv_tcp_init(&w->loop, &s->client.tcp);
     s->client.tcp.data = &s->client;
     uv_timer_init(&w->loop, &s->timer);
     s->timer.data = s;
     strcpy(s->endpoint, "-");
+    strcpy(s->cluster, "-");
     int rc = uv_accept((uv_stream_t *)&a->tcp, (uv_stream_t *)&s->client.tcp);
     if (rc != 0) {
         session_close(s, FERRY_LOG_INFO, "accept failed");
         return;
     }
     tune_tcp(&s->client.tcp);
+    if (!s->counted) {
+        log_refusal(a);
+        char text[128];
+        snprintf(text, sizeof text, "too many clients on listener %s (max_client_connections %u)",
+                 a->pl->name, a->lcfg->max_client_connections);
+        session_fail(s, PX_ERR_TOO_MANY_CLIENTS, text);
+        return;
+    }
 
-    const char *cluster = NULL;
-    const struct ferry_hostport *ep = px_route(s->lcfg, &cluster);
-    ferry_hostport_format(ep, s->endpoint, sizeof s->endpoint);
-    ferry_log(FERRY_LOG_DEBUG, "session.accepted", "listener=%s session=%llu cluster=%s backend=%s",
-              s->pl->name, (unsigned long long)s->id, cluster, s->endpoint);
-    uv_timer_start(&s->timer, on_connect_timeout, (uint64_t)(s->lcfg->connect_timeout * 1000.0), 0);
-    start_backend(s, ep);
+    ferry_log(FERRY_LOG_DEBUG, "session.accepted", "listener=%s session=%llu", s->pl->name,
+              (unsigned long long)s->id);
+    if (!route_and_connect(s)) {
+        /* No writer now: wait for one instead of failing (the failover window). */
+        s->held = true;
+        ferry_list_insert_tail(&w->held, &s->held_link);
+        uv_timer_start(&s->timer, on_timer, (uint64_t)(s->cfg->discovery.hold_timeout * 1000.0), 0);
+        ferry_log(FERRY_LOG_DEBUG, "session.held", "listener=%s session=%llu hold_timeout=%g",
+                  s->pl->name, (unsigned long long)s->id, s->cfg->discovery.hold_timeout);
+    }
+}
+
+void px_session_release_held(struct px_worker *w)
+{
+    struct ferry_list *it = w->held.next;
+    while (it != &w->held) {
+        struct px_session *s = ferry_container_of(it, struct px_session, held_link);
+        it = it->next;
+        if (s->closing || s->failing || !route_and_connect(s))
+            continue;
+        s->held = false;
+        ferry_list_remove(&s->held_link);
+    }
 }

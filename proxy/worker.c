@@ -146,6 +146,7 @@ static void free_msg(struct px_msg *m)
         free(m->listeners);
     }
     ferry_config_unref(m->cfg);
+    ferry_topology_unref(m->topology);
     free(m);
 }
 
@@ -166,6 +167,11 @@ static void on_wakeup(uv_async_t *h)
                 px_listener_unref(m->listeners[i]);
             free(m->listeners);
             m->listeners = NULL;
+        } else if (m->type == PX_MSG_TOPOLOGY) {
+            ferry_topology_unref(w->topology);
+            w->topology = m->topology;
+            m->topology = NULL;
+            px_session_release_held(w);
         } else if (m->type == PX_MSG_DRAIN) {
             start_drain(w);
         } else {
@@ -201,6 +207,7 @@ int px_worker_start(struct px_worker *w, unsigned index)
     w->index = index;
     ferry_list_init(&w->accepting);
     ferry_list_init(&w->sessions);
+    ferry_list_init(&w->held);
     pthread_mutex_init(&w->lock, NULL);
     int rc = uv_loop_init(&w->loop);
     if (rc)
@@ -236,6 +243,8 @@ void px_worker_join(struct px_worker *w)
     pthread_join(w->thread, NULL);
     ferry_config_unref(w->cfg);
     w->cfg = NULL;
+    ferry_topology_unref(w->topology);
+    w->topology = NULL;
     /* Free pooled chunks and close the loop; every handle is closed. */
     px_chunk_pool_free(w);
     int rc = uv_loop_close(&w->loop);

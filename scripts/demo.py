@@ -48,12 +48,15 @@ class Demo:
         self.pg = harness.PgPair().start()
         banner("starting MariaDB primary + GTID replica")
         self.my = harness.MariaDBPair().start()
+        # Both listeners discover their writer by probing; nothing is marked.
+        probe = {"user": pg.TEST_USER, "password": pg.TEST_PASSWORD}
         config = make_config(
-            listener("pg", "postgresql", [cluster("region-a", self.pg.primary, writer=True),
-                                          cluster("region-b", self.pg.replica)]),
-            listener("mysql", "mysql", [cluster("region-a", self.my.primary, writer=True),
-                                        cluster("region-b", self.my.replica)]),
-            log_level="info")
+            listener("pg", "postgresql", [cluster("region-a", self.pg.primary),
+                                          cluster("region-b", self.pg.replica)], probe=probe),
+            listener("mysql", "mysql", [cluster("region-a", self.my.primary),
+                                        cluster("region-b", self.my.replica)],
+                     probe={"user": mariadb.TEST_USER, "password": mariadb.TEST_PASSWORD}),
+            log_level="info", discovery={"probe_interval": 0.5})
         banner(f"starting ferry ({harness.ferry_bin()})")
         self.ferry = harness.Ferry(config, proc.make_tempdir("ferry-demo-")).start()
         print(json.dumps(config, indent=2))
@@ -175,6 +178,14 @@ class Demo:
                                f"expected the region-a writer on {pair.primary.port}")
         print(f"routed to region-a, the writer (port {backend_port})")
 
+    def print_topology(self):
+        banner("discovered topology (GET /v1/status .discovery)")
+        for entry in self.ferry.status()["discovery"]["listeners"]:
+            print(f"  {entry['name']}: writer {entry['writer']} (generation {entry['generation']}: "
+                  f"{entry['reason']})")
+            for c in entry["clusters"]:
+                print(f"    {c['name']:<9} {c['endpoint']:<16} {c['state']:<10} {c['detail']}")
+
     def print_status(self):
         banner("GET /v1/status")
         try:
@@ -203,6 +214,7 @@ def main():
     try:
         demo.start()
         demo.print_connect_help()
+        demo.step("writer discovery", demo.print_topology)
         demo.run_queries()
         demo.print_status()
         if demo.failures:

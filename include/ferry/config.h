@@ -28,6 +28,7 @@ struct ferry_hostport {
 
 struct ferry_cluster_cfg {
     char name[FERRY_NAME_MAX];
+    char region[FERRY_NAME_MAX];        /* optional, "" if not given */
     struct ferry_hostport endpoint;
     bool writer;                        /* static route until discovery lands */
 };
@@ -39,12 +40,25 @@ struct ferry_listener_cfg {
     uint32_t max_client_connections;
     double connect_timeout;             /* seconds */
     size_t session_buffer;              /* bytes per session and direction */
+    bool probe_enabled;                 /* "probe" given: discovery decides the writer */
+    char probe_user[FERRY_NAME_MAX];
+    char *probe_password;               /* owned; NULL = none. Never log it */
+    char probe_database[FERRY_NAME_MAX];
     struct ferry_cluster_cfg *clusters; /* owned, nclusters entries */
     size_t nclusters;
 };
 
+/* Writer discovery tunables (top-level "discovery"). */
+struct ferry_discovery_cfg {
+    double probe_interval;              /* seconds between probe rounds */
+    double probe_timeout;               /* seconds a probe (connect + query) may take */
+    unsigned writer_down_after;         /* consecutive failed probes that drop a writer */
+    double hold_timeout;                /* seconds a new client waits for a writer */
+};
+
 struct ferry_config {
     char *path;                         /* owned: file it was loaded from */
+    struct ferry_discovery_cfg discovery;
     unsigned workers;                   /* resolved: never 0 */
     enum ferry_log_level log_level;
     double shutdown_timeout;            /* seconds */

@@ -6,6 +6,7 @@ import socket
 import time
 
 import psycopg2
+import pymysql
 import pytest
 
 import harness
@@ -47,9 +48,11 @@ def test_unreachable_backend_times_out_and_other_listener_serves(ferry_factory, 
         ferry = ferry_factory(make_config(pg_listener_to(hole.port, connect_timeout=0.5),
                                           my_listener(mariadb_pair), workers=2))
         start = time.monotonic()
-        with pytest.raises(psycopg2.OperationalError):
+        with pytest.raises(psycopg2.OperationalError) as err:
             psycopg2.connect(pg_dsn(ferry) + " connect_timeout=20")
         elapsed = time.monotonic() - start
+        assert (f"ferry: cannot reach the writer region-a (127.0.0.1:{hole.port}): "
+                "timed out after 0.5s") in str(err.value)
         # ferry gave up (0.5 s), not the client's own 20 s timeout
         assert elapsed < 15
         harness.proc.wait_for(lambda: "timed out after 0.5s" in ferry.log_text(), timeout=5,
@@ -69,10 +72,22 @@ def test_unreachable_backend_times_out_and_other_listener_serves(ferry_factory, 
 def test_refused_backend_ends_client_at_once(ferry_factory):
     port = free_port()   # nothing listens here
     ferry = ferry_factory(make_config(pg_listener_to(port), workers=1))
-    with pytest.raises(psycopg2.OperationalError):
+    with pytest.raises(psycopg2.OperationalError) as err:
         psycopg2.connect(pg_dsn(ferry) + " connect_timeout=20")
+    assert "ferry: cannot reach the writer region-a" in str(err.value)
+    assert "connection refused" in str(err.value)
     assert listener_status(ferry, "pg")["backend_connect_failures_total"] == 1
     assert "connection refused" in ferry.log_text()
+
+
+def test_mysql_client_gets_err_packet_when_backend_refuses(ferry_factory):
+    port = free_port()
+    ferry = ferry_factory(make_config(
+        listener("my", "mysql", [cluster("region-a", f"127.0.0.1:{port}", writer=True)]), workers=1))
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        my_connect(ferry)
+    assert err.value.args[0] == 2003
+    assert f"ferry: cannot reach the writer region-a (127.0.0.1:{port})" in err.value.args[1]
 
 
 def test_backend_restart_recovers(ferry_factory, pg_pair, mariadb_pair):

@@ -6,6 +6,7 @@ import signal
 import socket
 
 import psycopg2
+import pymysql
 import pytest
 
 import harness
@@ -135,12 +136,23 @@ def test_shutdown_timeout_closes_lingering_sessions(ferry_factory, pg_pair):
         conn.cursor().execute("SELECT 1")
 
 
+def test_max_client_connections_mysql_error(ferry_factory, mariadb_pair):
+    ferry = ferry_factory(make_config(my_listener(mariadb_pair, max_client_connections=1), workers=1))
+    first = my_connect(ferry)
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        my_connect(ferry)
+    assert err.value.args[0] == 1040
+    assert "ferry: too many clients on listener my" in err.value.args[1]
+    first.close()
+
+
 def test_max_client_connections(ferry_factory, pg_pair):
     ferry = ferry_factory(make_config(pg_listener(pg_pair, max_client_connections=2), workers=2))
     a = harness.pg.connect(pg_dsn(ferry))
     b = harness.pg.connect(pg_dsn(ferry))
-    with pytest.raises(psycopg2.OperationalError):
+    with pytest.raises(psycopg2.OperationalError) as err:
         harness.pg.connect(pg_dsn(ferry))
+    assert "ferry: too many clients on listener pg (max_client_connections 2)" in str(err.value)
     wait_for(lambda: "event=listener.connection_refused" in ferry.log_text(), timeout=5,
              what="the refusal log line")
     assert listener_status(ferry, "pg")["clients_refused_total"] == 1

@@ -66,6 +66,51 @@ static void test_full_config(void)
     ferry_config_unref(c);
 }
 
+static void test_discovery_and_probe(void)
+{
+    struct ferry_config *c = ferry_config_parse("f.json", "{" L0 CL "}]}", err);
+    ASSERT_TRUE(c != NULL);
+    ASSERT_TRUE(c->discovery.probe_interval == 1.0 && c->discovery.probe_timeout == 1.0);
+    ASSERT_EQ_INT(c->discovery.writer_down_after, 3);
+    ASSERT_TRUE(c->discovery.hold_timeout == 30.0);
+    ASSERT_TRUE(!c->listeners[0].probe_enabled);
+    ferry_config_unref(c);
+
+    setenv("FERRY_UNIT_PW", "s3cret", 1);
+    c = ferry_config_parse("f.json",
+                           "{\"discovery\":{\"probe_interval\":0.25,\"probe_timeout\":0.5,"
+                           "\"writer_down_after\":2,\"hold_timeout\":5}," L0
+                           "\"probe\":{\"user\":\"mon\",\"password_env\":\"FERRY_UNIT_PW\"},"
+                           "\"clusters\":[{\"name\":\"a\",\"region\":\"us-east-1\",\"endpoint\":\"h:1\"}]}]}",
+                           err);
+    ASSERT_TRUE(c != NULL);
+    ASSERT_TRUE(c->discovery.probe_interval == 0.25 && c->discovery.hold_timeout == 5);
+    ASSERT_EQ_INT(c->discovery.writer_down_after, 2);
+    const struct ferry_listener_cfg *l = &c->listeners[0];
+    ASSERT_TRUE(l->probe_enabled);
+    ASSERT_EQ_STR(l->probe_user, "mon");
+    ASSERT_EQ_STR(l->probe_password, "s3cret");
+    ASSERT_EQ_STR(l->probe_database, "postgres");
+    ASSERT_EQ_STR(l->clusters[0].region, "us-east-1");
+    ferry_config_unref(c);
+
+    char path[] = "/tmp/ferry-unit-pw-XXXXXX";
+    int fd = mkstemp(path);
+    ASSERT_TRUE(fd >= 0);
+    ASSERT_TRUE(write(fd, "from-file\n", 10) == 10);
+    close(fd);
+    char json[512];
+    snprintf(json, sizeof json,
+             "{" L0 "\"probe\":{\"user\":\"m\",\"password_file\":\"%s\",\"database\":\"d\"}," CL "}]}",
+             path);
+    c = ferry_config_parse("f.json", json, err);
+    unlink(path);
+    ASSERT_TRUE(c != NULL);
+    ASSERT_EQ_STR(c->listeners[0].probe_password, "from-file");
+    ASSERT_EQ_STR(c->listeners[0].probe_database, "d");
+    ferry_config_unref(c);
+}
+
 static void test_admin_disabled(void)
 {
     struct ferry_config *c = ferry_config_parse("f.json", "{\"admin\":{\"bind\":null}," L0 CL "}]}", err);
@@ -143,6 +188,23 @@ static const struct {
     {"{\"listeners\":[{\"name\":\"a\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\"," CL "},"
      "{\"name\":\"a\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:2\"," CL "}]}",
      "ferry.json: listeners[1].name: duplicate listener name \"a\""},
+    {"{\"discovery\":{\"interval\":1}," L0 CL "}]}", "ferry.json: discovery.interval: unknown key"},
+    {"{\"discovery\":{\"writer_down_after\":0}," L0 CL "}]}",
+     "ferry.json: discovery.writer_down_after: 0 out of range 1..100"},
+    {"{\"discovery\":{\"probe_timeout\":\"1s\"}," L0 CL "}]}",
+     "ferry.json: discovery.probe_timeout: expected a number of seconds, got a string"},
+    {"{" L0 "\"probe\":{\"password\":\"x\"}," CL "}]}",
+     "ferry.json: listeners[0].probe.user: required key is missing"},
+    {"{" L0 "\"probe\":{\"user\":\"u\",\"password\":\"x\",\"password_env\":\"HOME\"}," CL "}]}",
+     "ferry.json: listeners[0].probe: give only one of password, password_env, password_file"},
+    {"{" L0 "\"probe\":{\"user\":\"u\",\"password_env\":\"FERRY_UNIT_NO_SUCH_VAR\"}," CL "}]}",
+     "ferry.json: listeners[0].probe.password_env: environment variable FERRY_UNIT_NO_SUCH_VAR is not set"},
+    {"{" L0 "\"probe\":{\"user\":\"u\",\"password_file\":\"/nonexistent/pw\"}," CL "}]}",
+     "ferry.json: listeners[0].probe.password_file: cannot open /nonexistent/pw: No such file or directory"},
+    {"{" L0 "\"probe\":{\"user\":\"u\",\"pass\":\"x\"}," CL "}]}",
+     "ferry.json: listeners[0].probe.pass: unknown key"},
+    {"{" L0 "\"clusters\":[{\"name\":\"a\",\"region\":\"us east\",\"endpoint\":\"h:1\"}]}]}",
+     "ferry.json: listeners[0].clusters[0].region: \"us east\" must be 1-63 characters of A-Z a-z 0-9 _ . -"},
     {"{\"workers\":1,\"workers\":2," L0 CL "}]}",
      "ferry.json:1:22: invalid JSON: duplicate object key near '\"workers\"'"},
 };
@@ -220,6 +282,7 @@ int main(void)
     RUN(test_minimal_defaults);
     RUN(test_full_config);
     RUN(test_admin_disabled);
+    RUN(test_discovery_and_probe);
     RUN(test_rejections);
     RUN(test_files);
     RUN(test_hostport);

@@ -1,0 +1,62 @@
+/* decide(): the writer decision for one listener's clusters, as a pure
+ * function of the previous decision, the latest observations and the time.
+ * All hysteresis, fencing and split-brain handling lives here so it can be
+ * tested exhaustively with tables and no I/O.
+ */
+#ifndef FERRY_DECIDE_H
+#define FERRY_DECIDE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DISC_MAX_CLUSTERS 16
+#define DISC_REASON_MAX 200
+
+enum disc_probe_outcome { DISC_PROBE_NONE, DISC_PROBE_OK, DISC_PROBE_FAILED };
+enum disc_aws_role { DISC_AWS_UNKNOWN, DISC_AWS_WRITER, DISC_AWS_READER };
+
+/* What discovery saw of one cluster since the last decision. */
+struct disc_obs {
+    enum disc_probe_outcome probe;      /* NONE: no probe finished since the last decision */
+    bool writable;              /* probe OK: accepts writes (not in recovery, not read-only) */
+    enum disc_aws_role aws;     /* RDS DescribeGlobalClusters IsWriter, if known */
+    uint64_t aws_at_ms;         /* when AWS said so (0 = never) */
+};
+
+/* What decide() remembers of one cluster between decisions. */
+struct disc_cluster {
+    unsigned failures;          /* consecutive failed probes */
+    bool seen_ok;               /* at least one probe succeeded */
+    bool writable;              /* last successful probe said writable */
+    bool fenced;                /* was the writer and lost it: not eligible until seen read-only */
+    uint64_t last_ok_ms;        /* time of the last successful probe */
+};
+
+struct disc_params {
+    unsigned writer_down_after; /* consecutive failures that drop the writer (>= 1) */
+    uint64_t stale_after_ms;    /* a cluster not probed OK for this long counts as down */
+    uint64_t aws_stale_after_ms;/* AWS data older than this is ignored */
+};
+
+struct disc_decision {
+    int writer;                 /* index of the writer cluster, -1 = none (hold) */
+    int last_writer;            /* the most recent writer (>= 0), -1 = never had one */
+    uint64_t generation;        /* +1 on every writer change */
+    bool split_brain;           /* more than one cluster writable right now */
+    bool changed;               /* the writer differs from the previous decision */
+    char reason[DISC_REASON_MAX];
+    size_t n;
+    struct disc_cluster c[DISC_MAX_CLUSTERS];
+};
+
+/* Initial state: no writer, generation 0, nothing seen. */
+void disc_decision_init(struct disc_decision *d, size_t nclusters);
+
+/* next = decide(prev, obs[0..prev->n), now). names[] are used in reasons only.
+ * Pure: no I/O, no clocks, no globals. next may not alias prev. */
+void disc_decide(const struct disc_decision *prev, const struct disc_obs *obs,
+                 const char *const *names, uint64_t now_ms, const struct disc_params *p,
+                 struct disc_decision *next);
+
+#endif

@@ -1,0 +1,536 @@
+/* The discovery thread: probe rounds every probe_interval over every
+ * discovered listener's clusters, decide() when a round completes, log and
+ * record writer changes, and publish a topology snapshot when a writer
+ * changes. The thread owns its loop; other threads talk to it through a
+ * mutex-guarded inbox and uv_async_send, and read its status under the same
+ * mutex.
+ */
+#include "ferry/discovery.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+#include "decide.h"
+#include "ferry/list.h"
+#include "ferry/log.h"
+#include "probe.h"
+
+#define HISTORY_MAX 32
+
+struct disc_core;
+struct disc_listener;
+
+struct disc_cluster_view {
+    struct disc_probe probe;
+    struct disc_listener *owner;
+    struct disc_obs obs;                /* since the last decision */
+    struct disc_probe_result last;      /* for status */
+    uint64_t last_wall_ms;
+    bool has_last;
+};
+
+struct disc_listener {
+    struct disc_core *owner;
+    const struct ferry_listener_cfg *lcfg;  /* borrowed from owner->cfg */
+    size_t n;
+    struct disc_cluster_view *cl;       /* owned, n entries */
+    const char *names[DISC_MAX_CLUSTERS];
+    struct disc_decision decision;
+    uint64_t changed_wall_ms;
+};
+
+struct disc_history {
+    uint64_t wall_ms;
+    char listener[FERRY_NAME_MAX];
+    char from[FERRY_NAME_MAX];
+    char to[FERRY_NAME_MAX];
+    uint64_t generation;
+    char reason[DISC_REASON_MAX];
+};
+
+/* One config's worth of probes and decisions, on one loop. */
+struct disc_core {
+    uv_loop_t *loop;
+    struct ferry_config *cfg;           /* owned ref */
+    struct disc_listener *ls;           /* owned, nls entries */
+    size_t nls;
+    unsigned outstanding;               /* probes of the current round still running */
+    unsigned open_probes;               /* probes not yet closed (teardown) */
+    bool published;                     /* a first snapshot went out */
+    bool decided;                       /* at least one decision made */
+    struct ferry_discovery *d;          /* NULL in `ferry discover` */
+};
+
+struct ferry_discovery {
+    pthread_t thread;
+    uv_loop_t loop;
+    uv_async_t wakeup;
+    uv_timer_t round_timer;
+    pthread_mutex_t lock;               /* guards everything below and core's status data */
+    struct ferry_config *pending_cfg;   /* owned ref: reconfigure request */
+    bool stop;
+    bool probe_now;
+    struct disc_core *core;             /* current */
+    ferry_topology_publish_cb publish;
+    void *ud;
+    uint64_t serial;
+    struct disc_history history[HISTORY_MAX];
+    size_t nhistory;                    /* total ever recorded */
+};
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void lock(struct disc_core *c)
+{
+    if (c->d)
+        pthread_mutex_lock(&c->d->lock);
+}
+
+static void unlock(struct disc_core *c)
+{
+    if (c->d)
+        pthread_mutex_unlock(&c->d->lock);
+}
+
+/* ---- building and tearing down a core ---- */
+
+static bool same_clusters(const struct ferry_listener_cfg *a, const struct ferry_listener_cfg *b)
+{
+    if (a->nclusters != b->nclusters)
+        return false;
+    for (size_t i = 0; i < a->nclusters; i++)
+        if (strcmp(a->clusters[i].name, b->clusters[i].name) != 0 ||
+            !ferry_hostport_equal(&a->clusters[i].endpoint, &b->clusters[i].endpoint))
+            return false;
+    return true;
+}
+
+static struct disc_core *core_new(uv_loop_t *loop, struct ferry_config *cfg,
+                                  const struct disc_core *carry)
+{
+    struct disc_core *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->loop = loop;
+    c->cfg = ferry_config_ref(cfg);
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        c->nls += cfg->listeners[i].probe_enabled;
+    c->ls = calloc(c->nls ? c->nls : 1, sizeof *c->ls);
+    if (!c->ls) {
+        ferry_config_unref(c->cfg);
+        free(c);
+        return NULL;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct ferry_listener_cfg *lcfg = &cfg->listeners[i];
+        if (!lcfg->probe_enabled)
+            continue;
+        struct disc_listener *l = &c->ls[k++];
+        l->owner = c;
+        l->lcfg = lcfg;
+        l->n = lcfg->nclusters < DISC_MAX_CLUSTERS ? lcfg->nclusters : DISC_MAX_CLUSTERS;
+        l->cl = calloc(l->n, sizeof *l->cl);
+        disc_decision_init(&l->decision, l->n);
+        for (size_t j = 0; j < l->n && l->cl; j++) {
+            struct disc_cluster_view *v = &l->cl[j];
+            v->owner = l;
+            l->names[j] = lcfg->clusters[j].name;
+            disc_probe_init(&v->probe, loop,
+                            lcfg->protocol == FERRY_PROTO_MYSQL ? &disc_engine_mysql : &disc_engine_pg,
+                            lcfg->name, &lcfg->clusters[j], lcfg, cfg->discovery.probe_timeout);
+            c->open_probes++;
+        }
+        for (size_t o = 0; carry && o < carry->nls; o++) {
+            const struct disc_listener *old = &carry->ls[o];
+            if (strcmp(old->lcfg->name, lcfg->name) == 0 && same_clusters(old->lcfg, lcfg)) {
+                l->decision = old->decision;
+                l->changed_wall_ms = old->changed_wall_ms;
+            }
+        }
+    }
+    return c;
+}
+
+static void core_free(struct disc_core *c)
+{
+    for (size_t i = 0; i < c->nls; i++)
+        free(c->ls[i].cl);
+    free(c->ls);
+    ferry_config_unref(c->cfg);
+    free(c);
+}
+
+static void on_probe_closed(struct disc_probe *p)
+{
+    struct disc_cluster_view *v = ferry_container_of(p, struct disc_cluster_view, probe);
+    struct disc_core *c = v->owner->owner;
+    if (--c->open_probes == 0)
+        core_free(c);
+}
+
+/* Closes every probe; the core frees itself when the last one has closed. */
+static void core_close(struct disc_core *c)
+{
+    if (c->open_probes == 0) {
+        core_free(c);
+        return;
+    }
+    for (size_t i = 0; i < c->nls; i++)
+        for (size_t j = 0; j < c->ls[i].n; j++)
+            disc_probe_close(&c->ls[i].cl[j].probe, on_probe_closed);
+}
+
+/* ---- deciding and publishing ---- */
+
+static struct disc_params params_of(const struct ferry_config *cfg)
+{
+    const struct ferry_discovery_cfg *dc = &cfg->discovery;
+    return (struct disc_params){
+        .writer_down_after = dc->writer_down_after,
+        /* blind for writer_down_after intervals (plus one probe's time): stop trusting */
+        .stale_after_ms = (uint64_t)((dc->writer_down_after * dc->probe_interval + dc->probe_timeout) * 1000.0),
+        .aws_stale_after_ms = 120000,
+    };
+}
+
+static void record_change(struct disc_core *c, struct disc_listener *l, int from)
+{
+    const struct disc_decision *dd = &l->decision;
+    const char *from_name = from >= 0 ? l->names[from] : "none";
+    const char *to_name = dd->writer >= 0 ? l->names[dd->writer] : "none";
+    ferry_log(dd->writer >= 0 ? FERRY_LOG_INFO : FERRY_LOG_WARN, "topology.writer_changed",
+              "listener=%s from=%s to=%s generation=%llu reason=\"%s\"", l->lcfg->name, from_name,
+              to_name, (unsigned long long)dd->generation, dd->reason);
+    l->changed_wall_ms = wall_ms();
+    if (!c->d)
+        return;
+    struct disc_history *h = &c->d->history[c->d->nhistory++ % HISTORY_MAX];
+    h->wall_ms = l->changed_wall_ms;
+    snprintf(h->listener, sizeof h->listener, "%s", l->lcfg->name);
+    snprintf(h->from, sizeof h->from, "%s", from_name);
+    snprintf(h->to, sizeof h->to, "%s", to_name);
+    h->generation = dd->generation;
+    snprintf(h->reason, sizeof h->reason, "%s", dd->reason);
+}
+
+static struct ferry_topology *snapshot(struct disc_core *c)
+{
+    struct ferry_topology *t = ferry_topology_new(c->nls);
+    if (!t)
+        return NULL;
+    t->serial = c->d ? ++c->d->serial : 1;
+    for (size_t i = 0; i < c->nls; i++) {
+        const struct disc_listener *l = &c->ls[i];
+        struct ferry_topology_listener *e = &t->listeners[i];
+        snprintf(e->name, sizeof e->name, "%s", l->lcfg->name);
+        e->writer = l->decision.writer;
+        e->generation = l->decision.generation;
+        e->changed_ms = l->changed_wall_ms;
+        e->split_brain = l->decision.split_brain;
+        snprintf(e->reason, sizeof e->reason, "%s", l->decision.reason);
+        if (e->writer >= 0) {
+            snprintf(e->writer_cluster, sizeof e->writer_cluster, "%s", l->names[e->writer]);
+            e->writer_endpoint = l->lcfg->clusters[e->writer].endpoint;
+        }
+    }
+    return t;
+}
+
+static void core_decide(struct disc_core *c)
+{
+    struct disc_params p = params_of(c->cfg);
+    uint64_t now = uv_now(c->loop);
+    bool changed = false;
+    lock(c);
+    for (size_t i = 0; i < c->nls; i++) {
+        struct disc_listener *l = &c->ls[i];
+        struct disc_obs obs[DISC_MAX_CLUSTERS];
+        for (size_t j = 0; j < l->n; j++) {
+            obs[j] = l->cl[j].obs;
+            l->cl[j].obs.probe = DISC_PROBE_NONE;
+        }
+        struct disc_decision next;
+        int from = l->decision.writer;
+        disc_decide(&l->decision, obs, l->names, now, &p, &next);
+        bool split_news = next.split_brain && !l->decision.split_brain;
+        l->decision = next;
+        if (next.changed) {
+            record_change(c, l, from);
+            changed = true;
+        }
+        if (split_news)
+            ferry_log(FERRY_LOG_ERROR, "topology.split_brain", "listener=%s reason=\"%s\"",
+                      l->lcfg->name, next.reason);
+    }
+    c->decided = true;
+    unlock(c);
+    if (c->d && (changed || !c->published)) {
+        struct ferry_topology *t = snapshot(c);
+        if (t) {
+            c->published = true;
+            c->d->publish(t, c->d->ud);
+        }
+    }
+}
+
+static void on_probe_result(struct disc_probe *p, const struct disc_probe_result *r, void *ud)
+{
+    struct disc_cluster_view *v = ud;
+    struct disc_core *c = v->owner->owner;
+    lock(c);
+    v->last = *r;
+    v->has_last = true;
+    v->last_wall_ms = wall_ms();
+    v->obs.probe = r->ok ? DISC_PROBE_OK : DISC_PROBE_FAILED;
+    v->obs.writable = r->writable;
+    unlock(c);
+    if (!r->ok && ferry_log_enabled(FERRY_LOG_DEBUG))
+        ferry_log(FERRY_LOG_DEBUG, "probe.failed", "listener=%s cluster=%s error=\"%s\"",
+                  p->listener, p->cluster, r->detail);
+    if (--c->outstanding == 0)
+        core_decide(c);
+}
+
+/* Starts every probe that is not still busy with the previous round. */
+static void core_round(struct disc_core *c)
+{
+    for (size_t i = 0; i < c->nls; i++)
+        for (size_t j = 0; j < c->ls[i].n; j++) {
+            struct disc_cluster_view *v = &c->ls[i].cl[j];
+            c->outstanding++;
+            if (disc_probe_run(&v->probe, on_probe_result, v) != 0)
+                c->outstanding--;
+        }
+    if (c->outstanding == 0 && c->nls == 0)
+        core_decide(c);
+}
+
+/* ---- status ---- */
+
+static json_t *iso_time(uint64_t ms)
+{
+    if (!ms)
+        return json_null();
+    time_t s = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    char buf[96];   /* ints may be wide as far as the compiler knows */
+    snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (unsigned)(ms % 1000));
+    return json_string(buf);
+}
+
+static const char *cluster_state(const struct disc_cluster_view *v)
+{
+    if (!v->has_last)
+        return "unknown";
+    if (!v->last.ok)
+        return "unreachable";
+    return v->last.writable ? "writable" : "read-only";
+}
+
+static json_t *listener_json(const struct disc_listener *l)
+{
+    const struct disc_decision *dd = &l->decision;
+    json_t *clusters = json_array();
+    for (size_t j = 0; j < l->n; j++) {
+        const struct disc_cluster_view *v = &l->cl[j];
+        char ep[FERRY_HOST_MAX + 16];
+        ferry_hostport_format(&l->lcfg->clusters[j].endpoint, ep, sizeof ep);
+        json_array_append_new(clusters, json_pack(
+            "{s:s, s:s, s:s, s:s, s:f, s:i, s:b, s:b, s:o}", "name", l->names[j], "endpoint", ep,
+            "state", cluster_state(v), "detail", v->has_last ? v->last.detail : "",
+            "latency_ms", v->has_last ? v->last.latency_ms : 0.0,
+            "consecutive_failures", (int)dd->c[j].failures, "fenced", dd->c[j].fenced,
+            "aurora", v->has_last && v->last.aurora, "observed_at", iso_time(v->last_wall_ms)));
+    }
+    return json_pack("{s:s, s:s?, s:I, s:s, s:b, s:o, s:o}", "name", l->lcfg->name, "writer",
+                     dd->writer >= 0 ? l->names[dd->writer] : NULL,
+                     "generation", (json_int_t)dd->generation, "reason", dd->reason,
+                     "split_brain", dd->split_brain, "changed_at", iso_time(l->changed_wall_ms),
+                     "clusters", clusters);
+}
+
+static json_t *core_json(const struct disc_core *c)
+{
+    json_t *ls = json_array();
+    for (size_t i = 0; i < c->nls; i++)
+        json_array_append_new(ls, listener_json(&c->ls[i]));
+    return ls;
+}
+
+json_t *ferry_discovery_status(struct ferry_discovery *d)
+{
+    pthread_mutex_lock(&d->lock);
+    json_t *hist = json_array();
+    size_t first = d->nhistory > HISTORY_MAX ? d->nhistory - HISTORY_MAX : 0;
+    for (size_t i = first; i < d->nhistory; i++) {
+        const struct disc_history *h = &d->history[i % HISTORY_MAX];
+        json_array_append_new(hist, json_pack("{s:o, s:s, s:s, s:s, s:I, s:s}", "at",
+                                              iso_time(h->wall_ms), "listener", h->listener,
+                                              "from", h->from, "to", h->to, "generation",
+                                              (json_int_t)h->generation, "reason", h->reason));
+    }
+    json_t *out = json_pack("{s:o, s:o}", "listeners", d->core ? core_json(d->core) : json_array(),
+                            "history", hist);
+    pthread_mutex_unlock(&d->lock);
+    return out;
+}
+
+/* ---- the thread ---- */
+
+static void on_round(uv_timer_t *t)
+{
+    struct ferry_discovery *d = t->data;
+    core_round(d->core);
+}
+
+static void restart_rounds(struct ferry_discovery *d)
+{
+    uint64_t ms = (uint64_t)(d->core->cfg->discovery.probe_interval * 1000.0);
+    uv_timer_start(&d->round_timer, on_round, 0, ms ? ms : 1);
+}
+
+static void on_wakeup(uv_async_t *h)
+{
+    struct ferry_discovery *d = h->data;
+    pthread_mutex_lock(&d->lock);
+    bool stop = d->stop, now = d->probe_now;
+    struct ferry_config *cfg = d->pending_cfg;
+    d->pending_cfg = NULL;
+    d->probe_now = false;
+    pthread_mutex_unlock(&d->lock);
+
+    if (stop) {
+        ferry_config_unref(cfg);
+        uv_close((uv_handle_t *)&d->round_timer, NULL);
+        uv_close((uv_handle_t *)&d->wakeup, NULL);
+        pthread_mutex_lock(&d->lock);
+        struct disc_core *c = d->core;
+        d->core = NULL;
+        pthread_mutex_unlock(&d->lock);
+        core_close(c);
+        return;
+    }
+    if (cfg) {
+        struct disc_core *next = core_new(&d->loop, cfg, d->core);
+        ferry_config_unref(cfg);
+        if (!next) {
+            ferry_log(FERRY_LOG_ERROR, "discovery.reconfigure_failed", "error=\"out of memory\"");
+        } else {
+            next->d = d;
+            pthread_mutex_lock(&d->lock);
+            struct disc_core *old = d->core;
+            d->core = next;
+            pthread_mutex_unlock(&d->lock);
+            core_close(old);
+            restart_rounds(d);   /* first round of the new config at once; it publishes */
+            return;
+        }
+    }
+    if (now)
+        restart_rounds(d);
+}
+
+static void *discovery_main(void *arg)
+{
+    struct ferry_discovery *d = arg;
+    uv_run(&d->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+struct ferry_discovery *ferry_discovery_start(struct ferry_config *cfg,
+                                              ferry_topology_publish_cb publish, void *ud)
+{
+    struct ferry_discovery *d = calloc(1, sizeof *d);
+    if (!d)
+        return NULL;
+    pthread_mutex_init(&d->lock, NULL);
+    d->publish = publish;
+    d->ud = ud;
+    if (uv_loop_init(&d->loop) != 0) {
+        free(d);
+        return NULL;
+    }
+    d->core = core_new(&d->loop, cfg, NULL);
+    if (!d->core) {
+        uv_loop_close(&d->loop);
+        free(d);
+        return NULL;
+    }
+    d->core->d = d;
+    uv_async_init(&d->loop, &d->wakeup, on_wakeup);
+    d->wakeup.data = d;
+    uv_timer_init(&d->loop, &d->round_timer);
+    d->round_timer.data = d;
+    restart_rounds(d);
+    if (pthread_create(&d->thread, NULL, discovery_main, d) != 0) {
+        /* not started: nothing else references d */
+        abort();
+    }
+    return d;
+}
+
+void ferry_discovery_reconfigure(struct ferry_discovery *d, struct ferry_config *cfg)
+{
+    pthread_mutex_lock(&d->lock);
+    ferry_config_unref(d->pending_cfg);
+    d->pending_cfg = ferry_config_ref(cfg);
+    uv_async_send(&d->wakeup);
+    pthread_mutex_unlock(&d->lock);
+}
+
+void ferry_discovery_probe_now(struct ferry_discovery *d)
+{
+    pthread_mutex_lock(&d->lock);
+    d->probe_now = true;
+    uv_async_send(&d->wakeup);
+    pthread_mutex_unlock(&d->lock);
+}
+
+void ferry_discovery_stop(struct ferry_discovery *d)
+{
+    if (!d)
+        return;
+    pthread_mutex_lock(&d->lock);
+    d->stop = true;
+    uv_async_send(&d->wakeup);
+    pthread_mutex_unlock(&d->lock);
+    pthread_join(d->thread, NULL);
+    uv_loop_close(&d->loop);
+    pthread_mutex_destroy(&d->lock);
+    free(d);
+}
+
+/* ---- one-shot (`ferry discover`) ---- */
+
+json_t *ferry_discovery_once(struct ferry_config *cfg, bool *has_writer)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct disc_core *c = core_new(&loop, cfg, NULL);
+    json_t *out = NULL;
+    *has_writer = false;
+    if (c) {
+        core_round(c);
+        while (!c->decided && uv_run(&loop, UV_RUN_ONCE))
+            ;
+        out = core_json(c);
+        *has_writer = c->nls > 0;
+        for (size_t i = 0; i < c->nls; i++)
+            *has_writer &= c->ls[i].decision.writer >= 0;
+        core_close(c);
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    return out ? out : json_array();
+}

@@ -1,0 +1,85 @@
+/* SQL probes: one per (listener, cluster). A probe connects (reusing its
+ * connection while it stays healthy), asks whether the server accepts
+ * writes, and reports one result per run. Everything is non-blocking on the
+ * discovery loop; every run has a deadline, and any error or timeout throws
+ * the connection away so a dead server can never wedge the monitor.
+ */
+#ifndef FERRY_PROBE_H
+#define FERRY_PROBE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "ferry/config.h"
+
+struct disc_probe;
+
+struct disc_probe_result {
+    bool ok;                    /* connected and got an answer */
+    bool writable;              /* ok: the server accepts writes */
+    bool aurora;                /* ok: Aurora status functions/tables exist */
+    char detail[160];           /* ok: what the server said; else why it failed */
+    double latency_ms;
+};
+
+typedef void (*disc_probe_cb)(struct disc_probe *p, const struct disc_probe_result *r, void *ud);
+
+/* Engine-specific part: a step function driven by socket readiness. */
+struct disc_engine {
+    const char *name;
+    /* Starts or continues the work; returns the uv poll events it waits for,
+     * 0 when finished (the result is filled in), or -1 on a fatal error (the
+     * result's detail says why). fd is set to the socket to wait on. */
+    int (*step)(struct disc_probe *p, struct disc_probe_result *r, int *fd);
+    void (*drop)(struct disc_probe *p);   /* discard the connection (non-blocking) */
+};
+
+extern const struct disc_engine disc_engine_pg;
+extern const struct disc_engine disc_engine_mysql;
+
+struct disc_probe {
+    uv_loop_t *loop;
+    const struct disc_engine *engine;
+    char listener[FERRY_NAME_MAX];
+    char cluster[FERRY_NAME_MAX];
+    struct ferry_hostport endpoint;
+    char user[FERRY_NAME_MAX];
+    char *password;             /* owned copy; never logged */
+    char database[FERRY_NAME_MAX];
+    double timeout;             /* seconds */
+
+    /* engine state */
+    void *conn;                 /* PGconn* / MYSQL* ; NULL = not connected */
+    int phase;                  /* engine-defined */
+    bool aurora_checked;
+    bool aurora;
+    void *scratch;              /* engine-defined (e.g. a MYSQL_RES) */
+
+    /* driver state */
+    bool running;
+    bool closing;
+    uint64_t started_ns;
+    uv_poll_t *poll;            /* owned; re-created when the socket changes */
+    int poll_fd;
+    uv_timer_t deadline;
+    int ready_events;           /* UV_READABLE/UV_WRITABLE seen by the last poll */
+    disc_probe_cb cb;
+    void *ud;
+    void (*close_cb)(struct disc_probe *p);
+    struct disc_probe_result result;
+};
+
+/* Initialises p (the caller owns the memory and the strings are copied). */
+int disc_probe_init(struct disc_probe *p, uv_loop_t *loop, const struct disc_engine *engine,
+                    const char *listener, const struct ferry_cluster_cfg *cluster,
+                    const struct ferry_listener_cfg *lcfg, double timeout);
+
+/* Starts one run; cb is called exactly once, on the loop. No-op (returns
+ * UV_EBUSY) while a run is in progress. */
+int disc_probe_run(struct disc_probe *p, disc_probe_cb cb, void *ud);
+
+/* Drops the connection and closes the handles; close_cb(p) once done. */
+void disc_probe_close(struct disc_probe *p, void (*close_cb)(struct disc_probe *p));
+
+#endif

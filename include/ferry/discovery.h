@@ -1,0 +1,45 @@
+/* Writer discovery: probes every cluster of every listener that has a
+ * "probe" section, decides the writer (decide.c) and publishes immutable
+ * topology snapshots. Runs on its own thread and loop; nothing it does
+ * blocks. Listeners without "probe" are routed statically and not listed.
+ */
+#ifndef FERRY_DISCOVERY_H
+#define FERRY_DISCOVERY_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "ferry/config.h"
+#include "ferry/topology.h"
+
+struct ferry_discovery;
+
+/* Called on the discovery thread with a new snapshot (one reference, which
+ * the callee takes) whenever a writer changes, and once after the first
+ * round. */
+typedef void (*ferry_topology_publish_cb)(struct ferry_topology *t, void *ud);
+
+/* Starts the discovery thread for cfg (a reference is taken). NULL on error. */
+struct ferry_discovery *ferry_discovery_start(struct ferry_config *cfg,
+                                              ferry_topology_publish_cb publish, void *ud);
+
+/* Any thread: switch to a new config. Decisions of listeners whose cluster
+ * set (names and endpoints) is unchanged carry over. */
+void ferry_discovery_reconfigure(struct ferry_discovery *d, struct ferry_config *cfg);
+
+/* Any thread: start a probe round now (live traffic saw a reason to look). */
+void ferry_discovery_probe_now(struct ferry_discovery *d);
+
+/* Any thread: stops the thread, closes every connection, frees d. */
+void ferry_discovery_stop(struct ferry_discovery *d);
+
+/* Any thread: JSON of the per-listener decision, last observation of each
+ * cluster and the writer-change history. New reference. */
+json_t *ferry_discovery_status(struct ferry_discovery *d);
+
+/* `ferry discover`: one probe round on the calling thread, then decide.
+ * Returns a JSON document (new reference) and sets *has_writer when every
+ * probed listener has a writer. */
+json_t *ferry_discovery_once(struct ferry_config *cfg, bool *has_writer);
+
+#endif

@@ -1,0 +1,43 @@
+/* Topology snapshots: which cluster is the writer of each discovered
+ * listener right now. Built by the discovery thread, immutable once
+ * published, reference-counted (atomically) so every worker can hold the
+ * one it routes with while discovery publishes the next.
+ */
+#ifndef FERRY_TOPOLOGY_H
+#define FERRY_TOPOLOGY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ferry/config.h"
+
+#define FERRY_REASON_MAX 200
+
+struct ferry_topology_listener {
+    char name[FERRY_NAME_MAX];          /* listener name */
+    int writer;                         /* cluster index in the listener config, -1: none (hold) */
+    char writer_cluster[FERRY_NAME_MAX];
+    struct ferry_hostport writer_endpoint;
+    uint64_t generation;                /* this listener's writer generation */
+    uint64_t changed_ms;                /* wall clock (ms since epoch) of the last change */
+    bool split_brain;
+    char reason[FERRY_REASON_MAX];
+};
+
+struct ferry_topology {
+    int refs;                           /* atomic */
+    uint64_t serial;                    /* +1 per snapshot published */
+    size_t n;
+    struct ferry_topology_listener listeners[]; /* n entries */
+};
+
+struct ferry_topology *ferry_topology_new(size_t n);   /* refs = 1, zeroed */
+struct ferry_topology *ferry_topology_ref(struct ferry_topology *t);
+void ferry_topology_unref(struct ferry_topology *t);   /* NULL ignored */
+
+/* The entry for a listener, or NULL when the listener is not discovered. */
+const struct ferry_topology_listener *ferry_topology_find(const struct ferry_topology *t,
+                                                          const char *listener);
+
+#endif

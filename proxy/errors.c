@@ -1,0 +1,63 @@
+/* Errors ferry originates before any server has spoken, in the client's
+ * protocol: a PostgreSQL FATAL ErrorResponse (libpq reads it even in answer
+ * to an SSLRequest) or a MySQL ERR packet with sequence id 0 in place of the
+ * server greeting (what mysqld itself sends for "Too many connections").
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "proxy.h"
+
+struct err_code {
+    const char *sqlstate;
+    uint16_t mysql_errno;
+};
+
+static struct err_code code_of(enum ferry_proto proto, enum px_err kind)
+{
+    switch (kind) {
+    case PX_ERR_TOO_MANY_CLIENTS:
+        return proto == FERRY_PROTO_MYSQL ? (struct err_code){"08004", 1040}   /* ER_CON_COUNT_ERROR */
+                                          : (struct err_code){"53300", 0};     /* too_many_connections */
+    case PX_ERR_NO_WRITER:
+        /* 57P03 cannot_connect_now; MySQL 1053 ER_SERVER_SHUTDOWN (08S01): both retryable */
+        return proto == FERRY_PROTO_MYSQL ? (struct err_code){"08S01", 1053}
+                                          : (struct err_code){"57P03", 0};
+    case PX_ERR_BACKEND_DOWN:
+        return proto == FERRY_PROTO_MYSQL ? (struct err_code){"08S01", 2003}   /* CR_CONN_HOST_ERROR */
+                                          : (struct err_code){"08006", 0};     /* connection_failure */
+    }
+    return (struct err_code){"XX000", 1105};
+}
+
+void px_error_message(enum ferry_proto proto, enum px_err kind, const char *text,
+                      struct ferry_wbuf *out)
+{
+    struct err_code code = code_of(proto, kind);
+    char msg[512];
+    snprintf(msg, sizeof msg, "ferry: %s", text);
+    size_t start = out->len;
+    if (proto == FERRY_PROTO_POSTGRESQL) {
+        ferry_wbuf_u8(out, 'E');
+        ferry_wbuf_u32be(out, 0);
+        ferry_wbuf_u8(out, 'S');
+        ferry_wbuf_cstr(out, "FATAL");
+        ferry_wbuf_u8(out, 'V');
+        ferry_wbuf_cstr(out, "FATAL");
+        ferry_wbuf_u8(out, 'C');
+        ferry_wbuf_cstr(out, code.sqlstate);
+        ferry_wbuf_u8(out, 'M');
+        ferry_wbuf_cstr(out, msg);
+        ferry_wbuf_u8(out, 0);
+        ferry_wbuf_patch_u32be(out, start + 1, (uint32_t)(out->len - start - 1));
+    } else {
+        ferry_wbuf_u24le(out, 0);
+        ferry_wbuf_u8(out, 0);              /* sequence id: first packet */
+        ferry_wbuf_u8(out, 0xff);
+        ferry_wbuf_u16le(out, code.mysql_errno);
+        ferry_wbuf_u8(out, '#');
+        ferry_wbuf_put(out, code.sqlstate, 5);
+        ferry_wbuf_put(out, msg, strlen(msg));
+        ferry_wbuf_patch_u24le(out, start, (uint32_t)(out->len - start - 4));
+    }
+}

@@ -1,0 +1,205 @@
+"""Writer discovery against real servers: ferry probes every cluster, routes
+new connections to the one that accepts writes, follows a promotion, holds
+new clients while there is no writer, and explains every change in
+/v1/status and its log."""
+
+import json
+import subprocess
+import threading
+import time
+
+import psycopg2
+import pymysql
+import pytest
+
+import harness
+from fronts import listener_status, my_connect, pg_dsn
+from harness import cluster, listener, make_config
+from harness.proc import wait_for
+from harness.ports import free_port
+
+FAST = {"probe_interval": 0.1, "probe_timeout": 1, "writer_down_after": 2, "hold_timeout": 20}
+
+
+def pg_discovered(pair, **options):
+    return listener("pg", "postgresql",
+                    [cluster("region-a", pair.primary), cluster("region-b", pair.replica)],
+                    probe={"user": "ferry_test", "password": "ferry_pw"}, **options)
+
+
+def my_discovered(pair, **options):
+    return listener("my", "mysql",
+                    [cluster("region-a", pair.primary), cluster("region-b", pair.replica)],
+                    probe={"user": "ferry_test", "password_env": "FERRY_TEST_PROBE_PW"}, **options)
+
+
+def discovery_of(ferry, name):
+    for entry in ferry.status()["discovery"]["listeners"]:
+        if entry["name"] == name:
+            return entry
+    raise KeyError(name)
+
+
+def writer_of(ferry, name):
+    return discovery_of(ferry, name)["writer"]
+
+
+def pg_port_via(ferry):
+    return harness.pg.run_query(pg_dsn(ferry), "SELECT inet_server_port()")[0][0]
+
+
+@pytest.fixture
+def own_pg():
+    with harness.PgPair() as pair:
+        yield pair
+
+
+@pytest.fixture
+def own_mariadb():
+    with harness.MariaDBPair() as pair:
+        yield pair
+
+
+def test_pg_follows_promotion_and_holds_in_between(ferry_factory, own_pg):
+    ferry = ferry_factory(make_config(pg_discovered(own_pg), workers=2, discovery=FAST))
+    wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a as writer")
+    assert pg_port_via(ferry) == own_pg.primary.port
+    entry = discovery_of(ferry, "pg")
+    states = {c["name"]: c["state"] for c in entry["clusters"]}
+    assert states == {"region-a": "writable", "region-b": "read-only"}
+    assert listener_status(ferry, "pg")["route"]["cluster"] == "region-a"
+
+    # Planned switchover, step 1: the old writer turns read-only.
+    own_pg.primary.query("ALTER SYSTEM SET default_transaction_read_only = on")
+    own_pg.primary.query("SELECT pg_reload_conf()")
+    wait_for(lambda: writer_of(ferry, "pg") is None, timeout=10, what="no writer")
+    assert "region-a reports read-only" in discovery_of(ferry, "pg")["reason"]
+    assert listener_status(ferry, "pg")["route"] is None
+
+    # A client arriving now is held, not refused...
+    result = {}
+
+    def client():
+        try:
+            result["port"] = pg_port_via(ferry)
+        except Exception as e:  # noqa: BLE001 - asserted below
+            result["error"] = e
+
+    t = threading.Thread(target=client)
+    t.start()
+    time.sleep(0.5)
+    assert t.is_alive()   # still waiting for a writer
+    # ...and released to the new writer once it is promoted.
+    own_pg.replica.promote()
+    t.join(20)
+    assert result == {"port": own_pg.replica.port}
+    wait_for(lambda: writer_of(ferry, "pg") == "region-b", timeout=10, what="region-b as writer")
+    st = ferry.status()
+    history = [(h["listener"], h["from"], h["to"]) for h in st["discovery"]["history"]]
+    assert history == [("pg", "none", "region-a"), ("pg", "region-a", "none"),
+                       ("pg", "none", "region-b")]
+    assert "region-b is the only writable cluster" in st["discovery"]["history"][-1]["reason"]
+    assert discovery_of(ferry, "pg")["generation"] == 3
+    log = ferry.log_text()
+    assert "event=topology.writer_changed listener=pg from=none to=region-b generation=3" in log
+    assert "ferry_pw" not in log and "ferry_pw" not in json.dumps(st)
+
+
+def test_pg_unplanned_failover_when_writer_dies(ferry_factory, own_pg):
+    ferry = ferry_factory(make_config(pg_discovered(own_pg), workers=1, discovery=FAST))
+    wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a as writer")
+    own_pg.primary.stop(mode="immediate")
+    wait_for(lambda: writer_of(ferry, "pg") is None, timeout=10, what="writer dropped")
+    reason = discovery_of(ferry, "pg")["reason"]
+    assert "region-a unreachable for 2 consecutive probes" in reason
+    own_pg.replica.promote()
+    wait_for(lambda: writer_of(ferry, "pg") == "region-b", timeout=10, what="region-b as writer")
+    assert pg_port_via(ferry) == own_pg.replica.port
+
+
+def test_hold_timeout_gives_a_clear_retryable_error(ferry_factory, pg_pair):
+    only_replica = listener("pg", "postgresql", [cluster("region-b", pg_pair.replica)],
+                            probe={"user": "ferry_test", "password": "ferry_pw"})
+    ferry = ferry_factory(make_config(only_replica, workers=1,
+                                      discovery=dict(FAST, hold_timeout=0.5)))
+    wait_for(lambda: discovery_of(ferry, "pg")["clusters"][0]["state"] == "read-only",
+             timeout=10, what="the replica to be probed")
+    assert ferry.http_get("/readyz")[0] == 200   # it serves: new clients are held
+    with pytest.raises(psycopg2.OperationalError) as err:
+        psycopg2.connect(pg_dsn(ferry) + " connect_timeout=10")
+    assert "ferry: no writer for listener pg after waiting 0.5s" in str(err.value)
+    assert listener_status(ferry, "pg")["clients_active"] == 0
+
+
+def test_probe_login_failure_is_reported(ferry_factory, pg_pair):
+    bad = listener("pg", "postgresql", [cluster("region-a", pg_pair.primary)],
+                   probe={"user": "ferry_test", "password": "not-the-password"})
+    ferry = ferry_factory(make_config(bad, workers=1, discovery=FAST))
+    wait_for(lambda: discovery_of(ferry, "pg")["clusters"][0]["state"] == "unreachable",
+             timeout=10, what="the probe to fail")
+    detail = discovery_of(ferry, "pg")["clusters"][0]["detail"]
+    assert "password authentication failed" in detail
+    assert "not-the-password" not in ferry.log_text() + json.dumps(ferry.status())
+
+
+def test_mariadb_follows_read_only_switch(ferry_factory, own_mariadb, monkeypatch):
+    monkeypatch.setenv("FERRY_TEST_PROBE_PW", "ferry_pw")
+    ferry = ferry_factory(make_config(my_discovered(own_mariadb), workers=2, discovery=FAST))
+    wait_for(lambda: writer_of(ferry, "my") == "region-a", timeout=10, what="region-a as writer")
+
+    def port_via():
+        conn = my_connect(ferry)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@port")
+                return cur.fetchone()[0]
+        finally:
+            conn.close()
+
+    assert port_via() == own_mariadb.primary.port
+    own_mariadb.primary.set_read_only(True)
+    own_mariadb.replica.promote()
+    wait_for(lambda: writer_of(ferry, "my") == "region-b", timeout=10, what="region-b as writer")
+    assert port_via() == own_mariadb.replica.port
+    states = {c["name"]: c["state"] for c in discovery_of(ferry, "my")["clusters"]}
+    assert states == {"region-a": "read-only", "region-b": "writable"}
+
+
+def test_reload_adds_discovery_to_a_static_listener(ferry_factory, pg_pair):
+    static = listener("pg", "postgresql", [cluster("region-a", pg_pair.primary, writer=True),
+                                           cluster("region-b", pg_pair.replica)])
+    cfg = make_config(static, workers=1, discovery=FAST)
+    ferry = ferry_factory(cfg)
+    assert "discovery" not in ferry.status()
+    assert listener_status(ferry, "pg")["routing"] == "static"
+    discovered = dict(static, probe={"user": "ferry_test", "password": "ferry_pw"})
+    ferry.reload(dict(cfg, listeners=[discovered]))
+    wait_for(lambda: "discovery" in ferry.status() and writer_of(ferry, "pg") == "region-a",
+             timeout=10, what="discovery to start on reload")
+    assert listener_status(ferry, "pg")["routing"] == "discovered"
+    assert pg_port_via(ferry) == pg_pair.primary.port
+
+
+def run_discover(cfg, tmp_path, *args):
+    path = harness.ferry.write_config(cfg, str(tmp_path / "ferry.json"))
+    return subprocess.run([harness.require_binary(), "discover", "-c", path, *args],
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+
+
+def test_discover_command(tmp_path, pg_pair, mariadb_pair, monkeypatch):
+    monkeypatch.setenv("FERRY_TEST_PROBE_PW", "ferry_pw")
+    cfg = make_config(pg_discovered(pg_pair), my_discovered(mariadb_pair))
+    res = run_discover(cfg, tmp_path, "--json")
+    assert res.returncode == 0, res.stderr
+    doc = {entry["name"]: entry for entry in json.loads(res.stdout)}
+    assert doc["pg"]["writer"] == "region-a" and doc["my"]["writer"] == "region-a"
+    assert [c["state"] for c in doc["pg"]["clusters"]] == ["writable", "read-only"]
+    text = run_discover(cfg, tmp_path)
+    assert text.returncode == 0
+    assert "listener pg: writer region-a (region-a is the only writable cluster)" in text.stdout
+
+    dead = make_config(listener("pg", "postgresql", [cluster("a", f"127.0.0.1:{free_port()}")],
+                                probe={"user": "u", "password": "p"}))
+    res = run_discover(dead, tmp_path)
+    assert res.returncode == 1
+    assert "writer NONE" in res.stdout and "unreachable" in res.stdout

@@ -1,0 +1,168 @@
+/* decide() tables. Each case is a script of probe rounds, one second apart
+ * unless a step says otherwise; per round, one letter per cluster:
+ *   W = probe OK, writable   R = probe OK, read-only   F = probe failed
+ *   - = no probe finished
+ * and optionally AWS's view per cluster: w = writer, r = reader, - = unknown,
+ * s = "writer" but an hour old. After each round the expected writer (letter
+ * or '-'), generation, split-brain flag and a reason substring are checked.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "decide.h"
+#include "unit.h"
+
+struct step {
+    const char *probes;
+    const char *aws;        /* NULL: all unknown */
+    char writer;            /* 'A'.. or '-' */
+    int generation;         /* -1: don't check */
+    const char *reason;     /* substring, NULL: don't check */
+    int split;              /* -1: don't check */
+    unsigned advance_ms;    /* 0: 1000 */
+};
+
+struct tcase {
+    const char *name;
+    struct step steps[12];
+};
+
+#define S(p, a, w, g, r, sb) {p, a, w, g, r, sb, 0}
+#define END {NULL, NULL, 0, 0, NULL, 0, 0}
+
+static const struct tcase cases[] = {
+    {"first round picks the only writable", {S("WR", NULL, 'A', 1, "A is the only writable cluster", 0), END}},
+    {"nothing finished yet", {S("--", NULL, '-', 0, "no probe has succeeded yet", 0), END}},
+    {"all read-only holds", {S("RR", NULL, '-', 0, "no writable cluster", 0), END}},
+    {"one failed probe keeps a healthy writer",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("FR", NULL, 'A', 1, NULL, 0), S("WR", NULL, 'A', 1, NULL, 0), END}},
+    {"writer dropped after writer_down_after failures",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("FR", NULL, 'A', 1, NULL, 0), S("FR", NULL, 'A', 1, NULL, 0),
+      S("FR", NULL, '-', 2, "A unreachable for 3 consecutive probes; no other writable cluster", 0), END}},
+    {"read-only writer dropped at once, new writer same round",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("RW", NULL, 'B', 2, "A reports read-only; B is the only writable cluster", 0), END}},
+    {"planned switchover through a no-writer gap",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("RR", NULL, '-', 2, "A reports read-only; no other writable cluster", 0),
+      S("RW", NULL, 'B', 3, "B is the only writable cluster", 0), END}},
+    {"unplanned failover waits out hysteresis",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("FW", NULL, 'A', 1, NULL, 0), S("FW", NULL, 'A', 1, NULL, 0),
+      S("FW", NULL, 'B', 2, "A unreachable for 3 consecutive probes; B is the only writable cluster", 0), END}},
+    {"old writer returns writable: fenced, split brain flagged",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("FW", NULL, 'A', 1, NULL, 0), S("FW", NULL, 'A', 1, NULL, 0),
+      S("FW", NULL, 'B', 2, NULL, 0), S("WW", NULL, 'B', 2, "split brain: B stays writer", 1),
+      S("WF", NULL, 'B', 2, NULL, 0), S("WF", NULL, 'B', 2, NULL, 0),
+      S("WF", NULL, '-', 3, "B unreachable for 3 consecutive probes; no other writable cluster", 0), END}},
+    {"fenced writer eligible again once seen read-only",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("FW", NULL, 'A', 1, NULL, 0), S("FW", NULL, 'A', 1, NULL, 0),
+      S("FW", NULL, 'B', 2, NULL, 0), S("WF", NULL, 'B', 2, NULL, 0), S("WF", NULL, 'B', 2, NULL, 0),
+      S("WF", NULL, '-', 3, NULL, 0), S("RF", NULL, '-', 3, NULL, 0),
+      S("WF", NULL, 'A', 4, "A is the only writable cluster", 0), END}},
+    {"split brain at start holds",
+     {S("WW", NULL, '-', 0, "split brain: 2 clusters writable and AWS does not settle it; holding writes", 1), END}},
+    {"split brain at start settled by AWS",
+     {S("WW", "-w", 'B', 1, "2 clusters writable; AWS names B writer and a probe confirms it", 1), END}},
+    {"stale AWS data is ignored", {S("WW", "-s", '-', 0, "split brain", 1), END}},
+    {"probes win over AWS on writability",
+     {S("RW", "w-", 'B', 1, "B is the only writable cluster", 0), END}},
+    {"AWS alone never makes a writer", {S("--", "w-", '-', 0, NULL, 0), S("-R", "w-", '-', 0, NULL, 0), END}},
+    {"AWS calling the writable cluster a reader does not demote it",
+     {S("WR", "rw", 'A', 1, NULL, 0), S("WR", "rw", 'A', 1, NULL, 0), END}},
+    {"blind discovery drops the writer when observations go stale",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("--", NULL, 'A', 1, NULL, 0), S("--", NULL, 'A', 1, NULL, 0),
+      S("--", NULL, 'A', 1, NULL, 0), S("--", NULL, 'A', 1, NULL, 0), S("--", NULL, 'A', 1, NULL, 0),
+      S("--", NULL, '-', 2, "A no successful probe for 6000 ms", 0), END}},
+    {"transient failure of the only writer keeps generation",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("FR", NULL, 'A', 1, NULL, 0), S("WR", NULL, 'A', 1, NULL, 0),
+      S("FR", NULL, 'A', 1, NULL, 0), S("WR", NULL, 'A', 1, NULL, 0), END}},
+    {"writer down then back with nobody else: resumes",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("FR", NULL, 'A', 1, NULL, 0), S("FR", NULL, 'A', 1, NULL, 0),
+      S("FR", NULL, '-', 2, NULL, 0), S("WR", NULL, 'A', 3, "A is the only writable cluster", 0), END}},
+    {"A to B to A to B drill",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("RW", NULL, 'B', 2, NULL, 0), S("WR", NULL, 'A', 3, NULL, 0),
+      S("RW", NULL, 'B', 4, NULL, 0), S("RW", NULL, 'B', 4, NULL, 0), END}},
+    {"three clusters: one writer", {S("RRW", NULL, 'C', 1, "C is the only writable cluster", 0), END}},
+    {"three clusters: two writable after writer loss holds",
+     {S("WRR", NULL, 'A', 1, NULL, 0), S("RWW", NULL, '-', 2, "A reports read-only; split brain: 2 clusters writable", 1), END}},
+    {"three clusters: AWS settles", {S("WRR", NULL, 'A', 1, NULL, 0), S("RWW", "--w", 'C', 2, "AWS names C writer", 1), END}},
+    {"partition: writer unreachable, others read-only",
+     {S("WRR", NULL, 'A', 1, NULL, 0), S("FRR", NULL, 'A', 1, NULL, 0), S("FRR", NULL, 'A', 1, NULL, 0),
+      S("FRR", NULL, '-', 2, NULL, 0), S("FRR", NULL, '-', 2, NULL, 0), END}},
+    {"split brain while a writer is healthy keeps it, then resolves",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("WW", NULL, 'A', 1, "split brain: A stays writer", 1),
+      S("WR", NULL, 'A', 1, "A stays writer; split brain resolved", 0), END}},
+    {"read-only writer with everyone else failing",
+     {S("WF", NULL, 'A', 1, NULL, 0), S("RF", NULL, '-', 2, "A reports read-only; no other writable cluster", 0), END}},
+    {"half-finished first round picks what it saw",
+     {S("-W", NULL, 'B', 1, NULL, 0), S("RW", NULL, 'B', 1, NULL, 0), END}},
+    {"failures of a non-writer change nothing",
+     {S("WF", NULL, 'A', 1, NULL, 0), S("WF", NULL, 'A', 1, NULL, 0), S("WF", NULL, 'A', 1, NULL, 0),
+      S("WF", NULL, 'A', 1, NULL, 0), END}},
+    {"new writer must be healthy now: a failing candidate is skipped",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("RF", NULL, '-', 2, NULL, 0), S("RW", NULL, 'B', 3, NULL, 0), END}},
+    {"fenced cluster is skipped even when it is the only writable",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("FW", NULL, 'A', 1, NULL, 0), S("FW", NULL, 'A', 1, NULL, 0),
+      S("FW", NULL, 'B', 2, NULL, 0), S("WR", NULL, '-', 3, "B reports read-only; no other writable cluster", 0), END}},
+    {"candidate that went stale is not picked",
+     {S("RW", NULL, 'B', 1, NULL, 0), S("R-", NULL, 'B', 1, NULL, 0), S("R-", NULL, 'B', 1, NULL, 0),
+      S("R-", NULL, 'B', 1, NULL, 0), S("R-", NULL, 'B', 1, NULL, 0), S("R-", NULL, 'B', 1, NULL, 0),
+      S("R-", NULL, '-', 2, "B no successful probe", 0), END}},
+    {"AWS writer among failing candidates is not enough",
+     {S("FW", "w-", 'B', 1, NULL, 0), END}},
+};
+
+static const char *const names[] = {"A", "B", "C", "D"};
+
+static void run_case(const struct tcase *tc)
+{
+    struct disc_params p = {.writer_down_after = 3, .stale_after_ms = 5000, .aws_stale_after_ms = 60000};
+    size_t n = strlen(tc->steps[0].probes);
+    struct disc_decision prev, next;
+    disc_decision_init(&prev, n);
+    uint64_t now = 1000000;
+    for (int i = 0; tc->steps[i].probes; i++) {
+        const struct step *st = &tc->steps[i];
+        now += st->advance_ms ? st->advance_ms : 1000;
+        struct disc_obs obs[DISC_MAX_CLUSTERS];
+        memset(obs, 0, sizeof obs);
+        for (size_t k = 0; k < n; k++) {
+            char c = st->probes[k];
+            obs[k].probe = c == '-' ? DISC_PROBE_NONE : c == 'F' ? DISC_PROBE_FAILED : DISC_PROBE_OK;
+            obs[k].writable = c == 'W';
+            char a = st->aws ? st->aws[k] : '-';
+            obs[k].aws = a == 'w' || a == 's' ? DISC_AWS_WRITER : a == 'r' ? DISC_AWS_READER : DISC_AWS_UNKNOWN;
+            obs[k].aws_at_ms = a == '-' ? 0 : a == 's' ? now - 3600 * 1000 : now - 500;
+        }
+        disc_decide(&prev, obs, names, now, &p, &next);
+        int want = st->writer == '-' ? -1 : st->writer - 'A';
+        if (next.writer != want || (st->generation >= 0 && next.generation != (uint64_t)st->generation) ||
+            (st->split >= 0 && next.split_brain != (bool)st->split) ||
+            (st->reason && !strstr(next.reason, st->reason))) {
+            fprintf(stderr, "  case \"%s\" step %d (%s): writer %c gen %llu split %d reason \"%s\"\n",
+                    tc->name, i, st->probes, next.writer < 0 ? '-' : 'A' + next.writer,
+                    (unsigned long long)next.generation, next.split_brain, next.reason);
+            fprintf(stderr, "    want writer %c gen %d split %d reason ~ \"%s\"\n", st->writer,
+                    st->generation, st->split, st->reason ? st->reason : "");
+            unit_failed_asserts++;
+            return;
+        }
+        ASSERT_EQ_INT(next.changed, next.writer != prev.writer);
+        prev = next;
+    }
+}
+
+static void test_tables(void)
+{
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int before = unit_failed_asserts;
+        run_case(&cases[i]);
+        if (unit_failed_asserts != before)
+            return;
+    }
+    printf("decide: %zu table cases\n", sizeof cases / sizeof cases[0]);
+}
+
+int main(void)
+{
+    RUN(test_tables);
+    UNIT_DONE();
+}
