@@ -492,8 +492,10 @@ void ferry_discovery_reconfigure(struct ferry_discovery *d, struct ferry_config 
 void ferry_discovery_probe_now(struct ferry_discovery *d)
 {
     pthread_mutex_lock(&d->lock);
-    d->probe_now = true;
-    uv_async_send(&d->wakeup);
+    if (!d->stop) {     /* after stop the async handle is closed */
+        d->probe_now = true;
+        uv_async_send(&d->wakeup);
+    }
     pthread_mutex_unlock(&d->lock);
 }
 
@@ -502,11 +504,23 @@ void ferry_discovery_stop(struct ferry_discovery *d)
     if (!d)
         return;
     pthread_mutex_lock(&d->lock);
+    bool running = !d->stop;
     d->stop = true;
-    uv_async_send(&d->wakeup);
+    if (running)
+        uv_async_send(&d->wakeup);
     pthread_mutex_unlock(&d->lock);
-    pthread_join(d->thread, NULL);
-    uv_loop_close(&d->loop);
+    if (running) {
+        pthread_join(d->thread, NULL);
+        uv_loop_close(&d->loop);
+    }
+}
+
+void ferry_discovery_free(struct ferry_discovery *d)
+{
+    if (!d)
+        return;
+    ferry_discovery_stop(d);
+    ferry_config_unref(d->pending_cfg);
     pthread_mutex_destroy(&d->lock);
     free(d);
 }

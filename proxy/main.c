@@ -360,10 +360,13 @@ static int cmd_run(const char *path)
 
     uv_run(mainloop.loop, UV_RUN_DEFAULT);
 
-    ferry_discovery_stop(px_proc.discovery);    /* its last publish may still post to workers */
-    px_proc.discovery = NULL;
+    /* Stop discovery first (its publish posts to workers), free it last
+     * (workers may still ask it for a probe round until they are joined). */
+    ferry_discovery_stop(px_proc.discovery);
     for (unsigned i = 0; i < px_proc.nworkers; i++)
         px_worker_join(&px_proc.workers[i]);
+    ferry_discovery_free(px_proc.discovery);
+    px_proc.discovery = NULL;
     px_admin_stop(mainloop.admin);
     ferry_topology_unref(px_proc.topology);
     uv_loop_close(mainloop.loop);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ferry/discovery.h"
 #include "ferry/log.h"
 #include "proxy.h"
 
@@ -415,6 +416,9 @@ static void session_fail(struct px_session *s, enum px_err kind, const char *tex
 static void backend_failed(struct px_session *s, const char *error)
 {
     PX_STAT_ADD(session_stats(s)->backend_connect_failed, 1);
+    /* Live traffic found the writer unreachable: look now, not at the next tick. */
+    if (s->lcfg->probe_enabled && px_proc.discovery)
+        ferry_discovery_probe_now(px_proc.discovery);
     ferry_log(FERRY_LOG_WARN, "backend.connect_failed",
               "listener=%s session=%llu cluster=%s backend=%s error=\"%s\"", s->pl->name,
               (unsigned long long)s->id, s->cluster, s->endpoint, error);

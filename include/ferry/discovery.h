@@ -27,11 +27,14 @@ struct ferry_discovery *ferry_discovery_start(struct ferry_config *cfg,
  * set (names and endpoints) is unchanged carry over. */
 void ferry_discovery_reconfigure(struct ferry_discovery *d, struct ferry_config *cfg);
 
-/* Any thread: start a probe round now (live traffic saw a reason to look). */
+/* Any thread: start a probe round now (live traffic saw a reason to look).
+ * Safe until ferry_discovery_free(), also after stop (then a no-op). */
 void ferry_discovery_probe_now(struct ferry_discovery *d);
 
-/* Any thread: stops the thread, closes every connection, frees d. */
+/* Any thread: stops the thread and closes every connection; d stays valid
+ * (status and probe_now still work) until ferry_discovery_free(). */
 void ferry_discovery_stop(struct ferry_discovery *d);
+void ferry_discovery_free(struct ferry_discovery *d);
 
 /* Any thread: JSON of the per-listener decision, last observation of each
  * cluster and the writer-change history. New reference. */
