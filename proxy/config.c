@@ -367,24 +367,24 @@ static void parse_probe(struct cfg_ctx *c, json_t *listener, const char *where,
             strcpy(l->probe_database, s);
     }
     int sources = 0;
-    if (get_string(c, v, "password", subkey(key, pkey, ".password"), &s)) {
-        sources++;
-        l->probe_password = strdup(s);
+    sources += json_object_get(v, "password") != NULL;
+    sources += json_object_get(v, "password_env") != NULL;
+    sources += json_object_get(v, "password_file") != NULL;
+    if (sources > 1) {
+        cfg_fail(c, pkey, "give only one of password, password_env, password_file");
+        return;
     }
+    if (get_string(c, v, "password", subkey(key, pkey, ".password"), &s))
+        l->probe_password = strdup(s);
     if (get_string(c, v, "password_env", subkey(key, pkey, ".password_env"), &s)) {
-        sources++;
         const char *val = getenv(s);
         if (!val)
             cfg_fail(c, key, "environment variable %s is not set", s);
         else
             l->probe_password = strdup(val);
     }
-    if (get_string(c, v, "password_file", subkey(key, pkey, ".password_file"), &s)) {
-        sources++;
+    if (get_string(c, v, "password_file", subkey(key, pkey, ".password_file"), &s))
         l->probe_password = read_secret_file(c, key, s);
-    }
-    if (sources > 1)
-        cfg_fail(c, pkey, "give only one of password, password_env, password_file");
 }
 
 static void parse_discovery(struct cfg_ctx *c, json_t *root, struct ferry_discovery_cfg *d)
@@ -490,8 +490,8 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
 
 static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg)
 {
-    static const char *const keys[] = {"workers", "log_level", "shutdown_timeout", "admin",
-                                       "discovery", "listeners", NULL};
+    static const char *const keys[] = {"workers", "log_level", "log_format", "shutdown_timeout",
+                                       "admin", "discovery", "listeners", NULL};
     if (!json_is_object(root)) {
         cfg_fail(c, NULL, "the top level must be an object, got %s", json_type_name(root));
         return;
@@ -520,6 +520,15 @@ static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg
             cfg_fail(c, "log_level", "\"%s\" is not one of debug, info, warn, error", lvl);
     }
 
+    const char *fmt = NULL;
+    cfg->log_format = FERRY_LOG_TEXT;
+    if (get_string(c, root, "log_format", "log_format", &fmt)) {
+        if (strcmp(fmt, "json") == 0)
+            cfg->log_format = FERRY_LOG_JSON;
+        else if (strcmp(fmt, "text") != 0)
+            cfg_fail(c, "log_format", "\"%s\" is not one of text, json", fmt);
+    }
+
     cfg->shutdown_timeout = 30;
     get_seconds(c, root, "shutdown_timeout", "shutdown_timeout", 0, 3600, &cfg->shutdown_timeout);
 
@@ -530,7 +539,7 @@ static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg
     ferry_hostport_parse(DEFAULT_ADMIN_BIND, &cfg->admin_bind, why, sizeof why);
     json_t *admin = json_object_get(root, "admin");
     if (admin) {
-        static const char *const akeys[] = {"bind", NULL};
+        static const char *const akeys[] = {"bind", "token_file", "token_env", NULL};
         if (!json_is_object(admin)) {
             cfg_fail(c, "admin", "expected an object, got %s", json_type_name(admin));
         } else {
@@ -540,6 +549,20 @@ static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg
                 cfg->admin_enabled = false;
             else
                 get_hostport(c, admin, "bind", "admin.bind", &cfg->admin_bind, false);
+            const char *src = NULL;
+            if (json_object_get(admin, "token_file") && json_object_get(admin, "token_env"))
+                cfg_fail(c, "admin", "give only one of token_file, token_env");
+            else if (get_string(c, admin, "token_file", "admin.token_file", &src))
+                cfg->admin_token = read_secret_file(c, "admin.token_file", src);
+            if (!c->failed && get_string(c, admin, "token_env", "admin.token_env", &src)) {
+                const char *val = getenv(src);
+                if (!val || !*val)
+                    cfg_fail(c, "admin.token_env", "environment variable %s is not set", src);
+                else
+                    cfg->admin_token = strdup(val);
+            }
+            if (cfg->admin_token && strlen(cfg->admin_token) < 16)
+                cfg_fail(c, "admin", "the admin token must be at least 16 characters");
         }
     }
 
@@ -600,6 +623,10 @@ static void config_free(struct ferry_config *cfg)
         }
     }
     free(cfg->listeners);
+    if (cfg->admin_token) {
+        memset(cfg->admin_token, 0, strlen(cfg->admin_token));
+        free(cfg->admin_token);
+    }
     free(cfg->path);
     free(cfg);
 }

@@ -64,6 +64,8 @@ struct ferry_config {
     double shutdown_timeout;            /* seconds */
     bool admin_enabled;
     struct ferry_hostport admin_bind;
+    char *admin_token;                  /* owned; NULL = mutating endpoints open. Never log it */
+    enum { FERRY_LOG_TEXT, FERRY_LOG_JSON } log_format;
     struct ferry_listener_cfg *listeners; /* owned, nlisteners entries */
     size_t nlisteners;
     int refs;                           /* atomic; see ferry_config_ref() */

@@ -205,6 +205,11 @@ static const struct {
      "ferry.json: listeners[0].probe.pass: unknown key"},
     {"{" L0 "\"clusters\":[{\"name\":\"a\",\"region\":\"us east\",\"endpoint\":\"h:1\"}]}]}",
      "ferry.json: listeners[0].clusters[0].region: \"us east\" must be 1-63 characters of A-Z a-z 0-9 _ . -"},
+    {"{\"admin\":{\"token_env\":\"HOME\",\"token_file\":\"/x\"}," L0 CL "}]}",
+     "ferry.json: admin: give only one of token_file, token_env"},
+    {"{\"admin\":{\"token_env\":\"FERRY_UNIT_SHORT\"}," L0 CL "}]}",
+     "ferry.json: admin: the admin token must be at least 16 characters"},
+    {"{\"log_format\":\"xml\"," L0 CL "}]}", "ferry.json: log_format: \"xml\" is not one of text, json"},
     {"{\"workers\":1,\"workers\":2," L0 CL "}]}",
      "ferry.json:1:22: invalid JSON: duplicate object key near '\"workers\"'"},
 };
@@ -279,6 +284,7 @@ static void test_hostport(void)
 
 int main(void)
 {
+    setenv("FERRY_UNIT_SHORT", "short", 1);
     RUN(test_minimal_defaults);
     RUN(test_full_config);
     RUN(test_admin_disabled);
