@@ -19,6 +19,8 @@
 #include "probe.h"
 
 #define HISTORY_MAX 32
+#define FAILOVER_NBUCKETS 10
+static const double failover_bounds[FAILOVER_NBUCKETS] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
 
 struct disc_core;
 struct disc_listener;
@@ -30,6 +32,8 @@ struct disc_cluster_view {
     struct disc_probe_result last;      /* for status */
     uint64_t last_wall_ms;
     bool has_last;
+    uint64_t probes_total;
+    uint64_t failures_total;
 };
 
 struct disc_listener {
@@ -40,6 +44,11 @@ struct disc_listener {
     const char *names[DISC_MAX_CLUSTERS];
     struct disc_decision decision;
     uint64_t changed_wall_ms;
+    uint64_t lost_ms;                   /* loop time the last writer was lost (0: has one) */
+    /* failover duration: from losing a writer to having the next one */
+    uint64_t failover_buckets[FAILOVER_NBUCKETS];
+    uint64_t failover_count;
+    double failover_sum;
 };
 
 struct disc_history {
@@ -154,6 +163,10 @@ static struct disc_core *core_new(uv_loop_t *loop, struct ferry_config *cfg,
             if (strcmp(old->lcfg->name, lcfg->name) == 0 && same_clusters(old->lcfg, lcfg)) {
                 l->decision = old->decision;
                 l->changed_wall_ms = old->changed_wall_ms;
+                l->lost_ms = old->lost_ms;
+                memcpy(l->failover_buckets, old->failover_buckets, sizeof l->failover_buckets);
+                l->failover_count = old->failover_count;
+                l->failover_sum = old->failover_sum;
             }
         }
     }
@@ -202,9 +215,28 @@ static struct disc_params params_of(const struct ferry_config *cfg)
     };
 }
 
+static void observe_failover(struct disc_listener *l, int from, uint64_t now)
+{
+    if (l->decision.writer < 0) {
+        if (from >= 0)
+            l->lost_ms = now;
+        return;
+    }
+    if (from < 0 && !l->lost_ms)
+        return;     /* the first writer ever: not a failover */
+    double secs = from >= 0 ? 0.0 : (double)(now - l->lost_ms) / 1000.0;
+    l->lost_ms = 0;
+    for (size_t b = 0; b < FAILOVER_NBUCKETS; b++)
+        if (secs <= failover_bounds[b])
+            l->failover_buckets[b]++;
+    l->failover_count++;
+    l->failover_sum += secs;
+}
+
 static void record_change(struct disc_core *c, struct disc_listener *l, int from)
 {
     const struct disc_decision *dd = &l->decision;
+    observe_failover(l, from, uv_now(c->loop));
     const char *from_name = from >= 0 ? l->names[from] : "none";
     const char *to_name = dd->writer >= 0 ? l->names[dd->writer] : "none";
     ferry_log(dd->writer >= 0 ? FERRY_LOG_INFO : FERRY_LOG_WARN, "topology.writer_changed",
@@ -291,6 +323,8 @@ static void on_probe_result(struct disc_probe *p, const struct disc_probe_result
     v->has_last = true;
     v->last_wall_ms = wall_ms();
     v->obs.probe = r->ok ? DISC_PROBE_OK : DISC_PROBE_FAILED;
+    v->probes_total++;
+    v->failures_total += !r->ok;
     v->obs.writable = r->writable;
     unlock(c);
     if (!r->ok && ferry_log_enabled(FERRY_LOG_DEBUG))
@@ -347,17 +381,24 @@ static json_t *listener_json(const struct disc_listener *l)
         char ep[FERRY_HOST_MAX + 16];
         ferry_hostport_format(&l->lcfg->clusters[j].endpoint, ep, sizeof ep);
         json_array_append_new(clusters, json_pack(
-            "{s:s, s:s, s:s, s:s, s:f, s:i, s:b, s:b, s:o}", "name", l->names[j], "endpoint", ep,
-            "state", cluster_state(v), "detail", v->has_last ? v->last.detail : "",
+            "{s:s, s:s, s:s, s:s, s:f, s:i, s:b, s:b, s:o, s:I, s:I}", "name", l->names[j],
+            "endpoint", ep, "state", cluster_state(v), "detail", v->has_last ? v->last.detail : "",
             "latency_ms", v->has_last ? v->last.latency_ms : 0.0,
             "consecutive_failures", (int)dd->c[j].failures, "fenced", dd->c[j].fenced,
-            "aurora", v->has_last && v->last.aurora, "observed_at", iso_time(v->last_wall_ms)));
+            "aurora", v->has_last && v->last.aurora, "observed_at", iso_time(v->last_wall_ms),
+            "probes_total", (json_int_t)v->probes_total,
+            "probe_failures_total", (json_int_t)v->failures_total));
     }
-    return json_pack("{s:s, s:s?, s:I, s:s, s:b, s:o, s:o}", "name", l->lcfg->name, "writer",
-                     dd->writer >= 0 ? l->names[dd->writer] : NULL,
+    json_t *buckets = json_array();
+    for (size_t b = 0; b < FAILOVER_NBUCKETS; b++)
+        json_array_append_new(buckets, json_pack("{s:f, s:I}", "le", failover_bounds[b], "count",
+                                                 (json_int_t)l->failover_buckets[b]));
+    return json_pack("{s:s, s:s?, s:I, s:s, s:b, s:o, s:o, s:{s:o, s:I, s:f}}", "name",
+                     l->lcfg->name, "writer", dd->writer >= 0 ? l->names[dd->writer] : NULL,
                      "generation", (json_int_t)dd->generation, "reason", dd->reason,
                      "split_brain", dd->split_brain, "changed_at", iso_time(l->changed_wall_ms),
-                     "clusters", clusters);
+                     "clusters", clusters, "failover_seconds", "buckets", buckets, "count",
+                     (json_int_t)l->failover_count, "sum", l->failover_sum);
 }
 
 static json_t *core_json(const struct disc_core *c)

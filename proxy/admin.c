@@ -1,6 +1,7 @@
-/* Admin HTTP endpoint (libmicrohttpd, its own thread): health, readiness and
- * a JSON status document. It only reads: counters through relaxed atomics,
- * the config and listener registry under px_proc.lock.
+/* Admin HTTP endpoint (libmicrohttpd, its own thread): health, readiness,
+ * status and metrics (read-only: counters through relaxed atomics, the
+ * registry under px_proc.lock), and the mutating POST endpoints (reload,
+ * pause, resume), which a bearer token protects when one is configured.
  */
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -19,7 +20,8 @@ struct px_admin {
     struct MHD_Daemon *daemon;
 };
 
-static enum MHD_Result reply(struct MHD_Connection *c, unsigned code, const char *type, char *body)
+static enum MHD_Result reply_allow(struct MHD_Connection *c, unsigned code, const char *type,
+                                   char *body, const char *allow)
 {
     /* MHD frees body (MUSTFREE) once it is sent */
     struct MHD_Response *r =
@@ -30,11 +32,18 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned code, const char
     }
     MHD_add_response_header(r, "Content-Type", type);
     MHD_add_response_header(r, "Cache-Control", "no-store");
-    if (code == MHD_HTTP_METHOD_NOT_ALLOWED)
-        MHD_add_response_header(r, "Allow", "GET");
+    if (allow)
+        MHD_add_response_header(r, "Allow", allow);
+    if (code == MHD_HTTP_UNAUTHORIZED)
+        MHD_add_response_header(r, "WWW-Authenticate", "Bearer realm=\"ferry\"");
     enum MHD_Result ret = MHD_queue_response(c, code, r);
     MHD_destroy_response(r);
     return ret;
+}
+
+static enum MHD_Result reply(struct MHD_Connection *c, unsigned code, const char *type, char *body)
+{
+    return reply_allow(c, code, type, body, NULL);
 }
 
 static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned code, const char *text)
@@ -68,15 +77,7 @@ static bool is_ready(const char **why)
 
 static json_t *listener_status(const struct ferry_listener_cfg *lcfg, struct px_listener *pl)
 {
-    struct px_counters sum = {0};
-    for (unsigned w = 0; w < pl->nworkers; w++) {
-        sum.accepted += PX_STAT_GET(pl->stats[w].accepted);
-        sum.refused += PX_STAT_GET(pl->stats[w].refused);
-        sum.active += PX_STAT_GET(pl->stats[w].active);
-        sum.backend_connect_failed += PX_STAT_GET(pl->stats[w].backend_connect_failed);
-        sum.bytes_from_clients += PX_STAT_GET(pl->stats[w].bytes_from_clients);
-        sum.bytes_from_servers += PX_STAT_GET(pl->stats[w].bytes_from_servers);
-    }
+    struct px_counters sum = px_listener_totals(pl);
     char bind[FERRY_HOST_MAX + 16], ep[FERRY_HOST_MAX + 16];
     const char *cluster = NULL;
     ferry_hostport_format(&lcfg->bind, bind, sizeof bind);
@@ -86,7 +87,7 @@ static json_t *listener_status(const struct ferry_listener_cfg *lcfg, struct px_
         ferry_hostport_format(route, ep, sizeof ep);
         route_json = json_pack("{s:s, s:s}", "cluster", cluster, "endpoint", ep);
     }
-    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
                      "name", lcfg->name, "protocol", ferry_proto_name(lcfg->protocol), "bind", bind,
                      "routing", lcfg->probe_enabled ? "discovered" : "static", "route", route_json,
                      "max_client_connections", (json_int_t)lcfg->max_client_connections,
@@ -96,7 +97,9 @@ static json_t *listener_status(const struct ferry_listener_cfg *lcfg, struct px_
                      "clients_refused_total", (json_int_t)sum.refused,
                      "backend_connect_failures_total", (json_int_t)sum.backend_connect_failed,
                      "bytes_from_clients_total", (json_int_t)sum.bytes_from_clients,
-                     "bytes_from_servers_total", (json_int_t)sum.bytes_from_servers);
+                     "bytes_from_servers_total", (json_int_t)sum.bytes_from_servers,
+                     "clients_held", (json_int_t)sum.held,
+                     "hold_timeouts_total", (json_int_t)sum.hold_timeouts);
 }
 
 static char *status_json(void)
@@ -123,6 +126,7 @@ static char *status_json(void)
         "workers", (json_int_t)px_proc.nworkers, "ready", ready, "listeners", ls, "buffers",
         "queued_bytes", (json_int_t)buffered, "queued_bytes_peak", (json_int_t)peak,
         "chunk_bytes", (json_int_t)PX_CHUNK_SIZE, "chunks_allocated", (json_int_t)chunks);
+    json_object_set_new(doc, "paused", json_boolean(__atomic_load_n(&px_proc.paused, __ATOMIC_RELAXED)));
     if (px_proc.discovery)
         json_object_set_new(doc, "discovery", ferry_discovery_status(px_proc.discovery));
     pthread_mutex_unlock(&px_proc.lock);
@@ -131,35 +135,155 @@ static char *status_json(void)
     return out;
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version, const char *upload,
-                                  size_t *upload_size, void **con_cls)
+static enum MHD_Result get_healthz(struct MHD_Connection *c)
 {
-    (void)cls, (void)version, (void)upload, (void)upload_size, (void)con_cls;
-    bool known = strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0 ||
-                 strcmp(url, "/v1/status") == 0;
-    if (!known)
-        return reply_text(c, MHD_HTTP_NOT_FOUND, "not found\n");
-    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
-        return reply_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
+    return reply_text(c, MHD_HTTP_OK, "ok\n");
+}
 
-    if (strcmp(url, "/healthz") == 0)
-        return reply_text(c, MHD_HTTP_OK, "ok\n");
-    if (strcmp(url, "/readyz") == 0) {
-        pthread_mutex_lock(&px_proc.lock);
-        const char *why = NULL;
-        bool ready = is_ready(&why);
-        pthread_mutex_unlock(&px_proc.lock);
-        if (ready)
-            return reply_text(c, MHD_HTTP_OK, "ready\n");
-        char msg[128];
-        snprintf(msg, sizeof msg, "not ready: %s\n", why);
-        return reply_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
-    }
+static enum MHD_Result get_readyz(struct MHD_Connection *c)
+{
+    pthread_mutex_lock(&px_proc.lock);
+    const char *why = NULL;
+    bool ready = is_ready(&why);
+    pthread_mutex_unlock(&px_proc.lock);
+    if (ready)
+        return reply_text(c, MHD_HTTP_OK, "ready\n");
+    char msg[128];
+    snprintf(msg, sizeof msg, "not ready: %s\n", why);
+    return reply_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
+}
+
+static enum MHD_Result get_status(struct MHD_Connection *c)
+{
     char *body = status_json();
     if (!body)
         return reply_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "status unavailable\n");
     return reply(c, MHD_HTTP_OK, "application/json", body);
+}
+
+static enum MHD_Result get_metrics(struct MHD_Connection *c)
+{
+    char *body = px_metrics_text();
+    if (!body)
+        return reply_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "metrics unavailable\n");
+    return reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", body);
+}
+
+static enum MHD_Result json_result(struct MHD_Connection *c, unsigned code, bool ok, const char *msg)
+{
+    json_t *doc = json_pack("{s:b, s:s}", "ok", ok, "message", msg);
+    char *body = json_dumps(doc, 0);
+    json_decref(doc);
+    return body ? reply(c, code, "application/json", body) : MHD_NO;
+}
+
+static enum MHD_Result post_reload(struct MHD_Connection *c)
+{
+    char msg[FERRY_ERR_MAX + 64];
+    bool ok = px_control_reload(msg, sizeof msg);
+    return json_result(c, ok ? MHD_HTTP_OK : MHD_HTTP_UNPROCESSABLE_CONTENT, ok, msg);
+}
+
+static enum MHD_Result post_pause(struct MHD_Connection *c)
+{
+    px_set_paused(true);
+    return json_result(c, MHD_HTTP_OK, true, "paused: new clients are held until resume");
+}
+
+static enum MHD_Result post_resume(struct MHD_Connection *c)
+{
+    px_set_paused(false);
+    return json_result(c, MHD_HTTP_OK, true, "resumed");
+}
+
+struct admin_route {
+    const char *path;
+    const char *method;         /* GET routes also answer HEAD */
+    bool mutating;              /* needs the bearer token when one is configured */
+    enum MHD_Result (*handle)(struct MHD_Connection *c);
+};
+
+static const struct admin_route routes[] = {
+    {"/healthz", "GET", false, get_healthz},
+    {"/readyz", "GET", false, get_readyz},
+    {"/v1/status", "GET", false, get_status},
+    {"/metrics", "GET", false, get_metrics},
+    {"/v1/reload", "POST", true, post_reload},
+    {"/v1/pause", "POST", true, post_pause},
+    {"/v1/resume", "POST", true, post_resume},
+};
+
+/* Constant-time check of "Authorization: Bearer <token>". */
+static bool authorized(struct MHD_Connection *c)
+{
+    pthread_mutex_lock(&px_proc.lock);
+    char *token = px_proc.cfg->admin_token ? strdup(px_proc.cfg->admin_token) : NULL;
+    bool required = px_proc.cfg->admin_token != NULL;
+    pthread_mutex_unlock(&px_proc.lock);
+    if (!required)
+        return true;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    bool ok = false;
+    if (token && h && strncmp(h, "Bearer ", 7) == 0) {
+        const char *given = h + 7;
+        size_t n = strlen(token), m = strlen(given);
+        unsigned char diff = (unsigned char)(n != m);
+        for (size_t i = 0; i < n; i++)
+            diff |= (unsigned char)(token[i] ^ (i < m ? given[i] : 0));
+        ok = diff == 0;
+    }
+    if (token) {
+        memset(token, 0, strlen(token));
+        free(token);
+    }
+    return ok;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls)
+{
+    (void)cls, (void)version, (void)upload;
+    /* Bodies are not used yet: swallow them, answer once the request is complete. */
+    if (*con_cls == NULL) {
+        *con_cls = (void *)1;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    const struct admin_route *r = NULL;
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+        if (strcmp(url, routes[i].path) == 0)
+            r = &routes[i];
+    if (!r)
+        return reply_text(c, MHD_HTTP_NOT_FOUND, "not found\n");
+    bool head_ok = strcmp(r->method, "GET") == 0 && strcmp(method, "HEAD") == 0;
+    if (strcmp(method, r->method) != 0 && !head_ok) {
+        char *body = strdup("method not allowed\n");
+        return body ? reply_allow(c, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain; charset=utf-8",
+                                  body, r->method)
+                    : MHD_NO;
+    }
+    if (r->mutating && !authorized(c)) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        char peer[INET6_ADDRSTRLEN] = "?";
+        if (ci && ci->client_addr) {
+            const struct sockaddr *sa = ci->client_addr;
+            if (sa->sa_family == AF_INET)
+                inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, peer, sizeof peer);
+            else if (sa->sa_family == AF_INET6)
+                inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, peer, sizeof peer);
+        }
+        ferry_log(FERRY_LOG_WARN, "admin.unauthorized", "method=%s path=%s peer=%s", method, url,
+                  peer);
+        return json_result(c, MHD_HTTP_UNAUTHORIZED, false, "missing or wrong bearer token");
+    }
+    if (r->mutating)
+        ferry_log(FERRY_LOG_INFO, "admin.request", "method=%s path=%s", method, url);
+    return r->handle(c);
 }
 
 struct px_admin *px_admin_start(const struct ferry_hostport *bind, char *err, size_t errlen)

@@ -136,3 +136,20 @@ bool px_listener_matches(const struct px_listener *pl, const struct ferry_listen
     return strcmp(pl->name, lcfg->name) == 0 && pl->protocol == lcfg->protocol &&
            ferry_hostport_equal(&pl->bind, &lcfg->bind);
 }
+
+struct px_counters px_listener_totals(const struct px_listener *pl)
+{
+    struct px_counters sum = {0};
+    for (unsigned w = 0; w < pl->nworkers; w++) {
+        const struct px_counters *c = &pl->stats[w];
+        sum.accepted += PX_STAT_GET(c->accepted);
+        sum.refused += PX_STAT_GET(c->refused);
+        sum.active += PX_STAT_GET(c->active);
+        sum.backend_connect_failed += PX_STAT_GET(c->backend_connect_failed);
+        sum.bytes_from_clients += PX_STAT_GET(c->bytes_from_clients);
+        sum.bytes_from_servers += PX_STAT_GET(c->bytes_from_servers);
+        sum.held += PX_STAT_GET(c->held);
+        sum.hold_timeouts += PX_STAT_GET(c->hold_timeouts);
+    }
+    return sum;
+}

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "ferry/config.h"
+#include "ferry/ctl.h"
 #include "ferry/discovery.h"
 #include "ferry/log.h"
 #include "ferry/version.h"
@@ -44,6 +45,8 @@ static void usage(FILE *out)
             "       ferry check -c FILE            validate FILE; exit 0 if valid, 2 if not\n"
             "       ferry discover -c FILE [--json] probe once; exit 0 with a writer for every\n"
             "                                      discovered listener, 1 without, 2 bad config\n"
+            "       ferry ctl status|metrics|reload|pause|resume [--json] [--admin URL | -c FILE]\n"
+            "                                      talk to a running ferry's admin endpoint\n"
             "       ferry version                  print the version\n");
 }
 
@@ -164,6 +167,7 @@ static void install(struct ferry_config *cfg, struct px_listener **pls)
     px_proc.generation++;
     pthread_mutex_unlock(&px_proc.lock);
     ferry_log_set_level(cfg->log_level);
+    ferry_log_set_json(cfg->log_format == FERRY_LOG_JSON);
     post_config(cfg, pls);
     discovery_for(cfg);
     for (size_t i = 0; i < nold; i++)
@@ -178,24 +182,36 @@ static bool admin_changed(const struct ferry_config *cfg)
            (cfg->admin_enabled && !ferry_hostport_equal(&cfg->admin_bind, &mainloop.admin_bind));
 }
 
-static void reload(void)
+static void post_all(enum px_msg_type type)
 {
-    char err[FERRY_ERR_MAX];
+    for (unsigned w = 0; w < px_proc.nworkers; w++) {
+        struct px_msg *m = calloc(1, sizeof *m);
+        if (m) {
+            m->type = type;
+            px_worker_post(&px_proc.workers[w], m);
+        }
+    }
+}
+
+/* Reloads the config file; false (running config kept) with the reason in
+ * err. Main thread only. */
+static bool reload(char *err, size_t errlen)
+{
     struct ferry_config *cfg = ferry_config_load(mainloop.config_path, err);
     if (!cfg) {
         ferry_log(FERRY_LOG_ERROR, "config.reload_failed",
                   "generation=%llu error=\"%s\" action=\"keeping the running config\"",
                   (unsigned long long)px_proc.generation, err);
-        return;
+        return false;
     }
     if (cfg->workers != px_proc.nworkers)
         ferry_log(FERRY_LOG_WARN, "config.reload_partial",
                   "key=workers running=%u configured=%u action=\"restart ferry to apply\"",
                   px_proc.nworkers, cfg->workers);
-    struct px_listener **pls = listeners_for(cfg, err, sizeof err);
+    struct px_listener **pls = listeners_for(cfg, err, errlen);
     struct px_admin *new_admin = NULL;
     if (pls && admin_changed(cfg) && cfg->admin_enabled)
-        new_admin = px_admin_start(&cfg->admin_bind, err, sizeof err);
+        new_admin = px_admin_start(&cfg->admin_bind, err, errlen);
     if (!pls || (admin_changed(cfg) && cfg->admin_enabled && !new_admin)) {
         ferry_log(FERRY_LOG_ERROR, "config.reload_failed",
                   "generation=%llu error=\"%s\" action=\"keeping the running config\"",
@@ -206,7 +222,7 @@ static void reload(void)
             free(pls);
         }
         ferry_config_unref(cfg);
-        return;
+        return false;
     }
     if (admin_changed(cfg)) {
         px_admin_stop(mainloop.admin);
@@ -227,6 +243,83 @@ static void reload(void)
               "generation=%llu listeners=%zu added=%zu removed=%zu kept=%zu",
               (unsigned long long)px_proc.generation, cfg->nlisteners, added, removed, kept);
     log_listeners(cfg);
+    snprintf(err, errlen, "config generation %llu in force", (unsigned long long)px_proc.generation);
+    return true;
+}
+
+/* ---- requests from the admin thread ---- */
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t done_cv;
+    uv_async_t async;           /* on the main loop */
+    bool open;                  /* async initialised and not yet closed */
+    bool pending;               /* a reload was asked for */
+    bool done;
+    bool ok;
+    char msg[FERRY_ERR_MAX + 64];
+} control = {.lock = PTHREAD_MUTEX_INITIALIZER, .done_cv = PTHREAD_COND_INITIALIZER};
+
+static void on_control(uv_async_t *h)
+{
+    (void)h;
+    pthread_mutex_lock(&control.lock);
+    bool pending = control.pending;
+    control.pending = false;
+    pthread_mutex_unlock(&control.lock);
+    if (!pending)
+        return;
+    char msg[sizeof control.msg];
+    bool ok;
+    if (__atomic_load_n(&px_proc.draining, __ATOMIC_RELAXED)) {
+        ok = false;
+        snprintf(msg, sizeof msg, "draining: reload ignored");
+    } else {
+        ok = reload(msg, sizeof msg);
+    }
+    pthread_mutex_lock(&control.lock);
+    control.ok = ok;
+    snprintf(control.msg, sizeof control.msg, "%s", msg);
+    control.done = true;
+    pthread_cond_broadcast(&control.done_cv);
+    pthread_mutex_unlock(&control.lock);
+}
+
+bool px_control_reload(char *msg, size_t msglen)
+{
+    pthread_mutex_lock(&control.lock);
+    if (!control.open) {
+        pthread_mutex_unlock(&control.lock);
+        snprintf(msg, msglen, "shutting down");
+        return false;
+    }
+    /* one at a time: wait out a reload already in progress */
+    while (control.pending)
+        pthread_cond_wait(&control.done_cv, &control.lock);
+    control.pending = true;
+    control.done = false;
+    uv_async_send(&control.async);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 30;
+    while (!control.done)
+        if (pthread_cond_timedwait(&control.done_cv, &control.lock, &until) != 0)
+            break;
+    bool ok = control.done && control.ok;
+    snprintf(msg, msglen, "%s", control.done ? control.msg : "timed out waiting for the reload");
+    pthread_mutex_unlock(&control.lock);
+    return ok;
+}
+
+void px_set_paused(bool paused)
+{
+    int was = __atomic_exchange_n(&px_proc.paused, paused ? 1 : 0, __ATOMIC_SEQ_CST);
+    if (was == (int)paused)
+        return;
+    ferry_log(FERRY_LOG_INFO, paused ? "ferry.paused" : "ferry.resumed", "%s",
+              paused ? "new clients are held until resume" : "held clients are released");
+    if (!paused)
+        post_all(PX_MSG_RELEASE);
 }
 
 static void on_drain_poll(uv_timer_t *t)
@@ -238,27 +331,24 @@ static void on_drain_poll(uv_timer_t *t)
     uv_close((uv_handle_t *)&mainloop.sigterm, NULL);
     uv_close((uv_handle_t *)&mainloop.sigint, NULL);
     uv_close((uv_handle_t *)t, NULL);
-}
-
-static void post_all(enum px_msg_type type)
-{
-    for (unsigned w = 0; w < px_proc.nworkers; w++) {
-        struct px_msg *m = calloc(1, sizeof *m);
-        if (m) {
-            m->type = type;
-            px_worker_post(&px_proc.workers[w], m);
-        }
-    }
+    pthread_mutex_lock(&control.lock);
+    control.open = false;
+    control.done = true;    /* wake a waiting admin request */
+    snprintf(control.msg, sizeof control.msg, "shutting down");
+    pthread_cond_broadcast(&control.done_cv);
+    pthread_mutex_unlock(&control.lock);
+    uv_close((uv_handle_t *)&control.async, NULL);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
 {
     (void)h;
     if (signum == SIGHUP) {
+        char err[FERRY_ERR_MAX + 64];
         if (__atomic_load_n(&px_proc.draining, __ATOMIC_RELAXED))
             ferry_log(FERRY_LOG_WARN, "config.reload_ignored", "reason=draining");
         else
-            reload();
+            reload(err, sizeof err);
         return;
     }
     if (__atomic_load_n(&px_proc.draining, __ATOMIC_RELAXED)) {
@@ -311,6 +401,7 @@ static int cmd_run(const char *path)
     }
     signal(SIGPIPE, SIG_IGN);
     ferry_log_set_level(cfg->log_level);
+    ferry_log_set_json(cfg->log_format == FERRY_LOG_JSON);
     raise_fd_limit();
     mainloop.config_path = path;
     px_proc.started_ms = px_now_ms();
@@ -343,6 +434,8 @@ static int cmd_run(const char *path)
     uv_signal_start(&mainloop.sighup, on_signal, SIGHUP);
     uv_signal_start(&mainloop.sigterm, on_signal, SIGTERM);
     uv_signal_start(&mainloop.sigint, on_signal, SIGINT);
+    uv_async_init(mainloop.loop, &control.async, on_control);
+    control.open = true;
 
     for (unsigned i = 0; i < px_proc.nworkers; i++) {
         if (px_worker_start(&px_proc.workers[i], i) != 0) {
@@ -449,6 +542,8 @@ int main(int argc, char **argv)
         printf("ferry %s (libuv %s)\n", FERRY_VERSION, uv_version_string());
         return 0;
     }
+    if (strcmp(cmd, "ctl") == 0)
+        return ferry_ctl_main(argc - 2, argv + 2);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         usage(stdout);
         return 0;

@@ -29,7 +29,10 @@ struct px_counters {
     uint64_t backend_connect_failed;
     uint64_t bytes_from_clients;
     uint64_t bytes_from_servers;
+    uint64_t held;                  /* clients waiting for a writer now */
+    uint64_t hold_timeouts;         /* clients that gave up waiting (got an error) */
 } __attribute__((aligned(64)));
+
 
 #define PX_STAT_ADD(field, n) __atomic_store_n(&(field), (field) + (uint64_t)(n), __ATOMIC_RELAXED)
 #define PX_STAT_GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
@@ -54,6 +57,8 @@ struct px_listener *px_listener_create(const struct ferry_listener_cfg *lcfg, un
 struct px_listener *px_listener_ref(struct px_listener *pl);
 void px_listener_unref(struct px_listener *pl);
 bool px_listener_matches(const struct px_listener *pl, const struct ferry_listener_cfg *lcfg);
+/* Sums every worker's counters of a listener (any thread). */
+struct px_counters px_listener_totals(const struct px_listener *pl);
 
 /* What the main thread asks a worker to do. Queued under the worker's mutex
  * and drained in its async callback (uv_async_send coalesces). */
@@ -62,6 +67,7 @@ enum px_msg_type {
     PX_MSG_DRAIN,       /* stop accepting; close sessions after shutdown_timeout */
     PX_MSG_CLOSE_ALL,   /* close every session now (second signal) */
     PX_MSG_TOPOLOGY,    /* a new topology snapshot: route new sessions, release held ones */
+    PX_MSG_RELEASE,     /* resumed: route held sessions again */
 };
 
 struct px_msg {
@@ -135,6 +141,7 @@ struct px_process {
     unsigned nworkers;
     unsigned workers_ready;         /* atomic: workers that applied a config */
     int draining;                   /* atomic */
+    int paused;                     /* atomic: POST /v1/pause; new clients are held */
     uint64_t started_ms;
 };
 
@@ -156,6 +163,15 @@ enum px_err {
 };
 void px_error_message(enum ferry_proto proto, enum px_err kind, const char *text,
                       struct ferry_wbuf *out);
+
+/* Prometheus text exposition of everything above; malloc'd, caller frees.
+ * Admin thread; takes px_proc.lock. */
+char *px_metrics_text(void);
+
+/* main.c: what the admin thread asks of the main thread. Both block the
+ * caller until done; any thread but the main one. */
+bool px_control_reload(char *msg, size_t msglen);   /* true if the new config is in force */
+void px_set_paused(bool paused);
 
 /* admin HTTP */
 struct px_admin;

@@ -117,11 +117,20 @@ static struct px_chunk *chunk_of(const char *base)
 
 /* ---- teardown ---- */
 
+static void unhold(struct px_session *s)
+{
+    if (s->held) {
+        s->held = false;
+        ferry_list_remove(&s->held_link);
+        PX_STAT_ADD(session_stats(s)->held, -1);
+    }
+}
+
 static void session_free(struct px_session *s)
 {
     struct px_worker *w = s->owner;
     ferry_list_remove(&s->link);
-    ferry_list_remove(&s->held_link);
+    unhold(s);
     w->nsessions--;
     if (s->counted) {
         __atomic_sub_fetch(&s->pl->clients, 1, __ATOMIC_RELAXED);
@@ -430,6 +439,8 @@ static void backend_failed(struct px_session *s, const char *error)
 
 static void hold_expired(struct px_session *s)
 {
+    unhold(s);
+    PX_STAT_ADD(session_stats(s)->hold_timeouts, 1);
     char text[300];
     snprintf(text, sizeof text, "no writer for listener %s after waiting %gs", s->pl->name,
              s->cfg->discovery.hold_timeout);
@@ -531,6 +542,8 @@ static void start_backend(struct px_session *s, const struct ferry_hostport *ep)
  * writer to route to. */
 static bool route_and_connect(struct px_session *s)
 {
+    if (__atomic_load_n(&px_proc.paused, __ATOMIC_RELAXED))
+        return false;   /* POST /v1/pause: hold like a failover window */
     const char *cluster = NULL;
     const struct ferry_hostport *ep = px_route(s->lcfg, s->owner->topology, &cluster);
     if (!ep)
@@ -635,6 +648,7 @@ void px_session_accept(struct px_accepting *a)
         /* No writer now: wait for one instead of failing (the failover window). */
         s->held = true;
         ferry_list_insert_tail(&w->held, &s->held_link);
+        PX_STAT_ADD(session_stats(s)->held, 1);
         uv_timer_start(&s->timer, on_timer, (uint64_t)(s->cfg->discovery.hold_timeout * 1000.0), 0);
         ferry_log(FERRY_LOG_DEBUG, "session.held", "listener=%s session=%llu hold_timeout=%g",
                   s->pl->name, (unsigned long long)s->id, s->cfg->discovery.hold_timeout);
@@ -649,7 +663,6 @@ void px_session_release_held(struct px_worker *w)
         it = it->next;
         if (s->closing || s->failing || !route_and_connect(s))
             continue;
-        s->held = false;
-        ferry_list_remove(&s->held_link);
+        unhold(s);
     }
 }

@@ -172,6 +172,8 @@ static void on_wakeup(uv_async_t *h)
             w->topology = m->topology;
             m->topology = NULL;
             px_session_release_held(w);
+        } else if (m->type == PX_MSG_RELEASE) {
+            px_session_release_held(w);
         } else if (m->type == PX_MSG_DRAIN) {
             start_drain(w);
         } else {

@@ -12,6 +12,8 @@
 #include "ferry/config.h"
 
 void ferry_log_set_level(enum ferry_log_level lvl);
+/* json: one JSON object per line, the key=value pairs as its fields */
+void ferry_log_set_json(bool json);
 bool ferry_log_enabled(enum ferry_log_level lvl);
 
 void ferry_log(enum ferry_log_level lvl, const char *event, const char *fmt, ...)

@@ -17,6 +17,7 @@ from fronts import listener_status, my_connect, pg_dsn
 from harness import cluster, listener, make_config
 from harness.proc import wait_for
 from harness.ports import free_port
+from test_ops import metric, parse_metrics
 
 FAST = {"probe_interval": 0.1, "probe_timeout": 1, "writer_down_after": 2, "hold_timeout": 20}
 
@@ -100,6 +101,9 @@ def test_pg_follows_promotion_and_holds_in_between(ferry_factory, own_pg):
                        ("pg", "none", "region-b")]
     assert "region-b is the only writable cluster" in st["discovery"]["history"][-1]["reason"]
     assert discovery_of(ferry, "pg")["generation"] == 3
+    m = parse_metrics(ferry.http_get("/metrics")[1])
+    assert metric(m, "ferry_failover_duration_seconds_count", listener="pg") == 1
+    assert metric(m, "ferry_failover_duration_seconds_sum", listener="pg") > 0.4  # the held gap
     log = ferry.log_text()
     assert "event=topology.writer_changed listener=pg from=none to=region-b generation=3" in log
     assert "ferry_pw" not in log and "ferry_pw" not in json.dumps(st)

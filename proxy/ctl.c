@@ -1,0 +1,235 @@
+/* `ferry ctl`: the admin endpoint from the command line, for people (tables)
+ * and scripts (--json, exit codes: 0 done, 1 ferry said no or could not be
+ * reached, 2 bad usage). Blocking libcurl is fine here: it is a CLI.
+ */
+#include <curl/curl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ferry/config.h"
+#include "ferry/ctl.h"
+
+struct body {
+    char *data;
+    size_t len;
+};
+
+static size_t collect(char *p, size_t size, size_t n, void *ud)
+{
+    struct body *b = ud;
+    size_t add = size * n;
+    char *grown = realloc(b->data, b->len + add + 1);
+    if (!grown)
+        return 0;
+    memcpy(grown + b->len, p, add);
+    b->data = grown;
+    b->len += add;
+    b->data[b->len] = '\0';
+    return add;
+}
+
+/* Returns the HTTP status (0 when unreachable, with the reason in body). */
+static long request(const char *base, const char *method, const char *path, const char *token,
+                    struct body *out)
+{
+    char url[512];
+    snprintf(url, sizeof url, "%s%s", base, path);
+    CURL *c = curl_easy_init();
+    if (!c)
+        return 0;
+    struct curl_slist *hdrs = NULL;
+    char auth[600] = "";
+    if (token) {
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+        hdrs = curl_slist_append(hdrs, auth);
+    }
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    if (strcmp(method, "POST") == 0)
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 40L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    CURLcode rc = curl_easy_perform(c);
+    long status = 0;
+    if (rc == CURLE_OK) {
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    } else {
+        free(out->data);
+        out->data = strdup(curl_easy_strerror(rc));
+        out->len = out->data ? strlen(out->data) : 0;
+    }
+    curl_slist_free_all(hdrs);
+    curl_easy_cleanup(c);
+    if (auth[0])
+        memset(auth, 0, sizeof auth);
+    return status;
+}
+
+static const char *str(json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "-";
+}
+
+static void print_status(json_t *st)
+{
+    printf("ferry %s  state %s  uptime %.0fs  config generation %lld  workers %lld  paused %s\n",
+           str(st, "version"), str(st, "state"),
+           json_number_value(json_object_get(st, "uptime_seconds")),
+           (long long)json_integer_value(json_object_get(st, "config_generation")),
+           (long long)json_integer_value(json_object_get(st, "workers")),
+           json_is_true(json_object_get(st, "paused")) ? "yes" : "no");
+    printf("\n%-16s %-11s %-22s %-11s %-16s %8s %6s\n", "LISTENER", "PROTOCOL", "BIND", "ROUTING",
+           "WRITER", "CLIENTS", "HELD");
+    size_t i, j;
+    json_t *l, *c;
+    json_array_foreach(json_object_get(st, "listeners"), i, l) {
+        json_t *route = json_object_get(l, "route");
+        printf("%-16s %-11s %-22s %-11s %-16s %8lld %6lld\n", str(l, "name"), str(l, "protocol"),
+               str(l, "bind"), str(l, "routing"), json_is_object(route) ? str(route, "cluster") : "NONE",
+               (long long)json_integer_value(json_object_get(l, "clients_active")),
+               (long long)json_integer_value(json_object_get(l, "clients_held")));
+    }
+    json_t *d = json_object_get(st, "discovery");
+    json_array_foreach(json_object_get(d, "listeners"), i, l) {
+        printf("\n%s: writer %s, generation %lld: %s\n", str(l, "name"), str(l, "writer"),
+               (long long)json_integer_value(json_object_get(l, "generation")), str(l, "reason"));
+        printf("  %-16s %-28s %-12s %s\n", "CLUSTER", "ENDPOINT", "STATE", "DETAIL");
+        json_array_foreach(json_object_get(l, "clusters"), j, c)
+            printf("  %-16s %-28s %-12s %s\n", str(c, "name"), str(c, "endpoint"), str(c, "state"),
+                   str(c, "detail"));
+    }
+    json_t *h = json_object_get(d, "history");
+    if (json_array_size(h)) {
+        printf("\nwriter changes (most recent last):\n");
+        json_array_foreach(h, i, c)
+            printf("  %s  %s: %s -> %s (generation %lld) %s\n", str(c, "at"), str(c, "listener"),
+                   str(c, "from"), str(c, "to"),
+                   (long long)json_integer_value(json_object_get(c, "generation")), str(c, "reason"));
+    }
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: ferry ctl status|metrics|reload|pause|resume [--json]\n"
+            "                 [--admin URL | -c ferry.json] [--token-file FILE]\n"
+            "  URL defaults to http://127.0.0.1:9187; -c takes admin.bind and the token from the\n"
+            "  config; the token may also come from $FERRY_ADMIN_TOKEN.\n");
+}
+
+/* Reads a token file (first line). */
+static char *read_token(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    char buf[1024];
+    char *ok = fgets(buf, sizeof buf, f);
+    fclose(f);
+    if (!ok)
+        return NULL;
+    buf[strcspn(buf, "\r\n")] = '\0';
+    return strdup(buf);
+}
+
+int ferry_ctl_main(int argc, char **argv)
+{
+    const char *cmd = NULL, *admin = NULL, *cfg_path = NULL, *token_file = NULL;
+    bool as_json = false;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            as_json = true;
+        else if (strcmp(argv[i], "--admin") == 0 && i + 1 < argc)
+            admin = argv[++i];
+        else if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc)
+            cfg_path = argv[++i];
+        else if (strcmp(argv[i], "--token-file") == 0 && i + 1 < argc)
+            token_file = argv[++i];
+        else if (!cmd && argv[i][0] != '-')
+            cmd = argv[i];
+        else {
+            usage();
+            return 2;
+        }
+    }
+    static const struct {
+        const char *name, *method, *path;
+    } cmds[] = {{"status", "GET", "/v1/status"}, {"metrics", "GET", "/metrics"},
+                {"reload", "POST", "/v1/reload"}, {"pause", "POST", "/v1/pause"},
+                {"resume", "POST", "/v1/resume"}};
+    int which = -1;
+    for (int i = 0; cmd && i < (int)(sizeof cmds / sizeof cmds[0]); i++)
+        if (strcmp(cmd, cmds[i].name) == 0)
+            which = i;
+    if (which < 0) {
+        usage();
+        return 2;
+    }
+
+    char base[300] = "http://127.0.0.1:9187";
+    char *token = NULL;
+    if (cfg_path) {
+        char err[FERRY_ERR_MAX];
+        struct ferry_config *cfg = ferry_config_load(cfg_path, err);
+        if (!cfg) {
+            fprintf(stderr, "ferry: %s\n", err);
+            return 2;
+        }
+        char hp[FERRY_HOST_MAX + 16];
+        ferry_hostport_format(&cfg->admin_bind, hp, sizeof hp);
+        snprintf(base, sizeof base, "http://%s", hp);
+        token = cfg->admin_token ? strdup(cfg->admin_token) : NULL;
+        ferry_config_unref(cfg);
+    }
+    if (admin)
+        snprintf(base, sizeof base, "%s", admin);
+    if (token_file) {
+        free(token);
+        if (!(token = read_token(token_file))) {
+            fprintf(stderr, "ferry: cannot read token file %s\n", token_file);
+            return 2;
+        }
+    } else if (!token && getenv("FERRY_ADMIN_TOKEN")) {
+        token = strdup(getenv("FERRY_ADMIN_TOKEN"));
+    }
+    base[strcspn(base, "\n")] = '\0';
+    size_t bl = strlen(base);
+    if (bl && base[bl - 1] == '/')
+        base[bl - 1] = '\0';
+
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    struct body b = {0};
+    long status = request(base, cmds[which].method, cmds[which].path, token, &b);
+    curl_global_cleanup();
+    if (token) {
+        memset(token, 0, strlen(token));
+        free(token);
+    }
+    int rc = status >= 200 && status < 300 ? 0 : 1;
+    if (status == 0) {
+        fprintf(stderr, "ferry: cannot reach the admin endpoint %s: %s\n", base, b.data ? b.data : "");
+    } else if (as_json || which == 1) {
+        fputs(b.data ? b.data : "", stdout);
+        if (b.len && b.data[b.len - 1] != '\n')
+            putchar('\n');
+    } else {
+        json_t *doc = json_loads(b.data ? b.data : "", 0, NULL);
+        if (which == 0 && doc && rc == 0)
+            print_status(doc);
+        else if (doc)
+            fprintf(rc ? stderr : stdout, "%s: %s\n", cmd, str(doc, "message"));
+        else
+            fprintf(rc ? stderr : stdout, "%s: HTTP %ld %s", cmd, status, b.data ? b.data : "\n");
+        json_decref(doc);
+    }
+    if (status && rc)
+        fprintf(stderr, "ferry: %s failed: HTTP %ld\n", cmd, status);
+    free(b.data);
+    return rc;
+}

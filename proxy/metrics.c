@@ -1,0 +1,201 @@
+/* GET /metrics: Prometheus text exposition (format 0.0.4) built at scrape
+ * time from the per-worker counters (summed here, never locked on the data
+ * path), the discovery status and /proc. Names follow Prometheus practice:
+ * ferry_ prefix, _total counters, base units (seconds, bytes).
+ */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ferry/discovery.h"
+#include "ferry/version.h"
+#include "proxy.h"
+
+static void help(FILE *f, const char *name, const char *type, const char *text)
+{
+    fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, text, name, type);
+}
+
+static long long proc_rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long long pages = 0, rss = 0;
+    if (f) {
+        if (fscanf(f, "%lld %lld", &pages, &rss) != 2)
+            rss = 0;
+        fclose(f);
+    }
+    return rss * sysconf(_SC_PAGESIZE);
+}
+
+static long proc_open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    long n = 0;
+    if (!d)
+        return -1;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n - 3;   /* ".", "..", and the directory's own descriptor */
+}
+
+static void listener_metrics(FILE *f)
+{
+    struct {
+        const char *name, *type, *text;
+    } const families[] = {
+        {"ferry_client_connections", "gauge", "Client connections open now."},
+        {"ferry_client_connections_total", "counter", "Client connections by outcome."},
+        {"ferry_clients_held", "gauge", "Clients waiting for a writer."},
+        {"ferry_errors_total", "counter", "Errors ferry reported to clients, by class."},
+        {"ferry_received_bytes_total", "counter", "Bytes received, by side (client or server)."},
+    };
+    struct px_counters *sums = calloc(px_proc.nlisteners ? px_proc.nlisteners : 1, sizeof *sums);
+    if (!sums)
+        return;
+    for (size_t i = 0; i < px_proc.nlisteners; i++)
+        sums[i] = px_listener_totals(px_proc.listeners[i]);
+    for (size_t k = 0; k < sizeof families / sizeof families[0]; k++) {
+        help(f, families[k].name, families[k].type, families[k].text);
+        for (size_t i = 0; i < px_proc.nlisteners; i++) {
+            const char *l = px_proc.listeners[i]->name;
+            const struct px_counters *c = &sums[i];
+            switch (k) {
+            case 0:
+                fprintf(f, "ferry_client_connections{listener=\"%s\"} %llu\n", l,
+                        (unsigned long long)c->active);
+                break;
+            case 1:
+                fprintf(f, "ferry_client_connections_total{listener=\"%s\",outcome=\"accepted\"} %llu\n"
+                           "ferry_client_connections_total{listener=\"%s\",outcome=\"refused\"} %llu\n",
+                        l, (unsigned long long)c->accepted, l, (unsigned long long)c->refused);
+                break;
+            case 2:
+                fprintf(f, "ferry_clients_held{listener=\"%s\"} %llu\n", l, (unsigned long long)c->held);
+                break;
+            case 3:
+                fprintf(f, "ferry_errors_total{listener=\"%s\",class=\"too_many_clients\"} %llu\n"
+                           "ferry_errors_total{listener=\"%s\",class=\"backend_connect\"} %llu\n"
+                           "ferry_errors_total{listener=\"%s\",class=\"hold_timeout\"} %llu\n",
+                        l, (unsigned long long)c->refused, l,
+                        (unsigned long long)c->backend_connect_failed, l,
+                        (unsigned long long)c->hold_timeouts);
+                break;
+            case 4:
+                fprintf(f, "ferry_received_bytes_total{listener=\"%s\",side=\"client\"} %llu\n"
+                           "ferry_received_bytes_total{listener=\"%s\",side=\"server\"} %llu\n",
+                        l, (unsigned long long)c->bytes_from_clients, l,
+                        (unsigned long long)c->bytes_from_servers);
+                break;
+            }
+        }
+    }
+    free(sums);
+}
+
+/* Everything discovery knows, from its JSON status (one lock, one copy). */
+static void discovery_metrics(FILE *f, json_t *st)
+{
+    json_t *ls = json_object_get(st, "listeners");
+    size_t i, j;
+    json_t *l, *c;
+    help(f, "ferry_topology_generation", "gauge", "Writer generation per listener (+1 per writer change).");
+    json_array_foreach(ls, i, l)
+        fprintf(f, "ferry_topology_generation{listener=\"%s\"} %lld\n",
+                json_string_value(json_object_get(l, "name")),
+                (long long)json_integer_value(json_object_get(l, "generation")));
+    help(f, "ferry_writer", "gauge", "1 for the cluster that is the writer of a listener.");
+    json_array_foreach(ls, i, l) {
+        const char *w = json_string_value(json_object_get(l, "writer"));
+        json_array_foreach(json_object_get(l, "clusters"), j, c) {
+            const char *name = json_string_value(json_object_get(c, "name"));
+            fprintf(f, "ferry_writer{listener=\"%s\",cluster=\"%s\"} %d\n",
+                    json_string_value(json_object_get(l, "name")), name, w && strcmp(w, name) == 0);
+        }
+    }
+    struct {
+        const char *metric, *type, *text, *key;
+    } const per_cluster[] = {
+        {"ferry_cluster_up", "gauge", "1 when the last probe of the cluster succeeded.", NULL},
+        {"ferry_cluster_writable", "gauge", "1 when the last probe found the cluster writable.", NULL},
+        {"ferry_probe_duration_seconds", "gauge", "Duration of the last probe.", "latency_ms"},
+        {"ferry_probes_total", "counter", "Probes run.", "probes_total"},
+        {"ferry_probe_failures_total", "counter", "Probes that failed or timed out.", "probe_failures_total"},
+    };
+    for (size_t k = 0; k < sizeof per_cluster / sizeof per_cluster[0]; k++) {
+        help(f, per_cluster[k].metric, per_cluster[k].type, per_cluster[k].text);
+        json_array_foreach(ls, i, l) {
+            json_array_foreach(json_object_get(l, "clusters"), j, c) {
+                const char *state = json_string_value(json_object_get(c, "state"));
+                double v;
+                if (k == 0)
+                    v = strcmp(state, "writable") == 0 || strcmp(state, "read-only") == 0;
+                else if (k == 1)
+                    v = strcmp(state, "writable") == 0;
+                else if (k == 2)
+                    v = json_number_value(json_object_get(c, per_cluster[k].key)) / 1000.0;
+                else
+                    v = json_number_value(json_object_get(c, per_cluster[k].key));
+                fprintf(f, "%s{listener=\"%s\",cluster=\"%s\"} %.17g\n", per_cluster[k].metric,
+                        json_string_value(json_object_get(l, "name")),
+                        json_string_value(json_object_get(c, "name")), v);
+            }
+        }
+    }
+    help(f, "ferry_failover_duration_seconds", "histogram",
+         "Time from losing a writer to having the next one.");
+    json_array_foreach(ls, i, l) {
+        const char *name = json_string_value(json_object_get(l, "name"));
+        json_t *h = json_object_get(l, "failover_seconds");
+        json_t *b;
+        json_array_foreach(json_object_get(h, "buckets"), j, b)
+            fprintf(f, "ferry_failover_duration_seconds_bucket{listener=\"%s\",le=\"%g\"} %lld\n", name,
+                    json_number_value(json_object_get(b, "le")),
+                    (long long)json_integer_value(json_object_get(b, "count")));
+        long long count = (long long)json_integer_value(json_object_get(h, "count"));
+        fprintf(f, "ferry_failover_duration_seconds_bucket{listener=\"%s\",le=\"+Inf\"} %lld\n", name, count);
+        fprintf(f, "ferry_failover_duration_seconds_sum{listener=\"%s\"} %.17g\n", name,
+                json_number_value(json_object_get(h, "sum")));
+        fprintf(f, "ferry_failover_duration_seconds_count{listener=\"%s\"} %lld\n", name, count);
+    }
+}
+
+char *px_metrics_text(void)
+{
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    if (!f)
+        return NULL;
+    uint64_t queued = 0;
+    for (unsigned i = 0; i < px_proc.nworkers; i++)
+        queued += PX_STAT_GET(px_proc.workers[i].buffered_bytes);
+
+    pthread_mutex_lock(&px_proc.lock);
+    help(f, "ferry_info", "gauge", "Build information.");
+    fprintf(f, "ferry_info{version=\"%s\"} 1\n", FERRY_VERSION);
+    help(f, "ferry_uptime_seconds", "gauge", "Seconds since ferry started.");
+    fprintf(f, "ferry_uptime_seconds %.3f\n", (double)(px_now_ms() - px_proc.started_ms) / 1000.0);
+    help(f, "ferry_config_generation", "gauge", "Config generation (+1 per successful reload).");
+    fprintf(f, "ferry_config_generation %llu\n", (unsigned long long)px_proc.generation);
+    help(f, "ferry_workers", "gauge", "Worker threads.");
+    fprintf(f, "ferry_workers %u\n", px_proc.nworkers);
+    listener_metrics(f);
+    json_t *st = px_proc.discovery ? ferry_discovery_status(px_proc.discovery) : NULL;
+    pthread_mutex_unlock(&px_proc.lock);
+    if (st) {
+        discovery_metrics(f, st);
+        json_decref(st);
+    }
+    help(f, "ferry_buffer_queued_bytes", "gauge", "Bytes queued in session buffers.");
+    fprintf(f, "ferry_buffer_queued_bytes %llu\n", (unsigned long long)queued);
+    help(f, "ferry_process_resident_memory_bytes", "gauge", "Resident set size.");
+    fprintf(f, "ferry_process_resident_memory_bytes %lld\n", proc_rss_bytes());
+    help(f, "ferry_process_open_fds", "gauge", "Open file descriptors.");
+    fprintf(f, "ferry_process_open_fds %ld\n", proc_open_fds());
+    fclose(f);
+    return out;
+}

@@ -1,0 +1,204 @@
+"""Operating ferry: Prometheus metrics that parse and move with traffic, the
+mutating admin endpoints behind a bearer token, pause/resume, `ferry ctl`,
+and JSON logs."""
+
+import json
+import math
+import re
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+import harness
+from fronts import both, listener_status, pg_dsn, pg_listener
+from harness import make_config
+from harness.proc import wait_for
+
+TOKEN = "s3cret-admin-token-0123456789"
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="[^"]*"'
+                    r'(,[a-zA-Z_][a-zA-Z0-9_]*="[^"]*")*)?\})? (\S+)$')
+
+
+def parse_metrics(text):
+    """Parses Prometheus text format 0.0.4 strictly enough to catch mistakes:
+    every sample belongs to a family declared with HELP and TYPE, counters
+    end in _total, values are numbers. Returns {(name, labels): value}."""
+    types, helps, samples = {}, set(), {}
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            helps.add(line.split()[2])
+        elif line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            assert kind in ("counter", "gauge", "histogram"), line
+            assert name not in types, f"TYPE repeated: {line}"
+            if kind == "counter":
+                assert name.endswith("_total"), line
+            types[name] = kind
+        else:
+            m = SAMPLE.match(line)
+            assert m, f"not a sample line: {line!r}"
+            name, labels, value = m.group(1), m.group(3) or "", m.group(5)
+            family = re.sub(r"_(bucket|sum|count)$", "", name) if name not in types else name
+            assert family in types and family in helps, f"sample without HELP/TYPE: {line}"
+            assert name.startswith("ferry_")
+            v = float(value)
+            assert not math.isnan(v)
+            key = (name, labels)
+            assert key not in samples, f"duplicate sample {key}"
+            samples[key] = v
+    return samples
+
+
+def metric(samples, name, **labels):
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for (n, l), v in samples.items():
+        if n == name and all(part in l.split(",") for part in want.split(",") if part):
+            return v
+    raise KeyError(f"{name}{{{want}}}")
+
+
+def post(ferry, path, token=None):
+    host, port = ferry.admin_addr()
+    req = urllib.request.Request(f"http://{host}:{port}{path}", method="POST", data=b"")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=40) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        return e.code, (json.loads(body) if body.startswith(b"{") else body.decode())
+
+
+def test_metrics_parse_and_move_with_traffic(ferry_factory, pg_pair, mariadb_pair):
+    ferry = ferry_factory(both(pg_pair, mariadb_pair))
+    code, text = ferry.http_get("/metrics")
+    assert code == 200
+    before = parse_metrics(text)
+    assert metric(before, "ferry_client_connections_total", listener="pg", outcome="accepted") == 0
+    harness.pg.run_query(pg_dsn(ferry), "SELECT 1")
+    after = parse_metrics(ferry.http_get("/metrics")[1])
+    assert metric(after, "ferry_client_connections_total", listener="pg", outcome="accepted") == 1
+    assert metric(after, "ferry_received_bytes_total", listener="pg", side="server") > 0
+    assert metric(after, "ferry_config_generation") == 1
+    assert metric(after, "ferry_workers") == 2
+    assert metric(after, "ferry_process_open_fds") > 0
+    assert metric(after, "ferry_process_resident_memory_bytes") > 1 << 20
+
+
+def test_metrics_cover_discovery(ferry_factory, pg_pair):
+    probed = pg_listener(pg_pair, probe={"user": "ferry_test", "password": "ferry_pw"})
+    ferry = ferry_factory(make_config(probed, workers=1, discovery={"probe_interval": 0.1}))
+    wait_for(lambda: metric(parse_metrics(ferry.http_get("/metrics")[1]),
+                            "ferry_probes_total", listener="pg", cluster="region-b") >= 3,
+             timeout=10, what="three probe rounds")
+    m = parse_metrics(ferry.http_get("/metrics")[1])
+    assert metric(m, "ferry_writer", listener="pg", cluster="region-a") == 1
+    assert metric(m, "ferry_writer", listener="pg", cluster="region-b") == 0
+    assert metric(m, "ferry_cluster_writable", listener="pg", cluster="region-b") == 0
+    assert metric(m, "ferry_cluster_up", listener="pg", cluster="region-b") == 1
+    assert metric(m, "ferry_topology_generation", listener="pg") == 1
+    assert metric(m, "ferry_probe_failures_total", listener="pg", cluster="region-a") == 0
+    assert 0 < metric(m, "ferry_probe_duration_seconds", listener="pg", cluster="region-a") < 1
+    assert metric(m, "ferry_failover_duration_seconds_count", listener="pg") == 0
+
+
+def test_admin_errors_and_token(ferry_factory, pg_pair, monkeypatch):
+    monkeypatch.setenv("FERRY_TEST_ADMIN_TOKEN", TOKEN)
+    cfg = make_config(pg_listener(pg_pair), workers=1)
+    cfg["admin"]["token_env"] = "FERRY_TEST_ADMIN_TOKEN"
+    ferry = ferry_factory(cfg)
+    assert ferry.http_get("/metrics")[0] == 200           # reads stay open
+    code, body = post(ferry, "/v1/reload")
+    assert code == 401 and body["ok"] is False
+    assert post(ferry, "/v1/reload", token="wrong-token-wrong-token")[0] == 401
+    assert post(ferry, "/v1/nothing", token=TOKEN)[0] == 404
+    assert post(ferry, "/healthz", token=TOKEN)[0] == 405
+    code, body = post(ferry, "/v1/reload", token=TOKEN)
+    assert code == 200 and body == {"ok": True, "message": "config generation 2 in force"}
+    log = ferry.log_text()
+    assert "event=admin.unauthorized method=POST path=/v1/reload peer=127.0.0.1" in log
+    assert TOKEN not in log and "wrong-token" not in log
+
+
+def test_reload_endpoint_reports_a_bad_file(ferry_factory, pg_pair):
+    ferry = ferry_factory(make_config(pg_listener(pg_pair), workers=1))
+    with open(ferry.config_path, "w") as f:
+        f.write('{"listeners": 5}')
+    code, body = post(ferry, "/v1/reload")
+    assert code == 422
+    assert body["message"] == f"{ferry.config_path}: listeners: expected an array, got an integer"
+    assert ferry.status()["config_generation"] == 1
+
+
+def test_pause_holds_new_clients_until_resume(ferry_factory, pg_pair):
+    ferry = ferry_factory(make_config(pg_listener(pg_pair), workers=2))
+    assert post(ferry, "/v1/pause")[0] == 200
+    assert ferry.status()["paused"] is True
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        rows=harness.pg.run_query(pg_dsn(ferry), "SELECT 42")))
+    t.start()
+    wait_for(lambda: listener_status(ferry, "pg")["clients_held"] == 1, timeout=10,
+             what="the client to be held")
+    time.sleep(0.3)
+    assert t.is_alive()
+    assert post(ferry, "/v1/resume")[0] == 200
+    t.join(20)
+    assert result == {"rows": [(42,)]}
+    assert listener_status(ferry, "pg")["clients_held"] == 0
+    assert ferry.status()["paused"] is False
+
+
+def ctl(*args, env=None):
+    return subprocess.run([harness.require_binary(), "ctl", *args], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL, env=env)
+
+
+def test_ctl_against_a_running_ferry(ferry_factory, pg_pair, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    cfg = make_config(pg_listener(pg_pair, probe={"user": "ferry_test", "password": "ferry_pw"}),
+                      workers=1)
+    cfg["admin"]["token_file"] = str(token_file)
+    ferry = ferry_factory(cfg)
+    wait_for(lambda: ferry.status()["discovery"]["listeners"][0]["writer"] == "region-a",
+             timeout=10, what="a writer")
+    host, port = ferry.admin_addr()
+    url = f"http://{host}:{port}"
+
+    res = ctl("status", "--admin", url)
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"^pg\s+postgresql\s+\S+\s+discovered\s+region-a\s+0\s+0$", res.stdout, re.M)
+    assert "pg: writer region-a, generation 1" in res.stdout
+    doc = json.loads(ctl("status", "--admin", url, "--json").stdout)
+    assert doc["listeners"][0]["name"] == "pg"
+    assert "ferry_workers 1" in ctl("metrics", "--admin", url).stdout
+
+    denied = ctl("pause", "--admin", url)
+    assert denied.returncode == 1 and "HTTP 401" in denied.stderr
+    ok = ctl("pause", "-c", ferry.config_path)          # admin address and token from the config
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "pause: paused: new clients are held until resume"
+    assert ctl("resume", "--admin", url, "--token-file", str(token_file)).returncode == 0
+    res = ctl("reload", "-c", ferry.config_path)
+    assert res.returncode == 0 and "config generation 2 in force" in res.stdout
+
+    assert ctl("frobnicate").returncode == 2
+    gone = ctl("status", "--admin", f"http://127.0.0.1:{harness.free_port()}")
+    assert gone.returncode == 1 and "cannot reach the admin endpoint" in gone.stderr
+
+
+def test_json_logs(ferry_factory, pg_pair):
+    ferry = ferry_factory(make_config(pg_listener(pg_pair), workers=1, log_format="json"))
+    harness.pg.run_query(pg_dsn(ferry), "SELECT 1")
+    lines = [json.loads(line) for line in ferry.log_text().splitlines() if line.strip()]
+    events = [entry["event"] for entry in lines]
+    assert "ferry.started" in events and "listener.ready" in events
+    ready = next(entry for entry in lines if entry["event"] == "listener.ready")
+    assert ready["name"] == "pg" and ready["protocol"] == "postgresql" and ready["level"] == "info"
+    assert all(re.match(r"^\d{4}-\d\d-\d\dT", entry["ts"]) for entry in lines)
