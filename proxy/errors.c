@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "pg/codec.h"
 #include "proxy.h"
 
 struct err_code {
@@ -34,30 +35,19 @@ void px_error_message(enum ferry_proto proto, enum px_err kind, const char *text
                       struct ferry_wbuf *out)
 {
     struct err_code code = code_of(proto, kind);
+    if (proto == FERRY_PROTO_POSTGRESQL) {
+        pg_build_error(out, "FATAL", code.sqlstate, text);  /* adds the "ferry: " prefix */
+        return;
+    }
     char msg[512];
     snprintf(msg, sizeof msg, "ferry: %s", text);
     size_t start = out->len;
-    if (proto == FERRY_PROTO_POSTGRESQL) {
-        ferry_wbuf_u8(out, 'E');
-        ferry_wbuf_u32be(out, 0);
-        ferry_wbuf_u8(out, 'S');
-        ferry_wbuf_cstr(out, "FATAL");
-        ferry_wbuf_u8(out, 'V');
-        ferry_wbuf_cstr(out, "FATAL");
-        ferry_wbuf_u8(out, 'C');
-        ferry_wbuf_cstr(out, code.sqlstate);
-        ferry_wbuf_u8(out, 'M');
-        ferry_wbuf_cstr(out, msg);
-        ferry_wbuf_u8(out, 0);
-        ferry_wbuf_patch_u32be(out, start + 1, (uint32_t)(out->len - start - 1));
-    } else {
-        ferry_wbuf_u24le(out, 0);
-        ferry_wbuf_u8(out, 0);              /* sequence id: first packet */
-        ferry_wbuf_u8(out, 0xff);
-        ferry_wbuf_u16le(out, code.mysql_errno);
-        ferry_wbuf_u8(out, '#');
-        ferry_wbuf_put(out, code.sqlstate, 5);
-        ferry_wbuf_put(out, msg, strlen(msg));
-        ferry_wbuf_patch_u24le(out, start, (uint32_t)(out->len - start - 4));
-    }
+    ferry_wbuf_u24le(out, 0);
+    ferry_wbuf_u8(out, 0);              /* sequence id: first packet */
+    ferry_wbuf_u8(out, 0xff);
+    ferry_wbuf_u16le(out, code.mysql_errno);
+    ferry_wbuf_u8(out, '#');
+    ferry_wbuf_put(out, code.sqlstate, 5);
+    ferry_wbuf_put(out, msg, strlen(msg));
+    ferry_wbuf_patch_u24le(out, start, (uint32_t)(out->len - start - 4));
 }
