@@ -39,6 +39,10 @@ for target in $(find build-fuzz -type f -perm -u+x -name 'fuzz_*' | sort); do
     "tests/fuzz/corpus/$name" 2>&1 | tail -n 1
 done
 
+step "deployment: Dockerfile, Kubernetes manifests, IAM policy (tests/deploy)"
+./tests/deploy/install-schemas.sh   # pinned npm schema packages, once (npm registry)
+FERRY_BIN="$PWD/build/ferry" /usr/bin/python3 -m pytest tests/deploy -q -p no:cacheprovider
+
 step "integration tests (gcc build)"
 FERRY_BIN="$PWD/build/ferry" /usr/bin/python3 -m pytest tests/integration -q -p no:cacheprovider "$@"
 step "integration tests (ASan+UBSan build)"
