@@ -13,97 +13,26 @@
 #include <time.h>
 #include <uv.h>
 
-#include "decide.h"
+#include "internal.h"
 #include "ferry/list.h"
 #include "ferry/log.h"
-#include "probe.h"
 
-#define HISTORY_MAX 32
-#define FAILOVER_NBUCKETS 10
-static const double failover_bounds[FAILOVER_NBUCKETS] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
+const double disc_failover_bounds[FAILOVER_NBUCKETS] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
 
-struct disc_core;
-struct disc_listener;
-
-struct disc_cluster_view {
-    struct disc_probe probe;
-    struct disc_listener *owner;
-    struct disc_obs obs;                /* since the last decision */
-    struct disc_probe_result last;      /* for status */
-    uint64_t last_wall_ms;
-    bool has_last;
-    uint64_t probes_total;
-    uint64_t failures_total;
-};
-
-struct disc_listener {
-    struct disc_core *owner;
-    const struct ferry_listener_cfg *lcfg;  /* borrowed from owner->cfg */
-    size_t n;
-    struct disc_cluster_view *cl;       /* owned, n entries */
-    const char *names[DISC_MAX_CLUSTERS];
-    struct disc_decision decision;
-    uint64_t changed_wall_ms;
-    uint64_t lost_ms;                   /* loop time the last writer was lost (0: has one) */
-    /* failover duration: from losing a writer to having the next one */
-    uint64_t failover_buckets[FAILOVER_NBUCKETS];
-    uint64_t failover_count;
-    double failover_sum;
-};
-
-struct disc_history {
-    uint64_t wall_ms;
-    char listener[FERRY_NAME_MAX];
-    char from[FERRY_NAME_MAX];
-    char to[FERRY_NAME_MAX];
-    uint64_t generation;
-    char reason[DISC_REASON_MAX];
-};
-
-/* One config's worth of probes and decisions, on one loop. */
-struct disc_core {
-    uv_loop_t *loop;
-    struct ferry_config *cfg;           /* owned ref */
-    struct disc_listener *ls;           /* owned, nls entries */
-    size_t nls;
-    unsigned outstanding;               /* probes of the current round still running */
-    unsigned open_probes;               /* probes not yet closed (teardown) */
-    bool published;                     /* a first snapshot went out */
-    bool decided;                       /* at least one decision made */
-    struct ferry_discovery *d;          /* NULL in `ferry discover` */
-};
-
-struct ferry_discovery {
-    pthread_t thread;
-    uv_loop_t loop;
-    uv_async_t wakeup;
-    uv_timer_t round_timer;
-    pthread_mutex_t lock;               /* guards everything below and core's status data */
-    struct ferry_config *pending_cfg;   /* owned ref: reconfigure request */
-    bool stop;
-    bool probe_now;
-    struct disc_core *core;             /* current */
-    ferry_topology_publish_cb publish;
-    void *ud;
-    uint64_t serial;
-    struct disc_history history[HISTORY_MAX];
-    size_t nhistory;                    /* total ever recorded */
-};
-
-static uint64_t wall_ms(void)
+uint64_t disc_wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static void lock(struct disc_core *c)
+void disc_lock(struct disc_core *c)
 {
     if (c->d)
         pthread_mutex_lock(&c->d->lock);
 }
 
-static void unlock(struct disc_core *c)
+void disc_unlock(struct disc_core *c)
 {
     if (c->d)
         pthread_mutex_unlock(&c->d->lock);
@@ -156,7 +85,7 @@ static struct disc_core *core_new(uv_loop_t *loop, struct ferry_config *cfg,
             disc_probe_init(&v->probe, loop,
                             lcfg->protocol == FERRY_PROTO_MYSQL ? &disc_engine_mysql : &disc_engine_pg,
                             lcfg->name, &lcfg->clusters[j], lcfg, cfg->discovery.probe_timeout);
-            c->open_probes++;
+            c->open_handles++;
         }
         for (size_t o = 0; carry && o < carry->nls; o++) {
             const struct disc_listener *old = &carry->ls[o];
@@ -182,24 +111,28 @@ static void core_free(struct disc_core *c)
     free(c);
 }
 
-static void on_probe_closed(struct disc_probe *p)
+void disc_core_handle_closed(struct disc_core *c)
 {
-    struct disc_cluster_view *v = ferry_container_of(p, struct disc_cluster_view, probe);
-    struct disc_core *c = v->owner->owner;
-    if (--c->open_probes == 0)
+    if (--c->open_handles == 0)
         core_free(c);
 }
 
-/* Closes every probe; the core frees itself when the last one has closed. */
+static void on_probe_closed(struct disc_probe *p)
+{
+    struct disc_cluster_view *v = ferry_container_of(p, struct disc_cluster_view, probe);
+    disc_core_handle_closed(v->owner->owner);
+}
+
+/* Closes every probe and the AWS side; the core frees itself when the last
+ * handle has closed. */
 static void core_close(struct disc_core *c)
 {
-    if (c->open_probes == 0) {
-        core_free(c);
-        return;
-    }
+    c->open_handles++;      /* hold: AWS callbacks run (cancelled) inside disc_aws_close */
+    disc_aws_close(c);
     for (size_t i = 0; i < c->nls; i++)
         for (size_t j = 0; j < c->ls[i].n; j++)
             disc_probe_close(&c->ls[i].cl[j].probe, on_probe_closed);
+    disc_core_handle_closed(c);
 }
 
 /* ---- deciding and publishing ---- */
@@ -227,7 +160,7 @@ static void observe_failover(struct disc_listener *l, int from, uint64_t now)
     double secs = from >= 0 ? 0.0 : (double)(now - l->lost_ms) / 1000.0;
     l->lost_ms = 0;
     for (size_t b = 0; b < FAILOVER_NBUCKETS; b++)
-        if (secs <= failover_bounds[b])
+        if (secs <= disc_failover_bounds[b])
             l->failover_buckets[b]++;
     l->failover_count++;
     l->failover_sum += secs;
@@ -242,7 +175,7 @@ static void record_change(struct disc_core *c, struct disc_listener *l, int from
     ferry_log(dd->writer >= 0 ? FERRY_LOG_INFO : FERRY_LOG_WARN, "topology.writer_changed",
               "listener=%s from=%s to=%s generation=%llu reason=\"%s\"", l->lcfg->name, from_name,
               to_name, (unsigned long long)dd->generation, dd->reason);
-    l->changed_wall_ms = wall_ms();
+    l->changed_wall_ms = disc_wall_ms();
     if (!c->d)
         return;
     struct disc_history *h = &c->d->history[c->d->nhistory++ % HISTORY_MAX];
@@ -281,8 +214,8 @@ static void core_decide(struct disc_core *c)
 {
     struct disc_params p = params_of(c->cfg);
     uint64_t now = uv_now(c->loop);
-    bool changed = false;
-    lock(c);
+    bool changed = false, ask_aws = false;
+    disc_lock(c);
     for (size_t i = 0; i < c->nls; i++) {
         struct disc_listener *l = &c->ls[i];
         struct disc_obs obs[DISC_MAX_CLUSTERS];
@@ -302,9 +235,13 @@ static void core_decide(struct disc_core *c)
         if (split_news)
             ferry_log(FERRY_LOG_ERROR, "topology.split_brain", "listener=%s reason=\"%s\"",
                       l->lcfg->name, next.reason);
+        if (next.split_brain)
+            ask_aws = true;
     }
     c->decided = true;
-    unlock(c);
+    disc_unlock(c);
+    if (ask_aws)
+        disc_aws_poll_soon(c);  /* AWS can settle who the writer is */
     if (c->d && (changed || !c->published)) {
         struct ferry_topology *t = snapshot(c);
         if (t) {
@@ -318,15 +255,15 @@ static void on_probe_result(struct disc_probe *p, const struct disc_probe_result
 {
     struct disc_cluster_view *v = ud;
     struct disc_core *c = v->owner->owner;
-    lock(c);
+    disc_lock(c);
     v->last = *r;
     v->has_last = true;
-    v->last_wall_ms = wall_ms();
+    v->last_wall_ms = disc_wall_ms();
     v->obs.probe = r->ok ? DISC_PROBE_OK : DISC_PROBE_FAILED;
     v->probes_total++;
     v->failures_total += !r->ok;
     v->obs.writable = r->writable;
-    unlock(c);
+    disc_unlock(c);
     if (!r->ok && ferry_log_enabled(FERRY_LOG_DEBUG))
         ferry_log(FERRY_LOG_DEBUG, "probe.failed", "listener=%s cluster=%s error=\"%s\"",
                   p->listener, p->cluster, r->detail);
@@ -350,7 +287,7 @@ static void core_round(struct disc_core *c)
 
 /* ---- status ---- */
 
-static json_t *iso_time(uint64_t ms)
+json_t *disc_iso_time(uint64_t ms)
 {
     if (!ms)
         return json_null();
@@ -385,18 +322,21 @@ static json_t *listener_json(const struct disc_listener *l)
             "endpoint", ep, "state", cluster_state(v), "detail", v->has_last ? v->last.detail : "",
             "latency_ms", v->has_last ? v->last.latency_ms : 0.0,
             "consecutive_failures", (int)dd->c[j].failures, "fenced", dd->c[j].fenced,
-            "aurora", v->has_last && v->last.aurora, "observed_at", iso_time(v->last_wall_ms),
+            "aurora", v->has_last && v->last.aurora, "observed_at", disc_iso_time(v->last_wall_ms),
             "probes_total", (json_int_t)v->probes_total,
             "probe_failures_total", (json_int_t)v->failures_total));
+        json_t *aws = disc_aws_cluster_json(v);
+        if (aws)
+            json_object_set_new(json_array_get(clusters, j), "aws", aws);
     }
     json_t *buckets = json_array();
     for (size_t b = 0; b < FAILOVER_NBUCKETS; b++)
-        json_array_append_new(buckets, json_pack("{s:f, s:I}", "le", failover_bounds[b], "count",
+        json_array_append_new(buckets, json_pack("{s:f, s:I}", "le", disc_failover_bounds[b], "count",
                                                  (json_int_t)l->failover_buckets[b]));
     return json_pack("{s:s, s:s?, s:I, s:s, s:b, s:o, s:o, s:{s:o, s:I, s:f}}", "name",
                      l->lcfg->name, "writer", dd->writer >= 0 ? l->names[dd->writer] : NULL,
                      "generation", (json_int_t)dd->generation, "reason", dd->reason,
-                     "split_brain", dd->split_brain, "changed_at", iso_time(l->changed_wall_ms),
+                     "split_brain", dd->split_brain, "changed_at", disc_iso_time(l->changed_wall_ms),
                      "clusters", clusters, "failover_seconds", "buckets", buckets, "count",
                      (json_int_t)l->failover_count, "sum", l->failover_sum);
 }
@@ -404,8 +344,13 @@ static json_t *listener_json(const struct disc_listener *l)
 static json_t *core_json(const struct disc_core *c)
 {
     json_t *ls = json_array();
-    for (size_t i = 0; i < c->nls; i++)
-        json_array_append_new(ls, listener_json(&c->ls[i]));
+    for (size_t i = 0; i < c->nls; i++) {
+        json_t *l = listener_json(&c->ls[i]);
+        json_t *aws = disc_aws_listener_json(&c->ls[i]);
+        if (aws)
+            json_object_set_new(l, "aws", aws);
+        json_array_append_new(ls, l);
+    }
     return ls;
 }
 
@@ -417,7 +362,7 @@ json_t *ferry_discovery_status(struct ferry_discovery *d)
     for (size_t i = first; i < d->nhistory; i++) {
         const struct disc_history *h = &d->history[i % HISTORY_MAX];
         json_array_append_new(hist, json_pack("{s:o, s:s, s:s, s:s, s:I, s:s}", "at",
-                                              iso_time(h->wall_ms), "listener", h->listener,
+                                              disc_iso_time(h->wall_ms), "listener", h->listener,
                                               "from", h->from, "to", h->to, "generation",
                                               (json_int_t)h->generation, "reason", h->reason));
     }
@@ -469,6 +414,7 @@ static void on_wakeup(uv_async_t *h)
             ferry_log(FERRY_LOG_ERROR, "discovery.reconfigure_failed", "error=\"out of memory\"");
         } else {
             next->d = d;
+            disc_aws_start(next);
             pthread_mutex_lock(&d->lock);
             struct disc_core *old = d->core;
             d->core = next;
@@ -509,6 +455,7 @@ struct ferry_discovery *ferry_discovery_start(struct ferry_config *cfg,
         return NULL;
     }
     d->core->d = d;
+    disc_aws_start(d->core);
     uv_async_init(&d->loop, &d->wakeup, on_wakeup);
     d->wakeup.data = d;
     uv_timer_init(&d->loop, &d->round_timer);

@@ -285,7 +285,8 @@ static void get_name(struct cfg_ctx *c, json_t *obj, const char *where, char out
 
 static void parse_cluster(struct cfg_ctx *c, json_t *v, const char *where, struct ferry_cluster_cfg *cl)
 {
-    static const char *const keys[] = {"name", "region", "endpoint", "writer", NULL};
+    static const char *const keys[] = {"name", "region", "db_cluster_identifier", "endpoint",
+                                       "writer", NULL};
     char key[KEY_MAX];
     if (!json_is_object(v)) {
         cfg_fail(c, where, "expected an object, got %s", json_type_name(v));
@@ -300,6 +301,14 @@ static void parse_cluster(struct cfg_ctx *c, json_t *v, const char *where, struc
             cfg_fail(c, key, "\"%s\" must be 1-63 characters of A-Z a-z 0-9 _ . -", region);
         else
             strcpy(cl->region, region);
+    }
+    const char *dbid = NULL;
+    subkey(key, where, ".db_cluster_identifier");
+    if (get_string(c, v, "db_cluster_identifier", key, &dbid)) {
+        if (!valid_name(dbid))
+            cfg_fail(c, key, "\"%s\" must be 1-63 characters of A-Z a-z 0-9 _ . -", dbid);
+        else
+            strcpy(cl->db_cluster_identifier, dbid);
     }
     subkey(key, where, ".endpoint");
     get_hostport(c, v, "endpoint", key, &cl->endpoint, true);
@@ -409,11 +418,66 @@ static void parse_discovery(struct cfg_ctx *c, json_t *root, struct ferry_discov
     get_seconds(c, v, "hold_timeout", "discovery.hold_timeout", 0, 3600, &d->hold_timeout);
 }
 
+static void get_owned_string(struct cfg_ctx *c, json_t *obj, const char *k, const char *key,
+                             char **out)
+{
+    const char *s = NULL;
+    if (get_string(c, obj, k, key, &s))
+        *out = strdup(s);
+}
+
+static void parse_aws(struct cfg_ctx *c, json_t *root, struct ferry_aws_cfg *a)
+{
+    static const char *const keys[] = {"region", "poll_interval", "lag_poll_interval",
+                                       "endpoints", "ca_file", "credentials", NULL};
+    static const char *const ekeys[] = {"rds", "monitoring", "sts", "imds", NULL};
+    static const char *const sources[] = {"chain", "static", "env", "web_identity", "container",
+                                          "imds", NULL};
+    a->poll_interval = 10;
+    a->lag_poll_interval = 60;
+    json_t *v = json_object_get(root, "aws");
+    if (!v)
+        return;
+    if (!json_is_object(v)) {
+        cfg_fail(c, "aws", "expected an object, got %s", json_type_name(v));
+        return;
+    }
+    check_keys(c, "aws", v, keys);
+    get_owned_string(c, v, "region", "aws.region", &a->region);
+    get_seconds(c, v, "poll_interval", "aws.poll_interval", 1, 3600, &a->poll_interval);
+    get_seconds(c, v, "lag_poll_interval", "aws.lag_poll_interval", 1, 3600, &a->lag_poll_interval);
+    get_owned_string(c, v, "ca_file", "aws.ca_file", &a->ca_file);
+    const char *src = NULL;
+    if (get_string(c, v, "credentials", "aws.credentials", &src)) {
+        int found = -1;
+        for (int i = 0; sources[i]; i++)
+            if (strcmp(sources[i], src) == 0)
+                found = i;
+        if (found < 0 || found == 1)    /* "static" keys never live in the config file */
+            cfg_fail(c, "aws.credentials",
+                     "\"%s\" is not one of chain, env, web_identity, container, imds", src);
+        else
+            a->credentials = found;
+    }
+    json_t *e = json_object_get(v, "endpoints");
+    if (e) {
+        if (!json_is_object(e)) {
+            cfg_fail(c, "aws.endpoints", "expected an object, got %s", json_type_name(e));
+            return;
+        }
+        check_keys(c, "aws.endpoints", e, ekeys);
+        get_owned_string(c, e, "rds", "aws.endpoints.rds", &a->rds_endpoint);
+        get_owned_string(c, e, "monitoring", "aws.endpoints.monitoring", &a->monitoring_endpoint);
+        get_owned_string(c, e, "sts", "aws.endpoints.sts", &a->sts_endpoint);
+        get_owned_string(c, e, "imds", "aws.endpoints.imds", &a->imds_endpoint);
+    }
+}
+
 static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, struct ferry_listener_cfg *l)
 {
     static const char *const keys[] = {"name", "protocol", "bind", "max_client_connections",
-                                       "connect_timeout", "session_buffer", "probe", "clusters",
-                                       NULL};
+                                       "connect_timeout", "session_buffer", "probe",
+                                       "aws_global_cluster", "clusters", NULL};
     char key[KEY_MAX];
     if (!json_is_object(v)) {
         cfg_fail(c, where, "expected an object, got %s", json_type_name(v));
@@ -452,6 +516,16 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
         l->session_buffer = (size_t)n;
 
     parse_probe(c, v, where, l);
+    const char *gid = NULL;
+    subkey(key, where, ".aws_global_cluster");
+    if (get_string(c, v, "aws_global_cluster", key, &gid)) {
+        if (!valid_name(gid))
+            cfg_fail(c, key, "\"%s\" must be 1-63 characters of A-Z a-z 0-9 _ . -", gid);
+        else if (!l->probe_enabled)
+            cfg_fail(c, key, "needs \"probe\": AWS confirms what the probes see, it never decides alone");
+        else
+            strcpy(l->aws_global_cluster, gid);
+    }
 
     subkey(key, where, ".clusters");
     json_t *arr = json_object_get(v, "clusters");
@@ -491,7 +565,7 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
 static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg)
 {
     static const char *const keys[] = {"workers", "log_level", "log_format", "shutdown_timeout",
-                                       "admin", "discovery", "listeners", NULL};
+                                       "admin", "discovery", "aws", "listeners", NULL};
     if (!json_is_object(root)) {
         cfg_fail(c, NULL, "the top level must be an object, got %s", json_type_name(root));
         return;
@@ -533,6 +607,7 @@ static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg
     get_seconds(c, root, "shutdown_timeout", "shutdown_timeout", 0, 3600, &cfg->shutdown_timeout);
 
     parse_discovery(c, root, &cfg->discovery);
+    parse_aws(c, root, &cfg->aws);
 
     char why[256];
     cfg->admin_enabled = true;
@@ -627,6 +702,12 @@ static void config_free(struct ferry_config *cfg)
         memset(cfg->admin_token, 0, strlen(cfg->admin_token));
         free(cfg->admin_token);
     }
+    free(cfg->aws.region);
+    free(cfg->aws.rds_endpoint);
+    free(cfg->aws.monitoring_endpoint);
+    free(cfg->aws.sts_endpoint);
+    free(cfg->aws.imds_endpoint);
+    free(cfg->aws.ca_file);
     free(cfg->path);
     free(cfg);
 }

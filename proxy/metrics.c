@@ -145,6 +145,33 @@ static void discovery_metrics(FILE *f, json_t *st)
             }
         }
     }
+    help(f, "ferry_replication_lag_seconds", "gauge",
+         "AuroraGlobalDBReplicationLag from CloudWatch (secondaries only; absent for the primary).");
+    json_array_foreach(ls, i, l) {
+        json_array_foreach(json_object_get(l, "clusters"), j, c) {
+            json_t *lag = json_object_get(json_object_get(c, "aws"), "replication_lag_ms");
+            if (json_is_number(lag))
+                fprintf(f, "ferry_replication_lag_seconds{listener=\"%s\",cluster=\"%s\"} %.17g\n",
+                        json_string_value(json_object_get(l, "name")),
+                        json_string_value(json_object_get(c, "name")), json_number_value(lag) / 1000.0);
+        }
+    }
+    help(f, "ferry_aws_calls_total", "counter", "AWS API calls by API and outcome.");
+    json_array_foreach(ls, i, l) {
+        json_t *aws = json_object_get(l, "aws");
+        if (!aws)
+            continue;
+        static const char *const apis[][3] = {
+            {"DescribeGlobalClusters", "describe_global_clusters_ok_total", "describe_global_clusters_errors_total"},
+            {"GetMetricData", "get_metric_data_ok_total", "get_metric_data_errors_total"}};
+        for (size_t k = 0; k < 2; k++)
+            fprintf(f, "ferry_aws_calls_total{listener=\"%s\",api=\"%s\",outcome=\"ok\"} %lld\n"
+                       "ferry_aws_calls_total{listener=\"%s\",api=\"%s\",outcome=\"error\"} %lld\n",
+                    json_string_value(json_object_get(l, "name")), apis[k][0],
+                    (long long)json_integer_value(json_object_get(aws, apis[k][1])),
+                    json_string_value(json_object_get(l, "name")), apis[k][0],
+                    (long long)json_integer_value(json_object_get(aws, apis[k][2])));
+    }
     help(f, "ferry_failover_duration_seconds", "histogram",
          "Time from losing a writer to having the next one.");
     json_array_foreach(ls, i, l) {

@@ -29,6 +29,7 @@ struct ferry_hostport {
 struct ferry_cluster_cfg {
     char name[FERRY_NAME_MAX];
     char region[FERRY_NAME_MAX];        /* optional, "" if not given */
+    char db_cluster_identifier[FERRY_NAME_MAX]; /* optional: AWS DBClusterIdentifier */
     struct ferry_hostport endpoint;
     bool writer;                        /* static route until discovery lands */
 };
@@ -41,6 +42,7 @@ struct ferry_listener_cfg {
     double connect_timeout;             /* seconds */
     size_t session_buffer;              /* bytes per session and direction */
     bool probe_enabled;                 /* "probe" given: discovery decides the writer */
+    char aws_global_cluster[FERRY_NAME_MAX]; /* "" = no AWS signals for this listener */
     char probe_user[FERRY_NAME_MAX];
     char *probe_password;               /* owned; NULL = none. Never log it */
     char probe_database[FERRY_NAME_MAX];
@@ -56,9 +58,23 @@ struct ferry_discovery_cfg {
     double hold_timeout;                /* seconds a new client waits for a writer */
 };
 
+/* AWS access for the discovery signals (top-level "aws"). Strings owned. */
+struct ferry_aws_cfg {
+    char *region;                       /* NULL = AWS_REGION / AWS_DEFAULT_REGION */
+    double poll_interval;               /* DescribeGlobalClusters, seconds */
+    double lag_poll_interval;           /* GetMetricData, seconds */
+    char *rds_endpoint;                 /* NULL = https://rds.<region>.amazonaws.com */
+    char *monitoring_endpoint;
+    char *sts_endpoint;
+    char *imds_endpoint;
+    char *ca_file;
+    int credentials;                    /* enum aws_cred_source; 0 = the chain */
+};
+
 struct ferry_config {
     char *path;                         /* owned: file it was loaded from */
     struct ferry_discovery_cfg discovery;
+    struct ferry_aws_cfg aws;
     unsigned workers;                   /* resolved: never 0 */
     enum ferry_log_level log_level;
     double shutdown_timeout;            /* seconds */

@@ -1,0 +1,312 @@
+/* AWS signals for discovery: RDS DescribeGlobalClusters says which member
+ * cluster is the writer (decide() uses it to settle a split brain, never to
+ * pick a writer the probes have not confirmed), CloudWatch's
+ * AuroraGlobalDBReplicationLag says how far each secondary is behind (absent
+ * for the primary: a signal, not an error). Polled sparingly (the RDS API
+ * budget is shared by the whole account), sooner when the probes disagree.
+ * Any AWS failure is recorded and logged; discovery goes on with the probes.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+#include "ferry/log.h"
+#include "internal.h"
+
+#define POLL_SOON_MIN_MS 2000   /* "probes disagree" polls: at most one per 2 s */
+
+static bool aws_enabled(const struct disc_listener *l)
+{
+    return l->lcfg->aws_global_cluster[0] != '\0';
+}
+
+/* The region to ask: the configured default first, then each member
+ * cluster's region in turn after transport failures (a regional outage must
+ * not blind us when another member region can answer). */
+static const char *next_region(struct disc_listener *l)
+{
+    const char *regions[DISC_MAX_CLUSTERS + 1];
+    size_t n = 0;
+    if (l->owner->cfg->aws.region)
+        regions[n++] = l->owner->cfg->aws.region;
+    for (size_t j = 0; j < l->n; j++)
+        if (l->lcfg->clusters[j].region[0])
+            regions[n++] = l->lcfg->clusters[j].region;
+    return n ? regions[l->aws_region_next % n] : NULL;
+}
+
+static struct disc_cluster_view *cluster_by_id(struct disc_listener *l, const char *id,
+                                               const char *region)
+{
+    for (size_t j = 0; j < l->n; j++) {
+        const struct ferry_cluster_cfg *cc = &l->lcfg->clusters[j];
+        if (strcmp(cc->db_cluster_identifier, id) == 0 && (!cc->region[0] || !region[0] ||
+                                                          strcmp(cc->region, region) == 0))
+            return &l->cl[j];
+    }
+    return NULL;
+}
+
+static void record_error(struct disc_listener *l, const struct aws_status *st, bool lag)
+{
+    char msg[200];
+    snprintf(msg, sizeof msg, "%.40s %.20s: %.60s%s%.60s", st->action, aws_err_class_name(st->cls),
+             st->error.code[0] ? st->error.code : "", st->error.code[0] ? " " : "",
+             st->error.message);
+    disc_lock(l->owner);
+    memcpy(l->aws_error, msg, sizeof msg);
+    if (lag)
+        l->lag_errors_total++;
+    else
+        l->aws_errors_total++;
+    disc_unlock(l->owner);
+    if (st->cls == AWS_ERR_ACCESS_DENIED)
+        ferry_log(FERRY_LOG_ERROR, "aws.access_denied",
+                  "listener=%s action=%s missing_iam_action=%s region=%s "
+                  "action_taken=\"discovery goes on with SQL probes\"",
+                  l->lcfg->name, st->action, st->iam_action ? st->iam_action : "?",
+                  st->region ? st->region : "?");
+    else
+        ferry_log(FERRY_LOG_WARN, "aws.call_failed",
+                  "listener=%s action=%s class=%s http_status=%ld region=%s attempts=%u "
+                  "action_taken=\"discovery goes on with SQL probes\"",
+                  l->lcfg->name, st->action, aws_err_class_name(st->cls), st->error.http_status,
+                  st->region ? st->region : "?", st->attempts);
+    if (st->cls == AWS_ERR_TRANSPORT || st->cls == AWS_ERR_TRANSIENT)
+        l->aws_region_next++;
+}
+
+static void on_global_clusters(const struct aws_status *st, const struct aws_global_clusters *gc,
+                               void *ud)
+{
+    struct disc_listener *l = ud;
+    l->aws_busy = false;
+    if (st->cls == AWS_ERR_CANCELLED)
+        return;
+    if (st->cls != AWS_OK) {
+        record_error(l, st, false);
+        return;
+    }
+    const struct aws_global_cluster *g = NULL;
+    for (size_t i = 0; i < gc->n; i++)
+        if (strcmp(gc->items[i].id, l->lcfg->aws_global_cluster) == 0)
+            g = &gc->items[i];
+    uint64_t now = uv_now(l->owner->loop), wall = disc_wall_ms();
+    disc_lock(l->owner);
+    l->aws_ok_total++;
+    l->aws_error[0] = '\0';
+    l->aws_failover[0] = '\0';
+    if (!g) {
+        snprintf(l->aws_error, sizeof l->aws_error, "global cluster %s not in the reply",
+                 l->lcfg->aws_global_cluster);
+    } else {
+        if (g->failover.present)
+            snprintf(l->aws_failover, sizeof l->aws_failover, "%.32s from %.300s to %.300s (%s)",
+                     g->failover.status, g->failover.from_arn, g->failover.to_arn,
+                     g->failover.data_loss_allowed ? "failover" : "switchover");
+        for (size_t m = 0; m < g->nmembers; m++) {
+            const struct aws_global_member *mem = &g->members[m];
+            struct disc_cluster_view *v = cluster_by_id(l, mem->cluster_id, mem->region);
+            if (!v)
+                continue;
+            /* While RDS reports a failover in progress its IsWriter is in
+             * flux: record the roles as unknown rather than stale. */
+            v->obs.aws = g->failover.present ? DISC_AWS_UNKNOWN
+                         : mem->is_writer    ? DISC_AWS_WRITER
+                                             : DISC_AWS_READER;
+            v->obs.aws_at_ms = now;
+            v->aws_wall_ms = wall;
+            snprintf(v->aws_sync, sizeof v->aws_sync, "%.31s", mem->sync_status);
+        }
+    }
+    disc_unlock(l->owner);
+}
+
+static void poll_global(struct disc_core *c)
+{
+    for (size_t i = 0; i < c->nls; i++) {
+        struct disc_listener *l = &c->ls[i];
+        if (!aws_enabled(l) || l->aws_busy)
+            continue;
+        l->aws_polled_ms = uv_now(c->loop);
+        if (aws_describe_global_clusters(c->aws, next_region(l), l->lcfg->aws_global_cluster,
+                                         on_global_clusters, l) == 0)
+            l->aws_busy = true;
+    }
+}
+
+/* ---- replication lag ---- */
+
+struct lag_call {
+    struct disc_listener *l;
+    char region[FERRY_NAME_MAX];
+};
+
+static void on_lag(const struct aws_status *st, const struct aws_lag *lags, size_t n, void *ud)
+{
+    struct lag_call *call = ud;
+    struct disc_listener *l = call->l;
+    l->lag_busy = false;
+    if (st->cls == AWS_ERR_CANCELLED) {
+        free(call);
+        return;
+    }
+    if (st->cls != AWS_OK) {
+        record_error(l, st, true);
+        free(call);
+        return;
+    }
+    uint64_t wall = disc_wall_ms();
+    disc_lock(l->owner);
+    l->lag_ok_total++;
+    for (size_t i = 0; i < n; i++) {
+        struct disc_cluster_view *v = cluster_by_id(l, lags[i].cluster_id, call->region);
+        if (!v)
+            continue;
+        v->lag_present = lags[i].present;
+        v->lag_ms = lags[i].lag_ms;
+        v->lag_wall_ms = wall;
+    }
+    disc_unlock(l->owner);
+    free(call);
+}
+
+static void poll_lag(struct disc_core *c)
+{
+    for (size_t i = 0; i < c->nls; i++) {
+        struct disc_listener *l = &c->ls[i];
+        if (!aws_enabled(l) || l->lag_busy)
+            continue;
+        /* One GetMetricData per region with every identified cluster there
+         * (CloudWatch is regional; the metric lives with each secondary). */
+        for (size_t j = 0; j < l->n; j++) {
+            const char *region = l->lcfg->clusters[j].region;
+            bool first = true;
+            for (size_t k = 0; k < j; k++)
+                first &= strcmp(l->lcfg->clusters[k].region, region) != 0;
+            if (!first || !l->lcfg->clusters[j].db_cluster_identifier[0])
+                continue;
+            const char *ids[DISC_MAX_CLUSTERS];
+            size_t nids = 0;
+            for (size_t k = j; k < l->n; k++)
+                if (strcmp(l->lcfg->clusters[k].region, region) == 0 &&
+                    l->lcfg->clusters[k].db_cluster_identifier[0])
+                    ids[nids++] = l->lcfg->clusters[k].db_cluster_identifier;
+            struct lag_call *call = calloc(1, sizeof *call);
+            if (!call)
+                continue;
+            call->l = l;
+            snprintf(call->region, sizeof call->region, "%s", region);
+            if (aws_get_replication_lag(c->aws, region[0] ? region : NULL, ids, nids, on_lag, call) == 0)
+                l->lag_busy = true;
+            else
+                free(call);
+        }
+    }
+}
+
+/* ---- timers and life cycle ---- */
+
+static void on_aws_timer(uv_timer_t *t)
+{
+    poll_global(t->data);
+}
+
+static void on_lag_timer(uv_timer_t *t)
+{
+    poll_lag(t->data);
+}
+
+void disc_aws_start(struct disc_core *c)
+{
+    bool any = false;
+    for (size_t i = 0; i < c->nls; i++)
+        any |= aws_enabled(&c->ls[i]);
+    if (!any)
+        return;
+    const struct ferry_aws_cfg *a = &c->cfg->aws;
+    struct aws_client_config ac = {
+        .region = a->region,
+        .rds_endpoint = a->rds_endpoint,
+        .monitoring_endpoint = a->monitoring_endpoint,
+        .sts_endpoint = a->sts_endpoint,
+        .imds_endpoint = a->imds_endpoint,
+        .ca_file = a->ca_file,
+        .cred_source = (enum aws_cred_source)a->credentials,
+    };
+    c->aws = aws_client_new(c->loop, &ac);
+    if (!c->aws) {
+        ferry_log(FERRY_LOG_ERROR, "aws.start_failed", "error=\"out of memory\"");
+        return;
+    }
+    uv_timer_init(c->loop, &c->aws_timer);
+    uv_timer_init(c->loop, &c->lag_timer);
+    c->aws_timer.data = c->lag_timer.data = c;
+    c->aws_timers = true;
+    c->open_handles += 2;
+    uint64_t poll = (uint64_t)(a->poll_interval * 1000.0), lag = (uint64_t)(a->lag_poll_interval * 1000.0);
+    uv_timer_start(&c->aws_timer, on_aws_timer, 0, poll);
+    uv_timer_start(&c->lag_timer, on_lag_timer, 0, lag);
+}
+
+void disc_aws_poll_soon(struct disc_core *c)
+{
+    if (!c->aws)
+        return;
+    uint64_t now = uv_now(c->loop);
+    for (size_t i = 0; i < c->nls; i++) {
+        struct disc_listener *l = &c->ls[i];
+        if (aws_enabled(l) && !l->aws_busy && now - l->aws_polled_ms >= POLL_SOON_MIN_MS) {
+            poll_global(c);
+            return;
+        }
+    }
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    disc_core_handle_closed(h->data);
+}
+
+void disc_aws_close(struct disc_core *c)
+{
+    if (c->aws) {
+        aws_client_free(c->aws);    /* pending callbacks run now, cancelled */
+        c->aws = NULL;
+    }
+    if (c->aws_timers) {
+        c->aws_timers = false;
+        uv_close((uv_handle_t *)&c->aws_timer, on_timer_closed);
+        uv_close((uv_handle_t *)&c->lag_timer, on_timer_closed);
+    }
+}
+
+/* ---- status ---- */
+
+static const char *role_name(enum disc_aws_role r)
+{
+    return r == DISC_AWS_WRITER ? "writer" : r == DISC_AWS_READER ? "reader" : "unknown";
+}
+
+json_t *disc_aws_cluster_json(const struct disc_cluster_view *v)
+{
+    if (!aws_enabled(v->owner))
+        return NULL;
+    json_t *lag = v->lag_wall_ms && v->lag_present ? json_real(v->lag_ms) : json_null();
+    return json_pack("{s:s, s:o, s:s, s:o, s:o}", "role", role_name(v->obs.aws), "observed_at",
+                     disc_iso_time(v->aws_wall_ms), "sync_status", v->aws_sync,
+                     "replication_lag_ms", lag, "lag_observed_at", disc_iso_time(v->lag_wall_ms));
+}
+
+json_t *disc_aws_listener_json(const struct disc_listener *l)
+{
+    if (!aws_enabled(l))
+        return NULL;
+    return json_pack("{s:s, s:s?, s:s?, s:I, s:I, s:I, s:I}", "global_cluster",
+                     l->lcfg->aws_global_cluster, "last_error", l->aws_error[0] ? l->aws_error : NULL,
+                     "failover", l->aws_failover[0] ? l->aws_failover : NULL,
+                     "describe_global_clusters_ok_total", (json_int_t)l->aws_ok_total,
+                     "describe_global_clusters_errors_total", (json_int_t)l->aws_errors_total,
+                     "get_metric_data_ok_total", (json_int_t)l->lag_ok_total,
+                     "get_metric_data_errors_total", (json_int_t)l->lag_errors_total);
+}

@@ -1,0 +1,127 @@
+/* Internals shared by discovery.c (probes, decisions, the thread) and
+ * aws_signals.c (RDS and CloudWatch polling): the per-config "core" with its
+ * listeners and per-cluster views. Discovery thread only, except the fields
+ * that ferry_discovery_status() reads under ferry_discovery.lock.
+ */
+#ifndef FERRY_DISCOVERY_INTERNAL_H
+#define FERRY_DISCOVERY_INTERNAL_H
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "decide.h"
+#include "ferry/discovery.h"
+#include "probe.h"
+
+struct aws_client;
+
+#define HISTORY_MAX 32
+#define FAILOVER_NBUCKETS 10
+extern const double disc_failover_bounds[FAILOVER_NBUCKETS];
+
+struct disc_core;
+struct disc_listener;
+
+struct disc_cluster_view {
+    struct disc_probe probe;
+    struct disc_listener *owner;
+    struct disc_obs obs;                /* since the last decision */
+    struct disc_probe_result last;      /* for status */
+    uint64_t last_wall_ms;
+    bool has_last;
+    uint64_t probes_total;
+    uint64_t failures_total;
+    /* AWS (obs.aws / obs.aws_at_ms hold the role for decide()) */
+    uint64_t aws_wall_ms;               /* when RDS last named its role */
+    char aws_sync[32];                  /* SynchronizationStatus, e.g. pending-resync */
+    bool lag_present;                   /* CloudWatch had a datapoint */
+    double lag_ms;
+    uint64_t lag_wall_ms;               /* when we read it (0 = never) */
+};
+
+struct disc_listener {
+    struct disc_core *owner;
+    const struct ferry_listener_cfg *lcfg;  /* borrowed from owner->cfg */
+    size_t n;
+    struct disc_cluster_view *cl;       /* owned, n entries */
+    const char *names[DISC_MAX_CLUSTERS];
+    struct disc_decision decision;
+    uint64_t changed_wall_ms;
+    uint64_t lost_ms;                   /* loop time the last writer was lost (0: has one) */
+    /* failover duration: from losing a writer to having the next one */
+    uint64_t failover_buckets[FAILOVER_NBUCKETS];
+    uint64_t failover_count;
+    double failover_sum;
+    /* AWS */
+    bool aws_busy;                      /* a DescribeGlobalClusters is in flight */
+    bool lag_busy;
+    unsigned aws_region_next;           /* rotates through member regions on transport errors */
+    uint64_t aws_polled_ms;             /* loop time of the last poll start */
+    char aws_error[200];                /* last failure, "" after a success */
+    char aws_failover[700];             /* FailoverState as RDS reports it, "" if none */
+    uint64_t aws_ok_total, aws_errors_total, lag_ok_total, lag_errors_total;
+};
+
+struct disc_history {
+    uint64_t wall_ms;
+    char listener[FERRY_NAME_MAX];
+    char from[FERRY_NAME_MAX];
+    char to[FERRY_NAME_MAX];
+    uint64_t generation;
+    char reason[DISC_REASON_MAX];
+};
+
+/* One config's worth of probes and decisions, on one loop. */
+struct disc_core {
+    uv_loop_t *loop;
+    struct ferry_config *cfg;           /* owned ref */
+    struct disc_listener *ls;           /* owned, nls entries */
+    size_t nls;
+    unsigned outstanding;               /* probes of the current round still running */
+    unsigned open_handles;              /* probes and timers not yet closed (teardown) */
+    struct aws_client *aws;             /* owned; NULL without AWS signals */
+    uv_timer_t aws_timer;               /* DescribeGlobalClusters every aws.poll_interval */
+    uv_timer_t lag_timer;               /* GetMetricData every aws.lag_poll_interval */
+    bool aws_timers;                    /* the two timers are initialised */
+    bool published;                     /* a first snapshot went out */
+    bool decided;                       /* at least one decision made */
+    struct ferry_discovery *d;          /* NULL in `ferry discover` */
+};
+
+struct ferry_discovery {
+    pthread_t thread;
+    uv_loop_t loop;
+    uv_async_t wakeup;
+    uv_timer_t round_timer;
+    pthread_mutex_t lock;               /* guards everything below and core's status data */
+    struct ferry_config *pending_cfg;   /* owned ref: reconfigure request */
+    bool stop;
+    bool probe_now;
+    struct disc_core *core;             /* current */
+    ferry_topology_publish_cb publish;
+    void *ud;
+    uint64_t serial;
+    struct disc_history history[HISTORY_MAX];
+    size_t nhistory;                    /* total ever recorded */
+};
+
+
+/* Locks the status mutex when the core belongs to a running discovery. */
+void disc_lock(struct disc_core *c);
+void disc_unlock(struct disc_core *c);
+uint64_t disc_wall_ms(void);
+json_t *disc_iso_time(uint64_t ms);
+/* One handle of the core has closed; frees the core after the last. */
+void disc_core_handle_closed(struct disc_core *c);
+
+/* aws_signals.c */
+void disc_aws_start(struct disc_core *c);       /* no-op unless a listener has aws_global_cluster */
+void disc_aws_close(struct disc_core *c);       /* cancels calls, closes the timers */
+void disc_aws_poll_soon(struct disc_core *c);   /* probes disagree: ask AWS now (rate-limited) */
+json_t *disc_aws_listener_json(const struct disc_listener *l);
+json_t *disc_aws_cluster_json(const struct disc_cluster_view *v);
+
+#endif

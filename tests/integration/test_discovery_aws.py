@@ -1,0 +1,108 @@
+"""Discovery with the AWS signals, against the fake AWS endpoint (which
+checks every SigV4 signature with botocore): RDS settles a split brain the
+probes cannot, CloudWatch lag is reported, and AWS failures never stop
+discovery from working on the probes."""
+
+import json
+
+import pytest
+
+import harness
+from fakes_fixture import fake_aws  # noqa: F401 - fixture
+from fake_aws import STATIC_AKID, STATIC_SECRET
+from fronts import pg_dsn
+from harness import cluster, listener, make_config
+from harness.proc import wait_for
+from test_discovery import FAST, discovery_of, pg_port_via, writer_of
+from test_ops import metric, parse_metrics
+
+
+def aws_listener(pair):
+    return listener("pg", "postgresql", [
+        dict(cluster("region-a", pair.primary), region="us-east-1",
+             db_cluster_identifier="ferry-primary"),
+        dict(cluster("region-b", pair.replica), region="eu-west-1",
+             db_cluster_identifier="ferry-secondary"),
+    ], probe={"user": "ferry_test", "password": "ferry_pw"}, aws_global_cluster="ferry-global")
+
+
+def aws_config(pair, fake, **aws):
+    return make_config(aws_listener(pair), workers=1, discovery=FAST,
+                       aws=dict({"region": "us-east-1", "poll_interval": 1, "lag_poll_interval": 1,
+                                 "credentials": "env",
+                                 "endpoints": {"rds": fake.url, "monitoring": fake.url}}, **aws))
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", STATIC_AKID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", STATIC_SECRET)
+
+
+@pytest.fixture
+def own_pg():
+    with harness.PgPair() as pair:
+        yield pair
+
+
+def test_aws_settles_split_brain(ferry_factory, own_pg, fake_aws, aws_env):
+    # Both clusters writable: the replica was promoted, the old primary never demoted.
+    own_pg.replica.promote()
+    fake_aws.set_writer("ferry-secondary")
+    ferry = ferry_factory(aws_config(own_pg, fake_aws))
+    wait_for(lambda: writer_of(ferry, "pg") == "region-b", timeout=15,
+             what="AWS to settle the split brain on region-b")
+    entry = discovery_of(ferry, "pg")
+    assert "AWS names region-b writer and a probe confirms it" in entry["reason"]
+    roles = {c["name"]: c["aws"]["role"] for c in entry["clusters"]}
+    assert roles == {"region-a": "reader", "region-b": "writer"}
+    assert entry["split_brain"] is True
+    assert pg_port_via(ferry) == own_pg.replica.port
+    signed = fake_aws.requests_for(action="DescribeGlobalClusters")
+    assert signed and all(r.get("signature_ok", True) for r in signed)
+
+
+def test_lag_and_aws_counters(ferry_factory, pg_pair, fake_aws, aws_env):
+    fake_aws.set_lag("ferry-secondary", 250.0)
+    fake_aws.set_lag("ferry-primary")          # absent, as for a primary
+    ferry = ferry_factory(aws_config(pg_pair, fake_aws))
+    wait_for(lambda: discovery_of(ferry, "pg")["clusters"][1]["aws"]["replication_lag_ms"] == 250.0,
+             timeout=15, what="the secondary's lag")
+    entry = discovery_of(ferry, "pg")
+    assert entry["clusters"][0]["aws"]["replication_lag_ms"] is None
+    assert entry["writer"] == "region-a"
+    m = parse_metrics(ferry.http_get("/metrics")[1])
+    assert metric(m, "ferry_replication_lag_seconds", listener="pg", cluster="region-b") == 0.25
+    assert metric(m, "ferry_aws_calls_total", listener="pg", api="GetMetricData", outcome="ok") >= 1
+    assert metric(m, "ferry_aws_calls_total", listener="pg", api="DescribeGlobalClusters",
+                  outcome="ok") >= 1
+    assert STATIC_SECRET not in ferry.log_text() + json.dumps(ferry.status())
+
+
+@pytest.mark.parametrize("fault", ["access_denied", "garbage", "throttle", "500"])
+def test_aws_failures_leave_probes_in_charge(ferry_factory, pg_pair, fake_aws, aws_env, fault):
+    fake_aws.fail_next("DescribeGlobalClusters", fault, times=1000)
+    ferry = ferry_factory(aws_config(pg_pair, fake_aws))
+    wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="probes alone to decide")
+    wait_for(lambda: (discovery_of(ferry, "pg").get("aws") or {}).get("last_error"), timeout=20,
+             what="the AWS failure to be recorded")
+    aws = discovery_of(ferry, "pg")["aws"]
+    assert aws["describe_global_clusters_errors_total"] >= 1
+    assert aws["describe_global_clusters_ok_total"] == 0
+    assert harness.pg.run_query(pg_dsn(ferry), "SELECT 1") == [(1,)]
+    if fault == "access_denied":
+        wait_for(lambda: "missing_iam_action=rds:DescribeGlobalClusters" in ferry.log_text(),
+                 timeout=10, what="the IAM action in the log")
+
+
+def test_aws_config_errors(tmp_path, pg_pair):
+    bad = make_config(dict(aws_listener(pg_pair), probe=None))
+    del bad["listeners"][0]["probe"]
+    code, out, err = harness.check(bad)
+    assert code == 2
+    assert "listeners[0].aws_global_cluster: needs \"probe\"" in err
+    code, out, err = harness.check(dict(make_config(aws_listener(pg_pair)),
+                                        aws={"credentials": "static"}))
+    assert code == 2 and "aws.credentials: \"static\" is not one of" in err
