@@ -53,9 +53,12 @@ static void listener_metrics(FILE *f)
         {"ferry_errors_total", "counter", "Errors ferry reported to clients, by class."},
         {"ferry_received_bytes_total", "counter", "Bytes received, by side (client or server)."},
     };
-    struct px_counters *sums = calloc(px_proc.nlisteners ? px_proc.nlisteners : 1, sizeof *sums);
+    /* px_counters is cache-line aligned: calloc does not promise that */
+    size_t bytes = (px_proc.nlisteners ? px_proc.nlisteners : 1) * sizeof(struct px_counters);
+    struct px_counters *sums = aligned_alloc(64, bytes);
     if (!sums)
         return;
+    memset(sums, 0, bytes);
     for (size_t i = 0; i < px_proc.nlisteners; i++)
         sums[i] = px_listener_totals(px_proc.listeners[i]);
     for (size_t k = 0; k < sizeof families / sizeof families[0]; k++) {

@@ -19,7 +19,9 @@ from harness.proc import wait_for
 from harness.ports import free_port
 from test_ops import metric, parse_metrics
 
-FAST = {"probe_interval": 0.1, "probe_timeout": 1, "writer_down_after": 2, "hold_timeout": 20}
+# Quick rounds, but a generous probe deadline: sanitizer builds on a busy
+# machine can take over a second to connect.
+FAST = {"probe_interval": 0.1, "probe_timeout": 5, "writer_down_after": 2, "hold_timeout": 20}
 
 
 def pg_discovered(pair, **options):

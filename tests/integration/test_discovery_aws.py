@@ -55,7 +55,9 @@ def test_aws_settles_split_brain(ferry_factory, own_pg, fake_aws, aws_env):
     wait_for(lambda: writer_of(ferry, "pg") == "region-b", timeout=15,
              what="AWS to settle the split brain on region-b")
     entry = discovery_of(ferry, "pg")
-    assert "AWS names region-b writer and a probe confirms it" in entry["reason"]
+    change = ferry.status()["discovery"]["history"][-1]
+    assert change["to"] == "region-b"
+    assert "AWS names region-b writer and a probe confirms it" in change["reason"]
     roles = {c["name"]: c["aws"]["role"] for c in entry["clusters"]}
     assert roles == {"region-a": "reader", "region-b": "writer"}
     assert entry["split_brain"] is True
