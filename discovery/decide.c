@@ -17,6 +17,7 @@ void disc_decision_init(struct disc_decision *d, size_t nclusters)
     memset(d, 0, sizeof *d);
     d->writer = -1;
     d->last_writer = -1;
+    d->requested = -1;
     d->n = nclusters < DISC_MAX_CLUSTERS ? nclusters : DISC_MAX_CLUSTERS;
     snprintf(d->reason, sizeof d->reason, "no probe has finished yet");
 }
@@ -86,6 +87,28 @@ void disc_decide(const struct disc_decision *prev, const struct disc_obs *obs,
     size_t nwritable = 0;
     for (size_t i = 0; i < next->n; i++)
         nwritable += writable_now(&next->c[i], now, p);
+
+    /* A planned switchover the operator asked for: as soon as the target is
+     * healthy and writable it becomes the writer, even while the old writer
+     * still accepts writes (it is fenced). Until then nothing changes. */
+    int want = prev->requested;
+    if (want >= 0 && (size_t)want < next->n && want != prev->writer &&
+        writable_now(&next->c[want], now, p)) {
+        int old = prev->writer;
+        if (old >= 0 && next->c[old].writable)
+            next->c[old].fenced = true;
+        next->c[want].fenced = false;
+        next->writer = next->last_writer = want;
+        next->requested = -1;
+        next->generation++;
+        next->changed = true;
+        next->split_brain = nwritable > 1;
+        snprintf(next->reason, sizeof next->reason, "switchover to %s requested by the operator",
+                 names[want]);
+        return;
+    }
+    if (want == prev->writer)
+        next->requested = -1;
 
     int w = prev->writer;
     char why[96], lost[DISC_REASON_MAX] = "";

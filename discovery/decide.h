@@ -42,6 +42,8 @@ struct disc_params {
 struct disc_decision {
     int writer;                 /* index of the writer cluster, -1 = none (hold) */
     int last_writer;            /* the most recent writer (>= 0), -1 = never had one */
+    int requested;              /* operator switchover target, -1 = none; set by the caller,
+                                   cleared once it is the writer */
     uint64_t generation;        /* +1 on every writer change */
     bool split_brain;           /* more than one cluster writable right now */
     bool changed;               /* the writer differs from the previous decision */

@@ -394,6 +394,28 @@ static void on_wakeup(uv_async_t *h)
     struct ferry_config *cfg = d->pending_cfg;
     d->pending_cfg = NULL;
     d->probe_now = false;
+    char sw_listener[FERRY_NAME_MAX], sw_cluster[FERRY_NAME_MAX];
+    memcpy(sw_listener, d->switch_listener, sizeof sw_listener);
+    memcpy(sw_cluster, d->switch_cluster, sizeof sw_cluster);
+    d->switch_cluster[0] = '\0';
+    if (d->switch_cancel && d->core)
+        for (size_t i = 0; i < d->core->nls; i++)
+            d->core->ls[i].decision.requested = -1;
+    d->switch_cancel = false;
+    if (sw_cluster[0] && d->core) {
+        /* applied here, under the lock, on the thread that owns decisions */
+        for (size_t i = 0; i < d->core->nls; i++) {
+            struct disc_listener *l = &d->core->ls[i];
+            if (sw_listener[0] && strcmp(sw_listener, l->lcfg->name) != 0)
+                continue;
+            for (size_t j = 0; j < l->n; j++)
+                if (strcmp(l->names[j], sw_cluster) == 0)
+                    l->decision.requested = (int)j;
+        }
+        now = true;
+        ferry_log(FERRY_LOG_INFO, "topology.switchover_requested", "listener=%s to=%s",
+                  sw_listener[0] ? sw_listener : "*", sw_cluster);
+    }
     pthread_mutex_unlock(&d->lock);
 
     if (stop) {
@@ -485,6 +507,62 @@ void ferry_discovery_probe_now(struct ferry_discovery *d)
         uv_async_send(&d->wakeup);
     }
     pthread_mutex_unlock(&d->lock);
+}
+
+/* Listeners of the current core that a switchover (listener, cluster)
+ * names; calls fn for each. Caller holds d->lock. */
+static int each_switch_target(struct ferry_discovery *d, const char *listener, const char *cluster,
+                              bool (*fn)(const struct disc_listener *l, size_t j))
+{
+    int matched = 0, ok = 0;
+    for (size_t i = 0; d->core && i < d->core->nls; i++) {
+        const struct disc_listener *l = &d->core->ls[i];
+        if (listener && strcmp(listener, l->lcfg->name) != 0)
+            continue;
+        for (size_t j = 0; j < l->n; j++)
+            if (strcmp(l->names[j], cluster) == 0) {
+                matched++;
+                ok += !fn || fn(l, j);
+            }
+    }
+    return fn ? (ok == matched && matched > 0) : matched;
+}
+
+int ferry_discovery_switchover(struct ferry_discovery *d, const char *listener, const char *cluster)
+{
+    pthread_mutex_lock(&d->lock);
+    int n = each_switch_target(d, listener, cluster, NULL);
+    if (n > 0 && !d->stop) {
+        snprintf(d->switch_listener, sizeof d->switch_listener, "%s", listener ? listener : "");
+        snprintf(d->switch_cluster, sizeof d->switch_cluster, "%s", cluster);
+        uv_async_send(&d->wakeup);
+    }
+    pthread_mutex_unlock(&d->lock);
+    return n;
+}
+
+void ferry_discovery_switchover_cancel(struct ferry_discovery *d)
+{
+    pthread_mutex_lock(&d->lock);
+    if (!d->stop) {
+        d->switch_cancel = true;
+        d->switch_cluster[0] = '\0';
+        uv_async_send(&d->wakeup);
+    }
+    pthread_mutex_unlock(&d->lock);
+}
+
+static bool is_writer(const struct disc_listener *l, size_t j)
+{
+    return l->decision.writer == (int)j;
+}
+
+bool ferry_discovery_writer_is(struct ferry_discovery *d, const char *listener, const char *cluster)
+{
+    pthread_mutex_lock(&d->lock);
+    bool yes = each_switch_target(d, listener, cluster, is_writer) == 1;
+    pthread_mutex_unlock(&d->lock);
+    return yes;
 }
 
 void ferry_discovery_stop(struct ferry_discovery *d)

@@ -100,6 +100,9 @@ struct ferry_discovery {
     struct ferry_config *pending_cfg;   /* owned ref: reconfigure request */
     bool stop;
     bool probe_now;
+    char switch_listener[FERRY_NAME_MAX]; /* pending switchover: "" = every listener */
+    char switch_cluster[FERRY_NAME_MAX];  /* "" = none pending */
+    bool switch_cancel;                 /* drop every pending switchover request */
     struct disc_core *core;             /* current */
     ferry_topology_publish_cb publish;
     void *ud;

@@ -4,6 +4,9 @@
  * pause, resume), which a bearer token protects when one is configured.
  */
 #include <arpa/inet.h>
+#include <limits.h>
+#include <time.h>
+#include <unistd.h>
 #include <jansson.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -18,6 +21,12 @@
 
 struct px_admin {
     struct MHD_Daemon *daemon;
+};
+
+struct req_body {
+    size_t len;
+    bool too_big;
+    char data[4097];            /* NUL-terminated */
 };
 
 static enum MHD_Result reply_allow(struct MHD_Connection *c, unsigned code, const char *type,
@@ -135,13 +144,15 @@ static char *status_json(void)
     return out;
 }
 
-static enum MHD_Result get_healthz(struct MHD_Connection *c)
+static enum MHD_Result get_healthz(struct MHD_Connection *c, const char *req)
 {
+    (void)req;
     return reply_text(c, MHD_HTTP_OK, "ok\n");
 }
 
-static enum MHD_Result get_readyz(struct MHD_Connection *c)
+static enum MHD_Result get_readyz(struct MHD_Connection *c, const char *req)
 {
+    (void)req;
     pthread_mutex_lock(&px_proc.lock);
     const char *why = NULL;
     bool ready = is_ready(&why);
@@ -153,20 +164,173 @@ static enum MHD_Result get_readyz(struct MHD_Connection *c)
     return reply_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
 }
 
-static enum MHD_Result get_status(struct MHD_Connection *c)
+static enum MHD_Result get_status(struct MHD_Connection *c, const char *req)
 {
+    (void)req;
     char *body = status_json();
     if (!body)
         return reply_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "status unavailable\n");
     return reply(c, MHD_HTTP_OK, "application/json", body);
 }
 
-static enum MHD_Result get_metrics(struct MHD_Connection *c)
+static enum MHD_Result get_metrics(struct MHD_Connection *c, const char *req)
 {
+    (void)req;
     char *body = px_metrics_text();
     if (!body)
         return reply_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "metrics unavailable\n");
     return reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", body);
+}
+
+void px_collector_unref(struct px_collector *c)
+{
+    if (c && __atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        json_decref(c->sessions);
+        pthread_mutex_destroy(&c->lock);
+        pthread_cond_destroy(&c->done);
+        free(c);
+    }
+}
+
+/* Asks every worker for its sessions; returns a JSON array (new reference)
+ * sorted by id, with what answered within a second. */
+static json_t *collect_sessions(void)
+{
+    struct px_collector *c = calloc(1, sizeof *c);
+    if (!c)
+        return json_array();
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->done, NULL);
+    c->sessions = json_array();
+    c->refs = 1;
+    c->pending = px_proc.nworkers;
+    for (unsigned w = 0; w < px_proc.nworkers; w++) {
+        struct px_msg *m = calloc(1, sizeof *m);
+        if (!m) {
+            pthread_mutex_lock(&c->lock);
+            c->pending--;
+            pthread_mutex_unlock(&c->lock);
+            continue;
+        }
+        m->type = PX_MSG_DESCRIBE;
+        __atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
+        m->collector = c;
+        px_worker_post(&px_proc.workers[w], m);
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 1;
+    pthread_mutex_lock(&c->lock);
+    while (c->pending > 0 && pthread_cond_timedwait(&c->done, &c->lock, &until) == 0)
+        ;
+    json_t *out = json_deep_copy(c->sessions);
+    pthread_mutex_unlock(&c->lock);
+    px_collector_unref(c);
+    return out ? out : json_array();
+}
+
+static int by_id(const void *a, const void *b)
+{
+    json_int_t x = json_integer_value(json_object_get(*(json_t *const *)a, "id"));
+    json_int_t y = json_integer_value(json_object_get(*(json_t *const *)b, "id"));
+    return x < y ? -1 : x > y;
+}
+
+/* Reads a non-negative integer query argument; false if malformed. */
+static bool query_uint(struct MHD_Connection *c, const char *name, long dflt, long max, long *out)
+{
+    const char *v = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, name);
+    *out = dflt;
+    if (!v)
+        return true;
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*v == '\0' || *end != '\0' || n < 0)
+        return false;
+    *out = n > max ? max : n;
+    return true;
+}
+
+static enum MHD_Result json_result(struct MHD_Connection *c, unsigned code, bool ok, const char *msg);
+
+static enum MHD_Result get_sessions(struct MHD_Connection *c, const char *body)
+{
+    (void)body;
+    long limit, offset;
+    if (!query_uint(c, "limit", 100, 1000, &limit) || !query_uint(c, "offset", 0, LONG_MAX, &offset))
+        return json_result(c, MHD_HTTP_BAD_REQUEST, false, "limit and offset are non-negative integers");
+    json_t *all = collect_sessions();
+    size_t n = json_array_size(all);
+    json_t **items = calloc(n ? n : 1, sizeof *items);
+    for (size_t i = 0; items && i < n; i++)
+        items[i] = json_array_get(all, i);
+    if (items)
+        qsort(items, n, sizeof *items, by_id);
+    json_t *page = json_array();
+    for (size_t i = (size_t)offset; items && i < n && i < (size_t)offset + (size_t)limit; i++)
+        json_array_append(page, items[i]);
+    free(items);
+    json_t *doc = json_pack("{s:I, s:I, s:I, s:o}", "total", (json_int_t)n, "offset",
+                            (json_int_t)offset, "limit", (json_int_t)limit, "sessions", page);
+    json_decref(all);
+    char *text = json_dumps(doc, JSON_INDENT(2));
+    json_decref(doc);
+    return text ? reply(c, MHD_HTTP_OK, "application/json", text) : MHD_NO;
+}
+
+/* POST /v1/switchover {"to": cluster, "listener": optional, "timeout": seconds}:
+ * hold new clients, ask discovery to make the target the writer as soon as
+ * a probe finds it writable (the promotion itself is the operator's or
+ * AWS's), wait for it, release the held clients. */
+static enum MHD_Result post_switchover(struct MHD_Connection *c, const char *body)
+{
+    json_error_t jerr;
+    json_t *req = json_loads(body ? body : "", 0, &jerr);
+    const char *to = NULL, *listener = NULL;
+    double timeout = 60;
+    if (!req || json_unpack(req, "{s:s, s?:s, s?:F}", "to", &to, "listener", &listener, "timeout",
+                            &timeout) != 0 || timeout <= 0 || timeout > 3600) {
+        json_decref(req);
+        return json_result(c, MHD_HTTP_BAD_REQUEST, false,
+                           "expected {\"to\": \"<cluster>\", \"listener\": \"<name>\" (optional), "
+                           "\"timeout\": <seconds> (optional, default 60)}");
+    }
+    char target[FERRY_NAME_MAX], lname[FERRY_NAME_MAX];
+    snprintf(target, sizeof target, "%s", to);
+    snprintf(lname, sizeof lname, "%s", listener ? listener : "");
+    json_decref(req);
+    if (!px_proc.discovery)
+        return json_result(c, MHD_HTTP_CONFLICT, false, "no listener uses writer discovery (probe)");
+    const char *lp = lname[0] ? lname : NULL;
+    px_set_paused(true);
+    int n = ferry_discovery_switchover(px_proc.discovery, lp, target);
+    if (n == 0) {
+        px_set_paused(false);
+        char msg[256];
+        snprintf(msg, sizeof msg, "no discovered listener%s%s has a cluster named %s",
+                 lp ? " " : "", lp ? lp : "", target);
+        return json_result(c, MHD_HTTP_NOT_FOUND, false, msg);
+    }
+    uint64_t start = px_now_ms(), deadline = start + (uint64_t)(timeout * 1000.0);
+    bool done = false;
+    while (!(done = ferry_discovery_writer_is(px_proc.discovery, lp, target)) && px_now_ms() < deadline)
+        usleep(20 * 1000);
+    if (!done)
+        ferry_discovery_switchover_cancel(px_proc.discovery);
+    px_set_paused(false);
+    char msg[300];
+    double secs = (double)(px_now_ms() - start) / 1000.0;
+    if (!done) {
+        snprintf(msg, sizeof msg, "%s did not become writable within %gs; clients released to "
+                 "the current writer", target, timeout);
+        ferry_log(FERRY_LOG_WARN, "topology.switchover_timeout", "to=%s timeout=%g", target, timeout);
+        return json_result(c, MHD_HTTP_GATEWAY_TIMEOUT, false, msg);
+    }
+    snprintf(msg, sizeof msg, "%s is the writer of %d listener%s after %.3fs", target, n,
+             n == 1 ? "" : "s", secs);
+    ferry_log(FERRY_LOG_INFO, "topology.switchover_done", "to=%s listeners=%d seconds=%.3f", target,
+              n, secs);
+    return json_result(c, MHD_HTTP_OK, true, msg);
 }
 
 static enum MHD_Result json_result(struct MHD_Connection *c, unsigned code, bool ok, const char *msg)
@@ -177,21 +341,24 @@ static enum MHD_Result json_result(struct MHD_Connection *c, unsigned code, bool
     return body ? reply(c, code, "application/json", body) : MHD_NO;
 }
 
-static enum MHD_Result post_reload(struct MHD_Connection *c)
+static enum MHD_Result post_reload(struct MHD_Connection *c, const char *req)
 {
+    (void)req;
     char msg[FERRY_ERR_MAX + 64];
     bool ok = px_control_reload(msg, sizeof msg);
     return json_result(c, ok ? MHD_HTTP_OK : MHD_HTTP_UNPROCESSABLE_CONTENT, ok, msg);
 }
 
-static enum MHD_Result post_pause(struct MHD_Connection *c)
+static enum MHD_Result post_pause(struct MHD_Connection *c, const char *req)
 {
+    (void)req;
     px_set_paused(true);
     return json_result(c, MHD_HTTP_OK, true, "paused: new clients are held until resume");
 }
 
-static enum MHD_Result post_resume(struct MHD_Connection *c)
+static enum MHD_Result post_resume(struct MHD_Connection *c, const char *req)
 {
+    (void)req;
     px_set_paused(false);
     return json_result(c, MHD_HTTP_OK, true, "resumed");
 }
@@ -200,7 +367,7 @@ struct admin_route {
     const char *path;
     const char *method;         /* GET routes also answer HEAD */
     bool mutating;              /* needs the bearer token when one is configured */
-    enum MHD_Result (*handle)(struct MHD_Connection *c);
+    enum MHD_Result (*handle)(struct MHD_Connection *c, const char *body);
 };
 
 static const struct admin_route routes[] = {
@@ -211,6 +378,8 @@ static const struct admin_route routes[] = {
     {"/v1/reload", "POST", true, post_reload},
     {"/v1/pause", "POST", true, post_pause},
     {"/v1/resume", "POST", true, post_resume},
+    {"/v1/sessions", "GET", false, get_sessions},
+    {"/v1/switchover", "POST", true, post_switchover},
 };
 
 /* Constant-time check of "Authorization: Bearer <token>". */
@@ -243,16 +412,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **con_cls)
 {
-    (void)cls, (void)version, (void)upload;
-    /* Bodies are not used yet: swallow them, answer once the request is complete. */
-    if (*con_cls == NULL) {
-        *con_cls = (void *)1;
+    (void)cls, (void)version;
+    /* Collect the body (small JSON at most), answer once it is complete. */
+    struct req_body *rb = *con_cls;
+    if (!rb) {
+        if (!(rb = calloc(1, sizeof *rb)))
+            return MHD_NO;
+        *con_cls = rb;
         return MHD_YES;
     }
     if (*upload_size) {
+        size_t room = sizeof rb->data - 1 - rb->len;
+        if (*upload_size > room)
+            rb->too_big = true;
+        else
+            memcpy(rb->data + rb->len, upload, *upload_size), rb->len += *upload_size;
         *upload_size = 0;
         return MHD_YES;
     }
+    if (rb->too_big)
+        return json_result(c, MHD_HTTP_CONTENT_TOO_LARGE, false, "request body over 4 KiB");
     const struct admin_route *r = NULL;
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
         if (strcmp(url, routes[i].path) == 0)
@@ -283,7 +462,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     if (r->mutating)
         ferry_log(FERRY_LOG_INFO, "admin.request", "method=%s path=%s", method, url);
-    return r->handle(c);
+    return r->handle(c, rb->data);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode why)
+{
+    (void)cls, (void)c, (void)why;
+    free(*con_cls);
+    *con_cls = NULL;
 }
 
 struct px_admin *px_admin_start(const struct ferry_hostport *bind, char *err, size_t errlen)
@@ -301,14 +488,17 @@ struct px_admin *px_admin_start(const struct ferry_hostport *bind, char *err, si
         return NULL;
     }
     struct px_admin *a = calloc(1, sizeof *a);
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
+    /* a thread per connection: a switchover request waits for the new
+     * writer while /metrics and /v1/status keep answering */
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
     if (res->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     if (a)
         a->daemon = MHD_start_daemon(flags, bind->port, NULL, NULL, on_request, NULL,
                                      MHD_OPTION_SOCK_ADDR, res->ai_addr,
                                      MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
-                                     MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+                                     MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
+                                     MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
     freeaddrinfo(res);
     if (!a || !a->daemon) {
         snprintf(err, errlen, "admin.bind %s: cannot listen (address in use or not local?)", addr);

@@ -32,7 +32,7 @@ static size_t collect(char *p, size_t size, size_t n, void *ud)
 
 /* Returns the HTTP status (0 when unreachable, with the reason in body). */
 static long request(const char *base, const char *method, const char *path, const char *token,
-                    struct body *out)
+                    const char *payload, struct body *out)
 {
     char url[512];
     snprintf(url, sizeof url, "%s%s", base, path);
@@ -47,8 +47,11 @@ static long request(const char *base, const char *method, const char *path, cons
     }
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    if (strcmp(method, "POST") == 0)
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
+    if (strcmp(method, "POST") == 0) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, payload ? payload : "");
+        if (payload)
+            hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+    }
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
@@ -114,10 +117,31 @@ static void print_status(json_t *st)
     }
 }
 
+static void print_sessions(json_t *doc)
+{
+    printf("%lld session%s (showing %zu from %lld)\n",
+           (long long)json_integer_value(json_object_get(doc, "total")),
+           json_integer_value(json_object_get(doc, "total")) == 1 ? "" : "s",
+           json_array_size(json_object_get(doc, "sessions")),
+           (long long)json_integer_value(json_object_get(doc, "offset")));
+    printf("%8s %-14s %-22s %-10s %-14s %-22s %8s %12s %12s\n", "ID", "LISTENER", "CLIENT", "STATE",
+           "CLUSTER", "BACKEND", "AGE_S", "FROM_CLIENT", "FROM_SERVER");
+    size_t i;
+    json_t *x;
+    json_array_foreach(json_object_get(doc, "sessions"), i, x)
+        printf("%8lld %-14s %-22s %-10s %-14s %-22s %8.1f %12lld %12lld\n",
+               (long long)json_integer_value(json_object_get(x, "id")), str(x, "listener"),
+               str(x, "client"), str(x, "state"), str(x, "cluster"), str(x, "backend"),
+               json_number_value(json_object_get(x, "age_seconds")),
+               (long long)json_integer_value(json_object_get(x, "bytes_from_client")),
+               (long long)json_integer_value(json_object_get(x, "bytes_from_server")));
+}
+
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: ferry ctl status|metrics|reload|pause|resume [--json]\n"
+            "usage: ferry ctl status|sessions|metrics|reload|pause|resume [--json]\n"
+            "       ferry ctl switchover CLUSTER [--listener NAME] [--timeout SECONDS]\n"
             "                 [--admin URL | -c ferry.json] [--token-file FILE]\n"
             "  URL defaults to http://127.0.0.1:9187; -c takes admin.bind and the token from the\n"
             "  config; the token may also come from $FERRY_ADMIN_TOKEN.\n");
@@ -141,10 +165,17 @@ static char *read_token(const char *path)
 int ferry_ctl_main(int argc, char **argv)
 {
     const char *cmd = NULL, *admin = NULL, *cfg_path = NULL, *token_file = NULL;
+    const char *target = NULL, *listener = NULL, *timeout = NULL;
     bool as_json = false;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             as_json = true;
+        else if (strcmp(argv[i], "--listener") == 0 && i + 1 < argc)
+            listener = argv[++i];
+        else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc)
+            timeout = argv[++i];
+        else if (cmd && strcmp(cmd, "switchover") == 0 && !target && argv[i][0] != '-')
+            target = argv[i];
         else if (strcmp(argv[i], "--admin") == 0 && i + 1 < argc)
             admin = argv[++i];
         else if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc)
@@ -162,14 +193,25 @@ int ferry_ctl_main(int argc, char **argv)
         const char *name, *method, *path;
     } cmds[] = {{"status", "GET", "/v1/status"}, {"metrics", "GET", "/metrics"},
                 {"reload", "POST", "/v1/reload"}, {"pause", "POST", "/v1/pause"},
-                {"resume", "POST", "/v1/resume"}};
+                {"resume", "POST", "/v1/resume"}, {"sessions", "GET", "/v1/sessions?limit=1000"},
+                {"switchover", "POST", "/v1/switchover"}};
     int which = -1;
     for (int i = 0; cmd && i < (int)(sizeof cmds / sizeof cmds[0]); i++)
         if (strcmp(cmd, cmds[i].name) == 0)
             which = i;
-    if (which < 0) {
+    if (which < 0 || (strcmp(cmd, "switchover") == 0) != (target != NULL)) {
         usage();
         return 2;
+    }
+    char *payload = NULL;
+    if (target) {
+        json_t *req = json_pack("{s:s}", "to", target);
+        if (listener)
+            json_object_set_new(req, "listener", json_string(listener));
+        if (timeout)
+            json_object_set_new(req, "timeout", json_real(atof(timeout)));
+        payload = json_dumps(req, JSON_COMPACT);
+        json_decref(req);
     }
 
     char base[300] = "http://127.0.0.1:9187";
@@ -205,7 +247,8 @@ int ferry_ctl_main(int argc, char **argv)
 
     curl_global_init(CURL_GLOBAL_DEFAULT);
     struct body b = {0};
-    long status = request(base, cmds[which].method, cmds[which].path, token, &b);
+    long status = request(base, cmds[which].method, cmds[which].path, token, payload, &b);
+    free(payload);
     curl_global_cleanup();
     if (token) {
         memset(token, 0, strlen(token));
@@ -222,6 +265,8 @@ int ferry_ctl_main(int argc, char **argv)
         json_t *doc = json_loads(b.data ? b.data : "", 0, NULL);
         if (which == 0 && doc && rc == 0)
             print_status(doc);
+        else if (which == 5 && doc && rc == 0)
+            print_sessions(doc);
         else if (doc)
             fprintf(rc ? stderr : stdout, "%s: %s\n", cmd, str(doc, "message"));
         else

@@ -68,6 +68,7 @@ enum px_msg_type {
     PX_MSG_CLOSE_ALL,   /* close every session now (second signal) */
     PX_MSG_TOPOLOGY,    /* a new topology snapshot: route new sessions, release held ones */
     PX_MSG_RELEASE,     /* resumed: route held sessions again */
+    PX_MSG_DESCRIBE,    /* add every session to collector (GET /v1/sessions) */
 };
 
 struct px_msg {
@@ -75,6 +76,7 @@ struct px_msg {
     struct ferry_config *cfg;       /* owned ref (CONFIG) */
     struct px_listener **listeners; /* owned refs, cfg->nlisteners entries, cfg order (CONFIG) */
     struct ferry_topology *topology;/* owned ref (TOPOLOGY) */
+    struct px_collector *collector; /* owned ref (DESCRIBE) */
     struct px_msg *next;
 };
 
@@ -167,6 +169,19 @@ void px_error_message(enum ferry_proto proto, enum px_err kind, const char *text
 /* Prometheus text exposition of everything above; malloc'd, caller frees.
  * Admin thread; takes px_proc.lock. */
 char *px_metrics_text(void);
+
+/* A cross-thread gathering of session descriptions: the admin thread posts
+ * one DESCRIBE per worker and waits until every worker has answered (or a
+ * timeout). Reference-counted: the admin thread and each message hold one. */
+struct px_collector {
+    int refs;                       /* atomic */
+    pthread_mutex_t lock;
+    pthread_cond_t done;
+    unsigned pending;               /* workers yet to answer */
+    struct json_t *sessions;        /* JSON array, appended under lock */
+};
+void px_collector_unref(struct px_collector *c);
+void px_session_describe_all(struct px_worker *w, struct px_collector *c);  /* worker thread */
 
 /* main.c: what the admin thread asks of the main thread. Both block the
  * caller until done; any thread but the main one. */

@@ -5,6 +5,7 @@
  * session_close(), which is idempotent and frees in the last close callback.
  */
 #include <arpa/inet.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,6 +60,10 @@ struct px_session {
     uint64_t id;
     char endpoint[FERRY_HOST_MAX + 16];     /* backend address, for logs */
     char cluster[FERRY_NAME_MAX];           /* backend cluster name, for logs */
+    char peer[64];                          /* client address "ip:port" */
+    uint64_t created_ms;
+    uint64_t bytes_from_client;
+    uint64_t bytes_from_server;
     struct ferry_list link;                 /* in owner->sessions */
     struct ferry_list held_link;            /* in owner->held while held */
 };
@@ -289,10 +294,13 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     struct px_chunk *ch = chunk_of(buf->base);
     ch->dst = dst;
     ch->len = (size_t)nread;
-    if (src == &s->client)
+    if (src == &s->client) {
         PX_STAT_ADD(session_stats(s)->bytes_from_clients, nread);
-    else
+        s->bytes_from_client += (uint64_t)nread;
+    } else {
         PX_STAT_ADD(session_stats(s)->bytes_from_servers, nread);
+        s->bytes_from_server += (uint64_t)nread;
+    }
     uv_buf_t out = uv_buf_init(ch->data, (unsigned)nread);
     int rc = uv_write(&ch->req, (uv_stream_t *)&dst->tcp, &out, 1, on_written);
     if (rc != 0) {
@@ -559,6 +567,55 @@ static bool route_and_connect(struct px_session *s)
 
 /* ---- accept ---- */
 
+static void format_peer(const uv_tcp_t *t, char *out, size_t len)
+{
+    struct sockaddr_storage ss;
+    int n = sizeof ss;
+    char ip[64] = "?";
+    int port = 0;
+    if (uv_tcp_getpeername(t, (struct sockaddr *)&ss, &n) == 0) {
+        if (ss.ss_family == AF_INET) {
+            uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
+            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
+            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        }
+    }
+    snprintf(out, len, strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
+}
+
+static const char *session_state(const struct px_session *s)
+{
+    if (s->closing || s->failing)
+        return "closing";
+    if (s->held)
+        return "held";
+    return s->connected ? "active" : "connecting";
+}
+
+void px_session_describe_all(struct px_worker *w, struct px_collector *c)
+{
+    uint64_t now = px_now_ms();
+    pthread_mutex_lock(&c->lock);
+    for (struct ferry_list *it = w->sessions.next; it != &w->sessions; it = it->next) {
+        const struct px_session *s = ferry_container_of(it, struct px_session, link);
+        if (!s->counted)
+            continue;
+        json_array_append_new(c->sessions, json_pack(
+            "{s:I, s:s, s:s, s:s, s:s?, s:s?, s:f, s:I, s:I, s:i}", "id", (json_int_t)s->id,
+            "listener", s->pl->name, "client", s->peer, "state", session_state(s),
+            "cluster", s->connected || s->gai_pending || s->server.open ? s->cluster : NULL,
+            "backend", s->server.open ? s->endpoint : NULL,
+            "age_seconds", (double)(now - s->created_ms) / 1000.0,
+            "bytes_from_client", (json_int_t)s->bytes_from_client,
+            "bytes_from_server", (json_int_t)s->bytes_from_server, "worker", (int)w->index));
+    }
+    c->pending--;
+    pthread_cond_broadcast(&c->done);
+    pthread_mutex_unlock(&c->lock);
+}
+
 static void log_refusal(struct px_accepting *a)
 {
     struct px_worker *w = a->owner;
@@ -633,6 +690,8 @@ void px_session_accept(struct px_accepting *a)
         return;
     }
     tune_tcp(&s->client.tcp);
+    s->created_ms = px_now_ms();
+    format_peer(&s->client.tcp, s->peer, sizeof s->peer);
     if (!s->counted) {
         log_refusal(a);
         char text[128];

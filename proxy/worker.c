@@ -147,6 +147,7 @@ static void free_msg(struct px_msg *m)
     }
     ferry_config_unref(m->cfg);
     ferry_topology_unref(m->topology);
+    px_collector_unref(m->collector);
     free(m);
 }
 
@@ -172,6 +173,8 @@ static void on_wakeup(uv_async_t *h)
             w->topology = m->topology;
             m->topology = NULL;
             px_session_release_held(w);
+        } else if (m->type == PX_MSG_DESCRIBE) {
+            px_session_describe_all(w, m->collector);
         } else if (m->type == PX_MSG_RELEASE) {
             px_session_release_held(w);
         } else if (m->type == PX_MSG_DRAIN) {

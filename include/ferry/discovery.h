@@ -31,6 +31,21 @@ void ferry_discovery_reconfigure(struct ferry_discovery *d, struct ferry_config 
  * Safe until ferry_discovery_free(), also after stop (then a no-op). */
 void ferry_discovery_probe_now(struct ferry_discovery *d);
 
+/* Any thread: asks for a planned switchover to `cluster` on `listener` (NULL:
+ * every discovered listener that has a cluster of that name). The target
+ * becomes the writer as soon as a probe finds it writable, even while the
+ * old writer still accepts writes (that one is then fenced). Returns the
+ * number of listeners it applies to (0: unknown cluster). */
+int ferry_discovery_switchover(struct ferry_discovery *d, const char *listener, const char *cluster);
+
+/* Any thread: withdraws pending switchover requests (a timed-out switchover
+ * must not fire later, when nobody is waiting for it). */
+void ferry_discovery_switchover_cancel(struct ferry_discovery *d);
+
+/* Any thread: true when every listener the switchover named has `cluster`
+ * as its writer now. */
+bool ferry_discovery_writer_is(struct ferry_discovery *d, const char *listener, const char *cluster);
+
 /* Any thread: stops the thread and closes every connection; d stays valid
  * (status and probe_now still work) until ferry_discovery_free(). */
 void ferry_discovery_stop(struct ferry_discovery *d);

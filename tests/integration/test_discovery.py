@@ -224,3 +224,31 @@ def test_failed_backend_connect_triggers_a_probe_round(ferry_factory, own_pg):
     wait_for(lambda: writer_of(ferry, "pg") == "region-b", timeout=20,
              what="region-b as writer long before the next timed round")
     assert pg_port_via(ferry) == own_pg.replica.port
+
+
+def test_planned_switchover_endpoint(ferry_factory, own_pg):
+    ferry = ferry_factory(make_config(pg_discovered(own_pg), workers=1, discovery=FAST))
+    wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a as writer")
+    from test_ops import post_json, ctl
+    code, body = post_json(ferry, "/v1/switchover", {"to": "region-b", "timeout": 0.5})
+    assert code == 504 and "region-b did not become writable within 0.5s" in body["message"]
+    assert ferry.status()["paused"] is False and writer_of(ferry, "pg") == "region-a"
+    assert post_json(ferry, "/v1/switchover", {"to": "region-z"})[0] == 404
+    assert post_json(ferry, "/v1/switchover", None)[0] == 400
+
+    # The operator promotes region-b; region-a still accepts writes.
+    own_pg.replica.promote()
+    wait_for(lambda: discovery_of(ferry, "pg")["split_brain"], timeout=10, what="split brain seen")
+    assert writer_of(ferry, "pg") == "region-a"          # ferry does not guess
+    host, port = ferry.admin_addr()
+    res = ctl("switchover", "region-b", "--admin", f"http://{host}:{port}", "--timeout", "20")
+    assert res.returncode == 0, res.stderr
+    assert "region-b is the writer of 1 listener" in res.stdout
+    assert writer_of(ferry, "pg") == "region-b"
+    assert pg_port_via(ferry) == own_pg.replica.port
+    last = ferry.status()["discovery"]["history"][-1]
+    assert (last["from"], last["to"]) == ("region-a", "region-b")
+    assert last["reason"] == "switchover to region-b requested by the operator"
+    # the old writer is fenced: it stays out even though it is writable
+    a = [c for c in discovery_of(ferry, "pg")["clusters"] if c["name"] == "region-a"][0]
+    assert a["state"] == "writable" and a["fenced"] is True

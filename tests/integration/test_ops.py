@@ -203,3 +203,44 @@ def test_json_logs(ferry_factory, pg_pair):
     ready = next(entry for entry in lines if entry["event"] == "listener.ready")
     assert ready["name"] == "pg" and ready["protocol"] == "postgresql" and ready["level"] == "info"
     assert all(re.match(r"^\d{4}-\d\d-\d\dT", entry["ts"]) for entry in lines)
+
+
+def post_json(ferry, path, payload, token=None):
+    host, port = ferry.admin_addr()
+    req = urllib.request.Request(f"http://{host}:{port}{path}", method="POST",
+                                 data=json.dumps(payload).encode() if payload is not None else b"{")
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_sessions_list_and_paging(ferry_factory, pg_pair, mariadb_pair):
+    ferry = ferry_factory(both(pg_pair, mariadb_pair))
+    a = harness.pg.connect(pg_dsn(ferry))
+    b = harness.pg.connect(pg_dsn(ferry))
+    a.cursor().execute("SELECT 1")
+    code, body = ferry.http_get("/v1/sessions")
+    doc = json.loads(body)
+    assert code == 200 and doc["total"] == 2 and doc["offset"] == 0
+    s0 = doc["sessions"][0]
+    assert s0["listener"] == "pg" and s0["state"] == "active" and s0["cluster"] == "region-a"
+    assert s0["backend"] == f"127.0.0.1:{pg_pair.primary.port}"
+    assert s0["client"].startswith("127.0.0.1:") and s0["bytes_from_server"] > 0
+    assert doc["sessions"][0]["id"] < doc["sessions"][1]["id"]
+    page = json.loads(ferry.http_get("/v1/sessions?limit=1&offset=1")[1])
+    assert page["total"] == 2 and [x["id"] for x in page["sessions"]] == [doc["sessions"][1]["id"]]
+    assert ferry.http_get("/v1/sessions?limit=-1")[0] == 400
+    host, port = ferry.admin_addr()
+    out = ctl("sessions", "--admin", f"http://{host}:{port}")
+    assert out.returncode == 0 and out.stdout.startswith("2 sessions")
+    assert out.stdout.count(" active ") == 2
+    a.close()
+    b.close()
+    wait_for(lambda: json.loads(ferry.http_get("/v1/sessions")[1])["total"] == 0, timeout=10,
+             what="the sessions to be gone")
+    assert "ferry_pw" not in body

@@ -13,7 +13,7 @@
 #include "unit.h"
 
 struct step {
-    const char *probes;
+    const char *probes;     /* a leading '>' plus a letter: the operator requests that cluster */
     const char *aws;        /* NULL: all unknown */
     char writer;            /* 'A'.. or '-' */
     int generation;         /* -1: don't check */
@@ -106,6 +106,12 @@ static const struct tcase cases[] = {
      {S("RW", NULL, 'B', 1, NULL, 0), S("R-", NULL, 'B', 1, NULL, 0), S("R-", NULL, 'B', 1, NULL, 0),
       S("R-", NULL, 'B', 1, NULL, 0), S("R-", NULL, 'B', 1, NULL, 0), S("R-", NULL, 'B', 1, NULL, 0),
       S("R-", NULL, '-', 2, "B no successful probe", 0), END}},
+    {"switchover waits for the target to be writable, then fences the old writer",
+     {S("WR", NULL, 'A', 1, NULL, 0), S(">BWR", NULL, 'A', 1, NULL, 0), S("WR", NULL, 'A', 1, NULL, 0),
+      S("WW", NULL, 'B', 2, "switchover to B requested by the operator", 1),
+      S("WW", NULL, 'B', 2, "split brain: B stays writer", 1), S("RW", NULL, 'B', 2, NULL, 0), END}},
+    {"switchover to the current writer is a no-op",
+     {S("WR", NULL, 'A', 1, NULL, 0), S(">AWR", NULL, 'A', 1, NULL, 0), S("RW", NULL, 'B', 2, NULL, 0), END}},
     {"AWS writer among failing candidates is not enough",
      {S("FW", "w-", 'B', 1, NULL, 0), END}},
 };
@@ -115,17 +121,22 @@ static const char *const names[] = {"A", "B", "C", "D"};
 static void run_case(const struct tcase *tc)
 {
     struct disc_params p = {.writer_down_after = 3, .stale_after_ms = 5000, .aws_stale_after_ms = 60000};
-    size_t n = strlen(tc->steps[0].probes);
+    size_t n = strlen(tc->steps[0].probes);   /* the first step never requests */
     struct disc_decision prev, next;
     disc_decision_init(&prev, n);
     uint64_t now = 1000000;
     for (int i = 0; tc->steps[i].probes; i++) {
         const struct step *st = &tc->steps[i];
+        const char *probes = st->probes;
         now += st->advance_ms ? st->advance_ms : 1000;
+        if (probes[0] == '>') {
+            prev.requested = probes[1] - 'A';
+            probes += 2;
+        }
         struct disc_obs obs[DISC_MAX_CLUSTERS];
         memset(obs, 0, sizeof obs);
         for (size_t k = 0; k < n; k++) {
-            char c = st->probes[k];
+            char c = probes[k];
             obs[k].probe = c == '-' ? DISC_PROBE_NONE : c == 'F' ? DISC_PROBE_FAILED : DISC_PROBE_OK;
             obs[k].writable = c == 'W';
             char a = st->aws ? st->aws[k] : '-';
