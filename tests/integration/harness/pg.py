@@ -123,6 +123,12 @@ class PgPair(Pair):
     RUN_AS = "postgres" if proc.is_root() else None
     PROBE_TABLE = "ferry_harness_probe"
 
+    def __init__(self, settings=None):
+        """settings: extra postgresql.conf entries for both servers, e.g.
+        {"max_connections": 2100}; they override the defaults above."""
+        super().__init__()
+        self.settings = dict(settings or {})
+
     def _setup(self):
         self.primary = PgServer("primary", self.basedir, run_as=self.RUN_AS)
         self._init_primary()
@@ -148,6 +154,7 @@ class PgPair(Pair):
         # overwrite keep the owner and mode initdb gave them.
         with open(os.path.join(p.datadir, "postgresql.conf"), "a") as f:
             f.write(POSTGRESQL_CONF)
+            f.writelines(f"{key} = '{value}'\n" for key, value in self.settings.items())
         with open(os.path.join(p.datadir, "pg_hba.conf"), "w") as f:
             f.write(PG_HBA_CONF)
 

@@ -1,0 +1,399 @@
+"""bench/run's driver: starts PostgreSQL (and MariaDB) through the test
+harness, ferry, HAProxy and PgBouncer in front of the same primary, runs each
+scenario through each target, and writes bench/results/<timestamp>/ with
+report.md, plots and the raw JSON. Usage: bench/run --help.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH_DIR)
+sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+os.environ.setdefault("FERRY_BIN", os.path.join(REPO, "build-bench", "tree", "ferry"))
+
+from harness import Ferry, MariaDBPair, PgPair, cluster, listener, make_config, proc  # noqa: E402
+
+import peers  # noqa: E402
+import report  # noqa: E402
+import tools  # noqa: E402
+
+WORKERS = 2                 # ferry workers = HAProxy threads; PgBouncer has one thread
+IDLE_CLIENTS = 2000
+PG_SETTINGS = {             # on top of the harness's defaults, for both servers
+    "max_connections": IDLE_CLIENTS + 300,   # ferry and HAProxy give each idle client a backend
+    "log_connections": "off",                # connect scenarios would log every connection
+    "shared_buffers": "256MB",               # pgbench scale 10 fits in memory
+}
+PGBENCH_SCALE = 10
+LOADGEN_ROWS = 100000
+
+
+@dataclass
+class Scenario:
+    name: str
+    protocol: str           # "pg" or "mysql"
+    tool: str               # pgbench, sysbench, loadgen, idle, stub
+    clients: int
+    args: list = field(default_factory=list)
+    title: str = ""
+    targets: tuple = ("direct", "ferry", "haproxy", "pgbouncer")
+
+
+SCENARIOS = [
+    Scenario("pgbench_select", "pg", "pgbench", 32, ["-S"], "pgbench select-only, 32 clients"),
+    Scenario("pgbench_tpcb", "pg", "pgbench", 16, [], "pgbench TPC-B-like, 16 clients"),
+    Scenario("pgbench_connect", "pg", "pgbench", 16, ["-S", "-C"],
+             "pgbench select-only, new connection per transaction (-C), 16 clients"),
+    Scenario("select", "pg", "loadgen", 32, ["--mode", "select"],
+             "loadgen point SELECT (simple protocol), 32 clients"),
+    Scenario("select_prepared", "pg", "loadgen", 32, ["--mode", "select", "--prepared"],
+             "loadgen point SELECT, prepared, 32 clients"),
+    Scenario("rw", "pg", "loadgen", 16, ["--mode", "rw"],
+             "loadgen BEGIN/INSERT/UPDATE/COMMIT, 16 clients, acknowledged ids checked"),
+    Scenario("connect", "pg", "loadgen", 16, ["--mode", "connect"],
+             "loadgen connect + SELECT + disconnect per transaction, 16 clients"),
+    Scenario("idle_memory", "pg", "idle", IDLE_CLIENTS, [],
+             f"{IDLE_CLIENTS} idle client connections: proxy RSS per connection",
+             ("ferry", "haproxy", "pgbouncer")),
+    Scenario("mysql_point_select", "mysql", "sysbench", 16, ["oltp_point_select"],
+             "sysbench oltp_point_select, 16 threads", ("direct", "ferry", "haproxy")),
+    Scenario("mysql_read_only", "mysql", "sysbench", 16, ["oltp_read_only"],
+             "sysbench oltp_read_only, 16 threads", ("direct", "ferry", "haproxy")),
+    Scenario("mysql_select", "mysql", "loadgen", 16, ["--mode", "select"],
+             "loadgen point SELECT over the MySQL protocol, 16 clients",
+             ("direct", "ferry", "haproxy")),
+    Scenario("failover_drill", "pg", "stub", 16, [],
+             "failover drill (NOT IMPLEMENTED: waits for the failover issue)", ()),
+]
+BY_NAME = {s.name: s for s in SCENARIOS}
+# left out of the default run to keep it near 10 minutes; run them by name
+OPTIONAL = {"select_prepared", "mysql_select", "failover_drill"}
+DEFAULT = [s.name for s in SCENARIOS if s.name not in OPTIONAL]
+
+
+# --------------------------------------------------------------------------
+# the environment: servers and proxies
+
+class Env:
+    def __init__(self, protocols, workdir):
+        self.workdir = workdir
+        self.pg = self.my = self.ferry = self.haproxy = self.pgbouncer = None
+        self.targets = {}           # (protocol, name) -> peers.Target
+        self.protocols = protocols
+
+    def start(self):
+        if "pg" in self.protocols:
+            self._start_pg()
+        if "mysql" in self.protocols:
+            self._start_mysql()
+        self._start_proxies()
+        return self
+
+    def _start_pg(self):
+        log("starting PostgreSQL 15 primary + replica (harness PgPair)")
+        self.pg = PgPair(settings=PG_SETTINGS).start()
+        p = self.pg.primary
+        p.query(f"CREATE ROLE {tools.PG_USER} LOGIN")
+        p.query(f"CREATE DATABASE {tools.PG_DB} OWNER {tools.PG_USER}")
+        direct = peers.Target("direct", "pg", p.host, p.port)
+        self.targets[("pg", "direct")] = direct
+        log(f"loading: loadgen init ({LOADGEN_ROWS} rows), pgbench -i -s {PGBENCH_SCALE}")
+        proc.run([tools.LOADGEN, "--mode", "init", "--rows", str(LOADGEN_ROWS),
+                  "--dsn", tools.dsn(direct)], timeout=120, what="loadgen init")
+        proc.run([tools.PGBENCH, "-i", "-q", "-s", str(PGBENCH_SCALE), "-h", p.host,
+                  "-p", str(p.port), "-U", tools.PG_USER, tools.PG_DB], timeout=300,
+                 what="pgbench -i")
+
+    def _start_mysql(self):
+        log("starting MariaDB primary + replica (harness MariaDBPair)")
+        self.my = MariaDBPair().start()
+        p = self.my.primary
+        direct = peers.Target("direct", "mysql", p.host, p.port)
+        self.targets[("mysql", "direct")] = direct
+        proc.run([tools.LOADGEN, "--driver", "mysql", "--mode", "init", "--rows",
+                  str(LOADGEN_ROWS), "--dsn", tools.dsn(direct)], timeout=120,
+                 what="loadgen init (mysql)")
+        proc.run(tools.sysbench_argv("oltp_point_select", direct, 1, 10, "prepare"),
+                 timeout=120, what="sysbench prepare")
+
+    def _backends(self):
+        b = {}
+        if self.pg:
+            b["pg"] = (self.pg.primary.host, self.pg.primary.port)
+        if self.my:
+            b["mysql"] = (self.my.primary.host, self.my.primary.port)
+        return b
+
+    def _start_proxies(self):
+        backends = self._backends()
+        protocol_name = {"pg": "postgresql", "mysql": "mysql"}
+        config = make_config(*[listener(f"bench-{p}", protocol_name[p],
+                                        [cluster("primary", f"{h}:{port}", writer=True)])
+                               for p, (h, port) in backends.items()],
+                             log_level="warn", workers=WORKERS)
+        log(f"starting ferry ({os.environ['FERRY_BIN']}, workers={WORKERS}), "
+            f"HAProxy (nbthread {WORKERS}), PgBouncer (session mode, single-threaded)")
+        self.ferry = Ferry(config, self.workdir, name="ferry").start()
+        self.haproxy = peers.HAProxy(self.workdir, backends, WORKERS).start()
+        for p in backends:
+            host, port = self.ferry.listener_addr(f"bench-{p}")
+            self.targets[(p, "ferry")] = peers.Target("ferry", p, host, port, self.ferry.pid)
+            self.targets[(p, "haproxy")] = peers.Target(
+                "haproxy", p, "127.0.0.1", self.haproxy.ports[p], self.haproxy.proc.pid)
+        if "pg" in backends:
+            self.pgbouncer = peers.PgBouncer(backends["pg"], tools.PG_DB, tools.PG_USER,
+                                             pool_size=40).start()
+            self.targets[("pg", "pgbouncer")] = peers.Target(
+                "pgbouncer", "pg", "127.0.0.1", self.pgbouncer.port, self.pgbouncer.proc.pid)
+        self.baseline_rss = {name: t.rss_kib() for (p, name), t in self.targets.items()
+                             if t.pid and p == "pg"}
+
+    def stop(self):
+        for thing in (self.pgbouncer, self.haproxy, self.ferry, self.my, self.pg):
+            if thing is None:
+                continue
+            try:
+                thing.stop()
+            except Exception as e:  # noqa: BLE001 - stop the rest
+                log(f"stopping {thing!r}: {e}")
+
+    def versions(self):
+        def first_line(argv):
+            try:
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+                return (r.stdout or r.stderr).strip().splitlines()[0]
+            except (OSError, IndexError, subprocess.TimeoutExpired):
+                return "?"
+        return {"haproxy": first_line(["haproxy", "-v"]),
+                "pgbouncer": first_line(["pgbouncer", "--version"]),
+                "postgres": first_line([tools.PGBENCH.replace("pgbench", "postgres"), "--version"]),
+                "pgbench": first_line([tools.PGBENCH, "--version"]),
+                "sysbench": first_line(["sysbench", "--version"]),
+                "mariadb": first_line(["mariadbd", "--version"]),
+                "kernel": os.uname().release, "cpus": os.cpu_count(),
+                "fork_exec_ms": fork_exec_ms()}
+
+
+def fork_exec_ms(n=20):
+    """Mean cost of fork+exec+exit of /bin/true: PostgreSQL forks a backend
+    per connection, so this bounds the connect-per-transaction scenarios."""
+    t0 = time.monotonic()
+    for _ in range(n):
+        subprocess.run(["/bin/true"], check=False)
+    return (time.monotonic() - t0) * 1000 / n
+
+
+# --------------------------------------------------------------------------
+# running scenarios
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+RUNNERS = {"pgbench": tools.run_pgbench, "sysbench": tools.run_sysbench,
+           "loadgen": tools.run_loadgen}
+
+
+def run_one(env, sc, target, duration):
+    """One tool run through one target, with the proxy's CPU time around it."""
+    cpu0 = target.cpu_seconds()
+    load1 = os.getloadavg()[0]
+    t0 = time.monotonic()
+    res = RUNNERS[sc.tool](sc, target, duration, env.workdir)
+    res["wall_s"] = time.monotonic() - t0
+    res["load1_before"] = load1
+    if cpu0 is not None:
+        cpu = target.cpu_seconds() - cpu0
+        res["proxy_cpu_s"] = cpu
+        res["proxy_cpu_us_per_txn"] = cpu * 1e6 / res["txns"] if res["txns"] else None
+    if res.get("acked_file"):
+        res["acked_check"] = check_acked(env, res["acked_file"])
+    return res
+
+
+def check_acked(env, path):
+    """How many acknowledged write ids are missing from bench_rw on the primary."""
+    with open(path) as f:
+        ids = [int(line) for line in f if line.strip()]
+    found = 0
+    for i in range(0, len(ids), 5000):
+        chunk = ids[i:i + 5000]
+        rows = env.pg.primary.query("SELECT count(*) FROM bench_rw WHERE id = ANY(%s)", (chunk,),
+                                    user=tools.PG_USER, dbname=tools.PG_DB)
+        found += rows[0][0]
+    return {"acked": len(ids), "found": found, "lost": len(ids) - found}
+
+
+def pick_median(runs):
+    """Of several rounds, the run with the median tps, annotated with the range."""
+    ordered = sorted(runs, key=lambda r: r["tps"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["rounds_tps"] = [r["tps"] for r in runs]
+    return chosen
+
+
+def run_scenario(env, sc, args):
+    if sc.tool == "stub":
+        log(f"{sc.name}: not implemented yet (needs the failover issue); skipped")
+        return {"status": "not implemented"}
+    if sc.tool == "idle":
+        return {"status": "done", "targets": run_idle(env, sc)}
+    runs = {}
+    for rnd in range(args.rounds):
+        for name in sc.targets:
+            target = env.targets[(sc.protocol, name)]
+            log(f"{sc.name} via {name} (round {rnd + 1}/{args.rounds}, {args.duration:g} s)")
+            res = run_one(env, sc, target, args.duration)
+            log(f"  {res['tps']:.0f} tps, p99 {res['latency_us'].get('p99', 0):.0f} µs, "
+                f"errors {res['errors'].get('total', 0)}"
+                + (f", proxy CPU {res['proxy_cpu_us_per_txn']:.1f} µs/txn"
+                   if res.get("proxy_cpu_us_per_txn") else ""))
+            runs.setdefault(name, []).append(res)
+            time.sleep(args.pause)
+    return {"status": "done", "targets": {n: pick_median(r) for n, r in runs.items()}}
+
+
+def run_guarded(env, sc, args):
+    """A scenario that fails is reported as failed; the run goes on."""
+    try:
+        return run_scenario(env, sc, args)
+    except (proc.HarnessError, TimeoutError, OSError, ValueError, KeyError) as e:
+        log(f"{sc.name}: failed: {e}")
+        return {"status": f"failed: {e}"}
+
+
+def pg_backends(env, timeout=120):
+    """Backends connected to the bench database. Retried: while thousands of
+    backends start or exit, a new connection can time out."""
+    def count():
+        rows = env.pg.primary.query(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (tools.PG_DB,))
+        return (rows[0][0],)      # a tuple, so that 0 counts as an answer
+    return proc.wait_for(count, timeout=timeout, what="a count of PostgreSQL backends")[0]
+
+
+def run_idle(env, sc):
+    out = {}
+    for name in sc.targets:
+        try:
+            out[name] = idle_one(env, sc, env.targets[("pg", name)])
+        except (proc.HarnessError, TimeoutError) as e:
+            log(f"  failed: {e}")
+            out[name] = {"failed": str(e)}
+    return out
+
+
+def idle_one(env, sc, target):
+    """RSS of target's proxy before and while sc.clients idle clients hold
+    connections through it, and how many PostgreSQL backends they took."""
+    proc.wait_for(lambda: pg_backends(env) < 100, timeout=120,
+                  what="backends of the previous idle run to exit")
+    before, backends_before = target.rss_kib(), pg_backends(env)
+    log(f"{sc.name} via {target.name}: opening {sc.clients} idle connections")
+    measure = lambda: (target.rss_kib(), pg_backends(env))  # noqa: E731
+    ok, errs, (after, backends), raw = tools.hold_idle(target, sc.clients, measure)
+    per = (after - before) / ok if ok else None
+    log(f"  {ok} connected ({errs} errors) in {raw.get('connect_s', 0):.1f} s; "
+        f"RSS {before} -> {after} KiB = {per or 0:.2f} KiB/conn; "
+        f"server backends +{backends - backends_before}")
+    return {"connected": ok, "errors": {"total": errs}, "rss_before_kib": before,
+            "rss_after_kib": after, "rss_per_conn_kib": per,
+            "baseline_rss_kib": env.baseline_rss.get(target.name),
+            "server_backends": backends - backends_before, "raw": raw,
+            "connect_s": raw.get("connect_s")}
+
+
+# --------------------------------------------------------------------------
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("scenarios", nargs="*", metavar="scenario",
+                    help=f"default: all but {', '.join(sorted(OPTIONAL))}; known: {', '.join(BY_NAME)}")
+    ap.add_argument("--duration", type=float, default=10, help="seconds per run (default 10)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat each scenario, targets interleaved; the median-tps run is reported")
+    ap.add_argument("--pause", type=float, default=1.0, help="seconds between runs")
+    ap.add_argument("--out", default=None, help="results dir (default bench/results/<timestamp>)")
+    args = ap.parse_args(argv)
+    for name in args.scenarios:
+        if name not in BY_NAME:
+            ap.error(f"unknown scenario {name!r}; known: {', '.join(BY_NAME)}")
+    args.scenarios = args.scenarios or DEFAULT
+    return args
+
+
+def raise_nofile():
+    """2000 idle clients cost ferry and HAProxy two descriptors each; every
+    child started from here inherits the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, hard), max(want, hard)))
+    except (ValueError, OSError):   # no CAP_SYS_RESOURCE: the hard limit is it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft < 3 * IDLE_CLIENTS:
+        log(f"warning: RLIMIT_NOFILE {soft} is low for {IDLE_CLIENTS} idle clients")
+
+
+def main(argv):
+    args = parse_args(argv)
+    proc.raise_on_termination_signals()
+    raise_nofile()
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    outdir = args.out or os.path.join(BENCH_DIR, "results", stamp)
+    os.makedirs(os.path.join(outdir, "raw"), exist_ok=True)
+    scenarios = [BY_NAME[n] for n in args.scenarios]
+    protocols = {s.protocol for s in scenarios if s.tool != "stub"}
+    workdir = proc.make_tempdir("ferry-bench-")
+    env = Env(protocols, workdir)
+    meta = {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": "bench/run " + " ".join(argv), "duration_s": args.duration,
+            "rounds": args.rounds, "workers": WORKERS, "pg_settings": PG_SETTINGS,
+            "git": git_describe(), "ferry_source": os.environ.get("FERRY_SRC", "?")}
+    results = {}
+    try:
+        env.start()
+        meta["versions"] = env.versions()
+        meta["loadavg_start"] = os.getloadavg()
+        meta["baseline_rss_kib"] = env.baseline_rss
+        for sc in scenarios:
+            results[sc.name] = {"title": sc.title, "tool": sc.tool, "protocol": sc.protocol,
+                                "clients": sc.clients, **run_guarded(env, sc, args)}
+            save(outdir, meta, results)
+    finally:
+        env.stop()
+    meta["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    meta["loadavg_end"] = os.getloadavg()
+    save(outdir, meta, results)
+    path = report.write(outdir, meta, results)
+    log(f"report: {path}")
+    return 0
+
+
+def git_describe():
+    try:
+        head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def save(outdir, meta, results):
+    with open(os.path.join(outdir, "raw", "results.json"), "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
