@@ -476,7 +476,7 @@ static void parse_aws(struct cfg_ctx *c, json_t *root, struct ferry_aws_cfg *a)
 static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, struct ferry_listener_cfg *l)
 {
     static const char *const keys[] = {"name", "protocol", "bind", "max_client_connections",
-                                       "connect_timeout", "session_buffer", "probe",
+                                       "connect_timeout", "session_buffer", "max_message_size", "probe",
                                        "aws_global_cluster", "clusters", NULL};
     char key[KEY_MAX];
     if (!json_is_object(v)) {
@@ -515,6 +515,10 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
     if (get_uint(c, v, "session_buffer", key, 16384, 64LL * 1024 * 1024, &n))
         l->session_buffer = (size_t)n;
 
+    l->max_message_size = 1024u * 1024 * 1024;
+    subkey(key, where, ".max_message_size");
+    if (get_uint(c, v, "max_message_size", key, 1024, 1024LL * 1024 * 1024, &n))
+        l->max_message_size = (uint32_t)n;
     parse_probe(c, v, where, l);
     const char *gid = NULL;
     subkey(key, where, ".aws_global_cluster");

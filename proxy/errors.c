@@ -24,6 +24,12 @@ static struct err_code code_of(enum ferry_proto proto, enum px_err kind)
         /* 57P03 cannot_connect_now; MySQL 1053 ER_SERVER_SHUTDOWN (08S01): both retryable */
         return proto == FERRY_PROTO_MYSQL ? (struct err_code){"08S01", 1053}
                                           : (struct err_code){"57P03", 0};
+    case PX_ERR_PROTOCOL:   /* 08P01 protocol_violation; MySQL ER_NET_PACKETS_OUT_OF_ORDER-class */
+        return proto == FERRY_PROTO_MYSQL ? (struct err_code){"08S01", 1156}
+                                          : (struct err_code){"08P01", 0};
+    case PX_ERR_UNSUPPORTED:
+        return proto == FERRY_PROTO_MYSQL ? (struct err_code){"08004", 1251}
+                                          : (struct err_code){"0A000", 0};
     case PX_ERR_BACKEND_DOWN:
         return proto == FERRY_PROTO_MYSQL ? (struct err_code){"08S01", 2003}   /* CR_CONN_HOST_ERROR */
                                           : (struct err_code){"08006", 0};     /* connection_failure */

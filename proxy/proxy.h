@@ -162,6 +162,8 @@ enum px_err {
     PX_ERR_TOO_MANY_CLIENTS,    /* max_client_connections reached */
     PX_ERR_NO_WRITER,           /* hold_timeout passed without a writer */
     PX_ERR_BACKEND_DOWN,        /* the writer could not be reached */
+    PX_ERR_PROTOCOL,            /* malformed or hostile traffic from the client */
+    PX_ERR_UNSUPPORTED,         /* a protocol version or feature ferry does not speak */
 };
 void px_error_message(enum ferry_proto proto, enum px_err kind, const char *text,
                       struct ferry_wbuf *out);
@@ -182,6 +184,14 @@ struct px_collector {
 };
 void px_collector_unref(struct px_collector *c);
 void px_session_describe_all(struct px_worker *w, struct px_collector *c);  /* worker thread */
+
+/* cancel.c: PostgreSQL cancel keys (any thread). register makes up the key
+ * pair the client sees; false when out of memory or entropy. */
+bool px_cancel_register(const struct sockaddr *server, uint32_t backend_pid, uint32_t backend_key,
+                        uint32_t *pid, uint32_t *key);
+bool px_cancel_lookup(uint32_t pid, uint32_t key, struct sockaddr_storage *server,
+                      uint32_t *backend_pid, uint32_t *backend_key);
+void px_cancel_unregister(uint32_t pid);
 
 /* main.c: what the admin thread asks of the main thread. Both block the
  * caller until done; any thread but the main one. */

@@ -11,6 +11,8 @@
 
 #include "ferry/discovery.h"
 #include "ferry/log.h"
+#include "pg/codec.h"
+#include "pg/stream.h"
 #include "proxy.h"
 
 struct px_chunk {
@@ -52,10 +54,18 @@ struct px_session {
     bool counted;                           /* holds a max_client_connections slot */
     bool held;                              /* waiting for a writer (in owner->held) */
     bool failing;                           /* an error message is on its way to the client */
-    enum px_err fail_kind;                  /* pending error while reading a PG preamble */
-    char *fail_text;                        /* owned; pending error text */
-    uint8_t preamble[8];                    /* PG: first bytes of the client's packet */
-    size_t npreamble;
+    enum px_err fail_kind;                  /* PG: error to send once the startup packet is in */
+    char *fail_text;                        /* owned; that error's text */
+    /* PostgreSQL (protocol-aware relay) */
+    bool pg;                                /* listener speaks PostgreSQL */
+    bool startup_done;                      /* the StartupMessage has been read */
+    struct ferry_wbuf startup;              /* client bytes of the startup phase */
+    size_t startup_off;                     /* parsed up to here */
+    size_t startup_msg;                     /* the StartupMessage starts here */
+    struct pg_stream scan_c2s, scan_s2c;    /* message scanners, one per direction */
+    char txn;                               /* last ReadyForQuery status: I, T, E; 0 = none yet */
+    uint32_t cancel_pid;                    /* the key pair ferry gave the client; 0 = none */
+    struct sockaddr_storage server_addr;    /* where the backend connection went */
     int pending_closes;                     /* close callbacks still due */
     uint64_t id;
     char endpoint[FERRY_HOST_MAX + 16];     /* backend address, for logs */
@@ -144,6 +154,9 @@ static void session_free(struct px_session *s)
     px_listener_unref(s->pl);
     ferry_config_unref(s->cfg);
     free(s->fail_text);
+    ferry_wbuf_free(&s->startup);
+    if (s->cancel_pid)
+        px_cancel_unregister(s->cancel_pid);
     free(s);
     px_worker_session_ended(w);
 }
@@ -199,6 +212,9 @@ void px_session_close_all(struct px_worker *w, const char *reason)
 }
 
 /* ---- relay ---- */
+
+static void on_timer(uv_timer_t *t);
+static bool pg_scan(struct px_session *s, struct px_conn *src, uint8_t *data, size_t n);
 
 static void conn_start_reading(struct px_conn *c);
 
@@ -292,6 +308,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     }
 
     struct px_chunk *ch = chunk_of(buf->base);
+    if (s->pg && !pg_scan(s, src, (uint8_t *)ch->data, (size_t)nread)) {
+        chunk_put(w, ch);
+        return;
+    }
     ch->dst = dst;
     ch->len = (size_t)nread;
     if (src == &s->client) {
@@ -332,81 +352,55 @@ static void conn_start_reading(struct px_conn *c)
 
 /* ---- errors ferry sends before any server has spoken ---- */
 
-static void on_preamble_timeout(uv_timer_t *t)
-{
-    session_close(t->data, FERRY_LOG_INFO, "client sent no startup packet");
-}
-
-struct px_error_write {
+struct px_owned_write {
     uv_write_t req;
     struct ferry_wbuf buf;
     struct px_session *s;
+    bool close_after;           /* an error message: close the session once written */
 };
 
-static void on_error_written(uv_write_t *req, int status)
+static void on_owned_written(uv_write_t *req, int status)
 {
-    (void)status;   /* the client may be gone already: nothing more to do */
-    struct px_error_write *e = ferry_container_of(req, struct px_error_write, req);
-    session_close(e->s, FERRY_LOG_DEBUG, "error sent to client");
+    struct px_owned_write *e = ferry_container_of(req, struct px_owned_write, req);
+    if (e->close_after)
+        session_close(e->s, FERRY_LOG_DEBUG, "error sent to client");   /* sent or not */
+    else if (status < 0 && status != UV_ECANCELED)
+        session_close(e->s, FERRY_LOG_INFO, "server write failed");
     ferry_wbuf_free(&e->buf);
     free(e);
+}
+
+/* Writes bytes that ferry made (taking buf's memory) to conn. */
+static int write_owned(struct px_session *s, struct px_conn *conn, struct ferry_wbuf *buf,
+                       bool close_after)
+{
+    struct px_owned_write *e = calloc(1, sizeof *e);
+    if (!e || buf->failed) {
+        free(e);
+        ferry_wbuf_free(buf);
+        return UV_ENOMEM;
+    }
+    e->buf = *buf;
+    e->s = s;
+    e->close_after = close_after;
+    *buf = (struct ferry_wbuf){0};
+    uv_buf_t b = uv_buf_init((char *)e->buf.data, (unsigned)e->buf.len);
+    int rc = uv_write(&e->req, (uv_stream_t *)&conn->tcp, &b, 1, on_owned_written);
+    if (rc != 0) {
+        ferry_wbuf_free(&e->buf);
+        free(e);
+    }
+    return rc;
 }
 
 /* Sends one error message to the client, then closes the session. */
 static void send_error(struct px_session *s, enum px_err kind, const char *text)
 {
-    struct px_error_write *e = calloc(1, sizeof *e);
-    if (e) {
-        ferry_wbuf_init(&e->buf, 4096);
-        px_error_message(s->lcfg->protocol, kind, text, &e->buf);
-        e->s = s;
-        uv_buf_t b = uv_buf_init((char *)e->buf.data, (unsigned)e->buf.len);
-        if (!e->buf.failed &&
-            uv_write(&e->req, (uv_stream_t *)&s->client.tcp, &b, 1, on_error_written) == 0)
-            return;
-        ferry_wbuf_free(&e->buf);
-        free(e);
-    }
-    session_close(s, FERRY_LOG_INFO, text);
-}
-
-/* PostgreSQL clients speak first: libpq sends an SSLRequest (by default)
- * and only shows an error that arrives after its startup packet. So before
- * failing a PG client that nothing has read yet, answer SSLRequest and
- * GSSENCRequest with 'N' and wait for the startup packet's first bytes. */
-enum { PG_SSL_REQUEST = 80877103, PG_GSSENC_REQUEST = 80877104 };
-
-static void on_preamble_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    (void)suggested;
-    struct px_conn *c = h->data;
-    struct px_session *s = c->owner;
-    buf->base = (char *)s->preamble + s->npreamble;
-    buf->len = sizeof s->preamble - s->npreamble;
-}
-
-static void on_preamble(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
-{
-    (void)buf;
-    struct px_conn *c = st->data;
-    struct px_session *s = c->owner;
-    if (nread < 0) {
-        session_close(s, FERRY_LOG_DEBUG, "client left before its error was sent");
-        return;
-    }
-    s->npreamble += (size_t)nread;
-    if (s->npreamble < sizeof s->preamble)
-        return;
-    uint32_t len = ferry_get_u32be(s->preamble), code = ferry_get_u32be(s->preamble + 4);
-    if (len == 8 && (code == PG_SSL_REQUEST || code == PG_GSSENC_REQUEST)) {
-        static char no = 'N';
-        uv_buf_t b = uv_buf_init(&no, 1);
-        s->npreamble = 0;
-        if (uv_try_write(st, &b, 1) == 1)
-            return;     /* one byte on a fresh socket: never queued */
-    }
-    uv_read_stop(st);
-    send_error(s, s->fail_kind, s->fail_text);
+    struct ferry_wbuf b;
+    ferry_wbuf_init(&b, 4096);
+    px_error_message(s->lcfg->protocol, kind, text, &b);
+    if (write_owned(s, &s->client, &b, true) != 0)
+        session_close(s, FERRY_LOG_INFO, text);
 }
 
 static void session_fail(struct px_session *s, enum px_err kind, const char *text)
@@ -416,16 +410,244 @@ static void session_fail(struct px_session *s, enum px_err kind, const char *tex
     s->failing = true;
     ferry_log(FERRY_LOG_INFO, "session.failed", "listener=%s session=%llu reason=\"%s\"",
               s->pl->name, (unsigned long long)s->id, text);
-    /* bounded: a client that never sends its startup packet is closed */
     uv_timer_stop(&s->timer);
-    if (s->lcfg->protocol == FERRY_PROTO_POSTGRESQL && !s->client.reading &&
-        (s->fail_text = strdup(text)) != NULL) {
+    /* libpq shows an error only after its startup packet: wait for it
+     * (the startup reader sends this error when the packet is in) */
+    if (s->pg && !s->startup_done && (s->fail_text = strdup(text)) != NULL) {
         s->fail_kind = kind;
-        uv_timer_start(&s->timer, on_preamble_timeout, 5000, 0);
-        if (uv_read_start((uv_stream_t *)&s->client.tcp, on_preamble_alloc, on_preamble) == 0)
-            return;
+        uv_timer_start(&s->timer, on_timer, 10000, 0);
+        return;
     }
     send_error(s, kind, text);
+}
+
+/* ---- PostgreSQL: the startup phase ----
+ * A PostgreSQL client speaks first. ferry reads its first packets itself:
+ * SSLRequest and GSSENCRequest get 'N' (no TLS yet), a CancelRequest is
+ * mapped to the real backend key and forwarded, and the StartupMessage is
+ * kept to be sent to the backend once the session is routed. */
+
+struct px_cancel_req {
+    uv_tcp_t tcp;
+    uv_connect_t connect;
+    uv_write_t write;
+    uint8_t msg[16];
+};
+
+static void on_cancel_closed(uv_handle_t *h)
+{
+    free(ferry_container_of((uv_tcp_t *)h, struct px_cancel_req, tcp));
+}
+
+static void on_cancel_written(uv_write_t *w, int status)
+{
+    (void)status;   /* the server answers a cancel by closing: nothing to read */
+    struct px_cancel_req *c = ferry_container_of(w, struct px_cancel_req, write);
+    uv_close((uv_handle_t *)&c->tcp, on_cancel_closed);
+}
+
+static void on_cancel_connected(uv_connect_t *req, int status)
+{
+    struct px_cancel_req *c = ferry_container_of(req, struct px_cancel_req, connect);
+    uv_buf_t b = uv_buf_init((char *)c->msg, sizeof c->msg);
+    if (status < 0 || uv_write(&c->write, (uv_stream_t *)&c->tcp, &b, 1, on_cancel_written) != 0) {
+        ferry_log(FERRY_LOG_WARN, "cancel.failed", "error=\"%s\"",
+                  status < 0 ? uv_strerror(status) : "write failed");
+        uv_close((uv_handle_t *)&c->tcp, on_cancel_closed);
+    }
+}
+
+/* Forwards a client's CancelRequest, translated, to the server its session
+ * is on. Fire and forget, as PostgreSQL's own protocol is. */
+static void forward_cancel(struct px_session *s, uint32_t pid, uint32_t key)
+{
+    struct sockaddr_storage addr;
+    uint32_t bpid, bkey;
+    if (!px_cancel_lookup(pid, key, &addr, &bpid, &bkey)) {
+        ferry_log(FERRY_LOG_INFO, "cancel.unknown_key", "listener=%s", s->pl->name);
+        return;
+    }
+    struct px_cancel_req *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    struct ferry_wbuf b;
+    ferry_wbuf_init(&b, sizeof c->msg);
+    pg_build_cancel_request(&b, bpid, bkey);
+    if (b.failed || b.len != sizeof c->msg) {
+        ferry_wbuf_free(&b);
+        free(c);
+        return;
+    }
+    memcpy(c->msg, b.data, sizeof c->msg);
+    ferry_wbuf_free(&b);
+    uv_tcp_init(&s->owner->loop, &c->tcp);
+    if (uv_tcp_connect(&c->connect, &c->tcp, (struct sockaddr *)&addr, on_cancel_connected) != 0)
+        uv_close((uv_handle_t *)&c->tcp, on_cancel_closed);
+    ferry_log(FERRY_LOG_INFO, "cancel.forwarded", "listener=%s backend_pid=%u", s->pl->name, bpid);
+}
+
+static void begin_routing(struct px_session *s);
+
+static void startup_stop(struct px_session *s)
+{
+    uv_read_stop((uv_stream_t *)&s->client.tcp);
+    s->client.reading = false;
+}
+
+/* Parses what the client has sent so far; acts on each complete packet. */
+static void startup_advance(struct px_session *s)
+{
+    for (;;) {
+        struct pg_startup st;
+        const uint8_t *p = s->startup.data + s->startup_off;
+        int rc = pg_decode_startup(p, s->startup.len - s->startup_off, &st);
+        if (rc == FERRY_NEED_MORE && !s->startup.failed)
+            return;
+        if (rc < 0) {
+            startup_stop(s);
+            s->failing = false;
+            s->startup_done = true;    /* the error goes out now */
+            session_fail(s, PX_ERR_PROTOCOL, "invalid startup packet");
+            return;
+        }
+        if (st.kind == PG_STARTUP_SSL || st.kind == PG_STARTUP_GSSENC) {
+            static char no = 'N';
+            uv_buf_t b = uv_buf_init(&no, 1);
+            s->startup_off += (size_t)rc;
+            if (uv_try_write((uv_stream_t *)&s->client.tcp, &b, 1) != 1) {
+                session_close(s, FERRY_LOG_INFO, "client write failed");
+                return;
+            }
+            continue;
+        }
+        startup_stop(s);
+        s->startup_done = true;
+        uv_timer_stop(&s->timer);
+        if (st.kind == PG_STARTUP_CANCEL) {
+            forward_cancel(s, st.cancel_pid, st.cancel_key);
+            session_close(s, FERRY_LOG_DEBUG, "cancel request handled");
+            return;
+        }
+        if (s->fail_text) {     /* an error was waiting for this packet */
+            send_error(s, s->fail_kind, s->fail_text);
+            return;
+        }
+        if (st.kind == PG_STARTUP_BAD_VERSION) {
+            char text[96];
+            snprintf(text, sizeof text, "unsupported frontend protocol %u.%u: ferry supports 3.0",
+                     st.version >> 16, st.version & 0xffff);
+            session_fail(s, PX_ERR_UNSUPPORTED, text);
+            return;
+        }
+        s->startup_msg = s->startup_off;
+        s->startup_off += (size_t)rc;
+        begin_routing(s);
+        return;
+    }
+}
+
+static void on_startup_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    struct px_conn *c = stream->data;
+    struct px_session *s = c->owner;
+    if (nread > 0)
+        ferry_wbuf_put(&s->startup, buf->base, (size_t)nread);
+    if (buf->base)
+        chunk_put(s->owner, chunk_of(buf->base));
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        session_close(s, FERRY_LOG_DEBUG, "client left during startup");
+        return;
+    }
+    startup_advance(s);
+}
+
+static void startup_begin(struct px_session *s)
+{
+    /* room for a StartupMessage after an SSLRequest and a GSSENCRequest */
+    ferry_wbuf_init(&s->startup, PG_STARTUP_MAX_BODY + 4 + 16);
+    if (uv_read_start((uv_stream_t *)&s->client.tcp, on_alloc, on_startup_read) != 0) {
+        session_close(s, FERRY_LOG_INFO, "read start failed");
+        return;
+    }
+    s->client.reading = true;
+    uv_timer_start(&s->timer, on_timer, 30000, 0);  /* PostgreSQL allows 60 s; clients need ms */
+}
+
+/* ---- PostgreSQL: the relay's message scanners ---- */
+
+/* SQLSTATE of an ErrorResponse prefix, or "" (fields: type byte, C string). */
+static void error_sqlstate(const uint8_t *body, uint32_t n, char out[6])
+{
+    out[0] = '\0';
+    for (uint32_t i = 0; i < n && body[i];) {
+        uint8_t field = body[i++];
+        const uint8_t *v = body + i;
+        const uint8_t *end = memchr(v, 0, n - i);
+        if (!end)
+            return;
+        if (field == 'C' && end - v == 5) {
+            memcpy(out, v, 5);
+            out[5] = '\0';
+            return;
+        }
+        i = (uint32_t)(end - body) + 1;
+    }
+}
+
+static void on_server_message(void *ud, uint8_t type, const uint8_t *body, uint32_t captured,
+                              uint32_t len, uint8_t *inplace)
+{
+    struct px_session *s = ud;
+    if (type == 'Z' && len == 1) {
+        s->txn = (char)body[0];
+    } else if (type == 'K' && len == 8 && !s->cancel_pid) {
+        /* Give the client ferry's own key: cancels then come through ferry,
+         * which knows the backend the session is on now. */
+        uint32_t pid, key;
+        if (inplace && px_cancel_register((struct sockaddr *)&s->server_addr, ferry_get_u32be(body),
+                                          ferry_get_u32be(body + 4), &pid, &key)) {
+            s->cancel_pid = pid;
+            for (int i = 0; i < 4; i++) {
+                inplace[i] = (uint8_t)(pid >> (24 - 8 * i));
+                inplace[4 + i] = (uint8_t)(key >> (24 - 8 * i));
+            }
+        } else {
+            ferry_log(FERRY_LOG_WARN, "cancel.key_not_mapped", "listener=%s session=%llu",
+                      s->pl->name, (unsigned long long)s->id);
+        }
+    } else if (type == 'E') {
+        char state[6];
+        error_sqlstate(body, captured, state);
+        /* read_only_sql_transaction: the writer was demoted under us */
+        if (strcmp(state, "25006") == 0 && s->lcfg->probe_enabled && px_proc.discovery)
+            ferry_discovery_probe_now(px_proc.discovery);
+    }
+}
+
+static void on_client_message(void *ud, uint8_t type, const uint8_t *body, uint32_t captured,
+                              uint32_t len, uint8_t *inplace)
+{
+    (void)ud, (void)type, (void)body, (void)captured, (void)len, (void)inplace;
+}
+
+/* Checks a chunk's messages before it is relayed; false: the session ended. */
+static bool pg_scan(struct px_session *s, struct px_conn *src, uint8_t *data, size_t n)
+{
+    bool from_client = src == &s->client;
+    int rc = from_client ? pg_stream_feed(&s->scan_c2s, data, n, on_client_message, s)
+                         : pg_stream_feed(&s->scan_s2c, data, n, on_server_message, s);
+    if (rc == 0)
+        return true;
+    if (from_client) {
+        uv_read_stop((uv_stream_t *)&s->server.tcp);
+        s->server.reading = false;
+        session_fail(s, PX_ERR_PROTOCOL, "invalid message length from the client");
+    } else {
+        session_close(s, FERRY_LOG_WARN, "invalid message length from the server");
+    }
+    return false;
 }
 
 /* ---- backend connect ---- */
@@ -458,6 +680,10 @@ static void hold_expired(struct px_session *s)
 static void on_timer(uv_timer_t *t)
 {
     struct px_session *s = t->data;
+    if (s->pg && !s->startup_done) {
+        session_close(s, FERRY_LOG_INFO, "client sent no startup packet");
+        return;
+    }
     if (s->held) {
         hold_expired(s);
         return;
@@ -487,6 +713,26 @@ static void on_connected(uv_connect_t *req, int status)
     tune_tcp(&s->server.tcp);
     ferry_log(FERRY_LOG_DEBUG, "session.connected", "listener=%s session=%llu backend=%s",
               s->pl->name, (unsigned long long)s->id, s->endpoint);
+    if (s->pg) {
+        /* the StartupMessage (and anything the client sent after it) goes first */
+        struct ferry_wbuf out;
+        ferry_wbuf_init(&out, 0);
+        ferry_wbuf_put(&out, s->startup.data + s->startup_msg, s->startup.len - s->startup_msg);
+        ferry_wbuf_free(&s->startup);
+        uint32_t max = s->lcfg->max_message_size;
+        pg_stream_init(&s->scan_c2s, max, "");
+        pg_stream_init(&s->scan_s2c, max, "ZKE");
+        /* bytes after the StartupMessage are regular messages: scan them too */
+        size_t after = s->startup_off - s->startup_msg;
+        if (out.len > after && !pg_scan(s, &s->client, out.data + after, out.len - after)) {
+            ferry_wbuf_free(&out);
+            return;
+        }
+        if (write_owned(s, &s->server, &out, false) != 0) {
+            session_close(s, FERRY_LOG_INFO, "server write failed");
+            return;
+        }
+    }
     conn_start_reading(&s->client);
     conn_start_reading(&s->server);
 }
@@ -496,6 +742,8 @@ static void connect_to(struct px_session *s, const struct sockaddr *sa)
     uv_tcp_init(&s->owner->loop, &s->server.tcp);
     s->server.tcp.data = &s->server;
     s->server.open = true;
+    memcpy(&s->server_addr, sa, sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                          : sizeof(struct sockaddr_in));
     s->connect_req.data = s;
     int rc = uv_tcp_connect(&s->connect_req, &s->server.tcp, sa, on_connected);
     if (rc != 0)
@@ -610,6 +858,12 @@ void px_session_describe_all(struct px_worker *w, struct px_collector *c)
             "age_seconds", (double)(now - s->created_ms) / 1000.0,
             "bytes_from_client", (json_int_t)s->bytes_from_client,
             "bytes_from_server", (json_int_t)s->bytes_from_server, "worker", (int)w->index));
+        if (s->pg)
+            json_object_set_new(json_array_get(c->sessions, json_array_size(c->sessions) - 1),
+                                "transaction", s->txn == 'I'   ? json_string("idle")
+                                               : s->txn == 'T' ? json_string("in_transaction")
+                                               : s->txn == 'E' ? json_string("failed")
+                                                               : json_null());
     }
     c->pending--;
     pthread_cond_broadcast(&c->done);
@@ -692,6 +946,9 @@ void px_session_accept(struct px_accepting *a)
     tune_tcp(&s->client.tcp);
     s->created_ms = px_now_ms();
     format_peer(&s->client.tcp, s->peer, sizeof s->peer);
+    s->pg = s->lcfg->protocol == FERRY_PROTO_POSTGRESQL;
+    if (s->pg)
+        startup_begin(s);
     if (!s->counted) {
         log_refusal(a);
         char text[128];
@@ -700,9 +957,16 @@ void px_session_accept(struct px_accepting *a)
         session_fail(s, PX_ERR_TOO_MANY_CLIENTS, text);
         return;
     }
-
     ferry_log(FERRY_LOG_DEBUG, "session.accepted", "listener=%s session=%llu", s->pl->name,
               (unsigned long long)s->id);
+    if (!s->pg)
+        begin_routing(s);
+}
+
+/* Routes the session, or holds it while there is no writer. */
+static void begin_routing(struct px_session *s)
+{
+    struct px_worker *w = s->owner;
     if (!route_and_connect(s)) {
         /* No writer now: wait for one instead of failing (the failover window). */
         s->held = true;

@@ -41,6 +41,7 @@ struct ferry_listener_cfg {
     uint32_t max_client_connections;
     double connect_timeout;             /* seconds */
     size_t session_buffer;              /* bytes per session and direction */
+    uint32_t max_message_size;          /* PostgreSQL: largest message length accepted */
     bool probe_enabled;                 /* "probe" given: discovery decides the writer */
     char aws_global_cluster[FERRY_NAME_MAX]; /* "" = no AWS signals for this listener */
     char probe_user[FERRY_NAME_MAX];
