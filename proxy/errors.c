@@ -30,6 +30,15 @@ static struct err_code code_of(enum ferry_proto proto, enum px_err kind)
     case PX_ERR_UNSUPPORTED:
         return proto == FERRY_PROTO_MYSQL ? (struct err_code){"08004", 1251}
                                           : (struct err_code){"0A000", 0};
+    case PX_ERR_WRITER_MOVED:   /* 57P01 admin_shutdown: pools reconnect */
+        return proto == FERRY_PROTO_MYSQL ? (struct err_code){"08S01", 1053}
+                                          : (struct err_code){"57P01", 0};
+    case PX_ERR_TXN_LOST:       /* 40001 serialization_failure: "retry the transaction" */
+        return proto == FERRY_PROTO_MYSQL ? (struct err_code){"40001", 1213}
+                                          : (struct err_code){"40001", 0};
+    case PX_ERR_OUTCOME_UNKNOWN: /* 08007 transaction_resolution_unknown */
+        return proto == FERRY_PROTO_MYSQL ? (struct err_code){"08S01", 2013}
+                                          : (struct err_code){"08007", 0};
     case PX_ERR_BACKEND_DOWN:
         return proto == FERRY_PROTO_MYSQL ? (struct err_code){"08S01", 2003}   /* CR_CONN_HOST_ERROR */
                                           : (struct err_code){"08006", 0};     /* connection_failure */

@@ -127,6 +127,7 @@ void px_session_accept(struct px_accepting *a);
 void px_session_close_all(struct px_worker *w, const char *reason);
 void px_chunk_pool_free(struct px_worker *w);   /* after the loop has stopped */
 void px_session_release_held(struct px_worker *w); /* route held sessions again */
+void px_session_topology_changed(struct px_worker *w); /* fence sessions on an old writer */
 /* worker.c: called by session.c when a session has been freed */
 void px_worker_session_ended(struct px_worker *w);
 
@@ -164,6 +165,9 @@ enum px_err {
     PX_ERR_BACKEND_DOWN,        /* the writer could not be reached */
     PX_ERR_PROTOCOL,            /* malformed or hostile traffic from the client */
     PX_ERR_UNSUPPORTED,         /* a protocol version or feature ferry does not speak */
+    PX_ERR_WRITER_MOVED,        /* idle session on a writer that is no longer the writer */
+    PX_ERR_TXN_LOST,            /* the same, inside a transaction: rolled back, retry */
+    PX_ERR_OUTCOME_UNKNOWN,     /* the writer vanished with a statement in flight */
 };
 void px_error_message(enum ferry_proto proto, enum px_err kind, const char *text,
                       struct ferry_wbuf *out);

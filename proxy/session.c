@@ -5,6 +5,7 @@
  * session_close(), which is idempotent and frees in the last close callback.
  */
 #include <arpa/inet.h>
+#include <strings.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,12 @@ struct px_session {
     size_t startup_msg;                     /* the StartupMessage starts here */
     struct pg_stream scan_c2s, scan_s2c;    /* message scanners, one per direction */
     char txn;                               /* last ReadyForQuery status: I, T, E; 0 = none yet */
+    bool inflight;                          /* client sent something not yet answered by ReadyForQuery */
+    bool terminating;                       /* client sent Terminate */
+    bool stale;                             /* the writer moved since this session was routed */
+    bool fenced;                            /* stale and cut from the server: ferry answers */
+    bool end_at_idle;                       /* stale: close once the server says idle */
+    uint64_t topo_gen;                      /* writer generation the session was routed with */
     uint32_t cancel_pid;                    /* the key pair ferry gave the client; 0 = none */
     struct sockaddr_storage server_addr;    /* where the backend connection went */
     int pending_closes;                     /* close callbacks still due */
@@ -215,6 +222,9 @@ void px_session_close_all(struct px_worker *w, const char *reason)
 
 static void on_timer(uv_timer_t *t);
 static bool pg_scan(struct px_session *s, struct px_conn *src, uint8_t *data, size_t n);
+static void session_fail(struct px_session *s, enum px_err kind, const char *text);
+static void on_shutdown(uv_shutdown_t *req, int status);
+static void writer_moved_text(struct px_session *s, char *out, size_t len, bool in_txn);
 
 static void conn_start_reading(struct px_conn *c);
 
@@ -283,6 +293,24 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             chunk_put(w, chunk_of(buf->base));
         if (nread == 0)
             return;     /* EAGAIN: not an EOF */
+        if (s->pg && src == &s->server && s->startup_done && !s->client.eof && s->connected &&
+            !s->terminating) {
+            /* The writer went away under this session. If a statement was in
+             * flight its outcome is unknown: never pretend it failed or
+             * succeeded (a COMMIT may have been applied). */
+            uv_read_stop(stream);
+            src->reading = false;
+            if (s->inflight)
+                session_fail(s, PX_ERR_OUTCOME_UNKNOWN,
+                             "connection to the writer was lost while a statement was in flight; "
+                             "its outcome is unknown");
+            else
+                session_fail(s, s->txn == 'I' ? PX_ERR_WRITER_MOVED : PX_ERR_TXN_LOST,
+                             s->txn == 'I' ? "connection to the writer was lost; reconnect"
+                                           : "connection to the writer was lost; the transaction "
+                                             "was rolled back; retry it");
+            return;
+        }
         if (nread == UV_EOF) {
             src->eof = true;
             uv_read_stop(stream);
@@ -331,6 +359,15 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     buffered_add(w, dst, nread);
+    if (s->end_at_idle && src == &s->server) {
+        /* the transaction finished on the old writer: now close (queued after the chunk) */
+        char text[256];
+        writer_moved_text(s, text, sizeof text, false);
+        uv_read_stop(stream);
+        src->reading = false;
+        session_fail(s, PX_ERR_WRITER_MOVED, text);
+        return;
+    }
     /* Backpressure: the peer is slow; stop taking more from this side. */
     if (dst->queued >= s->lcfg->session_buffer) {
         uv_read_stop(stream);
@@ -602,6 +639,9 @@ static void on_server_message(void *ud, uint8_t type, const uint8_t *body, uint3
     struct px_session *s = ud;
     if (type == 'Z' && len == 1) {
         s->txn = (char)body[0];
+        s->inflight = false;
+        if (s->stale && s->txn == 'I')
+            s->end_at_idle = true;  /* closed once this chunk is relayed */
     } else if (type == 'K' && len == 8 && !s->cancel_pid) {
         /* Give the client ferry's own key: cancels then come through ferry,
          * which knows the backend the session is on now. */
@@ -629,13 +669,82 @@ static void on_server_message(void *ud, uint8_t type, const uint8_t *body, uint3
 static void on_client_message(void *ud, uint8_t type, const uint8_t *body, uint32_t captured,
                               uint32_t len, uint8_t *inplace)
 {
-    (void)ud, (void)type, (void)body, (void)captured, (void)len, (void)inplace;
+    (void)body, (void)captured, (void)len, (void)inplace;
+    struct px_session *s = ud;
+    if (type == 'X')
+        s->terminating = true;  /* the server closing next is the expected answer */
 }
 
 /* Checks a chunk's messages before it is relayed; false: the session ended. */
+static void writer_moved_text(struct px_session *s, char *out, size_t len, bool in_txn)
+{
+    snprintf(out, len, "the writer of listener %s moved away from %s; %s", s->pl->name, s->cluster,
+             in_txn ? "this session's transaction was rolled back; retry it on a new connection"
+                    : "reconnect to reach the new writer");
+}
+
+/* Once fenced, ferry speaks for the lost transaction: every statement gets
+ * a retryable 40001 error (the transaction is gone), ROLLBACK succeeds, and
+ * then the session ends with 57P01 so the client reconnects to the new
+ * writer. Sync ends an extended-protocol batch like a Query does. */
+static void on_stale_message(void *ud, uint8_t type, const uint8_t *body, uint32_t captured,
+                             uint32_t len, uint8_t *inplace)
+{
+    (void)inplace;
+    struct px_session *s = ud;
+    if (s->failing || s->closing)
+        return;
+    if (type == 'X') {
+        session_close(s, FERRY_LOG_DEBUG, "client terminated");
+        return;
+    }
+    if (type != 'Q' && type != 'S')
+        return;     /* Parse/Bind/Execute...: answered at their Sync */
+    char text[256];
+    struct ferry_wbuf b;
+    ferry_wbuf_init(&b, 4096);
+    bool rollback = type == 'Q' && captured == len && len > 8 &&
+                    (strncasecmp((const char *)body, "ROLLBACK", 8) == 0 ||
+                     strncasecmp((const char *)body, "ABORT", 5) == 0);
+    if (rollback) {
+        pg_build_command_complete(&b, "ROLLBACK");
+        pg_build_ready(&b, 'I');
+    } else {
+        writer_moved_text(s, text, sizeof text, true);
+        pg_build_error(&b, "ERROR", "40001", text);
+        pg_build_ready(&b, 'E');
+    }
+    if (write_owned(s, &s->client, &b, false) != 0) {
+        session_close(s, FERRY_LOG_INFO, "client write failed");
+        return;
+    }
+    if (rollback) {
+        writer_moved_text(s, text, sizeof text, false);
+        session_fail(s, PX_ERR_WRITER_MOVED, text);
+    }
+}
+
 static bool pg_scan(struct px_session *s, struct px_conn *src, uint8_t *data, size_t n)
 {
     bool from_client = src == &s->client;
+    if (from_client && s->stale && n > 0) {
+        /* Fencing: nothing more reaches the old writer from this session.
+         * ferry answers the client itself (see on_stale_message). */
+        if (!s->fenced) {
+            s->fenced = true;
+            s->scan_c2s.wanted = "QSX";   /* the messages ferry now answers */
+            uv_read_stop((uv_stream_t *)&s->server.tcp);
+            s->server.reading = false;
+            /* the old writer rolls the transaction back when its client goes */
+            s->server.shutdown_req.data = &s->server;
+            uv_shutdown(&s->server.shutdown_req, (uv_stream_t *)&s->server.tcp, on_shutdown);
+        }
+        if (pg_stream_feed(&s->scan_c2s, data, n, on_stale_message, s) != 0)
+            session_fail(s, PX_ERR_PROTOCOL, "invalid message length from the client");
+        return false;
+    }
+    if (from_client && n > 0)
+        s->inflight = true;
     int rc = from_client ? pg_stream_feed(&s->scan_c2s, data, n, on_client_message, s)
                          : pg_stream_feed(&s->scan_s2c, data, n, on_server_message, s);
     if (rc == 0)
@@ -720,7 +829,7 @@ static void on_connected(uv_connect_t *req, int status)
         ferry_wbuf_put(&out, s->startup.data + s->startup_msg, s->startup.len - s->startup_msg);
         ferry_wbuf_free(&s->startup);
         uint32_t max = s->lcfg->max_message_size;
-        pg_stream_init(&s->scan_c2s, max, "");
+        pg_stream_init(&s->scan_c2s, max, "X");
         pg_stream_init(&s->scan_s2c, max, "ZKE");
         /* bytes after the StartupMessage are regular messages: scan them too */
         size_t after = s->startup_off - s->startup_msg;
@@ -806,6 +915,8 @@ static bool route_and_connect(struct px_session *s)
         return false;
     snprintf(s->cluster, sizeof s->cluster, "%s", cluster);
     ferry_hostport_format(ep, s->endpoint, sizeof s->endpoint);
+    const struct ferry_topology_listener *t = ferry_topology_find(s->owner->topology, s->lcfg->name);
+    s->topo_gen = t ? t->generation : 0;
     ferry_log(FERRY_LOG_DEBUG, "session.routed", "listener=%s session=%llu cluster=%s backend=%s",
               s->pl->name, (unsigned long long)s->id, s->cluster, s->endpoint);
     uv_timer_start(&s->timer, on_timer, (uint64_t)(s->lcfg->connect_timeout * 1000.0), 0);
@@ -975,6 +1086,37 @@ static void begin_routing(struct px_session *s)
         uv_timer_start(&s->timer, on_timer, (uint64_t)(s->cfg->discovery.hold_timeout * 1000.0), 0);
         ferry_log(FERRY_LOG_DEBUG, "session.held", "listener=%s session=%llu hold_timeout=%g",
                   s->pl->name, (unsigned long long)s->id, s->cfg->discovery.hold_timeout);
+    }
+}
+
+/* A new topology: PostgreSQL sessions routed under an older writer
+ * generation must not send anything more to it. Idle ones are closed now
+ * with an error that pools treat as "reconnect"; ones inside a transaction
+ * are closed when the transaction ends or at their next statement. (Moving
+ * them without an error needs ferry-terminated authentication.) */
+void px_session_topology_changed(struct px_worker *w)
+{
+    struct ferry_list *it = w->sessions.next;
+    while (it != &w->sessions) {
+        struct px_session *s = ferry_container_of(it, struct px_session, link);
+        it = it->next;
+        if (!s->pg || !s->lcfg->probe_enabled || !s->connected || s->closing || s->failing ||
+            s->stale)
+            continue;
+        const struct ferry_topology_listener *t = ferry_topology_find(w->topology, s->lcfg->name);
+        if (t && t->generation == s->topo_gen)
+            continue;
+        s->stale = true;
+        ferry_log(FERRY_LOG_INFO, "session.writer_moved", "listener=%s session=%llu from=%s state=%s",
+                  s->pl->name, (unsigned long long)s->id, s->cluster,
+                  s->txn == 'I' && !s->inflight ? "idle" : "busy");
+        if (s->txn == 'I' && !s->inflight) {
+            char text[256];
+            writer_moved_text(s, text, sizeof text, false);
+            uv_read_stop((uv_stream_t *)&s->server.tcp);
+            s->server.reading = false;
+            session_fail(s, PX_ERR_WRITER_MOVED, text);
+        }
     }
 }
 

@@ -172,6 +172,7 @@ static void on_wakeup(uv_async_t *h)
             ferry_topology_unref(w->topology);
             w->topology = m->topology;
             m->topology = NULL;
+            px_session_topology_changed(w);
             px_session_release_held(w);
         } else if (m->type == PX_MSG_DESCRIBE) {
             px_session_describe_all(w, m->collector);

@@ -408,6 +408,8 @@ void pg_build_error(struct ferry_wbuf *b, const char *severity, const char *sqls
     msg_end(b, at);
 }
 
+void pg_build_command_complete(struct ferry_wbuf *b, const char *tag) { build_cstr(b, 'C', tag); }
+
 void pg_build_ready(struct ferry_wbuf *b, char status)
 {
     uint8_t s = (uint8_t)status;

@@ -177,6 +177,7 @@ int pg_decode_sasl_initial(const uint8_t *body, size_t n, struct pg_sasl_initial
 void pg_build_error(struct ferry_wbuf *b, const char *severity, const char *sqlstate,
                     const char *message);
 void pg_build_ready(struct ferry_wbuf *b, char status);
+void pg_build_command_complete(struct ferry_wbuf *b, const char *tag);
 void pg_build_parameter_status(struct ferry_wbuf *b, const char *name, const char *value);
 void pg_build_backend_key(struct ferry_wbuf *b, uint32_t pid, uint32_t key);
 void pg_build_auth_ok(struct ferry_wbuf *b);
