@@ -93,6 +93,7 @@ static void post_config(struct ferry_config *cfg, struct px_listener **pls)
         m->type = PX_MSG_CONFIG;
         m->cfg = ferry_config_ref(cfg);
         m->listeners = refs;
+        m->nlisteners = cfg->nlisteners;
         px_worker_post(&px_proc.workers[w], m);
     }
 }

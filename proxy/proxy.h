@@ -74,7 +74,8 @@ enum px_msg_type {
 struct px_msg {
     enum px_msg_type type;
     struct ferry_config *cfg;       /* owned ref (CONFIG) */
-    struct px_listener **listeners; /* owned refs, cfg->nlisteners entries, cfg order (CONFIG) */
+    struct px_listener **listeners; /* owned refs, cfg order (CONFIG) */
+    size_t nlisteners;              /* entries in listeners */
     struct ferry_topology *topology;/* owned ref (TOPOLOGY) */
     struct px_collector *collector; /* owned ref (DESCRIBE) */
     struct px_msg *next;

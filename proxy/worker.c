@@ -140,34 +140,33 @@ void px_worker_session_ended(struct px_worker *w)
 
 static void free_msg(struct px_msg *m)
 {
-    if (m->listeners) {
-        for (size_t i = 0; m->cfg && i < m->cfg->nlisteners; i++)
-            px_listener_unref(m->listeners[i]);
-        free(m->listeners);
-    }
+    for (size_t i = 0; i < m->nlisteners; i++)
+        px_listener_unref(m->listeners[i]);
+    free(m->listeners);
     ferry_config_unref(m->cfg);
     ferry_topology_unref(m->topology);
     px_collector_unref(m->collector);
     free(m);
 }
 
-static void on_wakeup(uv_async_t *h)
+/* Takes the whole inbox (sends coalesce: drain everything each time). */
+static struct px_msg *take_inbox(struct px_worker *w)
 {
-    struct px_worker *w = h->data;
     pthread_mutex_lock(&w->lock);
     struct px_msg *m = w->inbox;
     w->inbox = NULL;
     pthread_mutex_unlock(&w->lock);
+    return m;
+}
+
+static void on_wakeup(uv_async_t *h)
+{
+    struct px_worker *w = h->data;
+    struct px_msg *m = take_inbox(w);
     while (m) {
         struct px_msg *next = m->next;
         if (m->type == PX_MSG_CONFIG) {
-            /* the listener refs stay with the message until freed; cfg moves */
-            size_t n = m->cfg->nlisteners;
-            apply_config(w, m);
-            for (size_t i = 0; i < n; i++)
-                px_listener_unref(m->listeners[i]);
-            free(m->listeners);
-            m->listeners = NULL;
+            apply_config(w, m);     /* takes m->cfg; the listener refs go with m */
         } else if (m->type == PX_MSG_TOPOLOGY) {
             ferry_topology_unref(w->topology);
             w->topology = m->topology;
@@ -196,10 +195,7 @@ static void *worker_main(void *arg)
     uv_run(&w->loop, UV_RUN_DEFAULT);
     __atomic_store_n(&w->finished, 1, __ATOMIC_RELEASE);
     /* Everything is closed by now; drop what is left in the inbox. */
-    pthread_mutex_lock(&w->lock);
-    struct px_msg *m = w->inbox;
-    w->inbox = NULL;
-    pthread_mutex_unlock(&w->lock);
+    struct px_msg *m = take_inbox(w);
     while (m) {
         struct px_msg *next = m->next;
         free_msg(m);

@@ -56,7 +56,7 @@ class Demo:
             listener("mysql", "mysql", [cluster("region-a", self.my.primary),
                                         cluster("region-b", self.my.replica)],
                      probe={"user": mariadb.TEST_USER, "password": mariadb.TEST_PASSWORD}),
-            log_level="info", discovery={"probe_interval": 0.5})
+            log_level="info", discovery={"probe_interval": 0.5, "probe_timeout": 3})
         banner(f"starting ferry ({harness.ferry_bin()})")
         self.ferry = harness.Ferry(config, proc.make_tempdir("ferry-demo-")).start()
         print(json.dumps(config, indent=2))

@@ -41,6 +41,20 @@ def mariadb_pair():
         pair.stop()
 
 
+@pytest.fixture
+def own_pg():
+    """A PostgreSQL pair of the test's own, for tests that promote or stop servers."""
+    with harness.PgPair() as pair:
+        yield pair
+
+
+@pytest.fixture
+def own_mariadb():
+    """A MariaDB pair of the test's own, for tests that switch roles."""
+    with harness.MariaDBPair() as pair:
+        yield pair
+
+
 @pytest.fixture(scope="session")
 def ferry_bin():
     """Path of the ferry binary; errors (not skips) when it is missing."""

@@ -51,18 +51,6 @@ def pg_port_via(ferry):
     return harness.pg.run_query(pg_dsn(ferry), "SELECT inet_server_port()")[0][0]
 
 
-@pytest.fixture
-def own_pg():
-    with harness.PgPair() as pair:
-        yield pair
-
-
-@pytest.fixture
-def own_mariadb():
-    with harness.MariaDBPair() as pair:
-        yield pair
-
-
 def test_pg_follows_promotion_and_holds_in_between(ferry_factory, own_pg):
     ferry = ferry_factory(make_config(pg_discovered(own_pg), workers=2, discovery=FAST))
     wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a as writer")

@@ -41,12 +41,6 @@ def aws_env(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", STATIC_SECRET)
 
 
-@pytest.fixture
-def own_pg():
-    with harness.PgPair() as pair:
-        yield pair
-
-
 def test_aws_settles_split_brain(ferry_factory, own_pg, fake_aws, aws_env):
     # Both clusters writable: the replica was promoted, the old primary never demoted.
     own_pg.replica.promote()

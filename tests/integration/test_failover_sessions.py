@@ -21,12 +21,6 @@ from test_ops import ctl
 from harness import make_config
 
 
-@pytest.fixture
-def own_pg():
-    with harness.PgPair() as pair:
-        yield pair
-
-
 def start(ferry_factory, pair):
     ferry = ferry_factory(make_config(pg_discovered(pair), workers=2, discovery=FAST))
     wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a as writer")
