@@ -78,6 +78,8 @@ struct px_session {
     char endpoint[FERRY_HOST_MAX + 16];     /* backend address, for logs */
     char cluster[FERRY_NAME_MAX];           /* backend cluster name, for logs */
     char peer[64];                          /* client address "ip:port" */
+    char user[FERRY_NAME_MAX];              /* PG: from the StartupMessage ("" if unknown) */
+    char database[FERRY_NAME_MAX];
     uint64_t created_ms;
     uint64_t bytes_from_client;
     uint64_t bytes_from_server;
@@ -525,6 +527,15 @@ static void forward_cancel(struct px_session *s, uint32_t pid, uint32_t key)
 
 static void begin_routing(struct px_session *s);
 
+/* For display only: a NUL-terminated, truncated copy. */
+static void copy_slice(char *out, size_t len, struct ferry_slice v)
+{
+    size_t n = v.p ? (v.len < len - 1 ? v.len : len - 1) : 0;
+    if (n)
+        memcpy(out, v.p, n);
+    out[n] = '\0';
+}
+
 static void startup_stop(struct px_session *s)
 {
     uv_read_stop((uv_stream_t *)&s->client.tcp);
@@ -578,6 +589,8 @@ static void startup_advance(struct px_session *s)
         }
         s->startup_msg = s->startup_off;
         s->startup_off += (size_t)rc;
+        copy_slice(s->user, sizeof s->user, st.user);
+        copy_slice(s->database, sizeof s->database, st.database.p ? st.database : st.user);
         begin_routing(s);
         return;
     }
@@ -969,8 +982,13 @@ void px_session_describe_all(struct px_worker *w, struct px_collector *c)
             "age_seconds", (double)(now - s->created_ms) / 1000.0,
             "bytes_from_client", (json_int_t)s->bytes_from_client,
             "bytes_from_server", (json_int_t)s->bytes_from_server, "worker", (int)w->index));
+        json_t *last = json_array_get(c->sessions, json_array_size(c->sessions) - 1);
+        if (s->pg && s->user[0]) {
+            json_object_set_new(last, "user", json_string(s->user));
+            json_object_set_new(last, "database", json_string(s->database));
+        }
         if (s->pg)
-            json_object_set_new(json_array_get(c->sessions, json_array_size(c->sessions) - 1),
+            json_object_set_new(last,
                                 "transaction", s->txn == 'I'   ? json_string("idle")
                                                : s->txn == 'T' ? json_string("in_transaction")
                                                : s->txn == 'E' ? json_string("failed")

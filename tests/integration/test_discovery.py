@@ -240,3 +240,23 @@ def test_planned_switchover_endpoint(ferry_factory, own_pg):
     # the old writer is fenced: it stays out even though it is writable
     a = [c for c in discovery_of(ferry, "pg")["clusters"] if c["name"] == "region-a"][0]
     assert a["state"] == "writable" and a["fenced"] is True
+
+
+def test_network_partition_drops_the_writer_and_heals(ferry_factory, pg_pair):
+    """A partition is not a refusal: probes hang until their deadline. The
+    writer is dropped after writer_down_after of them and, since nobody else
+    took over, resumes when the network heals."""
+    with harness.NetCut(pg_pair.primary.host, pg_pair.primary.port) as net:
+        lst = listener("pg", "postgresql", [cluster("region-a", f"127.0.0.1:{net.port}"),
+                                            cluster("region-b", pg_pair.replica)],
+                       probe={"user": "ferry_test", "password": "ferry_pw"})
+        ferry = ferry_factory(make_config(lst, workers=1, discovery=dict(
+            FAST, probe_timeout=0.5, hold_timeout=30)))
+        wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a")
+        net.cut()
+        wait_for(lambda: writer_of(ferry, "pg") is None, timeout=15, what="the partitioned writer dropped")
+        a = discovery_of(ferry, "pg")["clusters"][0]
+        assert a["state"] == "unreachable" and "timed out after 0.5s" in a["detail"]
+        net.restore()
+        wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=15, what="region-a back")
+        assert pg_port_via(ferry) == pg_pair.primary.port

@@ -229,6 +229,7 @@ def test_sessions_list_and_paging(ferry_factory, pg_pair, mariadb_pair):
     assert code == 200 and doc["total"] == 2 and doc["offset"] == 0
     s0 = doc["sessions"][0]
     assert s0["listener"] == "pg" and s0["state"] == "active" and s0["cluster"] == "region-a"
+    assert s0["user"] == "ferry_test" and s0["database"] == "app"
     assert s0["backend"] == f"127.0.0.1:{pg_pair.primary.port}"
     assert s0["client"].startswith("127.0.0.1:") and s0["bytes_from_server"] > 0
     assert doc["sessions"][0]["id"] < doc["sessions"][1]["id"]

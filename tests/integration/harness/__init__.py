@@ -9,10 +9,11 @@ bounded; see proc.py for how.
 
 from .ferry import Ferry, check, cluster, ferry_bin, listener, make_config, require_binary
 from .mariadb import MariaDBPair, MariaDBServer
+from .netcut import NetCut
 from .pg import PgPair, PgServer
 from .ports import free_port
 from .proc import HarnessError
 
 __all__ = ["Ferry", "check", "cluster", "ferry_bin", "listener", "make_config",
-           "require_binary", "MariaDBPair", "MariaDBServer", "PgPair", "PgServer",
+           "require_binary", "MariaDBPair", "MariaDBServer", "NetCut", "PgPair", "PgServer",
            "free_port", "HarnessError"]
