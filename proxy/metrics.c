@@ -52,6 +52,8 @@ static void listener_metrics(FILE *f)
         {"ferry_clients_held", "gauge", "Clients waiting for a writer."},
         {"ferry_errors_total", "counter", "Errors ferry reported to clients, by class."},
         {"ferry_received_bytes_total", "counter", "Bytes received, by side (client or server)."},
+        {"ferry_queries_total", "counter", "PostgreSQL query cycles completed (ReadyForQuery)."},
+        {"ferry_transactions_total", "counter", "PostgreSQL transaction blocks ended."},
     };
     /* px_counters is cache-line aligned: calloc does not promise that */
     size_t bytes = (px_proc.nlisteners ? px_proc.nlisteners : 1) * sizeof(struct px_counters);
@@ -92,6 +94,14 @@ static void listener_metrics(FILE *f)
                            "ferry_received_bytes_total{listener=\"%s\",side=\"server\"} %llu\n",
                         l, (unsigned long long)c->bytes_from_clients, l,
                         (unsigned long long)c->bytes_from_servers);
+                break;
+            case 5:
+                fprintf(f, "ferry_queries_total{listener=\"%s\"} %llu\n", l,
+                        (unsigned long long)c->queries);
+                break;
+            case 6:
+                fprintf(f, "ferry_transactions_total{listener=\"%s\"} %llu\n", l,
+                        (unsigned long long)c->transactions);
                 break;
             }
         }

@@ -30,6 +30,8 @@ struct px_counters {
     uint64_t bytes_from_clients;
     uint64_t bytes_from_servers;
     uint64_t held;                  /* clients waiting for a writer now */
+    uint64_t queries;               /* PG: ReadyForQuery seen (one per query cycle) */
+    uint64_t transactions;          /* PG: transaction blocks ended (T/E -> I) */
     uint64_t hold_timeouts;         /* clients that gave up waiting (got an error) */
 } __attribute__((aligned(64)));
 

@@ -651,6 +651,9 @@ static void on_server_message(void *ud, uint8_t type, const uint8_t *body, uint3
 {
     struct px_session *s = ud;
     if (type == 'Z' && len == 1) {
+        PX_STAT_ADD(session_stats(s)->queries, 1);
+        if ((s->txn == 'T' || s->txn == 'E') && body[0] == 'I')
+            PX_STAT_ADD(session_stats(s)->transactions, 1);
         s->txn = (char)body[0];
         s->inflight = false;
         if (s->stale && s->txn == 'I')

@@ -81,8 +81,17 @@ def test_metrics_parse_and_move_with_traffic(ferry_factory, pg_pair, mariadb_pai
     before = parse_metrics(text)
     assert metric(before, "ferry_client_connections_total", listener="pg", outcome="accepted") == 0
     harness.pg.run_query(pg_dsn(ferry), "SELECT 1")
+    conn = harness.pg.connect(pg_dsn(ferry))
+    conn.autocommit = False
+    for _ in range(3):                      # three transaction blocks
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        conn.commit()
+    conn.close()
     after = parse_metrics(ferry.http_get("/metrics")[1])
-    assert metric(after, "ferry_client_connections_total", listener="pg", outcome="accepted") == 1
+    assert metric(after, "ferry_transactions_total", listener="pg") == 3
+    assert metric(after, "ferry_queries_total", listener="pg") >= 1 + 2 * 3
+    assert metric(after, "ferry_client_connections_total", listener="pg", outcome="accepted") == 2
     assert metric(after, "ferry_received_bytes_total", listener="pg", side="server") > 0
     assert metric(after, "ferry_config_generation") == 1
     assert metric(after, "ferry_workers") == 2
