@@ -77,10 +77,14 @@ static bool is_ready(const char **why)
      * one appears (the failover window). Going unready then would make
      * Kubernetes drop the very clients ferry is holding, so readiness only
      * waits for discovery's first decision. */
-    if (px_proc.discovery && !px_proc.topology) {
-        *why = "discovery has not finished its first probe round";
-        return false;
-    }
+    /* Decided from the config, not from px_proc.discovery: at start-up the
+     * workers may be listening a moment before discovery is even running. */
+    for (size_t i = 0; i < px_proc.cfg->nlisteners; i++)
+        if (px_proc.cfg->listeners[i].probe_enabled &&
+            !ferry_topology_find(px_proc.topology, px_proc.cfg->listeners[i].name)) {
+            *why = "discovery has not finished its first probe round";
+            return false;
+        }
     return true;
 }
 

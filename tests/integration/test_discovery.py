@@ -4,6 +4,7 @@ new clients while there is no writer, and explains every change in
 /v1/status and its log."""
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -260,3 +261,23 @@ def test_network_partition_drops_the_writer_and_heals(ferry_factory, pg_pair):
         net.restore()
         wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=15, what="region-a back")
         assert pg_port_via(ferry) == pg_pair.primary.port
+
+
+def test_not_ready_until_discovery_has_decided(ferry_factory, pg_pair):
+    """Readiness waits for the first decision (a blackholed cluster makes the
+    first round last a whole probe deadline), then turns 200 even though the
+    decision is "no writer": ferry holds clients rather than refusing them."""
+    with harness.NetCut(pg_pair.primary.host, pg_pair.primary.port) as net:
+        net.cut()
+        lst = listener("pg", "postgresql", [cluster("region-a", f"127.0.0.1:{net.port}")],
+                       probe={"user": "ferry_test", "password": "ferry_pw"})
+        ferry = ferry_factory(make_config(lst, workers=1, discovery=dict(FAST, probe_timeout=3)),
+                              start=False)
+        ferry.proc = harness.proc.Proc([harness.require_binary(), "run", "-c", ferry.config_path],
+                                       ferry.log_path, env=dict(os.environ))
+        wait_for(lambda: "event=listener.ready" in ferry.log_text(), timeout=10,
+                 what="ferry to start listening")
+        code, body = ferry.http_get("/readyz")
+        assert (code, body) == (503, "not ready: discovery has not finished its first probe round\n")
+        wait_for(lambda: ferry.http_get("/readyz")[0] == 200, timeout=15, what="readiness")
+        assert writer_of(ferry, "pg") is None
