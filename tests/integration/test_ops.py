@@ -61,17 +61,22 @@ def metric(samples, name, **labels):
     raise KeyError(f"{name}{{{want}}}")
 
 
-def post(ferry, path, token=None):
+def post(ferry, path, token=None, body=b""):
+    """POST to the admin endpoint; (status, parsed JSON or text). A dict body
+    is sent as JSON."""
     host, port = ferry.admin_addr()
-    req = urllib.request.Request(f"http://{host}:{port}{path}", method="POST", data=b"")
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    req = urllib.request.Request(f"http://{host}:{port}{path}", method="POST", data=data)
+    if data:
+        req.add_header("Content-Type", "application/json")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=40) as r:
+        with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        body = e.read()
-        return e.code, (json.loads(body) if body.startswith(b"{") else body.decode())
+        reply = e.read()
+        return e.code, (json.loads(reply) if reply.startswith(b"{") else reply.decode())
 
 
 def test_metrics_parse_and_move_with_traffic(ferry_factory, pg_pair, mariadb_pair):
@@ -215,17 +220,8 @@ def test_json_logs(ferry_factory, pg_pair):
 
 
 def post_json(ferry, path, payload, token=None):
-    host, port = ferry.admin_addr()
-    req = urllib.request.Request(f"http://{host}:{port}{path}", method="POST",
-                                 data=json.dumps(payload).encode() if payload is not None else b"{")
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    """POST a JSON document (None sends a truncated one)."""
+    return post(ferry, path, token, payload if payload is not None else b"{")
 
 
 def test_sessions_list_and_paging(ferry_factory, pg_pair, mariadb_pair):

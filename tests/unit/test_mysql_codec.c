@@ -14,6 +14,7 @@
 
 #include "codec.h"
 #include "test_support.h"
+#include "guard.h"
 #include "unit.h"
 
 enum kind { HANDSHAKE, RESPONSE, OK, ERR, EOF_, PREPARE_OK, AUTH_SWITCH, MORE_DATA, CHANGE_USER,
@@ -365,16 +366,16 @@ static void render(struct text *t, const struct row *r, const uint8_t *p, size_t
     }
 }
 
-static struct my_guard guard;
+static struct test_guard guard;
 
 /* Every prefix of the packet is FERRY_NEED_MORE; the whole is one packet. */
 static int check_framing(const uint8_t *pkt, size_t len, struct ferry_slice *payload)
 {
     struct my_header h;
     for (size_t k = 0; k < len; k++)
-        if (my_packet_decode(my_guard_place(&guard, pkt, k), k, &h, payload) != FERRY_NEED_MORE)
+        if (my_packet_decode(test_guard_place(&guard, pkt, k), k, &h, payload) != FERRY_NEED_MORE)
             return -1;
-    return my_packet_decode(my_guard_place(&guard, pkt, len), len, &h, payload) == (int)len ? 0 : -1;
+    return my_packet_decode(test_guard_place(&guard, pkt, len), len, &h, payload) == (int)len ? 0 : -1;
 }
 
 static void test_packet_table(void)
@@ -391,7 +392,7 @@ static void test_packet_table(void)
             failures++;
             continue;
         }
-        uint8_t *p = my_guard_place(&guard, pkt + MY_HDR_LEN, len - MY_HDR_LEN);
+        uint8_t *p = test_guard_place(&guard, pkt + MY_HDR_LEN, len - MY_HDR_LEN);
         struct text t = {{0}, 0};
         render(&t, r, p, len - MY_HDR_LEN);
         if (strcmp(t.buf, r->want) != 0) {
@@ -431,7 +432,7 @@ static void test_lenenc(void)
         size_t n = my_test_unhex(cases[i].hex, b, sizeof b);
         uint64_t v;
         bool is_null;
-        int rc = my_lenenc_decode(my_guard_place(&guard, b, n), n, &v, &is_null);
+        int rc = my_lenenc_decode(test_guard_place(&guard, b, n), n, &v, &is_null);
         ASSERT_EQ_INT(rc, cases[i].rc);
         if (rc > 0) {
             ASSERT_TRUE(v == cases[i].v);
@@ -445,14 +446,14 @@ static void test_lenenc_str_and_round_trip(void)
     struct ferry_slice s;
     bool is_null;
     uint8_t b[] = {0x03, 'a', 'b', 'c', 0xfb, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-    ASSERT_EQ_INT(my_lenenc_str_decode(my_guard_place(&guard, b, 4), 4, &s, &is_null), 4);
+    ASSERT_EQ_INT(my_lenenc_str_decode(test_guard_place(&guard, b, 4), 4, &s, &is_null), 4);
     ASSERT_TRUE(s.len == 3 && memcmp(s.p, "abc", 3) == 0 && !is_null);
-    ASSERT_EQ_INT(my_lenenc_str_decode(my_guard_place(&guard, b, 3), 3, &s, &is_null),
+    ASSERT_EQ_INT(my_lenenc_str_decode(test_guard_place(&guard, b, 3), 3, &s, &is_null),
                   FERRY_NEED_MORE);
-    ASSERT_EQ_INT(my_lenenc_str_decode(my_guard_place(&guard, b + 4, 1), 1, &s, &is_null), 1);
+    ASSERT_EQ_INT(my_lenenc_str_decode(test_guard_place(&guard, b + 4, 1), 1, &s, &is_null), 1);
     ASSERT_TRUE(is_null && s.len == 0);
     /* A string claiming 2^64-1 bytes can never arrive: rejected, not waited for. */
-    ASSERT_EQ_INT(my_lenenc_str_decode(my_guard_place(&guard, b + 5, 9), 9, &s, &is_null),
+    ASSERT_EQ_INT(my_lenenc_str_decode(test_guard_place(&guard, b + 5, 9), 9, &s, &is_null),
                   FERRY_BAD_MSG);
 
     static const uint64_t values[] = {0, 250, 251, 0xFFFF, 0x10000, 0xFFFFFF, 0x1000000,
@@ -752,7 +753,7 @@ static void test_kill(void)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t n = strlen(cases[i].sql);
         uint64_t id = 99;
-        enum my_kill_kind k = my_kill_parse(my_guard_place(&guard, cases[i].sql, n), n, &id);
+        enum my_kill_kind k = my_kill_parse(test_guard_place(&guard, cases[i].sql, n), n, &id);
         if (k != cases[i].kind || id != cases[i].id)
             fprintf(stderr, "  sql: %s\n", cases[i].sql);
         ASSERT_EQ_INT(k, cases[i].kind);
@@ -762,7 +763,7 @@ static void test_kill(void)
 
 int main(void)
 {
-    if (my_guard_init(&guard, 1 << 16) < 0)
+    if (test_guard_init(&guard, 1 << 16) < 0)
         return 2;
     RUN(test_packet_table);
     RUN(test_lenenc);
@@ -775,6 +776,6 @@ int main(void)
     RUN(test_commands);
     RUN(test_caps_policy);
     RUN(test_kill);
-    my_guard_free(&guard);
+    test_guard_free(&guard);
     UNIT_DONE();
 }

@@ -8,35 +8,18 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "guard.h"
 #include "pg/codec.h"
 #include "unit.h"
 
 /* ---- guard page ----------------------------------------------------------- */
 
-#define GUARD_DATA_PAGES 4
-static uint8_t *guard_area;     /* owned (mmap): data pages then one PROT_NONE page */
-static size_t guard_data_len;
-
-static void guard_setup(void)
-{
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    guard_data_len = page * GUARD_DATA_PAGES;
-    guard_area = mmap(NULL, guard_data_len + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (guard_area == MAP_FAILED || mprotect(guard_area + guard_data_len, page, PROT_NONE) != 0) {
-        perror("guard page");
-        exit(2);
-    }
-}
+static struct test_guard guard;     /* 16 KiB of data, then the PROT_NONE page */
 
 /* Copies n bytes so that they end right before the guard page. */
 static const uint8_t *at_guard(const void *src, size_t n)
 {
-    if (n > guard_data_len)
-        abort();
-    uint8_t *dst = guard_area + guard_data_len - n;
-    if (n)
-        memcpy(dst, src, n);
-    return dst;
+    return test_guard_place(&guard, src, n);
 }
 
 /* ---- rendering decoded fields ------------------------------------------------ */
@@ -535,7 +518,10 @@ static void test_build_sticky_failure(void)
 
 int main(void)
 {
-    guard_setup();
+    if (test_guard_init(&guard, 16384) != 0) {
+        perror("guard page");
+        return 2;
+    }
     RUN(test_startup_table);
     RUN(test_startup_limits);
     RUN(test_frame_table);
