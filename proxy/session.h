@@ -1,0 +1,158 @@
+/* The session: one client connection, its backend connection and the relay
+ * between them (session.c), plus what each protocol adds on top of the byte
+ * relay (session_pg.c, session_mysql.c) through a small table of hooks.
+ *
+ * session.c owns the life cycle (accept, routing and holding, backend
+ * connect, relay with backpressure, teardown); a protocol module only looks
+ * at bytes as they pass, answers for the server where ferry must, and says
+ * what happens to its sessions when the writer moves. A listener without a
+ * protocol module is a plain byte relay.
+ * Thread: everything here runs on the session's worker.
+ */
+#ifndef FERRY_SESSION_H
+#define FERRY_SESSION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <jansson.h>
+
+#include "ferry/log.h"
+#include "pg/stream.h"
+#include "proxy.h"
+
+struct px_session;
+
+/* One side of a session. */
+struct px_conn {
+    uv_tcp_t tcp;
+    struct px_session *owner;
+    struct px_conn *peer;
+    uv_shutdown_t shutdown_req;
+    size_t queued;              /* bytes written to this side, not yet completed */
+    bool open;                  /* tcp initialised: must be closed */
+    bool reading;               /* uv_read_start in effect (EALREADY otherwise) */
+    bool paused;                /* stopped for backpressure by the peer's queue */
+    bool eof;                   /* this side sent EOF: nothing more to read */
+    bool shut;                  /* our shutdown of this side completed */
+    const char *name;           /* "client" | "server", for logs */
+};
+
+/* What a protocol adds to the relay. Every hook is optional. */
+struct px_proto {
+    /* Accepted (counted or not): the protocol starts its client phase, or
+     * calls px_session_route() at once. NULL: route at once. */
+    void (*begin)(struct px_session *s);
+    /* Before session_fail's error goes out: true if the protocol keeps it
+     * for later (PostgreSQL waits for the startup packet). */
+    bool (*defer_error)(struct px_session *s, enum px_err kind, const char *text);
+    /* The backend is connected: send what the client phase kept. False:
+     * the session ended. Reading on both sides starts afterwards. */
+    bool (*connected)(struct px_session *s);
+    /* A chunk read from src, before it is relayed. False: do not relay it
+     * (the protocol consumed it or ended the session). */
+    bool (*scan)(struct px_session *s, struct px_conn *src, uint8_t *data, size_t n);
+    /* A chunk from the server was queued to the client. */
+    void (*relayed)(struct px_session *s);
+    /* The server side hit EOF or an error while the session was live:
+     * true when the protocol answered the client (session_fail). */
+    bool (*server_lost)(struct px_session *s);
+    /* The connect/startup timer fired before the session was routed:
+     * true when handled. */
+    bool (*timer)(struct px_session *s);
+    /* The listener's writer moved since s was routed. */
+    void (*writer_moved)(struct px_session *s);
+    /* Adds protocol fields to a /v1/sessions entry. */
+    void (*describe)(const struct px_session *s, json_t *entry);
+    /* Frees protocol state (the session is going away). */
+    void (*free)(struct px_session *s);
+};
+
+extern const struct px_proto px_proto_pg;
+extern const struct px_proto px_proto_mysql;
+
+/* PostgreSQL per-session state (session_pg.c). */
+struct px_pg_session {
+    bool startup_done;                      /* the StartupMessage has been read */
+    struct ferry_wbuf startup;              /* client bytes of the startup phase */
+    size_t startup_off;                     /* parsed up to here */
+    size_t startup_msg;                     /* the StartupMessage starts here */
+    enum px_err fail_kind;                  /* error to send once the startup packet is in */
+    char *fail_text;                        /* owned; that error's text */
+    struct pg_stream scan_c2s, scan_s2c;    /* message scanners, one per direction */
+    char txn;                               /* last ReadyForQuery status: I, T, E; 0 = none yet */
+    bool inflight;                          /* client sent something not yet answered by ReadyForQuery */
+    bool terminating;                       /* client sent Terminate */
+    bool fenced;                            /* stale and cut from the server: ferry answers */
+    bool end_at_idle;                       /* stale: close once the server says idle */
+    uint32_t cancel_pid;                    /* the key pair ferry gave the client; 0 = none */
+};
+
+struct px_session {
+    struct px_worker *owner;
+    struct px_listener *pl;                 /* owned ref: counters, name */
+    struct ferry_config *cfg;               /* owned ref: keeps lcfg alive */
+    const struct ferry_listener_cfg *lcfg;  /* borrowed from cfg */
+    const struct px_proto *proto;           /* the listener's protocol hooks */
+    struct px_conn client;
+    struct px_conn server;
+    uv_timer_t timer;                       /* startup / hold / connect timeout */
+    uv_connect_t connect_req;
+    uv_getaddrinfo_t gai_req;
+    bool gai_pending;
+    bool connected;
+    bool closing;
+    bool counted;                           /* holds a max_client_connections slot */
+    bool held;                              /* waiting for a writer (in owner->held) */
+    bool failing;                           /* an error message is on its way to the client */
+    bool stale;                             /* the writer moved since this session was routed */
+    uint64_t topo_gen;                      /* writer generation the session was routed with */
+    struct sockaddr_storage server_addr;    /* where the backend connection went */
+    int pending_closes;                     /* close callbacks still due */
+    uint64_t id;
+    char endpoint[FERRY_HOST_MAX + 16];     /* backend address, for logs */
+    char cluster[FERRY_NAME_MAX];           /* backend cluster name, for logs */
+    char peer[64];                          /* client address "ip:port" */
+    char user[FERRY_NAME_MAX];              /* from the protocol's login ("" if unknown) */
+    char database[FERRY_NAME_MAX];
+    uint64_t created_ms;
+    uint64_t bytes_from_client;
+    uint64_t bytes_from_server;
+    struct ferry_list link;                 /* in owner->sessions */
+    struct ferry_list held_link;            /* in owner->held while held */
+    union {
+        struct px_pg_session pg;
+        struct px_my_session *my;           /* owned (session_mysql.c) */
+    } u;
+};
+
+/* session.c services for the protocol modules */
+struct px_counters *px_session_stats(struct px_session *s);
+/* Idempotent teardown; frees once every handle has closed. */
+void px_session_close(struct px_session *s, enum ferry_log_level lvl, const char *reason);
+/* Sends one error to the client in the listener's protocol, then closes. */
+void px_session_fail(struct px_session *s, enum px_err kind, const char *text);
+/* The same without the defer_error hook and the log line. */
+void px_session_send_error(struct px_session *s, enum px_err kind, const char *text);
+/* Writes bytes ferry made (taking buf's memory) to conn; close_after: end
+ * the session once written. 0 or a libuv error (buf freed either way). */
+int px_session_write(struct px_session *s, struct px_conn *conn, struct ferry_wbuf *buf,
+                     bool close_after);
+/* Routes the session, or holds it while there is no writer. */
+void px_session_route(struct px_session *s);
+/* (Re)starts the session's one timer; when it fires, the protocol's timer
+ * hook is asked first, then hold / connect timeouts apply. */
+void px_session_arm_timer(struct px_session *s, uint64_t ms);
+/* Stops reading one side (e.g. before ferry answers for the server). */
+void px_conn_stop_reading(struct px_conn *c);
+/* Half-closes the server side: the server sees EOF once queued bytes went. */
+void px_session_shutdown_server(struct px_session *s);
+/* The chunk allocator for reads of a protocol's own client phase. */
+void px_session_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+/* Returns a read buffer from px_session_alloc. */
+void px_session_free_buf(struct px_session *s, const uv_buf_t *buf);
+/* "the writer of listener L moved away from C; ..." */
+void px_session_writer_moved_text(const struct px_session *s, char *out, size_t len, bool in_txn);
+/* Live traffic says the writer may have changed: probe now. */
+void px_session_probe_now(const struct px_session *s);
+
+#endif
