@@ -357,7 +357,7 @@ static enum MHD_Result post_pause(struct MHD_Connection *c, const char *req)
 {
     (void)req;
     px_set_paused(true);
-    return json_result(c, MHD_HTTP_OK, true, "paused: new clients are held until resume");
+    return json_result(c, MHD_HTTP_OK, true, "paused: new clients and new transactions are held until resume");
 }
 
 static enum MHD_Result post_resume(struct MHD_Connection *c, const char *req)

@@ -318,7 +318,7 @@ void px_set_paused(bool paused)
     if (was == (int)paused)
         return;
     ferry_log(FERRY_LOG_INFO, paused ? "ferry.paused" : "ferry.resumed", "%s",
-              paused ? "new clients are held until resume" : "held clients are released");
+              paused ? "new clients and new transactions are held until resume" : "held clients are released");
     if (!paused)
         post_all(PX_MSG_RELEASE);
 }

@@ -147,7 +147,7 @@ struct px_process {
     unsigned nworkers;
     unsigned workers_ready;         /* atomic: workers that applied a config */
     int draining;                   /* atomic */
-    int paused;                     /* atomic: POST /v1/pause; new clients are held */
+    int paused;                     /* atomic: POST /v1/pause; new clients and transactions held */
     uint64_t started_ms;
 };
 

@@ -96,6 +96,8 @@ static void session_free(struct px_session *s)
     }
     px_listener_unref(s->pl);
     ferry_config_unref(s->cfg);
+    if (s->parked)
+        chunk_put(w, s->parked);
     if (s->proto && s->proto->free)
         s->proto->free(s);
     free(s);
@@ -158,6 +160,8 @@ static void on_timer(uv_timer_t *t);
 static void on_shutdown(uv_shutdown_t *req, int status);
 
 static void conn_start_reading(struct px_conn *c);
+static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chunk *ch, size_t n);
+static void park(struct px_session *s, struct px_chunk *ch, size_t n);
 
 void px_session_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
@@ -251,21 +255,34 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         return;
     }
 
-    struct px_chunk *ch = chunk_of(buf->base);
-    if (s->proto && s->proto->scan && !s->proto->scan(s, src, (uint8_t *)ch->data, (size_t)nread)) {
+    relay_chunk(s, src, chunk_of(buf->base), (size_t)nread);
+}
+
+/* Hands one chunk read from src to the protocol, then to the peer. */
+static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chunk *ch, size_t n)
+{
+    struct px_worker *w = s->owner;
+    struct px_conn *dst = src->peer;
+    enum px_scan verdict = s->proto && s->proto->scan
+                               ? s->proto->scan(s, src, (uint8_t *)ch->data, n) : PX_SCAN_RELAY;
+    if (verdict == PX_SCAN_PARK && src == &s->client && !s->parked) {
+        park(s, ch, n);
+        return;
+    }
+    if (verdict != PX_SCAN_RELAY) {
         chunk_put(w, ch);
         return;
     }
     ch->dst = dst;
-    ch->len = (size_t)nread;
+    ch->len = n;
     if (src == &s->client) {
-        PX_STAT_ADD(px_session_stats(s)->bytes_from_clients, nread);
-        s->bytes_from_client += (uint64_t)nread;
+        PX_STAT_ADD(px_session_stats(s)->bytes_from_clients, n);
+        s->bytes_from_client += (uint64_t)n;
     } else {
-        PX_STAT_ADD(px_session_stats(s)->bytes_from_servers, nread);
-        s->bytes_from_server += (uint64_t)nread;
+        PX_STAT_ADD(px_session_stats(s)->bytes_from_servers, n);
+        s->bytes_from_server += (uint64_t)n;
     }
-    uv_buf_t out = uv_buf_init(ch->data, (unsigned)nread);
+    uv_buf_t out = uv_buf_init(ch->data, (unsigned)n);
     int rc = uv_write(&ch->req, (uv_stream_t *)&dst->tcp, &out, 1, on_written);
     if (rc != 0) {
         chunk_put(w, ch);
@@ -274,7 +291,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         px_session_close(s, FERRY_LOG_INFO, reason);
         return;
     }
-    buffered_add(w, dst, nread);
+    buffered_add(w, dst, (ssize_t)n);
     if (src == &s->server && s->proto && s->proto->relayed) {
         s->proto->relayed(s);
         if (s->failing || s->closing)
@@ -282,10 +299,45 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     }
     /* Backpressure: the peer is slow; stop taking more from this side. */
     if (dst->queued >= s->lcfg->session_buffer) {
-        uv_read_stop(stream);
-        src->reading = false;
+        px_conn_stop_reading(src);
         src->paused = true;
     }
+}
+
+/* ---- parking: a session's next request held at a safe point ---- */
+
+static void hold(struct px_session *s)
+{
+    s->held = true;
+    ferry_list_insert_tail(&s->owner->held, &s->held_link);
+    PX_STAT_ADD(px_session_stats(s)->held, 1);
+    px_session_arm_timer(s, (uint64_t)(s->cfg->discovery.hold_timeout * 1000.0));
+}
+
+/* The protocol said the client's next request must wait (pause): keep the
+ * chunk, read nothing more from the client, and wait like a new client
+ * waits for a writer. */
+static void park(struct px_session *s, struct px_chunk *ch, size_t n)
+{
+    ch->len = n;
+    s->parked = ch;
+    px_conn_stop_reading(&s->client);
+    hold(s);
+    ferry_log(FERRY_LOG_DEBUG, "session.parked", "listener=%s session=%llu", s->pl->name,
+              (unsigned long long)s->id);
+}
+
+/* Released: the kept request goes through the protocol again (which may
+ * park it anew), then the client is read again. */
+static void unpark(struct px_session *s)
+{
+    struct px_chunk *ch = s->parked;
+    s->parked = NULL;
+    unhold(s);
+    uv_timer_stop(&s->timer);
+    relay_chunk(s, &s->client, ch, ch->len);
+    if (!s->parked && !s->client.paused)
+        conn_start_reading(&s->client);
 }
 
 void px_conn_stop_reading(struct px_conn *c)
@@ -423,8 +475,12 @@ static void hold_expired(struct px_session *s)
     unhold(s);
     PX_STAT_ADD(px_session_stats(s)->hold_timeouts, 1);
     char text[300];
-    snprintf(text, sizeof text, "no writer for listener %s after waiting %gs", s->pl->name,
-             s->cfg->discovery.hold_timeout);
+    if (px_session_paused())
+        snprintf(text, sizeof text, "listener %s is paused by the operator; gave up after %gs",
+                 s->pl->name, s->cfg->discovery.hold_timeout);
+    else
+        snprintf(text, sizeof text, "no writer for listener %s after waiting %gs", s->pl->name,
+                 s->cfg->discovery.hold_timeout);
     px_session_fail(s, PX_ERR_NO_WRITER, text);
 }
 
@@ -529,7 +585,7 @@ static void start_backend(struct px_session *s, const struct ferry_hostport *ep)
  * writer to route to. */
 static bool route_and_connect(struct px_session *s)
 {
-    if (__atomic_load_n(&px_proc.paused, __ATOMIC_RELAXED))
+    if (px_session_paused())
         return false;   /* POST /v1/pause: hold like a failover window */
     const char *cluster = NULL;
     const struct ferry_hostport *ep = px_route(s->lcfg, s->owner->topology, &cluster);
@@ -696,13 +752,9 @@ void px_session_accept(struct px_accepting *a)
 /* Routes the session, or holds it while there is no writer. */
 void px_session_route(struct px_session *s)
 {
-    struct px_worker *w = s->owner;
     if (!route_and_connect(s)) {
         /* No writer now: wait for one instead of failing (the failover window). */
-        s->held = true;
-        ferry_list_insert_tail(&w->held, &s->held_link);
-        PX_STAT_ADD(px_session_stats(s)->held, 1);
-        uv_timer_start(&s->timer, on_timer, (uint64_t)(s->cfg->discovery.hold_timeout * 1000.0), 0);
+        hold(s);
         ferry_log(FERRY_LOG_DEBUG, "session.held", "listener=%s session=%llu hold_timeout=%g",
                   s->pl->name, (unsigned long long)s->id, s->cfg->discovery.hold_timeout);
     }
@@ -730,12 +782,25 @@ void px_session_topology_changed(struct px_worker *w)
 
 void px_session_release_held(struct px_worker *w)
 {
+    if (px_session_paused())
+        return;     /* nothing may start yet */
     struct ferry_list *it = w->held.next;
     while (it != &w->held) {
         struct px_session *s = ferry_container_of(it, struct px_session, held_link);
         it = it->next;
-        if (s->closing || s->failing || !route_and_connect(s))
+        if (s->closing || s->failing)
+            continue;
+        if (s->parked) {
+            unpark(s);  /* may end or re-park s; `it` was taken before */
+            continue;
+        }
+        if (!route_and_connect(s))
             continue;
         unhold(s);
     }
+}
+
+bool px_session_paused(void)
+{
+    return __atomic_load_n(&px_proc.paused, __ATOMIC_RELAXED) != 0;
 }

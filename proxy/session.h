@@ -37,6 +37,14 @@ struct px_conn {
     const char *name;           /* "client" | "server", for logs */
 };
 
+/* What a protocol's scan hook says about a chunk. */
+enum px_scan {
+    PX_SCAN_RELAY,      /* pass it on */
+    PX_SCAN_DROP,       /* consumed (ferry answered) or the session ended */
+    PX_SCAN_PARK,       /* client chunk at a safe point while paused: keep it, read no
+                           more, and scan it again when released */
+};
+
 /* What a protocol adds to the relay. Every hook is optional. */
 struct px_proto {
     /* Accepted (counted or not): the protocol starts its client phase, or
@@ -48,9 +56,8 @@ struct px_proto {
     /* The backend is connected: send what the client phase kept. False:
      * the session ended. Reading on both sides starts afterwards. */
     bool (*connected)(struct px_session *s);
-    /* A chunk read from src, before it is relayed. False: do not relay it
-     * (the protocol consumed it or ended the session). */
-    bool (*scan)(struct px_session *s, struct px_conn *src, uint8_t *data, size_t n);
+    /* A chunk read from src, before it is relayed. */
+    enum px_scan (*scan)(struct px_session *s, struct px_conn *src, uint8_t *data, size_t n);
     /* A chunk from the server was queued to the client. */
     void (*relayed)(struct px_session *s);
     /* The server side hit EOF or an error while the session was live:
@@ -105,6 +112,7 @@ struct px_session {
     bool held;                              /* waiting for a writer (in owner->held) */
     bool failing;                           /* an error message is on its way to the client */
     bool stale;                             /* the writer moved since this session was routed */
+    struct px_chunk *parked;                /* owned: client request held at a safe point */
     uint64_t topo_gen;                      /* writer generation the session was routed with */
     struct sockaddr_storage server_addr;    /* where the backend connection went */
     int pending_closes;                     /* close callbacks still due */
@@ -137,6 +145,8 @@ void px_session_send_error(struct px_session *s, enum px_err kind, const char *t
  * the session once written. 0 or a libuv error (buf freed either way). */
 int px_session_write(struct px_session *s, struct px_conn *conn, struct ferry_wbuf *buf,
                      bool close_after);
+/* POST /v1/pause is in force: no new transaction may start. */
+bool px_session_paused(void);
 /* Routes the session, or holds it while there is no writer. */
 void px_session_route(struct px_session *s);
 /* (Re)starts the session's one timer; when it fires, the protocol's timer

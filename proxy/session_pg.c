@@ -302,10 +302,14 @@ static void on_stale_message(void *ud, uint8_t type, const uint8_t *body, uint32
 }
 
 /* Checks a chunk's messages before it is relayed. */
-static bool pg_scan(struct px_session *s, struct px_conn *src, uint8_t *data, size_t n)
+static enum px_scan pg_scan(struct px_session *s, struct px_conn *src, uint8_t *data, size_t n)
 {
     struct px_pg_session *p = pgs(s);
     bool from_client = src == &s->client;
+    /* Paused: the next transaction of an idle session waits (like
+     * PgBouncer's PAUSE); one already open runs to its end. */
+    if (from_client && n > 0 && p->txn == 'I' && !p->inflight && !s->stale && px_session_paused())
+        return PX_SCAN_PARK;
     if (from_client && s->stale && n > 0) {
         /* Fencing: nothing more reaches the old writer from this session.
          * ferry answers the client itself (see on_stale_message). */
@@ -318,21 +322,21 @@ static bool pg_scan(struct px_session *s, struct px_conn *src, uint8_t *data, si
         }
         if (pg_stream_feed(&p->scan_c2s, data, n, on_stale_message, s) != 0)
             px_session_fail(s, PX_ERR_PROTOCOL, "invalid message length from the client");
-        return false;
+        return PX_SCAN_DROP;
     }
     if (from_client && n > 0)
         p->inflight = true;
     int rc = from_client ? pg_stream_feed(&p->scan_c2s, data, n, on_client_message, s)
                          : pg_stream_feed(&p->scan_s2c, data, n, on_server_message, s);
     if (rc == 0)
-        return true;
+        return PX_SCAN_RELAY;
     if (from_client) {
         px_conn_stop_reading(&s->server);
         px_session_fail(s, PX_ERR_PROTOCOL, "invalid message length from the client");
     } else {
         px_session_close(s, FERRY_LOG_WARN, "invalid message length from the server");
     }
-    return false;
+    return PX_SCAN_DROP;
 }
 
 /* The transaction finished on the old writer: now close (the error is
@@ -360,7 +364,8 @@ static bool pg_connected(struct px_session *s)
     pg_stream_init(&p->scan_s2c, max, "ZKE");
     /* bytes after the StartupMessage are regular messages: scan them too */
     size_t after = p->startup_off - p->startup_msg;
-    if (out.len > after && !pg_scan(s, &s->client, out.data + after, out.len - after)) {
+    if (out.len > after &&
+        pg_scan(s, &s->client, out.data + after, out.len - after) != PX_SCAN_RELAY) {
         ferry_wbuf_free(&out);
         return false;
     }

@@ -5,6 +5,8 @@ and JSON logs."""
 import json
 import math
 import re
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -169,6 +171,74 @@ def test_pause_holds_new_clients_until_resume(ferry_factory, pg_pair):
     assert ferry.status()["paused"] is False
 
 
+def test_pause_holds_the_next_transaction_of_existing_sessions(ferry_factory, pg_pair):
+    """PgBouncer's PAUSE for sessions already open: an idle session's next
+    statement waits for resume; a transaction already open runs to its end."""
+    import psycopg2
+    ferry = ferry_factory(make_config(pg_listener(pg_pair), workers=1))
+    idle = psycopg2.connect(pg_dsn(ferry))
+    idle.autocommit = True
+    busy = psycopg2.connect(pg_dsn(ferry))
+    busy.autocommit = True
+    with idle.cursor() as cur:      # both sessions are past their startup
+        cur.execute("SELECT 1")
+    with busy.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE t (v int)")
+        cur.execute("BEGIN")
+        cur.execute("INSERT INTO t VALUES (1)")
+
+    assert post(ferry, "/v1/pause")[0] == 200
+    result = {}
+
+    def idle_query():
+        with idle.cursor() as cur:
+            cur.execute("SELECT 42")
+            result["rows"] = cur.fetchall()
+
+    t = threading.Thread(target=idle_query)
+    t.start()
+    wait_for(lambda: listener_status(ferry, "pg")["clients_held"] == 1, timeout=10,
+             what="the idle session's statement to be held")
+    with busy.cursor() as cur:      # the open transaction is not held
+        cur.execute("INSERT INTO t VALUES (2)")
+        cur.execute("COMMIT")
+    time.sleep(0.3)
+    assert t.is_alive() and "rows" not in result
+    sessions = json.loads(ferry.http_get("/v1/sessions")[1])["sessions"]
+    assert sorted(s["state"] for s in sessions) == ["active", "held"]
+
+    assert post(ferry, "/v1/resume")[0] == 200
+    t.join(20)
+    assert result == {"rows": [(42,)]}
+    assert listener_status(ferry, "pg")["clients_held"] == 0
+    with busy.cursor() as cur:      # the next statement after COMMIT ran normally
+        cur.execute("SELECT count(*) FROM t")
+        assert cur.fetchone() == (2,)
+    idle.close()
+    busy.close()
+
+
+def test_a_paused_session_gives_up_after_hold_timeout(ferry_factory, pg_pair):
+    # a raw socket: libpq's PQexec keeps only the last error (its own "server
+    # closed the connection") of a FATAL that ends a session mid-query
+    from test_pg_protocol import error_fields, read_messages, startup_packet
+    ferry = ferry_factory(make_config(pg_listener(pg_pair), workers=1,
+                                      discovery={"hold_timeout": 0.5}))
+    with socket.create_connection(ferry.listener_addr("pg"), timeout=10) as s:
+        s.sendall(startup_packet())
+        assert read_messages(s)[-1][0] == b"Z"
+        assert post(ferry, "/v1/pause")[0] == 200
+        s.sendall(b"Q" + struct.pack("!I", 13) + b"SELECT 1\0")
+        msgs = read_messages(s, until=b"E-never")
+    assert [t for t, _ in msgs] == [b"E"]
+    err = error_fields(msgs[0][1])
+    assert err["S"] == "FATAL" and err["C"] == "57P03"
+    assert err["M"] == "ferry: listener pg is paused by the operator; gave up after 0.5s"
+    assert listener_status(ferry, "pg")["clients_held"] == 0
+    assert post(ferry, "/v1/resume")[0] == 200
+    assert harness.pg.run_query(pg_dsn(ferry), "SELECT 7") == [(7,)]
+
+
 def ctl(*args, env=None):
     return subprocess.run([harness.require_binary(), "ctl", *args], capture_output=True,
                           text=True, timeout=60, stdin=subprocess.DEVNULL, env=env)
@@ -198,7 +268,7 @@ def test_ctl_against_a_running_ferry(ferry_factory, pg_pair, tmp_path):
     assert denied.returncode == 1 and "HTTP 401" in denied.stderr
     ok = ctl("pause", "-c", ferry.config_path)          # admin address and token from the config
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.strip() == "pause: paused: new clients are held until resume"
+    assert ok.stdout.strip() == "pause: paused: new clients and new transactions are held until resume"
     assert ctl("resume", "--admin", url, "--token-file", str(token_file)).returncode == 0
     res = ctl("reload", "-c", ferry.config_path)
     assert res.returncode == 0 and "config generation 2 in force" in res.stdout
