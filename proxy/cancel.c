@@ -81,6 +81,20 @@ bool px_cancel_lookup(uint32_t pid, uint32_t key, struct sockaddr_storage *serve
     return found;
 }
 
+void px_cancel_update(uint32_t pid, const struct sockaddr *server, uint32_t backend_pid,
+                      uint32_t backend_key)
+{
+    pthread_mutex_lock(&table_lock);
+    for (struct cancel_entry *e = *bucket(pid); e; e = e->next)
+        if (e->pid == pid) {
+            memcpy(&e->addr, server, server->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                                   : sizeof(struct sockaddr_in));
+            e->backend_pid = backend_pid;
+            e->backend_key = backend_key;
+        }
+    pthread_mutex_unlock(&table_lock);
+}
+
 void px_cancel_unregister(uint32_t pid)
 {
     pthread_mutex_lock(&table_lock);

@@ -341,6 +341,33 @@ static char *read_secret_file(struct cfg_ctx *c, const char *key, const char *pa
     return out;
 }
 
+/* One of "password", "password_env", "password_file" of object v (at
+ * pkey) into *out (owned; left NULL when none is given). */
+static void parse_secret(struct cfg_ctx *c, json_t *v, const char *pkey, char **out)
+{
+    char key[KEY_MAX];
+    const char *s = NULL;
+    int sources = 0;
+    sources += json_object_get(v, "password") != NULL;
+    sources += json_object_get(v, "password_env") != NULL;
+    sources += json_object_get(v, "password_file") != NULL;
+    if (sources > 1) {
+        cfg_fail(c, pkey, "give only one of password, password_env, password_file");
+        return;
+    }
+    if (get_string(c, v, "password", subkey(key, pkey, ".password"), &s))
+        *out = strdup(s);
+    if (get_string(c, v, "password_env", subkey(key, pkey, ".password_env"), &s)) {
+        const char *val = getenv(s);
+        if (!val)
+            cfg_fail(c, key, "environment variable %s is not set", s);
+        else
+            *out = strdup(val);
+    }
+    if (get_string(c, v, "password_file", subkey(key, pkey, ".password_file"), &s))
+        *out = read_secret_file(c, key, s);
+}
+
 static void parse_probe(struct cfg_ctx *c, json_t *listener, const char *where,
                         struct ferry_listener_cfg *l)
 {
@@ -375,25 +402,109 @@ static void parse_probe(struct cfg_ctx *c, json_t *listener, const char *where,
         else
             strcpy(l->probe_database, s);
     }
-    int sources = 0;
-    sources += json_object_get(v, "password") != NULL;
-    sources += json_object_get(v, "password_env") != NULL;
-    sources += json_object_get(v, "password_file") != NULL;
-    if (sources > 1) {
-        cfg_fail(c, pkey, "give only one of password, password_env, password_file");
+    parse_secret(c, v, pkey, &l->probe_password);
+}
+
+static void parse_user(struct cfg_ctx *c, json_t *v, const char *ukey, struct ferry_user_cfg *u)
+{
+    static const char *const keys[] = {"name", "method", "password", "password_env",
+                                       "password_file", "scram_verifier", NULL};
+    char key[KEY_MAX];
+    const char *s = NULL;
+    if (!json_is_object(v)) {
+        cfg_fail(c, ukey, "expected an object, got %s", json_type_name(v));
         return;
     }
-    if (get_string(c, v, "password", subkey(key, pkey, ".password"), &s))
-        l->probe_password = strdup(s);
-    if (get_string(c, v, "password_env", subkey(key, pkey, ".password_env"), &s)) {
-        const char *val = getenv(s);
-        if (!val)
-            cfg_fail(c, key, "environment variable %s is not set", s);
-        else
-            l->probe_password = strdup(val);
+    check_keys(c, ukey, v, keys);
+    if (!get_string(c, v, "name", subkey(key, ukey, ".name"), &s)) {
+        if (!c->failed)
+            cfg_fail(c, key, "required key is missing");
+        return;
     }
-    if (get_string(c, v, "password_file", subkey(key, pkey, ".password_file"), &s))
-        l->probe_password = read_secret_file(c, key, s);
+    if (strlen(s) == 0 || strlen(s) >= FERRY_NAME_MAX) {
+        cfg_fail(c, key, "must be 1-63 bytes");
+        return;
+    }
+    strcpy(u->name, s);
+    u->method = FERRY_AUTH_SCRAM;
+    if (get_string(c, v, "method", subkey(key, ukey, ".method"), &s)) {
+        if (strcmp(s, "scram-sha-256") == 0)
+            u->method = FERRY_AUTH_SCRAM;
+        else if (strcmp(s, "md5") == 0)
+            u->method = FERRY_AUTH_MD5;
+        else if (strcmp(s, "trust") == 0)
+            u->method = FERRY_AUTH_TRUST;
+        else
+            cfg_fail(c, key, "\"%s\" is not one of scram-sha-256, md5, trust", s);
+    }
+    parse_secret(c, v, ukey, &u->password);
+    if (!c->failed && !u->password)
+        cfg_fail(c, ukey, "needs the user's backend password (password, password_env or password_file)");
+    if (get_string(c, v, "scram_verifier", subkey(key, ukey, ".scram_verifier"), &s)) {
+        if (strncmp(s, "SCRAM-SHA-256$", 14) != 0)
+            cfg_fail(c, key, "expected \"SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>\"");
+        else
+            u->scram_verifier = strdup(s);
+    }
+}
+
+/* "auth": {"mode": "passthrough" | "terminated", "users": [...]} */
+static void parse_auth(struct cfg_ctx *c, json_t *listener, const char *where,
+                       struct ferry_listener_cfg *l)
+{
+    static const char *const keys[] = {"mode", "users", NULL};
+    char key[KEY_MAX], akey[KEY_MAX];
+    json_t *v = json_object_get(listener, "auth");
+    if (!v || c->failed)
+        return;
+    subkey(akey, where, ".auth");
+    if (!json_is_object(v)) {
+        cfg_fail(c, akey, "expected an object, got %s", json_type_name(v));
+        return;
+    }
+    check_keys(c, akey, v, keys);
+    const char *mode = "passthrough";
+    get_string(c, v, "mode", subkey(key, akey, ".mode"), &mode);
+    if (strcmp(mode, "terminated") == 0)
+        l->auth_terminated = true;
+    else if (strcmp(mode, "passthrough") != 0)
+        cfg_fail(c, key, "\"%s\" is not one of passthrough, terminated", mode);
+    if (c->failed)
+        return;
+    if (l->auth_terminated && l->protocol != FERRY_PROTO_POSTGRESQL) {
+        cfg_fail(c, key, "terminated authentication is not implemented for mysql listeners yet");
+        return;
+    }
+    json_t *users = json_object_get(v, "users");
+    subkey(key, akey, ".users");
+    if (!users) {
+        if (l->auth_terminated)
+            cfg_fail(c, key, "required key is missing (terminated mode checks clients against it)");
+        return;
+    }
+    if (!json_is_array(users) || json_array_size(users) == 0) {
+        cfg_fail(c, key, "expected a non-empty array, got %s", json_type_name(users));
+        return;
+    }
+    l->users = calloc(json_array_size(users), sizeof *l->users);
+    if (!l->users) {
+        cfg_fail(c, key, "out of memory");
+        return;
+    }
+    size_t i;
+    json_t *u;
+    json_array_foreach(users, i, u) {
+        char ukey[KEY_MAX];
+        subkey_index(ukey, akey, ".users", i);
+        parse_user(c, u, ukey, &l->users[l->nusers++]);
+        if (c->failed)
+            return;
+        for (size_t j = 0; j + 1 < l->nusers; j++)
+            if (strcmp(l->users[j].name, l->users[i].name) == 0) {
+                cfg_fail(c, ukey, "user \"%s\" is listed twice", l->users[i].name);
+                return;
+            }
+    }
 }
 
 static void parse_discovery(struct cfg_ctx *c, json_t *root, struct ferry_discovery_cfg *d)
@@ -477,7 +588,7 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
 {
     static const char *const keys[] = {"name", "protocol", "bind", "max_client_connections",
                                        "connect_timeout", "session_buffer", "max_message_size", "probe",
-                                       "aws_global_cluster", "clusters", NULL};
+                                       "aws_global_cluster", "clusters", "auth", NULL};
     char key[KEY_MAX];
     if (!json_is_object(v)) {
         cfg_fail(c, where, "expected an object, got %s", json_type_name(v));
@@ -520,6 +631,7 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
     if (get_uint(c, v, "max_message_size", key, 1024, 1024LL * 1024 * 1024, &n))
         l->max_message_size = (uint32_t)n;
     parse_probe(c, v, where, l);
+    parse_auth(c, v, where, l);
     const char *gid = NULL;
     subkey(key, where, ".aws_global_cluster");
     if (get_string(c, v, "aws_global_cluster", key, &gid)) {
@@ -690,22 +802,31 @@ static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg
     }
 }
 
+static void wipe_free(char *secret)
+{
+    if (secret) {
+        memset(secret, 0, strlen(secret));
+        free(secret);
+    }
+}
+
 static void config_free(struct ferry_config *cfg)
 {
     if (!cfg)
         return;
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         free(cfg->listeners[i].clusters);
-        if (cfg->listeners[i].probe_password) {
-            memset(cfg->listeners[i].probe_password, 0, strlen(cfg->listeners[i].probe_password));
-            free(cfg->listeners[i].probe_password);
+        wipe_free(cfg->listeners[i].probe_password);
+        for (size_t u = 0; u < cfg->listeners[i].nusers; u++) {
+            struct ferry_user_cfg *user = &cfg->listeners[i].users[u];
+            wipe_free(user->password);
+            wipe_free(user->scram_verifier);
+            free(user->derived);    /* a pg_scram_secret: its keys stand in for the password */
         }
+        free(cfg->listeners[i].users);
     }
     free(cfg->listeners);
-    if (cfg->admin_token) {
-        memset(cfg->admin_token, 0, strlen(cfg->admin_token));
-        free(cfg->admin_token);
-    }
+    wipe_free(cfg->admin_token);
     free(cfg->aws.region);
     free(cfg->aws.rds_endpoint);
     free(cfg->aws.monitoring_endpoint);
@@ -799,6 +920,14 @@ const struct ferry_listener_cfg *ferry_config_listener(const struct ferry_config
     for (size_t i = 0; i < cfg->nlisteners; i++)
         if (strcmp(cfg->listeners[i].name, name) == 0)
             return &cfg->listeners[i];
+    return NULL;
+}
+
+const struct ferry_user_cfg *ferry_listener_user(const struct ferry_listener_cfg *l, const char *name)
+{
+    for (size_t i = 0; i < l->nusers; i++)
+        if (strcmp(l->users[i].name, name) == 0)
+            return &l->users[i];
     return NULL;
 }
 

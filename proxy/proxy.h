@@ -33,6 +33,8 @@ struct px_counters {
     uint64_t queries;               /* PG: ReadyForQuery seen (one per query cycle) */
     uint64_t transactions;          /* PG: transaction blocks ended (T/E -> I) */
     uint64_t hold_timeouts;         /* clients that gave up waiting (got an error) */
+    uint64_t moves;                 /* sessions moved to a new writer without an error */
+    uint64_t moves_failed;          /* sessions that could not be moved: closed instead */
 } __attribute__((aligned(64)));
 
 
@@ -171,6 +173,7 @@ enum px_err {
     PX_ERR_WRITER_MOVED,        /* idle session on a writer that is no longer the writer */
     PX_ERR_TXN_LOST,            /* the same, inside a transaction: rolled back, retry */
     PX_ERR_OUTCOME_UNKNOWN,     /* the writer vanished with a statement in flight */
+    PX_ERR_AUTH_FAILED,         /* terminated auth: wrong password or unknown user */
 };
 void px_error_message(enum ferry_proto proto, enum px_err kind, const char *text,
                       struct ferry_wbuf *out);
@@ -199,6 +202,9 @@ bool px_cancel_register(const struct sockaddr *server, uint32_t backend_pid, uin
 bool px_cancel_lookup(uint32_t pid, uint32_t key, struct sockaddr_storage *server,
                       uint32_t *backend_pid, uint32_t *backend_key);
 void px_cancel_unregister(uint32_t pid);
+/* The session moved to another backend: the client's key now cancels there. */
+void px_cancel_update(uint32_t pid, const struct sockaddr *server, uint32_t backend_pid,
+                      uint32_t backend_key);
 
 /* main.c: what the admin thread asks of the main thread. Both block the
  * caller until done; any thread but the main one. */

@@ -144,6 +144,32 @@ void px_session_close(struct px_session *s, enum ferry_log_level lvl, const char
         session_free(s);
 }
 
+static void on_server_dropped(uv_handle_t *h)
+{
+    struct px_session *s = h->data;
+    if (--s->pending_closes == 0 && s->closing) {
+        session_free(s);
+        return;
+    }
+    if (s->closing)
+        return;
+    s->server = (struct px_conn){.owner = s, .peer = &s->client, .name = "server"};
+    s->client.paused = false;
+    px_session_route(s);
+}
+
+void px_session_reconnect(struct px_session *s)
+{
+    s->connected = false;
+    uv_timer_stop(&s->timer);
+    px_conn_stop_reading(&s->server);
+    if (!s->server.open || uv_is_closing((uv_handle_t *)&s->server.tcp))
+        return;
+    s->server.tcp.data = s;
+    s->pending_closes++;
+    uv_close((uv_handle_t *)&s->server.tcp, on_server_dropped);
+}
+
 void px_session_close_all(struct px_worker *w, const char *reason)
 {
     struct ferry_list *it = w->sessions.next;
@@ -322,13 +348,25 @@ static void park(struct px_session *s, struct px_chunk *ch, size_t n)
     ch->len = n;
     s->parked = ch;
     px_conn_stop_reading(&s->client);
-    hold(s);
+    if (!s->held)   /* a session moving to a new writer may be held already */
+        hold(s);
     ferry_log(FERRY_LOG_DEBUG, "session.parked", "listener=%s session=%llu", s->pl->name,
               (unsigned long long)s->id);
 }
 
 /* Released: the kept request goes through the protocol again (which may
  * park it anew), then the client is read again. */
+static void unpark(struct px_session *s);
+
+void px_session_start_relay(struct px_session *s)
+{
+    conn_start_reading(&s->server);
+    if (s->parked)
+        unpark(s);
+    else
+        conn_start_reading(&s->client);
+}
+
 static void unpark(struct px_session *s)
 {
     struct px_chunk *ch = s->parked;
@@ -520,8 +558,7 @@ static void on_connected(uv_connect_t *req, int status)
               s->pl->name, (unsigned long long)s->id, s->endpoint);
     if (s->proto && s->proto->connected && !s->proto->connected(s))
         return;
-    conn_start_reading(&s->client);
-    conn_start_reading(&s->server);
+    px_session_start_relay(s);
 }
 
 static void connect_to(struct px_session *s, const struct sockaddr *sa)
@@ -790,7 +827,7 @@ void px_session_release_held(struct px_worker *w)
         it = it->next;
         if (s->closing || s->failing)
             continue;
-        if (s->parked) {
+        if (s->parked && s->connected) {
             unpark(s);  /* may end or re-park s; `it` was taken before */
             continue;
         }

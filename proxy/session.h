@@ -53,8 +53,10 @@ struct px_proto {
     /* Before session_fail's error goes out: true if the protocol keeps it
      * for later (PostgreSQL waits for the startup packet). */
     bool (*defer_error)(struct px_session *s, enum px_err kind, const char *text);
-    /* The backend is connected: send what the client phase kept. False:
-     * the session ended. Reading on both sides starts afterwards. */
+    /* The backend is connected: send what the client phase kept. True:
+     * relay now (reading on both sides starts); false: the protocol starts
+     * the relay itself later with px_session_start_relay(), or the session
+     * ended. */
     bool (*connected)(struct px_session *s);
     /* A chunk read from src, before it is relayed. */
     enum px_scan (*scan)(struct px_session *s, struct px_conn *src, uint8_t *data, size_t n);
@@ -92,6 +94,21 @@ struct px_pg_session {
     bool fenced;                            /* stale and cut from the server: ferry answers */
     bool end_at_idle;                       /* stale: close once the server says idle */
     uint32_t cancel_pid;                    /* the key pair ferry gave the client; 0 = none */
+    /* terminated authentication (session_pg.c) */
+    const struct ferry_user_cfg *user;      /* borrowed from cfg; NULL = passthrough */
+    uint8_t auth_phase;                     /* enum pg_auth_phase */
+    bool client_ready;                      /* the client has its parameters and key */
+    size_t startup_len;                     /* bytes of the StartupMessage */
+    struct px_pg_login *login;              /* owned while authenticating either side */
+    /* what a move to another backend replays (terminated mode) */
+    bool moving;                            /* logging into a new writer: requests park */
+    bool restoring;                         /* replaying session state there */
+    bool unmovable;                         /* state ferry could not follow: close instead */
+    unsigned replay_left;                   /* ReadyForQuery answers still due */
+    struct ferry_wbuf sets;                 /* Query frames of SET statements, in order */
+    struct ferry_wbuf pending_set;          /* a SET sent, not yet confirmed by 'Z' I */
+    struct ferry_wbuf statements;           /* Parse frames of named prepared statements */
+    char *params[4];                        /* owned: last reported values (see session_pg.c) */
 };
 
 struct px_session {
@@ -152,6 +169,13 @@ void px_session_route(struct px_session *s);
 /* (Re)starts the session's one timer; when it fires, the protocol's timer
  * hook is asked first, then hold / connect timeouts apply. */
 void px_session_arm_timer(struct px_session *s, uint64_t ms);
+/* Starts (or resumes) the relay on both sides of a connected session; a
+ * request parked meanwhile goes through the protocol's scan again first. */
+void px_session_start_relay(struct px_session *s);
+/* Drops the backend connection and routes the session again (to the
+ * writer of now, or held until there is one); the client side stays. The
+ * protocol's connected hook runs again on the new connection. */
+void px_session_reconnect(struct px_session *s);
 /* Stops reading one side (e.g. before ferry answers for the server). */
 void px_conn_stop_reading(struct px_conn *c);
 /* Half-closes the server side: the server sees EOF once queued bytes went. */

@@ -12,8 +12,27 @@
 #include <string.h>
 #include <strings.h>
 
+#include "pg/auth.h"
 #include "pg/codec.h"
 #include "session.h"
+
+enum pg_auth_phase {
+    PGA_NONE,           /* passthrough, or before the StartupMessage */
+    PGA_SASL_FIRST,     /* sent AuthenticationSASL: SASLInitialResponse next */
+    PGA_SASL_FINAL,     /* sent AuthenticationSASLContinue: SASLResponse next */
+    PGA_PASSWORD,       /* sent AuthenticationMD5Password: PasswordMessage next */
+    PGA_DONE,           /* the client is authenticated */
+};
+
+#define MOVE_SETS_MAX (16u * 1024)            /* SET statements a move replays */
+#define MOVE_STATEMENTS_MAX (1024u * 1024)    /* Parse frames a move replays */
+
+static void client_auth_begin(struct px_session *s);
+static void client_auth_advance(struct px_session *s);
+static void login_failed(struct px_session *s, const char *why);
+static void track_client(struct px_session *s, uint8_t type, const uint8_t *body,
+                         uint32_t captured, uint32_t len, const uint8_t *inplace);
+static void track_server(struct px_session *s, uint8_t type, const uint8_t *body, uint32_t n);
 
 static struct px_pg_session *pgs(struct px_session *s)
 {
@@ -138,9 +157,13 @@ static void startup_advance(struct px_session *s)
         }
         p->startup_msg = p->startup_off;
         p->startup_off += (size_t)rc;
+        p->startup_len = (size_t)rc;
         copy_slice(s->user, sizeof s->user, st.user);
         copy_slice(s->database, sizeof s->database, st.database.p ? st.database : st.user);
-        px_session_route(s);
+        if (s->lcfg->auth_terminated)
+            client_auth_begin(s);
+        else
+            px_session_route(s);
         return;
     }
 }
@@ -158,7 +181,10 @@ static void on_startup_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *
         px_session_close(s, FERRY_LOG_DEBUG, "client left during startup");
         return;
     }
-    startup_advance(s);
+    if (pgs(s)->auth_phase)
+        client_auth_advance(s);
+    else
+        startup_advance(s);
 }
 
 static void pg_begin(struct px_session *s)
@@ -187,10 +213,255 @@ static bool pg_defer_error(struct px_session *s, enum px_err kind, const char *t
 
 static bool pg_timer(struct px_session *s)
 {
-    if (pgs(s)->startup_done)
+    struct px_pg_session *p = pgs(s);
+    if (p->login && p->auth_phase == PGA_DONE && s->connected) {
+        login_failed(s, "timed out");
+        return true;
+    }
+    if (p->startup_done && p->auth_phase != PGA_SASL_FIRST && p->auth_phase != PGA_SASL_FINAL &&
+        p->auth_phase != PGA_PASSWORD)
         return false;
     px_session_close(s, FERRY_LOG_INFO, "client sent no startup packet");
     return true;
+}
+
+/* ---- terminated authentication: ferry checks the client ----
+ * The client authenticates against the listener's user list (SCRAM-SHA-256,
+ * MD5 or trust, as configured per user); only then is the session routed,
+ * so a wrong password never opens a backend connection. Unknown users go
+ * through the same SCRAM exchange against a made-up secret and fail the
+ * same way, so the answer does not tell which user names exist. */
+
+
+/* Exchange state while either side authenticates. */
+struct px_pg_login {
+    struct pg_scram_server server;      /* ferry as the client's server */
+    struct pg_scram_client client;      /* ferry as the backend's client */
+    uint8_t md5_salt[4];
+    struct ferry_wbuf in;               /* backend bytes during login */
+};
+
+#define PG_AUTH_MSG_MAX 4096u           /* longest message of an auth exchange */
+
+static void login_free(struct px_pg_session *p)
+{
+    if (!p->login)
+        return;
+    pg_scram_server_clear(&p->login->server);
+    pg_scram_client_clear(&p->login->client);
+    ferry_wbuf_free(&p->login->in);
+    free(p->login);
+    p->login = NULL;
+}
+
+/* The user's SCRAM secret: the configured verifier, or one derived from the
+ * password once (PBKDF2 is too slow for every login) and kept with the
+ * config, which is otherwise immutable: `derived` is set once, atomically. */
+static bool user_secret(const struct ferry_user_cfg *u, struct pg_scram_secret *out)
+{
+    if (u->scram_verifier)
+        return pg_scram_secret_parse(u->scram_verifier, out) == PG_AUTH_RC_OK;
+    void **slot = (void **)&u->derived;
+    struct pg_scram_secret *have = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (!have) {
+        struct pg_scram_secret *made = malloc(sizeof *made);
+        if (!made || pg_scram_secret_from_password(u->password, PG_SCRAM_DEFAULT_ITERATIONS, NULL,
+                                                   0, made) != PG_AUTH_RC_OK) {
+            free(made);
+            return false;
+        }
+        void *expected = NULL;
+        if (__atomic_compare_exchange_n(slot, &expected, made, false, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            have = made;
+        } else {
+            free(made);
+            have = expected;
+        }
+    }
+    *out = *have;
+    return true;
+}
+
+static void auth_failed(struct px_session *s)
+{
+    char text[FERRY_NAME_MAX + 64];
+    snprintf(text, sizeof text, "password authentication failed for user \"%s\"", s->user);
+    login_free(pgs(s));
+    px_session_fail(s, PX_ERR_AUTH_FAILED, text);
+}
+
+static void send_to_client(struct px_session *s, struct ferry_wbuf *b)
+{
+    if (px_session_write(s, &s->client, b, false) != 0)
+        px_session_close(s, FERRY_LOG_INFO, "client write failed");
+}
+
+/* The client proved who it is: AuthenticationOk, then route. The client's
+ * ParameterStatus, BackendKeyData and ReadyForQuery come from the backend
+ * once ferry has logged in there. */
+static void client_authenticated(struct px_session *s)
+{
+    struct px_pg_session *p = pgs(s);
+    p->auth_phase = PGA_DONE;
+    pg_scram_server_clear(&p->login->server);
+    px_conn_stop_reading(&s->client);
+    struct ferry_wbuf b;
+    ferry_wbuf_init(&b, 0);
+    pg_build_auth_ok(&b);
+    send_to_client(s, &b);
+    if (s->closing)
+        return;
+    ferry_log(FERRY_LOG_DEBUG, "session.authenticated", "listener=%s session=%llu user=%s",
+              s->pl->name, (unsigned long long)s->id, s->user);
+    px_session_route(s);
+}
+
+static void client_auth_begin(struct px_session *s)
+{
+    struct px_pg_session *p = pgs(s);
+    const struct ferry_user_cfg *u = ferry_listener_user(s->lcfg, s->user);
+    p->user = u;
+    ferry_wbuf_init(&p->sets, MOVE_SETS_MAX);
+    ferry_wbuf_init(&p->pending_set, MOVE_SETS_MAX);
+    ferry_wbuf_init(&p->statements, MOVE_STATEMENTS_MAX);
+    if (!(p->login = calloc(1, sizeof *p->login))) {
+        px_session_close(s, FERRY_LOG_ERROR, "out of memory");
+        return;
+    }
+    ferry_wbuf_init(&p->login->in, PG_AUTH_MSG_MAX * 4);
+    if (u && u->method == FERRY_AUTH_TRUST) {
+        client_authenticated(s);
+        return;
+    }
+    struct ferry_wbuf b;
+    ferry_wbuf_init(&b, 0);
+    if (u && u->method == FERRY_AUTH_MD5) {
+        if (pg_auth_random(p->login->md5_salt, sizeof p->login->md5_salt) != PG_AUTH_RC_OK) {
+            ferry_wbuf_free(&b);
+            px_session_close(s, FERRY_LOG_ERROR, "no randomness for an MD5 salt");
+            return;
+        }
+        pg_build_auth_md5(&b, p->login->md5_salt);
+        p->auth_phase = PGA_PASSWORD;
+    } else {
+        struct pg_scram_secret secret;
+        if (!u || !user_secret(u, &secret)) {
+            /* unknown user: a secret nobody knows, so the exchange just fails */
+            memset(&secret, 0, sizeof secret);
+            secret.iterations = PG_SCRAM_DEFAULT_ITERATIONS;
+            secret.salt_len = 16;
+            if (pg_auth_random(secret.salt, secret.salt_len) != PG_AUTH_RC_OK ||
+                pg_auth_random(secret.stored_key, sizeof secret.stored_key) != PG_AUTH_RC_OK) {
+                ferry_wbuf_free(&b);
+                px_session_close(s, FERRY_LOG_ERROR, "no randomness for SCRAM");
+                return;
+            }
+        }
+        pg_scram_server_init(&p->login->server, &secret);
+        memset(&secret, 0, sizeof secret);
+        static const char *const mechs[] = {PG_SCRAM_MECHANISM};
+        pg_build_auth_sasl(&b, mechs, 1);
+        p->auth_phase = PGA_SASL_FIRST;
+    }
+    send_to_client(s, &b);
+    if (s->closing)
+        return;
+    if (uv_read_start((uv_stream_t *)&s->client.tcp, px_session_alloc, on_startup_read) != 0) {
+        px_session_close(s, FERRY_LOG_INFO, "read start failed");
+        return;
+    }
+    s->client.reading = true;
+    px_session_arm_timer(s, 30000);     /* the startup timer covers the exchange too */
+}
+
+/* One client message of the exchange: 'p' with the phase's content. */
+static void client_auth_message(struct px_session *s, const uint8_t *body, size_t n)
+{
+    struct px_pg_session *p = pgs(s);
+    struct pg_scram_server *srv = &p->login->server;
+    struct ferry_wbuf b;
+    ferry_wbuf_init(&b, 0);
+    int rc = PG_AUTH_RC_MALFORMED;
+    switch (p->auth_phase) {
+    case PGA_SASL_FIRST: {
+        struct pg_sasl_initial init;
+        if (pg_decode_sasl_initial(body, n, &init) < 0 || !init.data.p)
+            break;
+        if (!pg_slice_eq(init.mechanism, PG_SCRAM_MECHANISM)) {
+            ferry_wbuf_free(&b);
+            auth_failed(s);
+            return;
+        }
+        struct ferry_wbuf data;
+        ferry_wbuf_init(&data, PG_SCRAM_MSG_MAX);
+        rc = pg_scram_server_first(srv, init.data.p, init.data.len, NULL, &data);
+        if (rc == PG_AUTH_RC_OK)
+            pg_build_auth_sasl_continue(&b, data.data, data.len);
+        ferry_wbuf_free(&data);
+        p->auth_phase = PGA_SASL_FINAL;
+        break;
+    }
+    case PGA_SASL_FINAL: {
+        struct ferry_wbuf data;
+        ferry_wbuf_init(&data, PG_SCRAM_MSG_MAX);
+        rc = pg_scram_server_final(srv, body, n, &data);
+        if (rc == PG_AUTH_RC_OK)
+            pg_build_auth_sasl_final(&b, data.data, data.len);
+        ferry_wbuf_free(&data);
+        break;
+    }
+    case PGA_PASSWORD: {
+        struct ferry_slice answer;
+        if (pg_decode_cstr_body(body, n, &answer) >= 0)
+            rc = pg_md5_verify(p->user->password, p->user->name, p->login->md5_salt, answer.p,
+                               answer.len);
+        break;
+    }
+    default:
+        break;
+    }
+    if (rc == PG_AUTH_RC_REJECTED) {
+        ferry_wbuf_free(&b);
+        auth_failed(s);
+        return;
+    }
+    if (rc != PG_AUTH_RC_OK) {
+        ferry_wbuf_free(&b);
+        login_free(p);
+        px_session_fail(s, rc == PG_AUTH_RC_INTERNAL ? PX_ERR_BACKEND_DOWN : PX_ERR_PROTOCOL,
+                        rc == PG_AUTH_RC_INTERNAL ? "internal error during authentication"
+                                                  : "invalid authentication message");
+        return;
+    }
+    if (b.len)
+        send_to_client(s, &b);
+    else
+        ferry_wbuf_free(&b);
+    if (!s->closing && (p->auth_phase == PGA_PASSWORD ||
+                        (p->auth_phase == PGA_SASL_FINAL && srv->step == 2)))
+        client_authenticated(s);
+}
+
+static void client_auth_advance(struct px_session *s)
+{
+    struct px_pg_session *p = pgs(s);
+    while (p->auth_phase != PGA_DONE && !s->closing && !s->failing) {
+        uint8_t type;
+        uint32_t total;
+        const uint8_t *at = p->startup.data + p->startup_off;
+        int rc = pg_frame(at, p->startup.len - p->startup_off, PG_AUTH_MSG_MAX, &type, &total);
+        if (rc == FERRY_NEED_MORE && !p->startup.failed)
+            return;
+        if (rc < 0 || type != 'p') {
+            px_conn_stop_reading(&s->client);
+            login_free(p);
+            px_session_fail(s, PX_ERR_PROTOCOL, "expected a password message");
+            return;
+        }
+        p->startup_off += total;
+        client_auth_message(s, at + PG_HEADER_LEN, total - PG_HEADER_LEN);
+    }
 }
 
 /* ---- the relay's message scanners ---- */
@@ -219,6 +490,8 @@ static void on_server_message(void *ud, uint8_t type, const uint8_t *body, uint3
 {
     struct px_session *s = ud;
     struct px_pg_session *p = pgs(s);
+    if (p->user && (type == 'S' || type == 'E' || (type == 'Z' && len == 1)))
+        track_server(s, type, body, captured);
     if (type == 'Z' && len == 1) {
         PX_STAT_ADD(px_session_stats(s)->queries, 1);
         if ((p->txn == 'T' || p->txn == 'E') && body[0] == 'I')
@@ -258,6 +531,8 @@ static void on_client_message(void *ud, uint8_t type, const uint8_t *body, uint3
     struct px_session *s = ud;
     if (type == 'X')
         pgs(s)->terminating = true;  /* the server closing next is the expected answer */
+    else if (pgs(s)->user)
+        track_client(s, type, body, captured, len, inplace);
 }
 
 /* Once fenced, ferry speaks for the lost transaction: every statement gets
@@ -306,6 +581,8 @@ static enum px_scan pg_scan(struct px_session *s, struct px_conn *src, uint8_t *
 {
     struct px_pg_session *p = pgs(s);
     bool from_client = src == &s->client;
+    if (from_client && n > 0 && p->moving)
+        return PX_SCAN_PARK;    /* sent on once the new writer is ready */
     /* Paused: the next transaction of an idle session waits (like
      * PgBouncer's PAUSE); one already open runs to its end. */
     if (from_client && n > 0 && p->txn == 'I' && !p->inflight && !s->stale && px_session_paused())
@@ -351,17 +628,494 @@ static void pg_relayed(struct px_session *s)
     px_session_fail(s, PX_ERR_WRITER_MOVED, text);
 }
 
-/* The StartupMessage (and anything the client sent after it) goes first. */
-static bool pg_connected(struct px_session *s)
+/* ---- terminated authentication: ferry logs into the backend ----
+ * ferry sends the client's StartupMessage, answers whatever the backend asks
+ * (SCRAM-SHA-256, MD5, cleartext, or nothing) with the user's stored
+ * password, and hands the client what follows AuthenticationOk (its
+ * ParameterStatus, BackendKeyData and ReadyForQuery) through the scanner,
+ * which gives the client ferry's cancel key. */
+
+static void move_failed(struct px_session *s, const char *why);
+static void move_logged_in(struct px_session *s, const uint8_t *msgs, size_t n);
+static void restore_advance(struct px_session *s);
+
+static void login_failed(struct px_session *s, const char *why)
+{
+    if (pgs(s)->client_ready) {     /* moving: the client is still fine */
+        move_failed(s, why);
+        return;
+    }
+    char text[300];
+    snprintf(text, sizeof text, "cannot log into the writer %s as \"%s\": %s", s->cluster,
+             s->user, why);
+    login_free(pgs(s));
+    px_conn_stop_reading(&s->server);
+    px_session_fail(s, PX_ERR_BACKEND_DOWN, text);
+}
+
+/* Answers one AuthenticationXXX request; false when the login failed. */
+static bool login_answer(struct px_session *s, const uint8_t *body, size_t n)
+{
+    struct px_pg_session *p = pgs(s);
+    const char *password = p->user->password;
+    struct pg_auth_request req;
+    if (pg_decode_auth(body, n, &req) < 0) {
+        login_failed(s, "malformed authentication request");
+        return false;
+    }
+    struct ferry_wbuf out, data;
+    ferry_wbuf_init(&out, 0);
+    ferry_wbuf_init(&data, PG_SCRAM_MSG_MAX);
+    int rc = PG_AUTH_RC_OK;
+    switch (req.code) {
+    case PG_AUTH_OK:
+        break;
+    case PG_AUTH_CLEARTEXT:
+        pg_build_password(&out, password);
+        break;
+    case PG_AUTH_MD5: {
+        char resp[PG_MD5_LEN + 1];
+        pg_md5_response(p->user->name, password, req.md5_salt, resp);
+        pg_build_password(&out, resp);
+        memset(resp, 0, sizeof resp);
+        break;
+    }
+    case PG_AUTH_SASL: {
+        bool scram = false;
+        struct ferry_slice list = req.data, mech;
+        while (pg_cstr_next(&list, &mech))
+            scram = scram || pg_slice_eq(mech, PG_SCRAM_MECHANISM);
+        rc = scram ? pg_scram_client_first(&p->login->client, "", NULL, &data) : PG_AUTH_RC_MALFORMED;
+        if (rc == PG_AUTH_RC_OK)
+            pg_build_sasl_initial(&out, PG_SCRAM_MECHANISM, data.data, data.len);
+        break;
+    }
+    case PG_AUTH_SASL_CONTINUE:
+        rc = pg_scram_client_final(&p->login->client, password, req.data.p, req.data.len, &data);
+        if (rc == PG_AUTH_RC_OK)
+            pg_build_sasl_response(&out, data.data, data.len);
+        break;
+    case PG_AUTH_SASL_FINAL:
+        rc = pg_scram_client_verify(&p->login->client, req.data.p, req.data.len);
+        break;
+    default:
+        rc = PG_AUTH_RC_MALFORMED;
+        break;
+    }
+    ferry_wbuf_free(&data);
+    if (rc != PG_AUTH_RC_OK) {
+        ferry_wbuf_free(&out);
+        login_failed(s, rc == PG_AUTH_RC_REJECTED ? "the server's SCRAM proof is wrong"
+                                                  : "unsupported or malformed authentication request");
+        return false;
+    }
+    if (out.len && px_session_write(s, &s->server, &out, false) != 0) {
+        px_session_close(s, FERRY_LOG_INFO, "server write failed");
+        return false;
+    }
+    ferry_wbuf_free(&out);
+    return true;
+}
+
+static enum px_scan pg_scan(struct px_session *s, struct px_conn *src, uint8_t *data, size_t n);
+
+/* Logged in (ReadyForQuery seen): what followed AuthenticationOk goes to
+ * the client, then the relay starts. */
+static void login_done(struct px_session *s, size_t from, size_t to)
 {
     struct px_pg_session *p = pgs(s);
     struct ferry_wbuf out;
     ferry_wbuf_init(&out, 0);
+    ferry_wbuf_put(&out, p->login->in.data + from, to - from);
+    size_t rest = p->login->in.len - to;    /* a server says nothing more until asked */
+    login_free(p);
+    px_conn_stop_reading(&s->server);
+    if (rest) {
+        ferry_wbuf_free(&out);
+        px_session_close(s, FERRY_LOG_WARN, "the server spoke out of turn after login");
+        return;
+    }
+    if (out.failed || pg_scan(s, &s->server, out.data, out.len) != PX_SCAN_RELAY) {
+        ferry_wbuf_free(&out);
+        return;
+    }
+    p->client_ready = true;
+    send_to_client(s, &out);
+    if (s->closing)
+        return;
+    ferry_log(FERRY_LOG_DEBUG, "session.logged_in", "listener=%s session=%llu backend=%s user=%s",
+              s->pl->name, (unsigned long long)s->id, s->endpoint, s->user);
+    px_session_start_relay(s);
+}
+
+/* Walks the backend's login messages from the start of the buffer. */
+static void login_advance(struct px_session *s)
+{
+    struct px_pg_session *p = pgs(s);
+    if (p->restoring) {
+        restore_advance(s);
+        return;
+    }
+    size_t off = 0, after_ok = 0;
+    bool ok = false;
+    for (;;) {
+        uint8_t type;
+        uint32_t total;
+        const uint8_t *at = p->login->in.data + off;
+        int rc = pg_frame(at, p->login->in.len - off, PG_AUTH_MSG_MAX, &type, &total);
+        if (rc == FERRY_NEED_MORE && !p->login->in.failed)
+            break;
+        if (rc < 0) {
+            login_failed(s, "malformed message");
+            return;
+        }
+        const uint8_t *body = at + PG_HEADER_LEN;
+        size_t n = total - PG_HEADER_LEN;
+        if (type == 'E' && p->client_ready) {
+            move_failed(s, "the new writer refused the login");
+            return;
+        }
+        if (type == 'E') {
+            /* the server refused: its own words, relayed */
+            struct ferry_wbuf out;
+            ferry_wbuf_init(&out, 0);
+            ferry_wbuf_put(&out, at, total);
+            login_free(p);
+            px_conn_stop_reading(&s->server);
+            s->failing = true;
+            if (px_session_write(s, &s->client, &out, true) != 0)
+                px_session_close(s, FERRY_LOG_INFO, "client write failed");
+            return;
+        }
+        off += total;
+        if (type == 'R' && !ok) {
+            if (!login_answer(s, body, n))
+                return;
+            if (n >= 4 && ferry_get_u32be(body) == PG_AUTH_OK) {
+                ok = true;
+                after_ok = off;
+            }
+        } else if (type == 'Z' && ok) {
+            if (p->client_ready)
+                move_logged_in(s, p->login->in.data + after_ok, off - after_ok);
+            else
+                login_done(s, after_ok, off);
+            return;
+        } else if (!ok) {
+            login_failed(s, "unexpected message before authentication completed");
+            return;
+        }
+    }
+    /* keep only what is not answered yet: drop the answered requests */
+    if (!ok && off) {
+        memmove(p->login->in.data, p->login->in.data + off, p->login->in.len - off);
+        p->login->in.len -= off;
+    }
+}
+
+static void on_login_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    struct px_conn *c = stream->data;
+    struct px_session *s = c->owner;
+    if (nread > 0)
+        ferry_wbuf_put(&pgs(s)->login->in, buf->base, (size_t)nread);
+    px_session_free_buf(s, buf);
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        login_failed(s, nread == UV_EOF ? "the server closed the connection" : uv_strerror((int)nread));
+        return;
+    }
+    login_advance(s);
+}
+
+/* Terminated mode: send the StartupMessage and log in. */
+static bool login_begin(struct px_session *s)
+{
+    struct px_pg_session *p = pgs(s);
+    if (!p->login && !(p->login = calloc(1, sizeof *p->login))) {
+        px_session_close(s, FERRY_LOG_ERROR, "out of memory");
+        return false;
+    }
+    ferry_wbuf_init(&p->login->in, PG_AUTH_MSG_MAX * 16);
+    struct ferry_wbuf out;
+    ferry_wbuf_init(&out, 0);
+    ferry_wbuf_put(&out, p->startup.data + p->startup_msg, p->startup_len);
+    if (px_session_write(s, &s->server, &out, false) != 0) {
+        px_session_close(s, FERRY_LOG_INFO, "server write failed");
+        return false;
+    }
+    if (uv_read_start((uv_stream_t *)&s->server.tcp, px_session_alloc, on_login_read) != 0) {
+        px_session_close(s, FERRY_LOG_INFO, "read start failed");
+        return false;
+    }
+    s->server.reading = true;
+    px_session_arm_timer(s, (uint64_t)(s->lcfg->connect_timeout * 1000.0));
+    return false;   /* login_done starts the relay */
+}
+
+/* ---- moving a session to a new writer (terminated mode) ----
+ * An idle session whose writer moved logs into the new writer on its own:
+ * ferry replays the client's StartupMessage, authenticates with the stored
+ * password, then replays what it saw change the session: SET statements
+ * run outside a transaction (in order), the last reported values of the
+ * parameters below, and every named prepared statement (its Parse). The
+ * client's next request waits (parked) meanwhile and then goes to the new
+ * writer: it sees nothing. Anything ferry could not follow (a statement too
+ * long to have been seen whole, too much state) makes the session
+ * unmovable: it is closed with 57P01 instead, as in passthrough mode. */
+
+static const char *const tracked_params[4] = {"application_name", "DateStyle", "IntervalStyle",
+                                              "TimeZone"};
+
+static bool starts_with_word(const uint8_t *body, size_t n, const char *word)
+{
+    size_t k = strlen(word);
+    return n > k && strncasecmp((const char *)body, word, k) == 0 &&
+           (body[k] == ' ' || body[k] == '\t' || body[k] == '\n' || body[k] == ';' || body[k] == 0);
+}
+
+/* A whole frame (type, length, body) from a scanner callback, or false. */
+static bool whole_frame(struct ferry_wbuf *out, uint8_t type, const uint8_t *body,
+                        uint32_t captured, uint32_t len, const uint8_t *inplace)
+{
+    const uint8_t *whole = inplace ? inplace : captured == len ? body : NULL;
+    if (!whole)
+        return false;
+    ferry_wbuf_u8(out, type);
+    ferry_wbuf_u32be(out, len + 4);
+    ferry_wbuf_put(out, whole, len);
+    return !out->failed;
+}
+
+/* Removes the Parse frame named name (NUL-terminated) from statements. */
+static void forget_statement(struct px_pg_session *p, const char *name)
+{
+    struct ferry_wbuf *b = &p->statements;
+    size_t off = 0;
+    while (off + PG_HEADER_LEN <= b->len) {
+        size_t total = 1 + ferry_get_u32be(b->data + off + 1);
+        if (strcmp((const char *)b->data + off + PG_HEADER_LEN, name) == 0) {
+            memmove(b->data + off, b->data + off + total, b->len - off - total);
+            b->len -= total;
+            return;
+        }
+        off += total;
+    }
+}
+
+/* Client messages that change what a move must replay. */
+static void track_client(struct px_session *s, uint8_t type, const uint8_t *body,
+                         uint32_t captured, uint32_t len, const uint8_t *inplace)
+{
+    struct px_pg_session *p = pgs(s);
+    if (p->unmovable)
+        return;
+    const uint8_t *text = inplace ? inplace : body;
+    size_t seen = inplace ? len : captured;
+    if (type == 'Q') {
+        if (starts_with_word(text, seen, "DISCARD") || starts_with_word(text, seen, "RESET")) {
+            ferry_wbuf_reset(&p->sets);     /* RESET ALL / DISCARD ALL undo the SETs */
+            if (starts_with_word(text, seen, "DISCARD"))
+                ferry_wbuf_reset(&p->statements);
+        } else if (starts_with_word(text, seen, "SET") && p->txn == 'I' &&
+                   !starts_with_word(text + 4, seen - 4, "LOCAL") &&
+                   !starts_with_word(text + 4, seen - 4, "TRANSACTION")) {
+            ferry_wbuf_reset(&p->pending_set);
+            if (!whole_frame(&p->pending_set, type, body, captured, len, inplace))
+                p->unmovable = true;
+        } else if (starts_with_word(text, seen, "PREPARE") || starts_with_word(text, seen, "DEALLOCATE")) {
+            p->unmovable = true;    /* SQL-level statements are not followed */
+        }
+    } else if (type == 'P' && seen > 0 && text[0] != 0) {   /* a named statement */
+        if (!inplace && captured != len) {
+            p->unmovable = true;
+            return;
+        }
+        forget_statement(p, (const char *)text);
+        if (!whole_frame(&p->statements, type, body, captured, len, inplace) ||
+            p->statements.len > MOVE_STATEMENTS_MAX)
+            p->unmovable = true;
+    } else if (type == 'C' && seen > 1 && text[0] == 'S' && memchr(text, 0, seen)) {
+        forget_statement(p, (const char *)text + 1);
+    }
+}
+
+/* Server messages: confirmed SETs and reported parameters. */
+static void track_server(struct px_session *s, uint8_t type, const uint8_t *body, uint32_t n)
+{
+    struct px_pg_session *p = pgs(s);
+    if (type == 'E') {
+        ferry_wbuf_reset(&p->pending_set);
+    } else if (type == 'Z' && p->pending_set.len) {
+        if (body[0] == 'I') {
+            ferry_wbuf_put(&p->sets, p->pending_set.data, p->pending_set.len);
+            if (p->sets.failed || p->sets.len > MOVE_SETS_MAX)
+                p->unmovable = true;
+        }
+        ferry_wbuf_reset(&p->pending_set);
+    } else if (type == 'S') {
+        struct pg_parameter_status ps;
+        if (pg_decode_parameter_status(body, n, &ps) < 0)
+            return;
+        for (size_t i = 0; i < 4; i++)
+            if (pg_slice_eq(ps.name, tracked_params[i])) {
+                free(p->params[i]);
+                p->params[i] = strndup((const char *)ps.value.p, ps.value.len);
+            }
+    }
+}
+
+/* Appends "SET name TO 'value'" as a Query frame (value quoted as a literal). */
+static void build_set(struct ferry_wbuf *out, const char *name, const char *value)
+{
+    struct ferry_wbuf sql;
+    ferry_wbuf_init(&sql, 0);
+    ferry_wbuf_put(&sql, "SET ", 4);
+    ferry_wbuf_put(&sql, name, strlen(name));
+    ferry_wbuf_put(&sql, " TO '", 5);
+    for (const char *c = value; *c; c++) {
+        if (*c == '\'')
+            ferry_wbuf_u8(&sql, '\'');
+        ferry_wbuf_u8(&sql, (uint8_t)*c);
+    }
+    ferry_wbuf_put(&sql, "'", 2);   /* with the NUL */
+    if (!sql.failed)
+        pg_build_query(out, (const char *)sql.data);
+    else
+        out->failed = true;
+    ferry_wbuf_free(&sql);
+}
+
+static void move_failed(struct px_session *s, const char *why)
+{
+    struct px_pg_session *p = pgs(s);
+    ferry_log(FERRY_LOG_WARN, "session.move_failed", "listener=%s session=%llu to=%s reason=\"%s\"",
+              s->pl->name, (unsigned long long)s->id, s->cluster, why);
+    PX_STAT_ADD(px_session_stats(s)->moves_failed, 1);
+    p->moving = p->restoring = false;
+    login_free(p);
+    px_conn_stop_reading(&s->server);
+    char text[256];
+    px_session_writer_moved_text(s, text, sizeof text, false);
+    px_session_fail(s, PX_ERR_WRITER_MOVED, text);
+}
+
+static void move_done(struct px_session *s)
+{
+    struct px_pg_session *p = pgs(s);
+    p->moving = p->restoring = false;
+    s->stale = false;
+    login_free(p);
+    px_conn_stop_reading(&s->server);
+    PX_STAT_ADD(px_session_stats(s)->moves, 1);
+    ferry_log(FERRY_LOG_INFO, "session.moved", "listener=%s session=%llu to=%s backend=%s",
+              s->pl->name, (unsigned long long)s->id, s->cluster, s->endpoint);
+    px_session_start_relay(s);
+}
+
+/* Logged into the new writer: remap the cancel key, replay the state. */
+static void move_logged_in(struct px_session *s, const uint8_t *msgs, size_t n)
+{
+    struct px_pg_session *p = pgs(s);
+    for (size_t off = 0; off + PG_HEADER_LEN <= n;) {
+        size_t total = 1 + ferry_get_u32be(msgs + off + 1);
+        struct pg_backend_key key;
+        if (msgs[off] == 'K' && p->cancel_pid &&
+            pg_decode_backend_key(msgs + off + PG_HEADER_LEN, total - PG_HEADER_LEN, &key) >= 0)
+            px_cancel_update(p->cancel_pid, (struct sockaddr *)&s->server_addr, key.pid, key.key);
+        off += total;
+    }
+    struct ferry_wbuf out;
+    ferry_wbuf_init(&out, 0);
+    unsigned answers = 0;
+    for (size_t off = 0; off < p->sets.len; answers++)
+        off += 1 + ferry_get_u32be(p->sets.data + off + 1);
+    ferry_wbuf_put(&out, p->sets.data, p->sets.len);
+    for (size_t i = 0; i < 4; i++)
+        if (p->params[i]) {
+            build_set(&out, tracked_params[i], p->params[i]);
+            answers++;
+        }
+    if (p->statements.len) {
+        ferry_wbuf_put(&out, p->statements.data, p->statements.len);
+        pg_build_sync(&out);
+        answers++;
+    }
+    if (out.failed) {
+        ferry_wbuf_free(&out);
+        move_failed(s, "out of memory");
+        return;
+    }
+    if (!answers) {
+        ferry_wbuf_free(&out);
+        move_done(s);
+        return;
+    }
+    p->restoring = true;
+    p->replay_left = answers;
+    ferry_wbuf_reset(&p->login->in);
+    if (px_session_write(s, &s->server, &out, false) != 0)
+        move_failed(s, "server write failed");
+}
+
+/* Answers to the replay: count ReadyForQuery, fail on any error. */
+static void restore_advance(struct px_session *s)
+{
+    struct px_pg_session *p = pgs(s);
+    struct ferry_wbuf *in = &p->login->in;
+    size_t off = 0;
+    for (;;) {
+        uint8_t type;
+        uint32_t total;
+        int rc = pg_frame(in->data + off, in->len - off, s->lcfg->max_message_size, &type, &total);
+        if (rc == FERRY_NEED_MORE && !in->failed)
+            break;
+        if (rc < 0) {
+            move_failed(s, "malformed message while restoring the session");
+            return;
+        }
+        if (type == 'E') {
+            move_failed(s, "the new writer refused to restore the session's state");
+            return;
+        }
+        off += total;
+        if (type == 'Z' && --p->replay_left == 0) {
+            if (off != in->len) {
+                move_failed(s, "the server spoke out of turn");
+                return;
+            }
+            move_done(s);
+            return;
+        }
+    }
+    memmove(in->data, in->data + off, in->len - off);
+    in->len -= off;
+}
+
+static void move_begin(struct px_session *s)
+{
+    struct px_pg_session *p = pgs(s);
+    p->moving = true;
+    ferry_log(FERRY_LOG_INFO, "session.moving", "listener=%s session=%llu from=%s", s->pl->name,
+              (unsigned long long)s->id, s->cluster);
+    login_free(p);
+    px_session_reconnect(s);
+}
+
+/* The StartupMessage (and anything the client sent after it) goes first. */
+static bool pg_connected(struct px_session *s)
+{
+    struct px_pg_session *p = pgs(s);
+    uint32_t max = s->lcfg->max_message_size;
+    pg_stream_init(&p->scan_c2s, max, p->user ? "XQPC" : "X");
+    pg_stream_init(&p->scan_s2c, max, p->user ? "ZKES" : "ZKE");
+    if (p->user)
+        return login_begin(s);  /* keeps the StartupMessage for logins elsewhere */
+    struct ferry_wbuf out;
+    ferry_wbuf_init(&out, 0);
     ferry_wbuf_put(&out, p->startup.data + p->startup_msg, p->startup.len - p->startup_msg);
     ferry_wbuf_free(&p->startup);
-    uint32_t max = s->lcfg->max_message_size;
-    pg_stream_init(&p->scan_c2s, max, "X");
-    pg_stream_init(&p->scan_s2c, max, "ZKE");
     /* bytes after the StartupMessage are regular messages: scan them too */
     size_t after = p->startup_off - p->startup_msg;
     if (out.len > after &&
@@ -406,8 +1160,13 @@ static void pg_writer_moved(struct px_session *s)
 {
     struct px_pg_session *p = pgs(s);
     bool idle = p->txn == 'I' && !p->inflight;
-    ferry_log(FERRY_LOG_INFO, "session.writer_moved", "listener=%s session=%llu from=%s state=%s",
-              s->pl->name, (unsigned long long)s->id, s->cluster, idle ? "idle" : "busy");
+    ferry_log(FERRY_LOG_INFO, "session.writer_moved", "listener=%s session=%llu from=%s state=%s%s",
+              s->pl->name, (unsigned long long)s->id, s->cluster, idle ? "idle" : "busy",
+              !p->user ? "" : p->unmovable ? " movable=no" : p->client_ready ? " movable=yes" : "");
+    if (idle && p->user && p->client_ready && !p->unmovable) {
+        move_begin(s);
+        return;
+    }
     if (idle) {
         char text[256];
         px_session_writer_moved_text(s, text, sizeof text, false);
@@ -433,6 +1192,12 @@ static void pg_free(struct px_session *s)
 {
     struct px_pg_session *p = pgs(s);
     free(p->fail_text);
+    login_free(p);
+    ferry_wbuf_free(&p->sets);
+    ferry_wbuf_free(&p->pending_set);
+    ferry_wbuf_free(&p->statements);
+    for (size_t i = 0; i < 4; i++)
+        free(p->params[i]);
     ferry_wbuf_free(&p->startup);
     if (p->cancel_pid)
         px_cancel_unregister(p->cancel_pid);

@@ -34,6 +34,20 @@ struct ferry_cluster_cfg {
     bool writer;                        /* static route until discovery lands */
 };
 
+/* How ferry checks a client's password in terminated mode. */
+enum ferry_auth_method { FERRY_AUTH_SCRAM, FERRY_AUTH_MD5, FERRY_AUTH_TRUST };
+
+/* A user of a listener with terminated authentication: ferry checks the
+ * client itself, then logs into every backend as this user with password. */
+struct ferry_user_cfg {
+    char name[FERRY_NAME_MAX];
+    enum ferry_auth_method method;      /* what ferry asks of the client */
+    char *password;                     /* owned: backend password (and the client's unless
+                                           scram_verifier is given). Never log it */
+    char *scram_verifier;               /* owned; NULL = derived from password */
+    void *derived;                      /* atomic, owned: secret derived on first use */
+};
+
 struct ferry_listener_cfg {
     char name[FERRY_NAME_MAX];
     enum ferry_proto protocol;
@@ -49,6 +63,9 @@ struct ferry_listener_cfg {
     char probe_database[FERRY_NAME_MAX];
     struct ferry_cluster_cfg *clusters; /* owned, nclusters entries */
     size_t nclusters;
+    bool auth_terminated;               /* "auth": {"mode": "terminated"} (PostgreSQL) */
+    struct ferry_user_cfg *users;       /* owned, nusers entries (terminated mode) */
+    size_t nusers;
 };
 
 /* Writer discovery tunables (top-level "discovery"). */
@@ -104,6 +121,9 @@ void ferry_config_unref(struct ferry_config *cfg);
 /* Listener by name, or NULL. */
 const struct ferry_listener_cfg *ferry_config_listener(const struct ferry_config *cfg,
                                                         const char *name);
+
+/* User by name in a terminated-auth listener, or NULL. */
+const struct ferry_user_cfg *ferry_listener_user(const struct ferry_listener_cfg *l, const char *name);
 
 /* The cluster that static routing sends clients to (marked writer, else the first). */
 const struct ferry_cluster_cfg *ferry_listener_static_writer(const struct ferry_listener_cfg *l);

@@ -111,6 +111,36 @@ static void test_discovery_and_probe(void)
     ferry_config_unref(c);
 }
 
+static void test_terminated_auth_users(void)
+{
+    setenv("FERRY_UNIT_APP_PW", "app-secret", 1);
+    struct ferry_config *c = ferry_config_parse(
+        "f.json",
+        "{" L0 "\"auth\":{\"mode\":\"terminated\",\"users\":["
+        "{\"name\":\"app\",\"password_env\":\"FERRY_UNIT_APP_PW\"},"
+        "{\"name\":\"legacy\",\"password\":\"l\",\"method\":\"md5\"},"
+        "{\"name\":\"ci\",\"password\":\"c\",\"method\":\"trust\","
+        "\"scram_verifier\":\"SCRAM-SHA-256$4096:c2FsdA==$a:b\"}]}," CL "}]}",
+        err);
+    ASSERT_TRUE(c != NULL);
+    const struct ferry_listener_cfg *l = &c->listeners[0];
+    ASSERT_TRUE(l->auth_terminated);
+    ASSERT_EQ_INT(l->nusers, 3);
+    const struct ferry_user_cfg *u = ferry_listener_user(l, "app");
+    ASSERT_TRUE(u != NULL && u->method == FERRY_AUTH_SCRAM && u->scram_verifier == NULL);
+    ASSERT_EQ_STR(u->password, "app-secret");
+    ASSERT_TRUE(ferry_listener_user(l, "legacy")->method == FERRY_AUTH_MD5);
+    ASSERT_TRUE(ferry_listener_user(l, "ci")->method == FERRY_AUTH_TRUST);
+    ASSERT_EQ_STR(ferry_listener_user(l, "ci")->scram_verifier, "SCRAM-SHA-256$4096:c2FsdA==$a:b");
+    ASSERT_TRUE(ferry_listener_user(l, "nobody") == NULL);
+    ferry_config_unref(c);
+
+    /* passthrough is the default: no users needed */
+    c = ferry_config_parse("f.json", "{" L0 "\"auth\":{\"mode\":\"passthrough\"}," CL "}]}", err);
+    ASSERT_TRUE(c != NULL && !c->listeners[0].auth_terminated && c->listeners[0].nusers == 0);
+    ferry_config_unref(c);
+}
+
 static void test_admin_disabled(void)
 {
     struct ferry_config *c = ferry_config_parse("f.json", "{\"admin\":{\"bind\":null}," L0 CL "}]}", err);
@@ -193,6 +223,20 @@ static const struct {
      "ferry.json: discovery.writer_down_after: 0 out of range 1..100"},
     {"{\"discovery\":{\"probe_timeout\":\"1s\"}," L0 CL "}]}",
      "ferry.json: discovery.probe_timeout: expected a number of seconds, got a string"},
+    {"{" L0 "\"auth\":{\"mode\":\"terminated\"}," CL "}]}",
+     "ferry.json: listeners[0].auth.users: required key is missing (terminated mode checks clients against it)"},
+    {"{" L0 "\"auth\":{\"mode\":\"open\"}," CL "}]}",
+     "ferry.json: listeners[0].auth.mode: \"open\" is not one of passthrough, terminated"},
+    {"{" L0 "\"auth\":{\"mode\":\"terminated\",\"users\":[{\"name\":\"app\"}]}," CL "}]}",
+     "ferry.json: listeners[0].auth.users[0]: needs the user's backend password (password, password_env or password_file)"},
+    {"{" L0 "\"auth\":{\"mode\":\"terminated\",\"users\":[{\"name\":\"app\",\"password\":\"p\",\"method\":\"plain\"}]}," CL "}]}",
+     "ferry.json: listeners[0].auth.users[0].method: \"plain\" is not one of scram-sha-256, md5, trust"},
+    {"{" L0 "\"auth\":{\"mode\":\"terminated\",\"users\":[{\"name\":\"a\",\"password\":\"p\"},{\"name\":\"a\",\"password\":\"q\"}]}," CL "}]}",
+     "ferry.json: listeners[0].auth.users[1]: user \"a\" is listed twice"},
+    {"{" L0 "\"auth\":{\"mode\":\"terminated\",\"users\":[{\"name\":\"a\",\"password\":\"p\",\"scram_verifier\":\"md5abc\"}]}," CL "}]}",
+     "ferry.json: listeners[0].auth.users[0].scram_verifier: expected \"SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>\""},
+    {"{\"listeners\":[{\"name\":\"my\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\",\"auth\":{\"mode\":\"terminated\",\"users\":[{\"name\":\"a\",\"password\":\"p\"}]}," CL "}]}",
+     "ferry.json: listeners[0].auth.mode: terminated authentication is not implemented for mysql listeners yet"},
     {"{" L0 "\"probe\":{\"password\":\"x\"}," CL "}]}",
      "ferry.json: listeners[0].probe.user: required key is missing"},
     {"{" L0 "\"probe\":{\"user\":\"u\",\"password\":\"x\",\"password_env\":\"HOME\"}," CL "}]}",
@@ -287,6 +331,7 @@ int main(void)
     setenv("FERRY_UNIT_SHORT", "short", 1);
     RUN(test_minimal_defaults);
     RUN(test_full_config);
+    RUN(test_terminated_auth_users);
     RUN(test_admin_disabled);
     RUN(test_discovery_and_probe);
     RUN(test_rejections);

@@ -1,0 +1,184 @@
+"""Terminated authentication on a PostgreSQL listener: ferry checks the
+client against its own user list (SCRAM-SHA-256, MD5, trust), then logs into
+the backend with the user's stored password. A wrong password or an unknown
+user gets 28P01 and never opens a backend connection."""
+
+import psycopg2
+import pytest
+
+import harness
+from fronts import pg_listener
+from harness import make_config
+
+USER, PASSWORD = harness.pg.TEST_USER, harness.pg.TEST_PASSWORD
+
+
+def terminated(pg_pair, users, **options):
+    return make_config(pg_listener(pg_pair, auth={"mode": "terminated", "users": users}, **options),
+                       workers=1)
+
+
+def dsn(ferry, **kw):
+    host, port = ferry.listener_addr("pg")
+    return harness.pg.dsn(host, port, **kw)
+
+
+def backends_of(pg_pair, user):
+    return pg_pair.primary.query(
+        f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}'")[0][0]
+
+
+@pytest.mark.parametrize("method", ["scram-sha-256", "md5"])
+def test_client_proves_its_password_then_ferry_logs_in(ferry_factory, pg_pair, method):
+    ferry = ferry_factory(terminated(pg_pair, [{"name": USER, "password": PASSWORD,
+                                                "method": method}]))
+    with psycopg2.connect(dsn(ferry)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_user, current_setting('application_name')")
+        assert cur.fetchone() == (USER, "")
+        # the client got ferry's cancel key, not the backend's
+        cur.execute("SELECT pg_backend_pid()")
+        assert cur.fetchone()[0] != conn.get_backend_pid()
+    log = ferry.log_text()
+    assert PASSWORD not in log
+
+
+def test_scram_verifier_for_clients_password_for_the_backend(ferry_factory, pg_pair):
+    verifier = pg_pair.primary.query(
+        f"SELECT rolpassword FROM pg_authid WHERE rolname = '{USER}'")[0][0]
+    assert verifier.startswith("SCRAM-SHA-256$")
+    ferry = ferry_factory(terminated(pg_pair, [{"name": USER, "password": PASSWORD,
+                                                "scram_verifier": verifier}]))
+    assert harness.pg.run_query(dsn(ferry), "SELECT 1") == [(1,)]
+
+
+def test_trust_user_needs_no_password_from_the_client(ferry_factory, pg_pair):
+    ferry = ferry_factory(terminated(pg_pair, [{"name": USER, "password": PASSWORD,
+                                                "method": "trust"}]))
+    host, port = ferry.listener_addr("pg")
+    conn = psycopg2.connect(host=host, port=port, user=USER, dbname="app")   # no password
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_user")
+        assert cur.fetchone() == (USER,)
+    conn.close()
+
+
+@pytest.mark.parametrize("user,password", [(USER, "Wr0ng-pass"), ("nobody", "Wr0ng-pass")])
+def test_wrong_password_or_unknown_user_gets_28P01_and_no_backend(ferry_factory, pg_pair,
+                                                                  user, password):
+    ferry = ferry_factory(terminated(pg_pair, [{"name": USER, "password": PASSWORD}]))
+    before = backends_of(pg_pair, user)
+    with pytest.raises(psycopg2.OperationalError) as err:
+        psycopg2.connect(dsn(ferry, user=user, password=password))
+    assert f'ferry: password authentication failed for user "{user}"' in str(err.value)
+    log = ferry.log_text()
+    assert "session.routed" not in log and "session.connected" not in log
+    assert backends_of(pg_pair, user) == before
+    assert "Wr0ng-pass" not in log
+
+
+def test_bad_backend_password_is_a_clear_error(ferry_factory, pg_pair):
+    ferry = ferry_factory(terminated(pg_pair, [{"name": USER, "password": "not-the-real-one",
+                                                "method": "trust"}]))
+    host, port = ferry.listener_addr("pg")
+    with pytest.raises(psycopg2.OperationalError) as err:
+        psycopg2.connect(host=host, port=port, user=USER, dbname="app")
+    # the server's own refusal, relayed
+    assert f'password authentication failed for user "{USER}"' in str(err.value)
+    assert "not-the-real-one" not in ferry.log_text()
+
+
+def test_garbage_instead_of_a_password_message(ferry_factory, pg_pair):
+    import socket
+    from test_pg_protocol import error_fields, read_messages, startup_packet
+    ferry = ferry_factory(terminated(pg_pair, [{"name": USER, "password": PASSWORD}]))
+    with socket.create_connection(ferry.listener_addr("pg"), timeout=10) as s:
+        s.sendall(startup_packet(user=USER, database="app"))
+        msgs = read_messages(s, until=b"R")
+        assert msgs[-1][0] == b"R"      # AuthenticationSASL
+        s.sendall(b"Q\x00\x00\x00\x09xxxx\x00")
+        msgs = read_messages(s, until=b"E-never")
+    err = error_fields(msgs[-1][1])
+    assert err["S"] == "FATAL" and err["C"] == "08P01"
+    # the listener still serves everyone else
+    assert harness.pg.run_query(dsn(ferry), "SELECT 2") == [(2,)]
+
+
+# ---- moving sessions to a new writer without the client noticing ----
+
+def test_idle_session_moves_with_its_settings_and_prepared_statements(ferry_factory, own_pg):
+    from test_discovery import FAST, pg_discovered, writer_of
+    from test_failover_sessions import switch_to_b
+    from harness.proc import wait_for
+    lcfg = pg_discovered(own_pg)
+    lcfg["auth"] = {"mode": "terminated", "users": [{"name": USER, "password": PASSWORD}]}
+    ferry = ferry_factory(make_config(lcfg, workers=2, discovery=FAST))
+    wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a as writer")
+    own_pg.primary.query("CREATE TABLE marks (note text); GRANT ALL ON marks TO ferry_test",
+                         dbname="app")
+    own_pg.primary.query("CREATE SCHEMA s2; CREATE TABLE s2.t (v int); GRANT ALL ON SCHEMA s2 TO "
+                         "ferry_test; GRANT ALL ON s2.t TO ferry_test", dbname="app")
+    host, port = ferry.listener_addr("pg")
+    conn = psycopg2.connect(harness.pg.dsn(host, port), application_name="mover")
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("SET search_path TO s2, public")
+    cur.execute("SET TimeZone TO 'Asia/Tokyo'")
+    cur.execute("SET statement_timeout TO '7s'")
+    cur.execute("PREPARE ignored AS SELECT 1")   # SQL-level: not followed (documented)
+    cur.execute("DEALLOCATE ignored")
+    import psycopg
+    p3 = psycopg.connect(harness.pg.dsn(host, port), autocommit=True, prepare_threshold=0)
+    p3.execute("SELECT %s::int + 1", (1,))       # a named, server-side prepared statement
+    pid_before = p3.info.backend_pid
+
+    switch_to_b(ferry, own_pg)
+    wait_for(lambda: "event=session.moved" in ferry.log_text(), timeout=15,
+             what="an idle session to move")
+
+    # the same psycopg3 connection: no error, on the new writer, its statement still works
+    assert p3.execute("SELECT %s::int + 1", (41,)).fetchone() == (42,)
+    assert p3.execute("SELECT inet_server_port()").fetchone() == (own_pg.replica.port,)
+    assert p3.info.backend_pid == pid_before    # ferry's cancel key did not change
+    p3.close()
+    # the psycopg2 session used SQL-level PREPARE: ferry does not follow it, so that session is
+    # closed with the reconnect error rather than moved with a missing statement
+    with pytest.raises(psycopg2.OperationalError):
+        cur.execute("SELECT 1")
+    assert own_pg.primary.query("SELECT count(*) FROM marks", dbname="app") == [(0,)]
+
+
+def test_moved_session_keeps_search_path_timezone_and_application_name(ferry_factory, own_pg):
+    from test_discovery import FAST, pg_discovered, writer_of
+    from test_failover_sessions import switch_to_b
+    from harness.proc import wait_for
+    lcfg = pg_discovered(own_pg)
+    lcfg["auth"] = {"mode": "terminated", "users": [{"name": USER, "password": PASSWORD}]}
+    ferry = ferry_factory(make_config(lcfg, workers=1, discovery=FAST))
+    wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a as writer")
+    own_pg.primary.query("CREATE SCHEMA s2; CREATE TABLE s2.marks (note text); GRANT ALL ON "
+                         "SCHEMA s2 TO ferry_test; GRANT ALL ON s2.marks TO ferry_test",
+                         dbname="app")
+    host, port = ferry.listener_addr("pg")
+    conn = psycopg2.connect(harness.pg.dsn(host, port), application_name="mover")
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("SET search_path TO s2, public")
+    cur.execute("SET TimeZone TO 'Asia/Tokyo'")
+    cur.execute("BEGIN; SET LOCAL work_mem TO '8MB'; COMMIT")
+    cur.execute("SELECT set_config('DateStyle', 'SQL, DMY', false)")
+
+    switch_to_b(ferry, own_pg)
+    wait_for(lambda: "event=session.moved" in ferry.log_text(), timeout=15,
+             what="the idle session to move")
+    cur.execute("INSERT INTO marks VALUES ('after the move')")     # s2.marks via search_path
+    cur.execute("SELECT inet_server_port(), current_setting('search_path'), "
+                "current_setting('TimeZone'), current_setting('application_name'), "
+                "current_setting('DateStyle'), current_setting('work_mem')")
+    assert cur.fetchone() == (own_pg.replica.port, "s2, public", "Asia/Tokyo", "mover",
+                              "SQL, DMY", "4MB")
+    assert own_pg.replica.query("SELECT note FROM s2.marks", dbname="app") == [("after the move",)]
+    assert own_pg.primary.query("SELECT count(*) FROM s2.marks", dbname="app") == [(0,)]
+    status = ferry.status()
+    pg = [l for l in status["listeners"] if l["name"] == "pg"][0]
+    assert pg["sessions_moved"] == 1
+    conn.close()
