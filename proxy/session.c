@@ -144,6 +144,8 @@ void px_session_close(struct px_session *s, enum ferry_log_level lvl, const char
         session_free(s);
 }
 
+static void hold(struct px_session *s);
+
 static void on_server_dropped(uv_handle_t *h)
 {
     struct px_session *s = h->data;
@@ -155,6 +157,11 @@ static void on_server_dropped(uv_handle_t *h)
         return;
     s->server = (struct px_conn){.owner = s, .peer = &s->client, .name = "server"};
     s->client.paused = false;
+    if (s->hold_after_drop) {
+        s->hold_after_drop = false;
+        hold(s);    /* the next topology routes it again */
+        return;
+    }
     px_session_route(s);
 }
 
@@ -332,12 +339,17 @@ static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chu
 
 /* ---- parking: a session's next request held at a safe point ---- */
 
+/* Waits for a writer (or a resume). One wait lasts hold_timeout in all,
+ * however often a connect attempt in between fails and holds again. */
 static void hold(struct px_session *s)
 {
+    uint64_t now = px_now_ms();
+    if (!s->hold_until)
+        s->hold_until = now + (uint64_t)(s->cfg->discovery.hold_timeout * 1000.0);
     s->held = true;
     ferry_list_insert_tail(&s->owner->held, &s->held_link);
     PX_STAT_ADD(px_session_stats(s)->held, 1);
-    px_session_arm_timer(s, (uint64_t)(s->cfg->discovery.hold_timeout * 1000.0));
+    px_session_arm_timer(s, s->hold_until > now ? s->hold_until - now : 0);
 }
 
 /* The protocol said the client's next request must wait (pause): keep the
@@ -360,6 +372,7 @@ static void unpark(struct px_session *s);
 
 void px_session_start_relay(struct px_session *s)
 {
+    s->hold_until = 0;
     conn_start_reading(&s->server);
     if (s->parked)
         unpark(s);
@@ -371,6 +384,7 @@ static void unpark(struct px_session *s)
 {
     struct px_chunk *ch = s->parked;
     s->parked = NULL;
+    s->hold_until = 0;
     unhold(s);
     uv_timer_stop(&s->timer);
     relay_chunk(s, &s->client, ch, ch->len);
@@ -494,7 +508,7 @@ void px_session_fail(struct px_session *s, enum px_err kind, const char *text)
 
 /* ---- backend connect ---- */
 
-static void backend_failed(struct px_session *s, const char *error)
+void px_session_backend_failed(struct px_session *s, const char *error)
 {
     PX_STAT_ADD(px_session_stats(s)->backend_connect_failed, 1);
     /* Live traffic found the writer unreachable: look now, not at the next tick. */
@@ -502,6 +516,18 @@ static void backend_failed(struct px_session *s, const char *error)
     ferry_log(FERRY_LOG_WARN, "backend.connect_failed",
               "listener=%s session=%llu cluster=%s backend=%s error=\"%s\"", s->pl->name,
               (unsigned long long)s->id, s->cluster, s->endpoint, error);
+    if (s->retry_connect && !s->failing && !s->closing) {
+        /* a session being moved keeps its client: wait for the next topology */
+        s->connected = false;
+        uv_timer_stop(&s->timer);
+        if (s->server.open && !uv_is_closing((uv_handle_t *)&s->server.tcp)) {
+            s->hold_after_drop = true;
+            px_session_reconnect(s);
+        } else {
+            hold(s);
+        }
+        return;
+    }
     char text[400];
     snprintf(text, sizeof text, "cannot reach the writer %s (%s): %s", s->cluster, s->endpoint,
              error);
@@ -533,7 +559,7 @@ static void on_timer(uv_timer_t *t)
     }
     char error[64];
     snprintf(error, sizeof error, "timed out after %gs", s->lcfg->connect_timeout);
-    backend_failed(s, error);
+    px_session_backend_failed(s, error);
 }
 
 static void tune_tcp(uv_tcp_t *t)
@@ -548,7 +574,7 @@ static void on_connected(uv_connect_t *req, int status)
     if (status == UV_ECANCELED || s->closing)
         return;
     if (status < 0) {
-        backend_failed(s, uv_strerror(status));
+        px_session_backend_failed(s, uv_strerror(status));
         return;
     }
     uv_timer_stop(&s->timer);
@@ -571,7 +597,7 @@ static void connect_to(struct px_session *s, const struct sockaddr *sa)
     s->connect_req.data = s;
     int rc = uv_tcp_connect(&s->connect_req, &s->server.tcp, sa, on_connected);
     if (rc != 0)
-        backend_failed(s, uv_strerror(rc));
+        px_session_backend_failed(s, uv_strerror(rc));
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -588,7 +614,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         char error[128];
         snprintf(error, sizeof error, "resolve: %s", uv_strerror(status));
         uv_freeaddrinfo(res);
-        backend_failed(s, error);
+        px_session_backend_failed(s, error);
         return;
     }
     connect_to(s, res->ai_addr);
@@ -612,7 +638,7 @@ static void start_backend(struct px_session *s, const struct ferry_hostport *ep)
     s->gai_req.data = s;
     int rc = uv_getaddrinfo(&s->owner->loop, &s->gai_req, on_resolved, ep->host, port, &hints);
     if (rc != 0) {
-        backend_failed(s, uv_strerror(rc));
+        px_session_backend_failed(s, uv_strerror(rc));
         return;
     }
     s->gai_pending = true;

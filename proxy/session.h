@@ -130,6 +130,10 @@ struct px_session {
     bool failing;                           /* an error message is on its way to the client */
     bool stale;                             /* the writer moved since this session was routed */
     struct px_chunk *parked;                /* owned: client request held at a safe point */
+    bool retry_connect;                     /* a failed backend connect holds (and retries on
+                                               the next topology) instead of failing: moving */
+    bool hold_after_drop;                   /* scratch: the dropped backend was unreachable */
+    uint64_t hold_until;                    /* when this wait for a writer gives up; 0 = none */
     uint64_t topo_gen;                      /* writer generation the session was routed with */
     struct sockaddr_storage server_addr;    /* where the backend connection went */
     int pending_closes;                     /* close callbacks still due */
@@ -170,8 +174,13 @@ void px_session_route(struct px_session *s);
  * hook is asked first, then hold / connect timeouts apply. */
 void px_session_arm_timer(struct px_session *s, uint64_t ms);
 /* Starts (or resumes) the relay on both sides of a connected session; a
- * request parked meanwhile goes through the protocol's scan again first. */
+ * request parked meanwhile goes through the protocol's scan again first.
+ * Ends the session's wait for a writer (hold_timeout counts anew). */
 void px_session_start_relay(struct px_session *s);
+/* The backend could not be reached or refused service (shutting down):
+ * counted and logged; the client gets an error, or, while retry_connect,
+ * the session waits for the next topology. */
+void px_session_backend_failed(struct px_session *s, const char *error);
 /* Drops the backend connection and routes the session again (to the
  * writer of now, or held until there is one); the client side stays. The
  * protocol's connected hook runs again on the new connection. */

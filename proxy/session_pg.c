@@ -30,6 +30,8 @@ enum pg_auth_phase {
 static void client_auth_begin(struct px_session *s);
 static void client_auth_advance(struct px_session *s);
 static void login_failed(struct px_session *s, const char *why);
+static void move_begin(struct px_session *s);
+static bool movable(const struct px_session *s);
 static void track_client(struct px_session *s, uint8_t type, const uint8_t *body,
                          uint32_t captured, uint32_t len, const uint8_t *inplace);
 static void track_server(struct px_session *s, uint8_t type, const uint8_t *body, uint32_t n);
@@ -570,10 +572,21 @@ static void on_stale_message(void *ud, uint8_t type, const uint8_t *body, uint32
         px_session_close(s, FERRY_LOG_INFO, "client write failed");
         return;
     }
-    if (rollback) {
-        px_session_writer_moved_text(s, text, sizeof text, false);
-        px_session_fail(s, PX_ERR_WRITER_MOVED, text);
+    if (!rollback)
+        return;
+    struct px_pg_session *p = pgs(s);
+    if (movable(s)) {
+        /* the transaction is over for the client too: the session moves
+         * like an idle one, and talks to the new writer from here on */
+        p->fenced = false;
+        p->txn = 'I';
+        p->inflight = false;
+        p->scan_c2s.wanted = "XQPC";
+        move_begin(s);
+        return;
     }
+    px_session_writer_moved_text(s, text, sizeof text, false);
+    px_session_fail(s, PX_ERR_WRITER_MOVED, text);
 }
 
 /* Checks a chunk's messages before it is relayed. */
@@ -620,8 +633,14 @@ static enum px_scan pg_scan(struct px_session *s, struct px_conn *src, uint8_t *
  * queued after the chunk that said so). */
 static void pg_relayed(struct px_session *s)
 {
-    if (!pgs(s)->end_at_idle)
+    struct px_pg_session *p = pgs(s);
+    if (!p->end_at_idle)
         return;
+    if (movable(s)) {   /* the transaction ended on the old writer: move now */
+        p->end_at_idle = false;
+        move_begin(s);
+        return;
+    }
     char text[256];
     px_session_writer_moved_text(s, text, sizeof text, false);
     px_conn_stop_reading(&s->server);
@@ -772,7 +791,15 @@ static void login_advance(struct px_session *s)
         const uint8_t *body = at + PG_HEADER_LEN;
         size_t n = total - PG_HEADER_LEN;
         if (type == 'E' && p->client_ready) {
-            move_failed(s, "the new writer refused the login");
+            char state[6];
+            error_sqlstate(body, (uint32_t)n, state);
+            login_free(p);
+            /* shutting down, starting up, connection trouble: not this
+             * session's fault; wait for the next writer */
+            if (strncmp(state, "57", 2) == 0 || strncmp(state, "08", 2) == 0)
+                px_session_backend_failed(s, "the server refused the login while it is not serving");
+            else
+                move_failed(s, "the new writer refused the login");
             return;
         }
         if (type == 'E') {
@@ -994,6 +1021,7 @@ static void move_failed(struct px_session *s, const char *why)
               s->pl->name, (unsigned long long)s->id, s->cluster, why);
     PX_STAT_ADD(px_session_stats(s)->moves_failed, 1);
     p->moving = p->restoring = false;
+    s->retry_connect = false;
     login_free(p);
     px_conn_stop_reading(&s->server);
     char text[256];
@@ -1006,6 +1034,7 @@ static void move_done(struct px_session *s)
     struct px_pg_session *p = pgs(s);
     p->moving = p->restoring = false;
     s->stale = false;
+    s->retry_connect = false;
     login_free(p);
     px_conn_stop_reading(&s->server);
     PX_STAT_ADD(px_session_stats(s)->moves, 1);
@@ -1093,10 +1122,19 @@ static void restore_advance(struct px_session *s)
     in->len -= off;
 }
 
+/* Terminated auth, logged in once, and every change to its state seen. */
+static bool movable(const struct px_session *s)
+{
+    const struct px_pg_session *p = &s->u.pg;
+    return p->user && p->client_ready && !p->unmovable;
+}
+
 static void move_begin(struct px_session *s)
 {
     struct px_pg_session *p = pgs(s);
     p->moving = true;
+    s->stale = true;            /* routed anew; no second move for the same change */
+    s->retry_connect = true;    /* an unreachable writer holds the session, not fails it */
     ferry_log(FERRY_LOG_INFO, "session.moving", "listener=%s session=%llu from=%s", s->pl->name,
               (unsigned long long)s->id, s->cluster);
     login_free(p);
@@ -1138,6 +1176,14 @@ static bool pg_server_lost(struct px_session *s)
     struct px_pg_session *p = pgs(s);
     if (!p->startup_done || s->client.eof || p->terminating)
         return false;
+    if (!p->inflight && p->txn == 'I' && movable(s)) {
+        /* nothing was lost: log into whichever cluster is the writer next */
+        ferry_log(FERRY_LOG_INFO, "session.writer_lost", "listener=%s session=%llu cluster=%s",
+                  s->pl->name, (unsigned long long)s->id, s->cluster);
+        px_session_probe_now(s);
+        move_begin(s);
+        return true;
+    }
     px_conn_stop_reading(&s->server);
     if (p->inflight)
         px_session_fail(s, PX_ERR_OUTCOME_UNKNOWN,
@@ -1162,8 +1208,8 @@ static void pg_writer_moved(struct px_session *s)
     bool idle = p->txn == 'I' && !p->inflight;
     ferry_log(FERRY_LOG_INFO, "session.writer_moved", "listener=%s session=%llu from=%s state=%s%s",
               s->pl->name, (unsigned long long)s->id, s->cluster, idle ? "idle" : "busy",
-              !p->user ? "" : p->unmovable ? " movable=no" : p->client_ready ? " movable=yes" : "");
-    if (idle && p->user && p->client_ready && !p->unmovable) {
+              !p->user ? "" : movable(s) ? " movable=yes" : " movable=no");
+    if (idle && movable(s)) {
         move_begin(s);
         return;
     }

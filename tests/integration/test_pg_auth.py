@@ -182,3 +182,98 @@ def test_moved_session_keeps_search_path_timezone_and_application_name(ferry_fac
     pg = [l for l in status["listeners"] if l["name"] == "pg"][0]
     assert pg["sessions_moved"] == 1
     conn.close()
+
+
+def test_transaction_gets_40001_then_the_session_moves_after_rollback(ferry_factory, own_pg):
+    from test_discovery import FAST, pg_discovered, writer_of
+    from test_failover_sessions import switch_to_b
+    from harness.proc import wait_for
+    lcfg = pg_discovered(own_pg)
+    lcfg["auth"] = {"mode": "terminated", "users": [{"name": USER, "password": PASSWORD}]}
+    ferry = ferry_factory(make_config(lcfg, workers=1, discovery=FAST))
+    wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a as writer")
+    own_pg.primary.query("CREATE TABLE marks (note text); GRANT ALL ON marks TO ferry_test",
+                         dbname="app")
+    conn = psycopg2.connect(dsn(ferry))
+    cur = conn.cursor()                 # psycopg2 opens a transaction with the first statement
+    cur.execute("INSERT INTO marks VALUES ('in the old transaction')")
+    switch_to_b(ferry, own_pg)
+    wait_for(lambda: "event=session.writer_moved" in ferry.log_text(), timeout=10,
+             what="the session to learn of the move")
+    with pytest.raises(psycopg2.errors.SerializationFailure) as err:
+        cur.execute("INSERT INTO marks VALUES ('after the switch')")
+    assert "moved away from region-a" in str(err.value)
+    conn.rollback()                     # ferry answers ROLLBACK, then moves the session
+    wait_for(lambda: "event=session.moved" in ferry.log_text(), timeout=15,
+             what="the session to move after ROLLBACK")
+    cur.execute("INSERT INTO marks VALUES ('retried')")
+    conn.commit()
+    cur.execute("SELECT inet_server_port()")
+    assert cur.fetchone() == (own_pg.replica.port,)
+    conn.close()
+    assert own_pg.replica.query("SELECT note FROM marks", dbname="app") == [("retried",)]
+    assert own_pg.primary.query("SELECT count(*) FROM marks", dbname="app") == [(0,)]
+
+
+def terminated_discovered(ferry_factory, own_pg, **discovery):
+    from test_discovery import FAST, pg_discovered, writer_of
+    from harness.proc import wait_for
+    lcfg = pg_discovered(own_pg)
+    lcfg["auth"] = {"mode": "terminated", "users": [{"name": USER, "password": PASSWORD}]}
+    ferry = ferry_factory(make_config(lcfg, workers=1, discovery=dict(FAST, **discovery)))
+    wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a as writer")
+    return ferry
+
+
+def test_idle_session_survives_a_crash_and_waits_for_the_new_writer(ferry_factory, own_pg):
+    """Unplanned failover: the writer dies while a session is idle. Its next
+    statement waits (held) while there is no writer and runs on the new one
+    once it is promoted: the client sees a slow statement, not an error."""
+    import threading
+    import psycopg
+    from harness.proc import wait_for
+    from test_discovery import writer_of
+    ferry = terminated_discovered(ferry_factory, own_pg)
+    host, port = ferry.listener_addr("pg")
+    conn = psycopg.connect(harness.pg.dsn(host, port), autocommit=True, prepare_threshold=0)
+    conn.execute("SET TimeZone TO 'UTC'")
+    assert conn.execute("SELECT %s::int * 2", (2,)).fetchone() == (4,)
+
+    own_pg.primary.stop(mode="immediate")
+    wait_for(lambda: writer_of(ferry, "pg") is None, timeout=10, what="the writer to be dropped")
+    result = {}
+
+    def statement():
+        try:
+            result["row"] = conn.execute("SELECT %s::int * 2, inet_server_port(), "
+                                         "current_setting('TimeZone')", (21,)).fetchone()
+        except Exception as e:  # noqa: BLE001 - asserted below
+            result["error"] = e
+
+    t = threading.Thread(target=statement)
+    t.start()
+    wait_for(lambda: listener_held(ferry) == 1, timeout=10, what="the statement to be held")
+    own_pg.replica.promote()
+    t.join(30)
+    assert result == {"row": (42, own_pg.replica.port, "UTC")}
+    conn.close()
+    assert ferry.status()["listeners"][0]["sessions_moved"] == 1
+
+
+def test_held_move_gives_up_after_hold_timeout(ferry_factory, own_pg):
+    import psycopg
+    from harness.proc import wait_for
+    from test_discovery import writer_of
+    ferry = terminated_discovered(ferry_factory, own_pg, hold_timeout=1)
+    host, port = ferry.listener_addr("pg")
+    conn = psycopg.connect(harness.pg.dsn(host, port), autocommit=True)
+    own_pg.primary.stop(mode="immediate")
+    wait_for(lambda: writer_of(ferry, "pg") is None, timeout=10, what="the writer to be dropped")
+    with pytest.raises(psycopg.OperationalError) as err:
+        conn.execute("SELECT 1")
+    assert "no writer for listener pg after waiting 1s" in str(err.value)
+    assert listener_held(ferry) == 0
+
+
+def listener_held(ferry):
+    return ferry.status()["listeners"][0]["clients_held"]
