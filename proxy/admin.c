@@ -320,8 +320,9 @@ static enum MHD_Result post_switchover(struct MHD_Connection *c, const char *bod
     }
     uint64_t start = px_now_ms(), deadline = start + (uint64_t)(timeout * 1000.0);
     bool done = false;
-    while (!(done = ferry_discovery_writer_is(px_proc.discovery, lp, target)) && px_now_ms() < deadline)
-        usleep(20 * 1000);
+    while (!(done = ferry_discovery_writer_is(px_proc.discovery, lp, target)) &&
+           px_now_ms() < deadline && !__atomic_load_n(&px_proc.draining, __ATOMIC_RELAXED))
+        usleep(20 * 1000);  /* a shutdown ends the wait: it stops this endpoint */
     if (!done)
         ferry_discovery_switchover_cancel(px_proc.discovery);
     px_set_paused(false);

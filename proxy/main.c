@@ -455,13 +455,15 @@ static int cmd_run(const char *path)
     uv_run(mainloop.loop, UV_RUN_DEFAULT);
 
     /* Stop discovery first (its publish posts to workers), free it last
-     * (workers may still ask it for a probe round until they are joined). */
+     * (workers may still ask it for a probe round until they are joined,
+     * and an admin request such as a waiting switchover may still read it
+     * until the admin endpoint has stopped). */
     ferry_discovery_stop(px_proc.discovery);
+    px_admin_stop(mainloop.admin);
     for (unsigned i = 0; i < px_proc.nworkers; i++)
         px_worker_join(&px_proc.workers[i]);
     ferry_discovery_free(px_proc.discovery);
     px_proc.discovery = NULL;
-    px_admin_stop(mainloop.admin);
     ferry_topology_unref(px_proc.topology);
     uv_loop_close(mainloop.loop);
     for (size_t i = 0; i < px_proc.nlisteners; i++)

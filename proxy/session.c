@@ -346,9 +346,11 @@ static void hold(struct px_session *s)
     uint64_t now = px_now_ms();
     if (!s->hold_until)
         s->hold_until = now + (uint64_t)(s->cfg->discovery.hold_timeout * 1000.0);
-    s->held = true;
-    ferry_list_insert_tail(&s->owner->held, &s->held_link);
-    PX_STAT_ADD(px_session_stats(s)->held, 1);
+    if (!s->held) {     /* a parked session being moved may be held already */
+        s->held = true;
+        ferry_list_insert_tail(&s->owner->held, &s->held_link);
+        PX_STAT_ADD(px_session_stats(s)->held, 1);
+    }
     px_session_arm_timer(s, s->hold_until > now ? s->hold_until - now : 0);
 }
 
@@ -360,8 +362,7 @@ static void park(struct px_session *s, struct px_chunk *ch, size_t n)
     ch->len = n;
     s->parked = ch;
     px_conn_stop_reading(&s->client);
-    if (!s->held)   /* a session moving to a new writer may be held already */
-        hold(s);
+    hold(s);
     ferry_log(FERRY_LOG_DEBUG, "session.parked", "listener=%s session=%llu", s->pl->name,
               (unsigned long long)s->id);
 }

@@ -30,6 +30,7 @@ enum pg_auth_phase {
 static void client_auth_begin(struct px_session *s);
 static void client_auth_advance(struct px_session *s);
 static void login_failed(struct px_session *s, const char *why);
+static void login_lost(struct px_session *s, const char *why);
 static void move_begin(struct px_session *s);
 static bool movable(const struct px_session *s);
 static void track_client(struct px_session *s, uint8_t type, const uint8_t *body,
@@ -217,7 +218,7 @@ static bool pg_timer(struct px_session *s)
 {
     struct px_pg_session *p = pgs(s);
     if (p->login && p->auth_phase == PGA_DONE && s->connected) {
-        login_failed(s, "timed out");
+        login_lost(s, "login timed out");
         return true;
     }
     if (p->startup_done && p->auth_phase != PGA_SASL_FIRST && p->auth_phase != PGA_SASL_FINAL &&
@@ -306,6 +307,9 @@ static void client_authenticated(struct px_session *s)
 {
     struct px_pg_session *p = pgs(s);
     p->auth_phase = PGA_DONE;
+    /* the client waits quietly from here: an unreachable writer holds it
+     * (up to hold_timeout) like a new client waiting for a writer */
+    s->retry_connect = true;
     pg_scram_server_clear(&p->login->server);
     px_conn_stop_reading(&s->client);
     struct ferry_wbuf b;
@@ -658,6 +662,20 @@ static void move_failed(struct px_session *s, const char *why);
 static void move_logged_in(struct px_session *s, const uint8_t *msgs, size_t n);
 static void restore_advance(struct px_session *s);
 
+/* The backend went away or stopped answering during a login: while the
+ * session may wait for a writer (retry_connect: a move, or a new session
+ * whose client already has AuthenticationOk), it waits for the next
+ * topology; otherwise the login failed. */
+static void login_lost(struct px_session *s, const char *why)
+{
+    if (!s->retry_connect) {
+        login_failed(s, why);
+        return;
+    }
+    login_free(pgs(s));
+    px_session_backend_failed(s, why);
+}
+
 static void login_failed(struct px_session *s, const char *why)
 {
     if (pgs(s)->client_ready) {     /* moving: the client is still fine */
@@ -759,6 +777,7 @@ static void login_done(struct px_session *s, size_t from, size_t to)
         return;
     }
     p->client_ready = true;
+    s->retry_connect = false;
     send_to_client(s, &out);
     if (s->closing)
         return;
@@ -790,17 +809,19 @@ static void login_advance(struct px_session *s)
         }
         const uint8_t *body = at + PG_HEADER_LEN;
         size_t n = total - PG_HEADER_LEN;
-        if (type == 'E' && p->client_ready) {
+        if (type == 'E') {
             char state[6];
             error_sqlstate(body, (uint32_t)n, state);
-            login_free(p);
             /* shutting down, starting up, connection trouble: not this
-             * session's fault; wait for the next writer */
-            if (strncmp(state, "57", 2) == 0 || strncmp(state, "08", 2) == 0)
-                px_session_backend_failed(s, "the server refused the login while it is not serving");
-            else
+             * session's fault; a session that may wait, waits for the next writer */
+            if (s->retry_connect && (strncmp(state, "57", 2) == 0 || strncmp(state, "08", 2) == 0)) {
+                login_lost(s, "the server refused the login while it is not serving");
+                return;
+            }
+            if (p->client_ready) {
                 move_failed(s, "the new writer refused the login");
-            return;
+                return;
+            }
         }
         if (type == 'E') {
             /* the server refused: its own words, relayed */
@@ -850,7 +871,8 @@ static void on_login_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *bu
     if (nread == 0)
         return;
     if (nread < 0) {
-        login_failed(s, nread == UV_EOF ? "the server closed the connection" : uv_strerror((int)nread));
+        login_lost(s, nread == UV_EOF ? "the server closed the connection during login"
+                                      : uv_strerror((int)nread));
         return;
     }
     login_advance(s);
