@@ -4,7 +4,11 @@
 Starts both pairs on free ports on 127.0.0.1, runs ferry with a `pg` and a
 `mysql` listener (clusters region-a = primary, the writer, and region-b =
 replica), runs a few queries through it with the psql and mariadb CLIs and
-with psycopg and PyMySQL, prints /v1/status, then stays up until Ctrl-C.
+with psycopg and PyMySQL, then runs a small load through the PostgreSQL
+listener and performs a planned switchover to region-b half-way, printing
+the timeline (when the writer changed, how long writes waited, errors by
+class, acknowledged writes lost), prints /v1/status, then stays up until
+Ctrl-C.
 
     /usr/bin/python3 scripts/demo.py          # stay up, Ctrl-C to stop
     /usr/bin/python3 scripts/demo.py --once   # exit after the queries: 0 if all worked
@@ -13,7 +17,9 @@ The ferry binary is $FERRY_BIN, else build/ferry (scripts/demo.sh builds it).
 """
 
 import argparse
+import datetime
 import json
+import threading
 import shlex
 import os
 import subprocess
@@ -28,7 +34,7 @@ import psycopg  # noqa: E402
 import pymysql  # noqa: E402
 
 import harness  # noqa: E402
-from harness import mariadb, pg, proc  # noqa: E402
+from harness import drill, mariadb, pg, proc  # noqa: E402
 from harness.ferry import cluster, listener, make_config  # noqa: E402
 
 
@@ -50,13 +56,18 @@ class Demo:
         self.my = harness.MariaDBPair().start()
         # Both listeners discover their writer by probing; nothing is marked.
         probe = {"user": pg.TEST_USER, "password": pg.TEST_PASSWORD}
+        # The pg listener authenticates clients itself (terminated auth), so
+        # it can log idle sessions into the new writer during the switchover.
+        auth = {"mode": "terminated",
+                "users": [{"name": pg.TEST_USER, "password": pg.TEST_PASSWORD}]}
         config = make_config(
             listener("pg", "postgresql", [cluster("region-a", self.pg.primary),
-                                          cluster("region-b", self.pg.replica)], probe=probe),
+                                          cluster("region-b", self.pg.replica)], probe=probe,
+                     auth=auth),
             listener("mysql", "mysql", [cluster("region-a", self.my.primary),
                                         cluster("region-b", self.my.replica)],
                      probe={"user": mariadb.TEST_USER, "password": mariadb.TEST_PASSWORD}),
-            log_level="info", discovery={"probe_interval": 0.5, "probe_timeout": 3})
+            log_level="info", discovery={"probe_interval": 0.2, "probe_timeout": 3})
         banner(f"starting ferry ({harness.ferry_bin()})")
         self.ferry = harness.Ferry(config, proc.make_tempdir("ferry-demo-")).start()
         print(json.dumps(config, indent=2))
@@ -178,6 +189,69 @@ class Demo:
                                f"expected the region-a writer on {pair.primary.port}")
         print(f"routed to region-a, the writer (port {backend_port})")
 
+    def switchover_under_load(self):
+        """A planned switchover of the pg listener half-way through a load:
+        ferry pauses new transactions, the operator (here: this script)
+        makes region-a read-only and promotes region-b once it has caught
+        up, ferry moves every session to region-b and resumes."""
+        host, port = self.addr("pg")
+        drill.create_table(self.pg.primary, pg.TEST_DB, pg.TEST_USER)
+        load = drill.PgLoad(pg.dsn(host, port)).start()
+        print(f"load: {load.nwriters} writers (short INSERT+COMMIT transactions), "
+              f"{load.nidle} idle pooled sessions, {load.nprepared} sessions with prepared "
+              "statements")
+        load.wait_for_acks(50)
+        time.sleep(1.0)
+        t0 = time.time()
+        admin_host, admin_port = self.ferry.admin_addr()
+        out = {}
+
+        def switch():
+            import urllib.request
+            body = json.dumps({"to": "region-b", "listener": "pg", "timeout": 30}).encode()
+            req = urllib.request.Request(f"http://{admin_host}:{admin_port}/v1/switchover",
+                                         data=body, method="POST")
+            with urllib.request.urlopen(req, timeout=60) as r:
+                out["answer"] = json.loads(r.read())
+
+        t = threading.Thread(target=switch)
+        t.start()
+        proc.wait_for(lambda: self.ferry.status()["paused"], timeout=10, what="ferry to pause")
+        self.pg.primary.query("ALTER SYSTEM SET default_transaction_read_only = on")
+        self.pg.primary.query("SELECT pg_reload_conf()")
+        lsn = self.pg.primary.query("SELECT pg_current_wal_lsn()::text")[0][0]
+        proc.wait_for(lambda: self.pg.replica.query(
+            "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,))[0][0], timeout=30,
+            what="region-b to catch up")
+        self.pg.replica.promote()
+        t.join(60)
+        print(f"POST /v1/switchover: {out.get('answer')}")
+        n = len(load.result.acked)
+        load.wait_for_acks(n + 50)
+        time.sleep(1.0)
+        result = load.stop()
+        status = self.ferry.status()
+        switched = [h for h in status["discovery"]["history"] if h["to"] == "region-b"][-1]
+        lost, stale = drill.check_writes(result, self.pg.replica, self.pg.primary, pg.TEST_DB,
+                                         switched["at"])
+        listener_status = [x for x in status["listeners"] if x["name"] == "pg"][0]
+
+        banner("switchover timeline (pg listener)")
+        for h in status["discovery"]["history"]:
+            if h["listener"] == "pg":
+                at = datetime.datetime.fromisoformat(h["at"].replace("Z", "+00:00")).timestamp()
+                print(f"  {at - t0:+7.3f}s  writer {h['from']} -> {h['to']}: {h['reason']}")
+        print(f"  longest wait between acknowledged writes: {result.window_ms():.0f} ms")
+        print(f"  acknowledged writes: {len(result.acked)}; lost: {len(lost)}; "
+              f"rows on the old writer after the switch: {stale}")
+        for kind in ("writer", "idle", "prepared"):
+            errs = result.errors_of(kind)
+            print(f"  errors for {kind} sessions: {sum(errs.values())} {errs or ''}")
+        print(f"  sessions moved to region-b without an error: {listener_status['sessions_moved']}")
+        if lost or stale or result.errors_of("idle") or not out.get("answer", {}).get("ok"):
+            raise RuntimeError("the switchover lost writes, wrote to the old writer, "
+                               "or gave idle sessions an error")
+
     def print_topology(self):
         banner("discovered topology (GET /v1/status .discovery)")
         for entry in self.ferry.status()["discovery"]["listeners"]:
@@ -216,6 +290,7 @@ def main():
         demo.print_connect_help()
         demo.step("writer discovery", demo.print_topology)
         demo.run_queries()
+        demo.step("planned switchover under load", demo.switchover_under_load)
         demo.print_status()
         if demo.failures:
             print(f"\n{len(demo.failures)} step(s) failed: {', '.join(demo.failures)}")
