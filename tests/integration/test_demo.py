@@ -2,6 +2,7 @@
 and ferry, runs queries through both listeners and exits 0 with --once."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -21,6 +22,6 @@ def test_demo_once():
     assert '"config_generation": 1' in res.stdout
     assert "pg: writer region-a (generation " in res.stdout
     assert "mysql: writer region-a" in res.stdout
-    assert "writer region-a -> region-b" in res.stdout
+    assert re.search(r"writer (region-a|none) -> region-b: ", res.stdout)
     assert "lost: 0; rows on the old writer after the switch: 0" in res.stdout
     assert "errors for idle sessions: 0" in res.stdout
