@@ -374,6 +374,7 @@ static void unpark(struct px_session *s);
 void px_session_start_relay(struct px_session *s)
 {
     s->hold_until = 0;
+    uv_timer_stop(&s->timer);   /* a protocol's login timer ends with the login */
     conn_start_reading(&s->server);
     if (s->parked)
         unpark(s);

@@ -42,6 +42,22 @@ def test_client_proves_its_password_then_ferry_logs_in(ferry_factory, pg_pair, m
     assert PASSWORD not in log
 
 
+def test_session_outlives_the_login_timer(ferry_factory, pg_pair):
+    """The backend login runs under connect_timeout; a session that stays
+    idle for longer than that must not be ended by it."""
+    import time
+    ferry = ferry_factory(terminated(pg_pair, [{"name": USER, "password": PASSWORD}],
+                                     connect_timeout=0.3))
+    conn = psycopg2.connect(dsn(ferry))
+    conn.autocommit = True
+    time.sleep(1.0)
+    with conn.cursor() as cur:
+        cur.execute("SELECT 3")
+        assert cur.fetchone() == (3,)
+    conn.close()
+    assert "backend.connect_failed" not in ferry.log_text()
+
+
 def test_scram_verifier_for_clients_password_for_the_backend(ferry_factory, pg_pair):
     verifier = pg_pair.primary.query(
         f"SELECT rolpassword FROM pg_authid WHERE rolname = '{USER}'")[0][0]
