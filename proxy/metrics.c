@@ -52,8 +52,9 @@ static void listener_metrics(FILE *f)
         {"ferry_clients_held", "gauge", "Clients waiting for a writer."},
         {"ferry_errors_total", "counter", "Errors ferry reported to clients, by class."},
         {"ferry_received_bytes_total", "counter", "Bytes received, by side (client or server)."},
-        {"ferry_queries_total", "counter", "PostgreSQL query cycles completed (ReadyForQuery)."},
-        {"ferry_transactions_total", "counter", "PostgreSQL transaction blocks ended."},
+        {"ferry_queries_total", "counter",
+         "Commands completed (PostgreSQL: ReadyForQuery; MySQL: a command's whole response)."},
+        {"ferry_transactions_total", "counter", "Transactions ended (protocol-aware listeners)."},
     };
     /* px_counters is cache-line aligned: calloc does not promise that */
     size_t bytes = (px_proc.nlisteners ? px_proc.nlisteners : 1) * sizeof(struct px_counters);

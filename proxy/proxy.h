@@ -30,8 +30,8 @@ struct px_counters {
     uint64_t bytes_from_clients;
     uint64_t bytes_from_servers;
     uint64_t held;                  /* clients waiting for a writer now */
-    uint64_t queries;               /* PG: ReadyForQuery seen (one per query cycle) */
-    uint64_t transactions;          /* PG: transaction blocks ended (T/E -> I) */
+    uint64_t queries;               /* PG: ReadyForQuery seen; MySQL: command responses */
+    uint64_t transactions;          /* transactions ended (PG: T/E -> I; MySQL: IN_TRANS cleared) */
     uint64_t hold_timeouts;         /* clients that gave up waiting (got an error) */
     uint64_t moves;                 /* sessions moved to a new writer without an error */
     uint64_t moves_failed;          /* sessions that could not be moved: closed instead */

@@ -797,7 +797,7 @@ void px_session_accept(struct px_accepting *a)
     tune_tcp(&s->client.tcp);
     s->created_ms = px_now_ms();
     format_peer(&s->client.tcp, s->peer, sizeof s->peer);
-    s->proto = s->lcfg->protocol == FERRY_PROTO_POSTGRESQL ? &px_proto_pg : NULL;
+    s->proto = s->lcfg->protocol == FERRY_PROTO_POSTGRESQL ? &px_proto_pg : &px_proto_mysql;
     if (s->proto && s->proto->begin)
         s->proto->begin(s);
     if (!s->counted) {

@@ -36,6 +36,7 @@ COMMON_OPTIONS = [
     "--performance-schema=0",
     "--max-connect-errors=1000000",   # health probes must never get 127.0.0.1 blocked
     "--max-connections=1500",         # the relay tests hold 1000 sessions at once
+    "--max-allowed-packet=64M",       # a 20 MB blob round trip through ferry
 ]
 
 
