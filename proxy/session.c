@@ -168,6 +168,7 @@ static void on_server_dropped(uv_handle_t *h)
 void px_session_reconnect(struct px_session *s)
 {
     s->connected = false;
+    s->relaying = false;
     uv_timer_stop(&s->timer);
     px_conn_stop_reading(&s->server);
     if (!s->server.open || uv_is_closing((uv_handle_t *)&s->server.tcp))
@@ -373,6 +374,7 @@ static void unpark(struct px_session *s);
 
 void px_session_start_relay(struct px_session *s)
 {
+    s->relaying = true;
     s->hold_until = 0;
     uv_timer_stop(&s->timer);   /* a protocol's login timer ends with the login */
     conn_start_reading(&s->server);
@@ -855,10 +857,13 @@ void px_session_release_held(struct px_worker *w)
         it = it->next;
         if (s->closing || s->failing)
             continue;
-        if (s->parked && s->connected) {
-            unpark(s);  /* may end or re-park s; `it` was taken before */
+        if (s->parked && s->relaying) {
+            unpark(s);  /* may end s; `it` was taken before */
             continue;
         }
+        if (s->server.open)
+            continue;   /* connecting, logging in, or dropping its old backend: it
+                           goes on by itself (a second connect would reuse the handle) */
         if (!route_and_connect(s))
             continue;
         unhold(s);

@@ -129,6 +129,8 @@ struct px_session {
     bool held;                              /* waiting for a writer (in owner->held) */
     bool failing;                           /* an error message is on its way to the client */
     bool stale;                             /* the writer moved since this session was routed */
+    bool relaying;                          /* the relay runs (not connecting, logging in,
+                                               or moving to another backend) */
     struct px_chunk *parked;                /* owned: client request held at a safe point */
     bool retry_connect;                     /* a failed backend connect holds (and retries on
                                                the next topology) instead of failing: moving */
