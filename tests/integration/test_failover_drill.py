@@ -133,3 +133,43 @@ def test_crash_under_load(ferry_factory, own_pg):
     have = {r[0] for r in own_pg.replica.query("SELECT id FROM drill_acks",
                                                dbname=harness.pg.TEST_DB)}
     assert after and set(after) <= have     # writes after the failover are on the new writer
+
+
+def test_repeated_switchovers_under_load(ferry_factory, own_pg):
+    """A -> B -> A -> B under load, the old writer rewound into a standby of
+    the new one each time (peers have shipped a bug where a read-only
+    cluster is taken for the writer after repeated failovers): each switch
+    as clean as the first, never a write sent to a read-only cluster."""
+    ferry = start(ferry_factory, own_pg)
+    load = load_on(ferry)
+    load.wait_for_acks(50)
+    servers = {"region-a": own_pg.primary, "region-b": own_pg.replica}
+    current, other = "region-a", "region-b"
+    for _ in range(3):
+        old, new = servers[current], servers[other]
+        t, out = switchover(ferry, other)
+        wait_for(lambda: ferry.status()["paused"], timeout=10, what="ferry to pause")
+        old.query("ALTER SYSTEM SET default_transaction_read_only = on")
+        old.query("SELECT pg_reload_conf()")
+        lsn = old.query("SELECT pg_current_wal_lsn()::text")[0][0]
+        wait_for(lambda: new.query("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                                   (lsn,))[0][0], timeout=30, what="the standby to catch up")
+        new.promote()
+        t.join(40)
+        assert out["res"].returncode == 0, out["res"].stderr
+        n = len(load.result.acked)
+        load.wait_for_acks(n + 50)
+        own_pg.follow(old, new)     # the old writer becomes the new one's standby
+        assert writer_of(ferry, "pg") == other
+        current, other = other, current
+        load.wait_for_acks(len(load.result.acked) + 20)
+    result = load.stop()
+    report("repeated switchovers", result, ferry)
+
+    assert result.errors == {}, result.error_log
+    assert result.idle_checked == 4
+    have = {r[0] for r in servers[current].query("SELECT id FROM drill_acks",
+                                                  dbname=harness.pg.TEST_DB)}
+    assert set(result.acked) <= have
+    writers = [h["to"] for h in ferry.status()["discovery"]["history"] if h["to"] != "none"]
+    assert writers == ["region-a", "region-b", "region-a", "region-b"]

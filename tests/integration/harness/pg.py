@@ -30,6 +30,7 @@ wal_keep_size = '256MB'
 hot_standby = on
 wal_retrieve_retry_interval = '200ms'   # replica reconnects fast after a primary restart
 password_encryption = 'scram-sha-256'
+wal_log_hints = on                      # pg_rewind can turn an old primary into a standby
 fsync = off
 shared_buffers = 32MB
 log_connections = on
@@ -157,6 +158,25 @@ class PgPair(Pair):
             f.writelines(f"{key} = '{value}'\n" for key, value in self.settings.items())
         with open(os.path.join(p.datadir, "pg_hba.conf"), "w") as f:
             f.write(PG_HBA_CONF)
+
+    def follow(self, old, new, timeout=60):
+        """Turns old (a former primary, running or not) into a streaming
+        standby of new (promoted) with pg_rewind, as an operator does after
+        a switchover, so the roles can be switched back."""
+        new.query("CHECKPOINT")     # pg_rewind reads the new timeline from the control file
+        if old.is_running():
+            old.stop(mode="fast")
+        proc.run([pg_bin("pg_rewind"), "-D", old.datadir, "-R", "--no-sync",
+                  "--source-server", f"host={new.host} port={new.port} user={ADMIN_USER} "
+                  "dbname=postgres"],
+                 user=self.RUN_AS, timeout=timeout, what=f"pg_rewind {old!r} from {new!r}")
+        old.start()
+        old.query("ALTER SYSTEM RESET default_transaction_read_only")
+        old.query("SELECT pg_reload_conf()")
+        proc.wait_for(lambda: new.query(
+            "SELECT 1 FROM pg_stat_replication WHERE application_name = %s "
+            "AND state = 'streaming'", (old.name,)),
+            timeout=timeout, what=f"{old!r} to stream from {new!r}")
 
     def wait_streaming(self, timeout=30):
         """Waits until the primary reports the replica's WAL stream as live."""
