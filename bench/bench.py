@@ -1,10 +1,13 @@
-"""bench/run's driver: starts PostgreSQL (and MariaDB) through the test
-harness, ferry, HAProxy and PgBouncer in front of the same primary, runs each
-scenario through each target, and writes bench/results/<timestamp>/ with
-report.md, plots and the raw JSON. Usage: bench/run --help.
+"""bench/run's driver: starts PostgreSQL (and MariaDB, and bench/pgsink)
+through the test harness, ferry, HAProxy and PgBouncer in front of the same
+servers, runs each scenario through each target, and writes
+bench/results/<timestamp>/ with report.md, plots and the raw JSON. The
+failover drill (drill.py) starts its own servers. --smoke runs everything
+tiny and checks the results are well formed. Usage: bench/run --help.
 """
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -12,6 +15,7 @@ import resource
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -21,6 +25,8 @@ os.environ.setdefault("FERRY_BIN", os.path.join(REPO, "build-bench", "tree", "fe
 
 from harness import Ferry, MariaDBPair, PgPair, cluster, listener, make_config, proc  # noqa: E402
 
+import conns  # noqa: E402
+import drill  # noqa: E402
 import peers  # noqa: E402
 import report  # noqa: E402
 import tools  # noqa: E402
@@ -35,16 +41,30 @@ PG_SETTINGS = {             # on top of the harness's defaults, for both servers
 PGBENCH_SCALE = 10
 LOADGEN_ROWS = 100000
 
+# --smoke (CI): every scenario against every target, tiny: it proves the
+# harness runs end to end and its results are well formed, never speed.
+SMOKE = {"duration": 1.0, "pause": 0.1, "clients": 4, "pgbench_scale": 1, "rows": 10000}
+
 
 @dataclass
 class Scenario:
     name: str
-    protocol: str           # "pg" or "mysql"
-    tool: str               # pgbench, sysbench, loadgen, idle, stub
+    protocol: str           # "pg" or "mysql" (the shared servers it needs), "none": its own
+    tool: str               # pgbench, sysbench, loadgen, idle, drill
     clients: int
     args: list = field(default_factory=list)
     title: str = ""
     targets: tuple = ("direct", "ferry", "haproxy", "pgbouncer")
+    params: dict = field(default_factory=dict)   # scenario-specific sizes
+    needs: tuple = ()       # further shared servers: "pg", "mysql", "sink" (bench/pgsink)
+    smoke: dict = field(default_factory=dict)    # overrides of clients/params for --smoke
+
+    def for_smoke(self):
+        """The same scenario, tiny: few clients, small counts."""
+        over = dict(self.smoke)
+        clients = over.pop("clients", min(self.clients, SMOKE["clients"]))
+        return dataclasses.replace(self, clients=clients,
+                                   params={"rows": SMOKE["rows"], **self.params, **over})
 
 
 SCENARIOS = [
@@ -62,7 +82,7 @@ SCENARIOS = [
              "loadgen connect + SELECT + disconnect per transaction, 16 clients"),
     Scenario("idle_memory", "pg", "idle", IDLE_CLIENTS, [],
              f"{IDLE_CLIENTS} idle client connections: proxy RSS per connection",
-             ("ferry", "haproxy", "pgbouncer")),
+             ("ferry", "haproxy", "pgbouncer"), smoke={"clients": 40}),
     Scenario("mysql_point_select", "mysql", "sysbench", 16, ["oltp_point_select"],
              "sysbench oltp_point_select, 16 threads", ("direct", "ferry", "haproxy")),
     Scenario("mysql_read_only", "mysql", "sysbench", 16, ["oltp_read_only"],
@@ -70,12 +90,28 @@ SCENARIOS = [
     Scenario("mysql_select", "mysql", "loadgen", 16, ["--mode", "select"],
              "loadgen point SELECT over the MySQL protocol, 16 clients",
              ("direct", "ferry", "haproxy")),
-    Scenario("failover_drill", "pg", "stub", 16, [],
-             "failover drill (NOT IMPLEMENTED: waits for the failover issue)", ()),
+    Scenario("conn_storm", "pg", "storm", 4, [],
+             "connection storm: 5,000 connects within 1 s (startup + SELECT 1 + close) to "
+             "bench/pgsink behind each target, while 4 steady clients query PostgreSQL through "
+             "the same target", params={"connections": 5000, "spread_s": 1.0,
+                                        "drain_budget_s": 10},
+             smoke={"connections": 300, "spread_s": 0.3, "drain_budget_s": 2}, needs=("sink",)),
+    Scenario("stream_1gb", "pg", "stream", 1, [],
+             "large result: psql COPY (SELECT repeat('x', 1000) FROM generate_series(1, "
+             "1000000)) TO STDOUT, about 1 GB", params={"result_rows": 1000000},
+             smoke={"result_rows": 10000}),
+    Scenario("idle_sink", "sink", "sink_idle", 10000, [],
+             "10,000 idle client connections, each with its backend session on bench/pgsink: "
+             "proxy RSS against connections", ("ferry", "haproxy", "pgbouncer"),
+             params={"steps": 4}, smoke={"clients": 200, "steps": 2}),
+    Scenario("failover_drill", "none", "drill", 6, [],
+             "failover drill, PostgreSQL: planned switchover and crash of the writer under "
+             "loadgen rw, ferry (discovery; passthrough and terminated auth) vs libpq "
+             "multi-host failover", drill.TARGETS),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 # left out of the default run to keep it near 10 minutes; run them by name
-OPTIONAL = {"select_prepared", "mysql_select", "failover_drill"}
+OPTIONAL = {"select_prepared", "mysql_select"}
 DEFAULT = [s.name for s in SCENARIOS if s.name not in OPTIONAL]
 
 
@@ -83,9 +119,12 @@ DEFAULT = [s.name for s in SCENARIOS if s.name not in OPTIONAL]
 # the environment: servers and proxies
 
 class Env:
-    def __init__(self, protocols, workdir):
+    def __init__(self, protocols, workdir, smoke=False):
         self.workdir = workdir
-        self.pg = self.my = self.ferry = self.haproxy = self.pgbouncer = None
+        self.smoke = smoke
+        self.pgbench_scale = SMOKE["pgbench_scale"] if smoke else PGBENCH_SCALE
+        self.rows = SMOKE["rows"] if smoke else LOADGEN_ROWS
+        self.pg = self.my = self.ferry = self.haproxy = self.pgbouncer = self.sink = None
         self.targets = {}           # (protocol, name) -> peers.Target
         self.protocols = protocols
 
@@ -94,6 +133,9 @@ class Env:
             self._start_pg()
         if "mysql" in self.protocols:
             self._start_mysql()
+        if "sink" in self.protocols:
+            log("starting bench/pgsink, the minimal PostgreSQL-protocol server")
+            self.sink = peers.Sink(tools.PGSINK, os.path.join(self.workdir, "pgsink.log")).start()
         self._start_proxies()
         return self
 
@@ -105,10 +147,10 @@ class Env:
         p.query(f"CREATE DATABASE {tools.PG_DB} OWNER {tools.PG_USER}")
         direct = peers.Target("direct", "pg", p.host, p.port)
         self.targets[("pg", "direct")] = direct
-        log(f"loading: loadgen init ({LOADGEN_ROWS} rows), pgbench -i -s {PGBENCH_SCALE}")
-        proc.run([tools.LOADGEN, "--mode", "init", "--rows", str(LOADGEN_ROWS),
+        log(f"loading: loadgen init ({self.rows} rows), pgbench -i -s {self.pgbench_scale}")
+        proc.run([tools.LOADGEN, "--mode", "init", "--rows", str(self.rows),
                   "--dsn", tools.dsn(direct)], timeout=120, what="loadgen init")
-        proc.run([tools.PGBENCH, "-i", "-q", "-s", str(PGBENCH_SCALE), "-h", p.host,
+        proc.run([tools.PGBENCH, "-i", "-q", "-s", str(self.pgbench_scale), "-h", p.host,
                   "-p", str(p.port), "-U", tools.PG_USER, tools.PG_DB], timeout=300,
                  what="pgbench -i")
 
@@ -119,7 +161,7 @@ class Env:
         direct = peers.Target("direct", "mysql", p.host, p.port)
         self.targets[("mysql", "direct")] = direct
         proc.run([tools.LOADGEN, "--driver", "mysql", "--mode", "init", "--rows",
-                  str(LOADGEN_ROWS), "--dsn", tools.dsn(direct)], timeout=120,
+                  str(self.rows), "--dsn", tools.dsn(direct)], timeout=120,
                  what="loadgen init (mysql)")
         proc.run(tools.sysbench_argv("oltp_point_select", direct, 1, 10, "prepare"),
                  timeout=120, what="sysbench prepare")
@@ -130,11 +172,16 @@ class Env:
             b["pg"] = (self.pg.primary.host, self.pg.primary.port)
         if self.my:
             b["mysql"] = (self.my.primary.host, self.my.primary.port)
+        if self.sink:
+            b["sink"] = ("127.0.0.1", self.sink.port)
         return b
 
     def _start_proxies(self):
         backends = self._backends()
-        protocol_name = {"pg": "postgresql", "mysql": "mysql"}
+        self.baseline_rss = {}
+        if not backends:            # only scenarios that start their own servers
+            return
+        protocol_name = {"pg": "postgresql", "mysql": "mysql", "sink": "postgresql"}
         config = make_config(*[listener(f"bench-{p}", protocol_name[p],
                                         [cluster("primary", f"{h}:{port}", writer=True)])
                                for p, (h, port) in backends.items()],
@@ -143,21 +190,33 @@ class Env:
             f"HAProxy (nbthread {WORKERS}), PgBouncer (session mode, single-threaded)")
         self.ferry = Ferry(config, self.workdir, name="ferry").start()
         self.haproxy = peers.HAProxy(self.workdir, backends, WORKERS).start()
+        wire = {"pg": "pg", "mysql": "mysql", "sink": "pg"}
+        dbname = {"sink": "sink"}
         for p in backends:
             host, port = self.ferry.listener_addr(f"bench-{p}")
-            self.targets[(p, "ferry")] = peers.Target("ferry", p, host, port, self.ferry.pid)
+            self.targets[(p, "ferry")] = peers.Target("ferry", wire[p], host, port, self.ferry.pid,
+                                                      dbname=dbname.get(p))
             self.targets[(p, "haproxy")] = peers.Target(
-                "haproxy", p, "127.0.0.1", self.haproxy.ports[p], self.haproxy.proc.pid)
-        if "pg" in backends:
-            self.pgbouncer = peers.PgBouncer(backends["pg"], tools.PG_DB, tools.PG_USER,
-                                             pool_size=40).start()
-            self.targets[("pg", "pgbouncer")] = peers.Target(
-                "pgbouncer", "pg", "127.0.0.1", self.pgbouncer.port, self.pgbouncer.proc.pid)
+                "haproxy", wire[p], "127.0.0.1", self.haproxy.ports[p], self.haproxy.proc.pid,
+                dbname=dbname.get(p))
+        if "sink" in backends:
+            self.targets[("sink", "direct")] = peers.Target("direct", "pg", *backends["sink"],
+                                                            dbname="sink")
+        if "pg" in backends or "sink" in backends:
+            main = ("pg", tools.PG_DB) if "pg" in backends else ("sink", "sink")
+            extra = {"sink": backends["sink"]} if "pg" in backends and "sink" in backends else {}
+            self.pgbouncer = peers.PgBouncer(backends[main[0]], main[1], tools.PG_USER,
+                                             pool_size=40, extra_dbs=extra).start()
+            for p in ("pg", "sink"):
+                if p in backends:
+                    self.targets[(p, "pgbouncer")] = peers.Target(
+                        "pgbouncer", "pg", "127.0.0.1", self.pgbouncer.port,
+                        self.pgbouncer.proc.pid, dbname=dbname.get(p))
         self.baseline_rss = {name: t.rss_kib() for (p, name), t in self.targets.items()
                              if t.pid and p == "pg"}
 
     def stop(self):
-        for thing in (self.pgbouncer, self.haproxy, self.ferry, self.my, self.pg):
+        for thing in (self.pgbouncer, self.haproxy, self.ferry, self.sink, self.my, self.pg):
             if thing is None:
                 continue
             try:
@@ -241,9 +300,15 @@ def pick_median(runs):
 
 
 def run_scenario(env, sc, args):
-    if sc.tool == "stub":
-        log(f"{sc.name}: not implemented yet (needs the failover issue); skipped")
-        return {"status": "not implemented"}
+    if sc.tool == "drill":
+        return drill.run(sc, env.workdir, log, env.smoke)
+    if sc.tool == "storm":
+        return {"status": "done", "targets": conns.run_storm(env, sc)}
+    if sc.tool == "sink_idle":
+        return {"status": "done", "targets": conns.run_sink_idle(env, sc),
+                "fd_cap_pairs": conns.max_pairs()}
+    if sc.tool == "stream":
+        return {"status": "done", "targets": run_stream(env, sc, args)}
     if sc.tool == "idle":
         return {"status": "done", "targets": run_idle(env, sc)}
     runs = {}
@@ -261,13 +326,32 @@ def run_scenario(env, sc, args):
     return {"status": "done", "targets": {n: pick_median(r) for n, r in runs.items()}}
 
 
+def run_stream(env, sc, args):
+    rows = sc.params["result_rows"]
+    runs = {}
+    for rnd in range(args.rounds):
+        for name in sc.targets:
+            target = env.targets[("pg", name)]
+            log(f"{sc.name} via {name} (round {rnd + 1}/{args.rounds}): COPY of {rows:,} rows")
+            r = tools.run_stream(target, rows)
+            log(f"  {r['bytes'] / 1e6:,.0f} MB in {r['seconds']:.2f} s = {r['mb_per_s']:,.0f} MB/s"
+                + (f", proxy CPU {r['proxy_cpu_s']:.2f} s" if r["proxy_cpu_s"] is not None else ""))
+            runs.setdefault(name, []).append(r)
+            time.sleep(args.pause)
+    out = {}
+    for name, rs in runs.items():         # the median-throughput round
+        ordered = sorted(rs, key=lambda r: r["mb_per_s"])
+        out[name] = dict(ordered[(len(ordered) - 1) // 2], rounds_mb_per_s=[r["mb_per_s"] for r in rs])
+    return out
+
+
 def run_guarded(env, sc, args):
     """A scenario that fails is reported as failed; the run goes on."""
     try:
         return run_scenario(env, sc, args)
-    except (proc.HarnessError, TimeoutError, OSError, ValueError, KeyError) as e:
-        log(f"{sc.name}: failed: {e}")
-        return {"status": f"failed: {e}"}
+    except Exception as e:  # noqa: BLE001 - reported (and fails --smoke); the run goes on
+        log(f"{sc.name}: failed: {e!r}\n{traceback.format_exc()}")
+        return {"status": f"failed: {e!r}"}
 
 
 def pg_backends(env, timeout=120):
@@ -322,10 +406,17 @@ def parse_args(argv):
                     help="repeat each scenario, targets interleaved; the median-tps run is reported")
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between runs")
     ap.add_argument("--out", default=None, help="results dir (default bench/results/<timestamp>)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="CI smoke: every scenario (unless named) against every target with tiny "
+                         f"durations ({SMOKE['duration']:g} s) and counts; exits non-zero if a "
+                         "scenario fails or yields no or malformed data. Never judges speed")
     args = ap.parse_args(argv)
     for name in args.scenarios:
         if name not in BY_NAME:
             ap.error(f"unknown scenario {name!r}; known: {', '.join(BY_NAME)}")
+    if args.smoke:
+        args.duration, args.pause, args.rounds = SMOKE["duration"], SMOKE["pause"], 1
+        args.scenarios = args.scenarios or list(BY_NAME)
     args.scenarios = args.scenarios or DEFAULT
     return args
 
@@ -345,6 +436,7 @@ def raise_nofile():
 
 
 def main(argv):
+    t_start = time.monotonic()
     args = parse_args(argv)
     proc.raise_on_termination_signals()
     raise_nofile()
@@ -352,11 +444,15 @@ def main(argv):
     outdir = args.out or os.path.join(BENCH_DIR, "results", stamp)
     os.makedirs(os.path.join(outdir, "raw"), exist_ok=True)
     scenarios = [BY_NAME[n] for n in args.scenarios]
-    protocols = {s.protocol for s in scenarios if s.tool != "stub"}
+    if args.smoke:
+        scenarios = [sc.for_smoke() for sc in scenarios]
+    protocols = {p for s in scenarios for p in (s.protocol, *s.needs)
+                 if p in ("pg", "mysql", "sink")}
     workdir = proc.make_tempdir("ferry-bench-")
-    env = Env(protocols, workdir)
+    env = Env(protocols, workdir, smoke=args.smoke)
     meta = {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "command": "bench/run " + " ".join(argv), "duration_s": args.duration,
+            "command": "bench/run " + " ".join(argv), "smoke": args.smoke,
+            "duration_s": args.duration,
             "rounds": args.rounds, "workers": WORKERS, "pg_settings": PG_SETTINGS,
             "git": git_describe(), "ferry_source": os.environ.get("FERRY_SRC", "?")}
     results = {}
@@ -376,7 +472,118 @@ def main(argv):
     save(outdir, meta, results)
     path = report.write(outdir, meta, results)
     log(f"report: {path}")
+    if args.smoke:
+        problems = smoke_problems(scenarios, results, path)
+        elapsed = time.monotonic() - t_start
+        for p in problems:
+            log(f"smoke: FAIL: {p}")
+        log(f"smoke: {len(scenarios)} scenarios in {elapsed:.0f} s: "
+            + ("FAILED" if problems else "all ran and produced well-formed results"))
+        return 1 if problems else 0
     return 0
+
+
+# --------------------------------------------------------------------------
+# --smoke: did every scenario run, and is what it produced well formed?
+
+def _run_problems(name, target, r):
+    """A timed tool run (pgbench, sysbench, loadgen) through one target."""
+    out = []
+    if r.get("exit_code", 0) != 0:
+        out.append(f"{name} via {target}: tool exited {r['exit_code']}: "
+                   f"{(r.get('stderr_tail') or '')[-300:]}")
+    if not r.get("txns") or not r.get("tps"):
+        out.append(f"{name} via {target}: no transactions")
+    if not r.get("latency_us", {}).get("p50"):
+        out.append(f"{name} via {target}: no latency data")
+    if r.get("errors", {}).get("total"):
+        # steady load through a healthy proxy: an error is a finding
+        out.append(f"{name} via {target}: {r['errors']['total']} client errors: {r['errors']}")
+    if r.get("acked_check", {}).get("lost"):
+        out.append(f"{name} via {target}: lost acknowledged writes {r['acked_check']}")
+    return out
+
+
+def smoke_problems(scenarios, results, report_path):
+    problems = []
+    if not os.path.isfile(report_path) or os.path.getsize(report_path) < 200:
+        problems.append(f"no report at {report_path}")
+    for sc in scenarios:
+        res = results.get(sc.name)
+        if res is None:
+            problems.append(f"{sc.name}: did not run")
+            continue
+        if res.get("status") != "done":
+            problems.append(f"{sc.name}: {res.get('status')}")
+            continue
+        check = SMOKE_CHECKS.get(sc.tool)
+        targets = res.get("targets", {})
+        for t in sc.targets:
+            r = targets.get(t)
+            if not r:
+                problems.append(f"{sc.name}: no result for target {t}")
+            elif r.get("failed"):
+                problems.append(f"{sc.name} via {t}: {r['failed']}")
+            elif check:
+                problems += check(sc.name, t, r)
+    return problems
+
+
+def _idle_problems(name, target, r):
+    if r.get("connected", 0) <= 0 or r.get("rss_after_kib") is None:
+        return [f"{name} via {target}: no connections or no RSS: {r}"]
+    if r.get("errors", {}).get("total"):
+        return [f"{name} via {target}: {r['errors']['total']} connect errors"]
+    return []
+
+
+def _drill_problems(name, target, r):
+    out = []
+    for kind in drill.KINDS:
+        k = r.get(kind)
+        if not k:
+            out.append(f"{name} {kind} via {target}: no result")
+            continue
+        if not k.get("txns") or not k.get("series") or not k.get("events_in_timeline"):
+            out.append(f"{name} {kind} via {target}: no load data")
+        if k.get("window_ms") is None:
+            out.append(f"{name} {kind} via {target}: no acknowledged write after the failover")
+        if "lost" not in k.get("acked_check", {}):
+            out.append(f"{name} {kind} via {target}: acknowledged writes not checked")
+        if not k.get("idle_sessions", {}).get("sessions"):
+            out.append(f"{name} {kind} via {target}: idle sessions not checked")
+    return out
+
+
+def _storm_problems(name, target, r):
+    out = []
+    st = r.get("storm", {})
+    if not st.get("n") or sum(st.get("outcomes", {}).values()) != st["n"]:
+        out.append(f"{name} via {target}: malformed storm result {st}")
+    if not st.get("ok"):
+        out.append(f"{name} via {target}: no storm connection succeeded: {st.get('outcomes')}")
+    if not r.get("steady", {}).get("txns"):
+        out.append(f"{name} via {target}: the steady session ran no transactions")
+    return out
+
+
+def _stream_problems(name, target, r):
+    if r.get("exit_code") != 0 or r.get("bytes") != r.get("expected_bytes"):
+        return [f"{name} via {target}: psql exited {r.get('exit_code')}, {r.get('bytes')} bytes "
+                f"of {r.get('expected_bytes')}: {r.get('stderr_tail', '')[-300:]}"]
+    return []
+
+
+def _sink_idle_problems(name, target, r):
+    out = _idle_problems(name, target, r)
+    if len(r.get("points", [])) < 2:
+        out.append(f"{name} via {target}: no RSS points")
+    return out
+
+
+SMOKE_CHECKS = {"pgbench": _run_problems, "sysbench": _run_problems, "loadgen": _run_problems,
+                "idle": _idle_problems, "drill": _drill_problems, "storm": _storm_problems,
+                "stream": _stream_problems, "sink_idle": _sink_idle_problems}
 
 
 def git_describe():

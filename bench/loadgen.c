@@ -29,7 +29,7 @@ enum mode { MODE_SELECT, MODE_RW, MODE_CONNECT, MODE_IDLE, MODE_INIT };
 static const char *const MODE_NAMES[] = {"select", "rw", "connect", "idle", "init"};
 
 struct opts {
-    const char *dsn, *out_path, *acked_path, *label;
+    const char *dsn, *out_path, *acked_path, *label, *timeline_path;
     const struct db_driver *db;
     enum mode mode;
     int clients;
@@ -37,6 +37,19 @@ struct opts {
     long transactions, rows;
     bool prepared;
     int64_t id_base;
+    unsigned backoff_max_ms;
+};
+
+/* one timeline event: a transaction acknowledged (key "") or an error (its
+ * class: "connect", "lost" or the SQLSTATE), µs since the run started */
+struct tev {
+    int64_t t_us;
+    char key[8];
+};
+
+struct tevvec {
+    struct tev *v;
+    size_t n, cap;
 };
 
 struct client {
@@ -52,6 +65,7 @@ struct client {
     struct hist hist;
     struct errtab errs;
     struct idvec acked, unknown;
+    struct tevvec timeline;
 };
 
 struct interval {
@@ -70,6 +84,8 @@ struct run {
 
 static atomic_bool g_stop;
 static pthread_barrier_t g_start;
+static uint64_t g_t0;            /* CLOCK_MONOTONIC ns at the start barrier */
+static double g_t0_unix;         /* the same moment on the wall clock */
 
 static uint64_t now_ns(void)
 {
@@ -102,6 +118,26 @@ static long random_key(struct client *c)
 }
 
 /* ---- one client ---------------------------------------------------------- */
+
+static void timeline_note(struct client *c, const char *key)
+{
+    if (!c->o->timeline_path)
+        return;
+    struct tevvec *tv = &c->timeline;
+    if (tv->n == tv->cap) {
+        size_t cap = tv->cap ? tv->cap * 2 : 4096;
+        struct tev *v = realloc(tv->v, cap * sizeof *v);
+        if (!v) {
+            fprintf(stderr, "loadgen: out of memory for the timeline\n");
+            exit(1);
+        }
+        tv->v = v;
+        tv->cap = cap;
+    }
+    struct tev *e = &tv->v[tv->n++];
+    e->t_us = (int64_t)(now_ns() - g_t0) / 1000;
+    snprintf(e->key, sizeof e->key, "%s", key);
+}
 
 static bool client_connect(struct client *c, struct db_err *err)
 {
@@ -141,14 +177,33 @@ static bool client_txn(struct client *c, struct db_err *err)
     return ok;
 }
 
-/* Counts the error, drops a broken connection, backs off 10 ms .. 640 ms. */
+/* SQLSTATEs after which this connection can never succeed again: the
+ * server turned read-only (25006: a demoted writer; a multi-host libpq client
+ * must reconnect to find the new one) or is shutting the session down. */
+static bool must_reconnect(const struct db_err *err)
+{
+    static const char *const STATES[] = {"25006", "57P01", "57P02", "57P03"};
+    if (err->kind != DB_ERR_QUERY)
+        return false;
+    for (unsigned i = 0; i < sizeof STATES / sizeof STATES[0]; i++)
+        if (strcmp(err->sqlstate, STATES[i]) == 0)
+            return true;
+    return false;
+}
+
+/* Counts the error, drops a broken connection, backs off 10 ms doubling up
+ * to --backoff-max-ms (640 ms by default). */
 static void client_error(struct client *c, const struct db_err *err)
 {
     errtab_note(&c->errs, err);
+    timeline_note(c, err->kind == DB_ERR_CONNECT ? "connect"
+                     : err->kind == DB_ERR_LOST  ? "lost"
+                                                 : err->sqlstate);
     atomic_fetch_add_explicit(&c->errors, 1, memory_order_relaxed);
-    if (c->conn && !c->o->db->alive(c->conn))
+    if (c->conn && (!c->o->db->alive(c->conn) || must_reconnect(err)))
         client_disconnect(c);
-    sleep_ns(10000000ull << (c->backoff < 6 ? c->backoff : 6));
+    uint64_t ms = 10ull << (c->backoff < 10 ? c->backoff : 10);
+    sleep_ns((ms < c->o->backoff_max_ms ? ms : c->o->backoff_max_ms) * 1000000ull);
     c->backoff++;
 }
 
@@ -161,6 +216,7 @@ static void client_step(struct client *c)
         return;
     }
     hist_record(&c->hist, now_ns() - t0);
+    timeline_note(c, "");
     atomic_fetch_add_explicit(&c->txns, 1, memory_order_relaxed);
     c->backoff = 0;
 }
@@ -232,6 +288,10 @@ static void run_timed(struct run *r, const struct opts *o)
             fprintf(stderr, "loadgen: cannot start client thread %d\n", i);
             exit(1);
         }
+    struct timespec wall;
+    g_t0 = now_ns();
+    clock_gettime(CLOCK_REALTIME, &wall);
+    g_t0_unix = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
     pthread_barrier_wait(&g_start);
     uint64_t t0 = now_ns(), end = t0 + (uint64_t)(o->duration * 1e9);
     for (uint64_t next = t0 + NS;; next += NS) {
@@ -289,6 +349,7 @@ static void write_result(FILE *out, const struct opts *o, const struct run *r,
             r->elapsed > 0 ? (double)h->n / r->elapsed : 0.0);
     fprintf(out, ",\"acked_writes\":%zu,\"commit_unknown\":%zu,\"stuck_clients\":%d",
             ids[0], ids[1], r->stuck);
+    fprintf(out, ",\"t0_unix\":%.6f", g_t0_unix);
     fputs(",\"errors\":", out);
     errtab_write_json(errs, out);
     fputs(",\"latency_us\":", out);
@@ -311,6 +372,28 @@ static void write_ids(const char *path, const struct run *r, bool unknown)
         const struct idvec *iv = unknown ? &r->clients[i].unknown : &r->clients[i].acked;
         for (size_t j = 0; j < iv->n; j++)
             fprintf(f, "%lld\n", (long long)iv->v[j]);
+    }
+    if (fclose(f) != 0) {
+        fprintf(stderr, "loadgen: cannot write %s\n", path);
+        exit(1);
+    }
+}
+
+/* "MS ok" or "MS err CLASS" per event, ms since t0_unix; per client, unsorted */
+static void write_timeline(const char *path, const struct run *r)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "loadgen: cannot write %s: %s\n", path, strerror(errno));
+        exit(1);
+    }
+    for (int i = 0; i < r->n; i++) {
+        if (atomic_load(&r->clients[i].done) == false)
+            continue;   /* a stuck client's thread may still be writing */
+        const struct tevvec *tv = &r->clients[i].timeline;
+        for (size_t j = 0; j < tv->n; j++)
+            fprintf(f, tv->v[j].key[0] ? "%.3f err %s\n" : "%.3f ok%s\n",
+                    (double)tv->v[j].t_us / 1e3, tv->v[j].key);
     }
     if (fclose(f) != 0) {
         fprintf(stderr, "loadgen: cannot write %s\n", path);
@@ -360,6 +443,8 @@ static int report(const struct opts *o, struct run *r)
         write_ids(o->acked_path, r, false);
         write_ids(unknown_path, r, true);
     }
+    if (o->timeline_path)
+        write_timeline(o->timeline_path, r);
     FILE *out = open_out(o->out_path);
     write_result(out, o, r, h, errs, ids);
     close_out(out);
@@ -488,7 +573,7 @@ static void usage(FILE *f)
     fputs("usage: loadgen --dsn DSN [--driver pg|mysql] [--mode select|rw|connect|idle|init]\n"
           "               [--clients N] [--duration S | --transactions N] [--prepared]\n"
           "               [--rows N] [--out FILE] [--acked FILE] [--id-base N]\n"
-          "               [--hold S] [--label TEXT]\n"
+          "               [--hold S] [--label TEXT] [--timeline FILE] [--backoff-max-ms N]\n"
           "  DSN: \"host=H port=P user=U dbname=D [password=X]\" (both drivers)\n"
           "  select: point SELECT on bench_kv; rw: BEGIN, INSERT unique id, UPDATE, COMMIT;\n"
           "  connect: connect + point SELECT + disconnect per transaction;\n"
@@ -496,6 +581,10 @@ static void usage(FILE *f)
           "        stdin closes or --hold seconds pass; init: create bench_kv (--rows) and bench_rw.\n"
           "  --acked FILE: rw mode writes each acknowledged id to FILE, one a line, and\n"
           "        the ids whose COMMIT failed (outcome unknown) to FILE.unknown.\n"
+          "  --timeline FILE: every acknowledged transaction (\"MS ok\") and error\n"
+          "        (\"MS err CLASS\"), ms since the run started (t0_unix in the JSON).\n"
+          "  After an error a client backs off 10 ms, doubling up to --backoff-max-ms\n"
+          "        (default 640); after SQLSTATE 25006/57P01/57P02/57P03 it reconnects.\n"
           "  Output: one JSON document (stdout or --out).\n", f);
 }
 
@@ -538,6 +627,8 @@ static bool set_opt(struct opts *o, int ch, const char *arg)
     case 'b': return parse_num(arg, 0, 4e18, &v) && ((o->id_base = (int64_t)v), true);
     case 'H': return parse_num(arg, 0, 86400, &o->hold);
     case 'l': o->label = arg; return true;
+    case 'L': o->timeline_path = arg; return true;
+    case 'B': return parse_num(arg, 1, 60000, &v) && ((o->backoff_max_ms = (unsigned)v), true);
     default: return false;
     }
 }
@@ -550,12 +641,13 @@ static const struct option LONGOPTS[] = {
     {"out", required_argument, NULL, 'o'},      {"acked", required_argument, NULL, 'a'},
     {"id-base", required_argument, NULL, 'b'},  {"hold", required_argument, NULL, 'H'},
     {"label", required_argument, NULL, 'l'},    {"help", no_argument, NULL, 'h'},
+    {"timeline", required_argument, NULL, 'L'}, {"backoff-max-ms", required_argument, NULL, 'B'},
     {NULL, 0, NULL, 0}};
 
 static bool parse_args(int argc, char **argv, struct opts *o)
 {
     *o = (struct opts){.db = &db_pg, .mode = MODE_SELECT, .clients = 8, .duration = 10,
-                       .hold = 3600, .rows = 100000,
+                       .hold = 3600, .rows = 100000, .backoff_max_ms = 640,
                        .id_base = (int64_t)(time(NULL) & 0x3FFFF) << 44};
     int ch;
     while ((ch = getopt_long(argc, argv, "", LONGOPTS, NULL)) != -1) {

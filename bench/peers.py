@@ -7,6 +7,7 @@ and for a proxy its process's CPU seconds and resident memory from /proc.
 import os
 import resource
 import shutil
+import subprocess
 
 from harness import proc
 from harness.ports import HOST, free_port
@@ -33,9 +34,10 @@ class Target:
     """Where a load generator connects: a database directly or a proxy in
     front of it. pid is None for a direct target (no proxy to measure)."""
 
-    def __init__(self, name, protocol, host, port, pid=None, note=""):
+    def __init__(self, name, protocol, host, port, pid=None, note="", dbname=None):
         self.name, self.protocol, self.host, self.port = name, protocol, host, port
         self.pid, self.note = pid, note
+        self.dbname = dbname        # None: the bench database
 
     def __repr__(self):
         return f"<Target {self.name} {self.protocol} {self.host}:{self.port}>"
@@ -99,7 +101,7 @@ class HAProxy:
 PGBOUNCER_INI = """\
 [databases]
 {dbname} = host={backend_host} port={backend_port} dbname={dbname}
-
+{extra_dbs}
 [pgbouncer]
 listen_addr = {host}
 listen_port = {port}
@@ -123,7 +125,8 @@ class PgBouncer:
     directory that user owns. pool_size caps server connections per
     (database, user); idle clients that never query take none."""
 
-    def __init__(self, backend, dbname, user, pool_size):
+    def __init__(self, backend, dbname, user, pool_size, extra_dbs=None):
+        """extra_dbs: {name: (host, port)}: further databases, e.g. the sink"""
         self.run_as = "postgres" if proc.is_root() else None
         self.dir = proc.make_tempdir("ferry-bench-pgbouncer-", owner=self.run_as)
         self.port = free_port()
@@ -132,7 +135,9 @@ class PgBouncer:
             f.write(f'"{user}" ""\n')
         self.ini = os.path.join(self.dir, "pgbouncer.ini")
         with open(self.ini, "w") as f:
-            f.write(PGBOUNCER_INI.format(dbname=dbname, backend_host=backend[0],
+            extra = "".join(f"{name} = host={h} port={p} dbname={name}\n"
+                            for name, (h, p) in (extra_dbs or {}).items())
+            f.write(PGBOUNCER_INI.format(dbname=dbname, backend_host=backend[0], extra_dbs=extra,
                                          backend_port=backend[1], host=HOST, port=self.port,
                                          userlist=userlist, pool_size=pool_size))
         self.log_path = os.path.join(self.dir, "pgbouncer.log")
@@ -147,3 +152,58 @@ class PgBouncer:
     def stop(self):
         if self.proc:
             self.proc.kill()
+
+
+class Sink:
+    """bench/build/pgsink: a minimal PostgreSQL-protocol server (startup,
+    AuthenticationOk, ReadyForQuery, one row per query) that can hold far
+    more sessions than PostgreSQL, for the idle-memory and storm scenarios.
+    count() asks it for (live sessions, sessions accepted so far)."""
+
+    def __init__(self, binary, log_path):
+        self.binary, self.log_path = binary, log_path
+        self.popen = self.port = None
+        self._cleanup = None
+
+    def start(self):
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen([self.binary, "--host", HOST, "--port", "0"],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=log, text=True, start_new_session=True)
+        self._cleanup = proc.on_cleanup(self.kill)
+        line = self.popen.stdout.readline().split()
+        if len(line) != 2 or line[0] != "listening":
+            self.kill()
+            raise proc.HarnessError(f"pgsink did not start: {line}; see {self.log_path}")
+        self.port = int(line[1])
+        proc.wait_port(HOST, self.port, what="pgsink to listen")
+        return self
+
+    @property
+    def pid(self):
+        return self.popen.pid if self.popen else None
+
+    def count(self):
+        self.popen.stdin.write("count\n")
+        self.popen.stdin.flush()
+        parts = self.popen.stdout.readline().split()   # conns N accepted N
+        if len(parts) != 4:
+            raise proc.HarnessError(f"pgsink answered {parts}")
+        return int(parts[1]), int(parts[3])
+
+    def stop(self):
+        if self.popen and self.popen.poll() is None:
+            self.popen.stdin.close()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def kill(self):
+        if self.popen and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+        if self._cleanup:
+            proc.forget(self._cleanup)
+            self._cleanup = None

@@ -7,6 +7,8 @@ import os
 import subprocess
 
 TARGET_ORDER = ("direct", "ferry", "haproxy", "pgbouncer")
+DRILL_TARGETS = ("ferry", "ferry_terminated", "libpq")
+RUN_TOOLS = ("pgbench", "sysbench", "loadgen")     # timed runs with tps and latency
 
 NOISE_NOTE = (
     "Absolute numbers are noisy: on this shared 2-core machine the servers, the proxy and "
@@ -62,7 +64,7 @@ def plot_scenario(plotdir, name, title, targets):
         if res.get("cdf"):
             _write_series(os.path.join(datadir, f"{name}-{t}-cdf.dat"), res["cdf"])
             cdf_lines.append(f"'data/{name}-{t}-cdf.dat' using 1:2 with lines lw 2 title '{t}'")
-    common = "set terminal pngcairo size 900,500 font ',10'\nset grid\nset key outside right\n"
+    common = "set terminal pngcairo size 900,500 font ',10' noenhanced\nset grid\nset key outside right\n"
     out = [None, None]
     if tps_lines and _gnuplot(
             common + f"set output '{name}-tps.png'\nset title \"{title}: throughput\"\n"
@@ -75,6 +77,36 @@ def plot_scenario(plotdir, name, title, targets):
             "set yrange [0:1]\nset key bottom right\nplot " + ", ".join(cdf_lines) + "\n", plotdir):
         out[1] = f"plots/{name}-cdf.png"
     return out
+
+
+def plot_drill(plotdir, kind, targets):
+    """Acknowledged transactions and errors per second through a failover,
+    one line per target, t = 0 when the failure is injected."""
+    datadir = os.path.join(plotdir, "data")
+    os.makedirs(datadir, exist_ok=True)
+    ack, err = [], []
+    for t in DRILL_TARGETS:
+        series = targets.get(t, {}).get(kind, {}).get("series")
+        if not series:
+            continue
+        name = f"drill-{kind}-{t}.dat"
+        _write_series(os.path.join(datadir, name), series)
+        ack.append(f"'data/{name}' using 1:2 with lines lw 2 title '{t}'")
+        err.append(f"'data/{name}' using 1:3 with lines lw 2 title '{t}'")
+    if not ack:
+        return None
+    png = f"drill-{kind}.png"
+    script = ("set terminal pngcairo size 900,650 font ',10' noenhanced\n"
+              f"set output '{png}'\nset grid\nset key outside right\n"
+              "set multiplot layout 2,1\n"
+              f"set title \"failover drill ({kind}): acknowledged transactions\"\n"
+              "set ylabel 'per second (100 ms bins)'\nset yrange [0:*]\n"
+              "set arrow 1 from 0, graph 0 to 0, graph 1 nohead dt 2\n"
+              "plot " + ", ".join(ack) + "\n"
+              f"set title \"failover drill ({kind}): client errors\"\n"
+              "set xlabel 'seconds since the failure (t0)'\n"
+              "plot " + ", ".join(err) + "\nunset multiplot\n")
+    return f"plots/{png}" if _gnuplot(script, plotdir) else None
 
 
 # -- tables ---------------------------------------------------------------------
@@ -143,12 +175,14 @@ def idle_table(targets):
 
 
 def summary_table(results):
+    if not any(sc.get("status") == "done" and sc["tool"] in RUN_TOOLS for sc in results.values()):
+        return ["(no throughput scenario in this run)"]
     lines = ["| scenario | ferry × direct | HAProxy × direct | PgBouncer × direct | ferry × HAProxy "
              "| proxy CPU µs/txn: ferry / HAProxy / PgBouncer | ferry CPU × HAProxy |",
              "|---|---:|---:|---:|---:|---|---:|"]
     for name, sc in results.items():
         tg = sc.get("targets")
-        if sc.get("status") != "done" or sc["tool"] == "idle" or not tg:
+        if sc.get("status") != "done" or sc["tool"] not in RUN_TOOLS or not tg:
             continue
         tps = {t: tg[t]["tps"] for t in tg}
         cpu = {t: tg[t].get("proxy_cpu_us_per_txn") for t in tg}
@@ -160,6 +194,45 @@ def summary_table(results):
             f"| {fmt(cpu.get('ferry'), 1)} / {fmt(cpu.get('haproxy'), 1)} / {fmt(cpu.get('pgbouncer'), 1)} "
             f"| {fmt_ratio(ratio(cpu.get('ferry'), cpu.get('haproxy')))} |")
     return lines
+
+
+def key_figures(results):
+    """One line per non-tps scenario: the figure the issue sets a target for,
+    ferry's next to the others measured in the same run."""
+    out = []
+    for name, sc in results.items():
+        tg = sc.get("targets") or {}
+        if sc.get("status") != "done":
+            continue
+        if sc["tool"] == "drill":
+            for kind in ("planned", "crash"):
+                rs = {t: tg.get(t, {}).get(kind, {}) for t in DRILL_TARGETS}
+                lw = rs["libpq"].get("window_ms")
+                parts = []
+                for t, r in rs.items():
+                    w, idle = r.get("window_ms"), r.get("idle_sessions", {})
+                    parts.append(f"{t} {fmt(w)} ms" + (f" ({fmt_ratio(ratio(w, lw))} libpq)"
+                                                       if t != "libpq" else "")
+                                 + f", lost {r.get('acked_check', {}).get('lost', '–')}"
+                                 + (f", idle sessions fine {idle['ok']}/{idle['sessions']}"
+                                    if idle else ""))
+                out.append(f"- {name} {kind}: unavailability window " + "; ".join(parts))
+        elif sc["tool"] == "storm":
+            parts = [f"{t} {r['storm']['ok']:,}/{r['storm']['n']:,} ok in {r['storm']['drain_s']:.2f} s, "
+                     f"steady-session stall {r['steady']['max_gap_during_ms']:.0f} ms"
+                     for t in TARGET_ORDER if (r := tg.get(t)) and not r.get("failed")]
+            out.append(f"- {name}: " + "; ".join(parts))
+        elif sc["tool"] == "stream":
+            d = tg.get("direct", {}).get("mb_per_s")
+            parts = [f"{t} {r['mb_per_s']:,.0f} MB/s ({fmt_ratio(ratio(r['mb_per_s'], d))} direct)"
+                     for t in TARGET_ORDER if (r := tg.get(t))]
+            out.append(f"- {name}: " + "; ".join(parts))
+        elif sc["tool"] in ("idle", "sink_idle"):
+            parts = [f"{t} {r['rss_per_conn_kib']:.2f} KiB per connection ({r['connected']:,})"
+                     for t in TARGET_ORDER
+                     if (r := tg.get(t)) and r.get("rss_per_conn_kib") is not None]
+            out.append(f"- {name}: " + "; ".join(parts))
+    return (["Other scenarios, in brief:", ""] + out + [""]) if out else []
 
 
 # -- the document -----------------------------------------------------------------
@@ -177,8 +250,10 @@ def header(meta):
          for k, x in meta.get("versions", {}).items()}
     load = [meta.get("loadavg_start"), meta.get("loadavg_end")]
     load_text = " → ".join("/".join(f"{x:.1f}" for x in l) for l in load if l)
+    smoke = (["> **Smoke run** (`--smoke`): tiny durations and counts, to prove the harness "
+              "works end to end. Its numbers mean nothing.", ""] if meta.get("smoke") else [])
     return [
-        f"# ferry bench report, {meta['started']}", "",
+        f"# ferry bench report, {meta['started']}", "", *smoke,
         f"- command: `{meta['command']}` ({meta['duration_s']:g} s per run, "
         f"{meta['rounds']} round(s); with several rounds the median-tps run is shown, range in brackets)",
         f"- ferry: git {meta['git']}, built from {meta.get('ferry_source', '?')}, Release, "
@@ -196,10 +271,195 @@ def header(meta):
         f"> {NOISE_NOTE}", ""]
 
 
+def _errors_by_class(e):
+    parts = [f"{k} {e[k]}" for k in ("connect", "lost") if e.get(k)]
+    parts += [f"{k} {v}" for k, v in e.get("sqlstate", {}).items()]
+    return ", ".join(parts) or "none"
+
+
+def drill_section(outdir, sc):
+    d = sc.get("discovery", {})
+    p = sc.get("params", {})
+    lines = [
+        f"{p.get('clients', '?')} loadgen `rw` clients per target for {p.get('before_s', '?')} s "
+        f"before and {p.get('after_s', '?')} s after t0 (the failure), both targets at once on "
+        "the same servers. ferry: a discovered listener over both servers "
+        f"(probe_interval {d.get('probe_interval')} s, writer_down_after "
+        f"{d.get('writer_down_after')}), with passthrough authentication (`ferry`) and with "
+        "terminated authentication (`ferry_terminated`: ferry logs sessions into the new "
+        "writer itself, so idle ones move); libpq: `host=A,B target_session_attrs=read-write`. "
+        f"Each target also holds {p.get('idle', '?')} idle sessions across the failover and "
+        "runs one statement on each afterwards. "
+        "Clients back off 10..100 ms after an error and reconnect after 25006/57P0x.", "",
+        "- planned: t0 the writer turns read-only; in-flight write transactions end; the replica "
+        "catches up and is promoted; the old writer is stopped (fast).",
+        "- crash: t0 `kill -9` of the writer's postmaster and backends; the replica is promoted "
+        "at once. Replication is asynchronous, so a write acknowledged just before the crash "
+        "can be missing on the new writer whichever the client path.", "",
+        "| drill | target | window ms | × libpq | resumed ms after the promotion "
+        "| target: resumed ≤ detection + 1 s | errors by class "
+        "| acked writes | lost | COMMIT unknown | old writer: statements (errors) after the "
+        "failure / after the promotion | idle sessions fine afterwards |",
+        "|---|---|---:|---:|---:|---|---|---:|---:|---:|---|---|"]
+    tg = sc["targets"]
+    for kind in ("planned", "crash"):
+        ref = tg.get("libpq", {}).get(kind, {}).get("window_ms")
+        for t in DRILL_TARGETS:
+            r = tg.get(t, {}).get(kind)
+            if not r:
+                continue
+            w = r.get("window_ms")
+            goal = "–"
+            idle = r.get("idle_sessions", {})
+            idle_text = (f"{idle['ok']}/{idle['sessions']}" + (
+                " (" + ", ".join(f"{k} {v}" for k, v in idle["errors"].items()) + ")"
+                if idle.get("errors") else "")) if idle else "–"
+            resumed = r.get("resumed_after_promotion_ms")
+            if t != "libpq" and resumed is not None:
+                limit = (r["detection_s"] + 1) * 1000
+                goal = f"{'met' if resumed <= limit else 'NOT met'} (≤ {limit:,.0f} ms)"
+            ow = r.get("old_writer", {})
+            fa, ap = ow.get("after_failure", {}), ow.get("after_promotion", {})
+            a = r.get("acked_check", {})
+            lines.append(
+                f"| {kind} | {t} | {fmt(w) if w is not None else 'no recovery'} "
+                f"| {fmt_ratio(ratio(w, ref)) if t != 'libpq' else '1.00 ×'} "
+                f"| {fmt(resumed)} | {goal} "
+                f"| {r['errors'].get('total', 0)}: {_errors_by_class(r['errors'])} "
+                f"| {a.get('acked', 0):,} | {a.get('lost', '–')} | {r.get('commit_unknown', 0)} "
+                f"| {fa.get('statements', 0)} ({fa.get('errors', 0)}) / "
+                f"{ap.get('statements', 0)} ({ap.get('errors', 0)}) | {idle_text} |")
+    lines.append("")
+    for kind, info in sc.get("drills", {}).items():
+        ev = ", ".join(f"{k} +{v * 1000:.0f} ms" for k, v in info.get("events", {}).items())
+        hist = "; ".join(f"{h.get('from')} → {h.get('to')} ({h.get('reason')})"
+                         for h in info.get("ferry_history", [])
+                         if h.get("listener") == "drill" and h.get("from") != "none"
+                         or h.get("listener") == "drill" and h.get("to") != "region-a")
+        lines.append(f"- {kind}: {ev}. ferry's writer changes: {hist or 'none'}")
+    lines += ["", "The window is the longest gap between consecutive acknowledged transactions "
+              "(all clients of the target merged) that ends after t0; it includes the time the "
+              "drill itself takes to promote the replica (events above), the same for every "
+              "target. *Resumed after the promotion* is the first acknowledged write after the "
+              "gap minus the moment the drill saw the promotion complete (it polls, so a "
+              "fast client can come out slightly negative): what the client path adds; "
+              "ferry's target compares it with its detection time (one probe interval for a "
+              "read-only writer, writer_down_after intervals for a dead one) + 1 s. "
+              "Ferry's writer changes are those of the passthrough listener (the terminated one "
+              "sees the same). Statements to the old "
+              "writer come from its log (`log_statement = mod`, each target logs in as its "
+              "own role): INSERT/UPDATE it received, and errors it raised, at or after the "
+              "moment it stopped being writable (read-only or killed) / after the replica's "
+              "promotion.", ""]
+    for kind in ("planned", "crash"):
+        png = plot_drill(os.path.join(outdir, "plots"), kind, tg)
+        if png:
+            lines += [f"![failover drill {kind}]({png})", ""]
+    return lines
+
+
+def storm_section(sc):
+    tg = sc["targets"]
+    ref = tg.get("haproxy", {}).get("storm", {}).get("drain_s")
+    lines = ["| target | ok | outcomes | attempts/s | drain s | × HAProxy | peak open "
+             "| connect ms p50 / p99 / max | ready ms p50 / p99 | proxy CPU µs/conn "
+             "| steady: longest gap ms before → during | steady tps before → during "
+             "| steady errors | proxy RSS KiB before → after |",
+             "|---|---:|---|---:|---:|---:|---:|---|---|---:|---|---|---:|---|"]
+    for t in TARGET_ORDER:
+        r = tg.get(t)
+        if not r:
+            continue
+        if r.get("failed"):
+            lines.append(f"| {t} | failed: {r['failed'][:200]} |||||||||||||")
+            continue
+        st, sd = r["storm"], r["steady"]
+        c, rd = st.get("connect_ms", {}), st.get("ready_ms", {})
+        outcomes = ", ".join(f"{k} {v:,}" for k, v in st["outcomes"].items())
+        cover = "" if sd.get("covered_storm") else " (steady run ended before the drain)"
+        lines.append(
+            f"| {t} | {st['ok']:,} / {st['n']:,} | {outcomes} | {fmt(st.get('attempt_rate_per_s'))} "
+            f"| {fmt(st['drain_s'], 2)} | {fmt_ratio(ratio(st['drain_s'], ref))} | {st['peak_open']:,} "
+            f"| {fmt(c.get('p50'), 1)} / {fmt(c.get('p99'), 1)} / {fmt(c.get('max'), 1)} "
+            f"| {fmt(rd.get('p50'), 1)} / {fmt(rd.get('p99'), 1)} "
+            f"| {fmt(r.get('proxy_cpu_us_per_conn'), 1)} "
+            f"| {fmt(sd['max_gap_before_ms'], 1)} → {fmt(sd['max_gap_during_ms'], 1)}{cover} "
+            f"| {fmt(sd['tps_before'])} → {fmt(sd['tps_during'])} "
+            f"| {sd['errors'].get('total', 0)} "
+            f"| {fmt(r.get('proxy_rss_before_kib'))} → {fmt(r.get('proxy_rss_after_kib'))} |")
+    return lines + [
+        "", "`direct` is the storm straight to the sink (and the steady clients straight to "
+        "PostgreSQL): what the client and the sink manage without a proxy. Drain: from the "
+        "first connect attempt to the last connection done. Connect: TCP connect; ready: "
+        "the first ReadyForQuery after the startup packet (both as pgstorm saw them, on the "
+        "same CPUs). The steady session's longest gap between acknowledged transactions "
+        "during the storm is the stall an existing session saw; before: the same over the "
+        "0.8 s before the storm.", ""]
+
+
+def stream_section(sc):
+    tg = sc["targets"]
+    d, h = tg.get("direct", {}).get("mb_per_s"), tg.get("haproxy", {}).get("mb_per_s")
+    lines = ["| target | bytes | seconds | MB/s | × direct | × HAProxy | proxy CPU s per GB |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for t in TARGET_ORDER:
+        r = tg.get(t)
+        if not r:
+            continue
+        rounds = r.get("rounds_mb_per_s", [])
+        mb = fmt(r["mb_per_s"]) + (f" ({fmt(min(rounds))}–{fmt(max(rounds))})"
+                                   if len(rounds) > 1 else "")
+        lines.append(f"| {t} | {r['bytes']:,} | {fmt(r['seconds'], 2)} | {mb} "
+                     f"| {fmt_ratio(ratio(r['mb_per_s'], d))} | {fmt_ratio(ratio(r['mb_per_s'], h))} "
+                     f"| {fmt(r.get('proxy_cpu_s_per_gb'), 2)} |")
+    return lines + ["", "psql writes the COPY data to a pipe the harness reads and counts; "
+                    "PostgreSQL generating the rows, psql, the proxy and the reader share the "
+                    "CPUs.", ""]
+
+
+def plot_rss(plotdir, name, targets):
+    datadir = os.path.join(plotdir, "data")
+    os.makedirs(datadir, exist_ok=True)
+    lines = []
+    for t in TARGET_ORDER:
+        pts = targets.get(t, {}).get("points")
+        if not pts:
+            continue
+        _write_series(os.path.join(datadir, f"{name}-{t}-rss.dat"),
+                      [[n, rss / 1024] for n, rss, _ in pts])
+        lines.append(f"'data/{name}-{t}-rss.dat' using 1:2 with linespoints lw 2 title '{t}'")
+    if not lines:
+        return None
+    script = ("set terminal pngcairo size 900,500 font ',10' noenhanced\nset grid\nset key outside right\n"
+              f"set output '{name}-rss.png'\nset title \"{name}: proxy RSS against idle "
+              "connections\"\nset xlabel 'idle client connections'\n"
+              "set ylabel 'RSS (MiB)'\nset yrange [0:*]\nplot " + ", ".join(lines) + "\n")
+    return f"plots/{name}-rss.png" if _gnuplot(script, plotdir) else None
+
+
+def sink_idle_section(outdir, name, sc):
+    lines = idle_table(sc["targets"])
+    cap = sc.get("fd_cap_pairs")
+    lines += ["", "RSS of the proxy process before and while holding the connections, each "
+              "with a backend session on bench/pgsink (PgBouncer gives idle clients none). "
+              f"At most {cap:,} pairs: the hard RLIMIT_NOFILE here cannot be raised and ferry "
+              "and HAProxy need two descriptors per pair." if cap else "", ""]
+    png = plot_rss(os.path.join(outdir, "plots"), name, sc["targets"])
+    return lines + ([f"![RSS against connections]({png})", ""] if png else [])
+
+
 def scenario_section(outdir, name, sc):
     lines = [f"## {name}: {sc['title']}", ""]
     if sc.get("status") != "done":
         return lines + [f"Not run: {sc.get('status')}.", ""]
+    if sc["tool"] == "storm":
+        return lines + storm_section(sc)
+    if sc["tool"] == "stream":
+        return lines + stream_section(sc)
+    if sc["tool"] == "sink_idle":
+        return lines + sink_idle_section(outdir, name, sc)
+    if sc["tool"] == "drill":
+        return lines + drill_section(outdir, sc)
     if sc["tool"] == "idle":
         return lines + idle_table(sc["targets"]) + [
             "", "RSS of the proxy process before and while holding the connections; "
@@ -214,20 +474,15 @@ def scenario_section(outdir, name, sc):
 
 def not_done_section():
     return ["## Not measured yet", "",
-            "- `failover_drill` is a stub: once writer discovery and failover land it will "
-            "run loadgen `rw` and `select` through each target while the primary is switched "
-            "over (planned) and crashed, for PostgreSQL and MariaDB, and report the "
-            "unavailability window, client errors by class, lost acknowledged writes and "
-            "statements that reached the old writer.",
-            "- Not yet: 10,000 idle connections against a protocol sink, connection storms, "
-            "1 GB result streaming, the DNS-switch comparison, perf profiles.", ""]
+            "- The failover drill for MariaDB, idle sessions through a planned switchover, "
+            "the DNS-switch comparison, perf profiles.", ""]
 
 
 def write(outdir, meta, results):
     os.makedirs(os.path.join(outdir, "plots"), exist_ok=True)
     lines = header(meta) + ["## Summary", ""] + summary_table(results) + [
         "", "tps ratios are target tps / reference tps in the same run; CPU is the proxy "
-        "process's own CPU time divided by the transactions it carried.", ""]
+        "process's own CPU time divided by the transactions it carried.", ""] + key_figures(results)
     for name, sc in results.items():
         lines += scenario_section(outdir, name, sc)
     lines += not_done_section() + ["Raw data: `raw/results.json` (every run, with the "

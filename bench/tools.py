@@ -15,7 +15,10 @@ from harness import proc
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 LOADGEN = os.path.join(BENCH_DIR, "build", "loadgen")
+PGSINK = os.path.join(BENCH_DIR, "build", "pgsink")
+PGSTORM = os.path.join(BENCH_DIR, "build", "pgstorm")
 PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
+PSQL = "/usr/lib/postgresql/15/bin/psql"
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999}
 
 PG_USER = PG_DB = "bench"
@@ -24,7 +27,8 @@ MY_USER, MY_PASSWORD, MY_DB = "ferry_test", "ferry_pw", "app"
 
 def dsn(target):
     if target.protocol == "pg":
-        return f"host={target.host} port={target.port} user={PG_USER} dbname={PG_DB} connect_timeout=5"
+        db = getattr(target, "dbname", None) or PG_DB
+        return f"host={target.host} port={target.port} user={PG_USER} dbname={db} connect_timeout=5"
     return (f"host={target.host} port={target.port} user={MY_USER} password={MY_PASSWORD} "
             f"dbname={MY_DB}")
 
@@ -169,6 +173,8 @@ def run_loadgen(sc, target, duration, workdir):
     out_path = os.path.join(workdir, f"loadgen-{tag}.json")
     argv = loadgen_argv(target, *sc.args, "--clients", str(sc.clients),
                         "--duration", str(duration), "--out", out_path, "--label", tag)
+    if sc.params.get("rows"):
+        argv += ["--rows", str(sc.params["rows"])]
     acked = None
     if "rw" in sc.args:
         acked = os.path.join(workdir, f"acked-{tag}.txt")
@@ -184,6 +190,43 @@ def run_loadgen(sc, target, duration, workdir):
     res.update(summary_from_buckets(raw["histogram_us"]))
     res["latency_us"].update({k: raw["latency_us"][k] for k in QUANTILES})   # loadgen's own
     return res
+
+
+# -- large result streaming -----------------------------------------------------
+
+def run_stream(target, rows, timeout=600):
+    """psql runs COPY (SELECT repeat('x', 1000) FROM generate_series(1, rows))
+    TO STDOUT through target; we read its output (1001 bytes a row) and time
+    it. Returns bytes, seconds, MB/s and the proxy's CPU seconds."""
+    sql = f"COPY (SELECT repeat('x', 1000) FROM generate_series(1, {int(rows)})) TO STDOUT"
+    argv = [PSQL, "-X", "-q", "-h", target.host, "-p", str(target.port), "-U", PG_USER,
+            "-d", PG_DB, "-c", sql]
+    cpu0 = target.cpu_seconds()
+    t0 = time.monotonic()
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=proc.clean_env())
+    nbytes = 0
+    try:
+        fd = p.stdout.fileno()
+        while True:
+            if time.monotonic() - t0 > timeout:
+                raise proc.HarnessError(f"psql COPY via {target.name}: over {timeout} s")
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            nbytes += len(chunk)
+        err = p.stderr.read().decode("utf-8", "replace")
+        code = p.wait(60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    secs = time.monotonic() - t0
+    cpu = target.cpu_seconds() - cpu0 if cpu0 is not None else None
+    return {"argv": argv, "exit_code": code, "stderr_tail": err[-1500:], "bytes": nbytes,
+            "expected_bytes": int(rows) * 1001, "seconds": secs,
+            "mb_per_s": nbytes / 1e6 / secs if secs > 0 else 0.0, "proxy_cpu_s": cpu,
+            "proxy_cpu_s_per_gb": cpu * 1e9 / nbytes if cpu is not None and nbytes else None}
 
 
 def _read_line(p, timeout):

@@ -48,4 +48,10 @@ FERRY_BIN="$PWD/build/ferry" /usr/bin/python3 -m pytest tests/integration -q -p 
 step "integration tests (ASan+UBSan build)"
 FERRY_BIN="$PWD/build-asan/ferry" FERRY_SANITIZED=1 /usr/bin/python3 -m pytest tests/integration -q -p no:cacheprovider "$@"
 
+step "bench smoke"
+# every bench scenario against every target with tiny durations (bench/run
+# installs its tools from apt and builds ferry Release in build-bench/); it
+# checks that each scenario ran and produced well-formed results, never speed
+bench/run --smoke
+
 step "all tests passed"

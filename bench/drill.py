@@ -1,0 +1,414 @@
+"""Failover drill (PostgreSQL): a planned switchover and a crash of the
+writer under read-write load, through ferry (a discovered listener probing
+both servers; once with passthrough authentication, once with terminated
+authentication, which lets ferry move idle sessions to the new writer) and,
+at the same moment on the same servers, through libpq's own multi-host
+failover ("host=a,b target_session_attrs=read-write"), the comparison
+target. Each target also holds a few idle sessions across the failover and
+runs one statement on each afterwards: errors for idle sessions.
+
+Each kind of drill gets a fresh PgPair (the drill promotes its replica):
+
+  planned  t0: the writer turns read-only (ALTER SYSTEM
+           default_transaction_read_only + reload); in-flight read-write
+           transactions finish; the replica catches up; the replica is
+           promoted; the old writer is stopped (fast), as a switchover
+           restarts it.
+  crash    t0: the writer's whole process group gets SIGKILL; the replica is
+           promoted at once.
+
+Both loadgens run `rw` with --timeline (every acknowledged transaction and
+error, timestamped) and --acked. From them: the unavailability window (the
+longest gap between consecutive acknowledged transactions that ends after
+t0), errors by class, lost acknowledged writes (acked ids missing on the new
+writer), and, from the old writer's log (log_statement = mod, so every
+INSERT/UPDATE it received is logged, and every error), the statements that
+reached it after t0. Each target logs in as its own role, so the old
+writer's log tells them apart.
+"""
+
+import datetime
+import json
+import os
+import subprocess
+import time
+
+from harness import Ferry, PgPair, cluster, listener, make_config, proc
+
+import tools
+
+import psycopg2
+
+TARGETS = ("ferry", "ferry_terminated", "libpq")
+KINDS = ("planned", "crash")
+USERS = {"ferry": "drill_ferry", "ferry_terminated": "drill_ferry_t", "libpq": "drill_libpq"}
+LISTENERS = {"ferry": "drill", "ferry_terminated": "drill-t"}
+TERMINATED_PASSWORD = "drill_pw"
+# ferry's discovery in the drill; the detection time follows from it
+DISCOVERY = {"probe_interval": 0.5, "probe_timeout": 1, "writer_down_after": 2,
+             "hold_timeout": 30}
+PG_SETTINGS = {"log_statement": "mod", "log_connections": "off", "max_connections": 200,
+               "log_timezone": "UTC"}
+BIN_S = 0.1          # resolution of the throughput/error series
+
+
+def defaults(smoke):
+    """clients per target, seconds of load before t0 and after it"""
+    if smoke:
+        return {"clients": 3, "before_s": 1.5, "after_s": 4.0, "rows": 1000, "idle": 3}
+    return {"clients": 6, "before_s": 4.0, "after_s": 8.0, "rows": 10000, "idle": 10}
+
+
+def detection_s(kind):
+    """How long ferry needs to notice: one probe round for a writer that turns
+    read-only, writer_down_after failed rounds for one that is gone."""
+    d = DISCOVERY
+    return d["probe_interval"] * (1 if kind == "planned" else d["writer_down_after"])
+
+
+# --------------------------------------------------------------------------
+
+def _setup_pair(rows, workdir, log):
+    pair = PgPair(settings=PG_SETTINGS).start()
+    a = pair.primary
+    a.query(f"CREATE ROLE {tools.PG_USER} LOGIN")
+    a.query(f"CREATE DATABASE {tools.PG_DB} OWNER {tools.PG_USER}")
+    for user in USERS.values():
+        a.query(f"CREATE ROLE {user} LOGIN PASSWORD '{TERMINATED_PASSWORD}'")
+    direct = f"host={a.host} port={a.port} user={tools.PG_USER} dbname={tools.PG_DB}"
+    proc.run([tools.LOADGEN, "--mode", "init", "--rows", str(rows), "--dsn", direct],
+             timeout=120, what="loadgen init (drill)")
+    a.query(f"GRANT ALL ON bench_kv, bench_rw TO {', '.join(USERS.values())}",
+            dbname=tools.PG_DB)
+    pair.wait_replicated()
+    return pair
+
+
+def _start_ferry(pair, workdir, kind):
+    clusters = [cluster("region-a", pair.primary), cluster("region-b", pair.replica)]
+    probe = {"user": "ferry_test", "password": "ferry_pw"}
+    auth = {"mode": "terminated",
+            "users": [{"name": USERS["ferry_terminated"], "password": TERMINATED_PASSWORD,
+                       "method": "trust"}]}
+    cfg = make_config(listener(LISTENERS["ferry"], "postgresql", clusters, probe=probe),
+                      listener(LISTENERS["ferry_terminated"], "postgresql", clusters,
+                               probe=probe, auth=auth),
+                      log_level="info", workers=2, discovery=DISCOVERY)
+    ferry = Ferry(cfg, workdir, name=f"ferry-drill-{kind}").start()
+    proc.wait_for(lambda: _writer(ferry) == "region-a", timeout=20,
+                  what="ferry to pick region-a as the writer")
+    return ferry
+
+
+def _writer(ferry):
+    writers = {e["name"]: e["writer"] for e in ferry.status()["discovery"]["listeners"]}
+    same = {writers.get(name) for name in LISTENERS.values()}
+    return same.pop() if len(same) == 1 else None
+
+
+def _dsn(target, pair, ferry):
+    user = USERS[target]
+    if target in LISTENERS:
+        host, port = ferry.listener_addr(LISTENERS[target])
+        return f"host={host} port={port} user={user} dbname={tools.PG_DB} connect_timeout=5"
+    a, b = pair.primary, pair.replica
+    return (f"host={a.host},{b.host} port={a.port},{b.port} user={user} dbname={tools.PG_DB} "
+            "target_session_attrs=read-write connect_timeout=2")
+
+
+def _start_loadgen(target, dsn, p, workdir, kind, id_base):
+    tag = f"drill-{kind}-{target}"
+    files = {k: os.path.join(workdir, f"{tag}.{k}") for k in ("json", "acked", "timeline", "err")}
+    argv = [tools.LOADGEN, "--driver", "pg", "--dsn", dsn, "--mode", "rw",
+            "--clients", str(p["clients"]), "--rows", str(p["rows"]),
+            "--duration", str(p["before_s"] + p["after_s"]), "--out", files["json"],
+            "--acked", files["acked"], "--timeline", files["timeline"], "--label", tag,
+            "--backoff-max-ms", "100", "--id-base", str(id_base)]
+    errf = open(files["err"], "w")
+    popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=errf, env=proc.clean_env())
+    errf.close()
+    return {"argv": argv, "popen": popen, "files": files}
+
+
+def _open_idle(dsn, n):
+    """n autocommit sessions that ran one statement and now sit idle"""
+    conns = []
+    for _ in range(n):
+        c = psycopg2.connect(dsn)
+        c.autocommit = True
+        with c.cursor() as cur:
+            cur.execute("SELECT 1")
+        conns.append(c)
+    return conns
+
+
+def _check_idle(conns, new_writer_port):
+    """One statement on each idle session after the failover: how many
+    worked (on the new writer), and the errors by SQLSTATE or class."""
+    out = {"sessions": len(conns), "ok": 0, "errors": {}}
+    for c in conns:
+        try:
+            with c.cursor() as cur:
+                cur.execute("SELECT inet_server_port()")
+                port = cur.fetchone()[0]
+            key = "ok" if port == new_writer_port else "old_writer"
+        except psycopg2.Error as e:
+            key = e.pgcode or ("lost" if isinstance(e, psycopg2.OperationalError) else "other")
+        if key == "ok":
+            out["ok"] += 1
+        else:
+            out["errors"][key] = out["errors"].get(key, 0) + 1
+        try:
+            c.close()
+        except psycopg2.Error:
+            pass
+    return out
+
+
+def _ferry_sessions(ferry, out):
+    """ferry's own count of sessions it moved to the new writer (terminated
+    auth) or failed to move, per listener, and why moves failed (its log)."""
+    listeners = {e.get("name"): e for e in ferry.status().get("listeners", [])}
+    reasons = {}
+    for line in ferry.log_text().splitlines():
+        if "event=session.move_failed" in line and 'reason="' in line:
+            why = line.split('reason="', 1)[1].rstrip('"')
+            reasons[why] = reasons.get(why, 0) + 1
+    for target, name in LISTENERS.items():
+        e = listeners.get(name, {})
+        if target in out:
+            out[target]["ferry_sessions"] = {
+                "moved": e.get("sessions_moved"), "move_failed": e.get("sessions_move_failed"),
+                "move_failed_reasons": reasons if target == "ferry_terminated" else {}}
+
+
+def _planned(pair, events):
+    a, b = pair.primary, pair.replica
+    a.query("ALTER SYSTEM SET default_transaction_read_only = on")
+    a.query("SELECT pg_reload_conf()")
+    events["read_only"] = time.time()
+    # read-write transactions begun before the reload may still commit: let
+    # them finish, so that what the replica has is everything acknowledged
+    time.sleep(0.2)
+    proc.wait_for(lambda: a.query(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_xid IS NOT NULL "
+        "AND backend_type = 'client backend'")[0][0] == 0,
+        timeout=10, what="write transactions on the old writer to end")
+    lsn = a.query("SELECT pg_current_wal_lsn()::text")[0][0]
+    proc.wait_for(lambda: b.query("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                                  (lsn,))[0][0],
+                  timeout=20, what="the replica to replay everything the writer wrote")
+    events["caught_up"] = time.time()
+    b.promote()
+    events["promoted"] = time.time()
+    a.stop(mode="fast")
+    events["old_writer_stopped"] = time.time()
+
+
+def _crash(pair, events):
+    pair.primary.kill()            # SIGKILL to postmaster and backends at once
+    events["killed"] = time.time()
+    pair.replica.promote()
+    events["promoted"] = time.time()
+
+
+def _read_timeline(path, t0_unix, t_event):
+    """[(t relative to t_event in s, key)] sorted; key "" for an ack"""
+    out = []
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 2:
+                continue
+            t = t0_unix + float(parts[0]) / 1e3 - t_event
+            out.append((t, parts[2] if parts[1] == "err" else ""))
+    out.sort()
+    return out
+
+
+def _window(events, end_rel):
+    """(window s, last ack before it, first ack after it): the longest gap
+    between consecutive acknowledgements among those around t=0 that ends
+    after t=0; window None if nothing was acknowledged after t=0."""
+    acks = [t for t, k in events if not k]
+    before = [t for t in acks if t <= 0]
+    after = [t for t in acks if t > 0]
+    if not after:
+        return None, (before[-1] if before else None), None
+    best = (0.0, None, None)
+    prev = before[-1] if before else after[0]
+    for t in after:
+        if t - prev > best[0]:
+            best = (t - prev, prev, t)
+        prev = t
+    return best
+
+
+def _series(events, lo, hi):
+    """[[t, acks per s, errors per s]] in BIN_S bins from lo to hi (relative s)"""
+    n = int(round((hi - lo) / BIN_S))
+    acks, errs = [0] * n, [0] * n
+    for t, k in events:
+        i = int((t - lo) / BIN_S)
+        if 0 <= i < n:
+            (errs if k else acks)[i] += 1
+    return [[round(lo + (i + 0.5) * BIN_S, 3), acks[i] / BIN_S, errs[i] / BIN_S]
+            for i in range(n)]
+
+
+def _lost(server, acked_path):
+    with open(acked_path) as f:
+        ids = [int(line) for line in f if line.strip()]
+    found = 0
+    for i in range(0, len(ids), 5000):
+        chunk = ids[i:i + 5000]
+        found += server.query("SELECT count(*) FROM bench_rw WHERE id = ANY(%s)", (chunk,),
+                              dbname=tools.PG_DB)[0][0]
+    return {"acked": len(ids), "found": found, "lost": len(ids) - found}
+
+
+def _log_time(line):
+    """unix time of a log line with log_line_prefix '%m ...' in UTC, or None"""
+    try:
+        dt = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f")
+    except ValueError:
+        return None
+    return dt.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def _old_writer_statements(log_path, offset, user, since):
+    """Per moment in since ({name: unix time}): the statements (INSERT/UPDATE,
+    logged by log_statement = mod as they arrive) and errors the old writer
+    logged for user's sessions at or after it (log lines carry ms)."""
+    out = {name: {"statements": 0, "errors": 0} for name in since}
+    tag = f" {user}@{tools.PG_DB} "
+    with open(log_path, "rb") as f:
+        f.seek(offset)
+        for raw in f:
+            line = raw.decode("utf-8", "replace")
+            if tag not in line:
+                continue
+            kind = ("statements" if "LOG:  statement:" in line else
+                    "errors" if "ERROR:" in line else None)
+            t = _log_time(line)
+            if kind is None or t is None:
+                continue
+            for name, when in since.items():
+                if t >= when - 0.0005:       # the log has ms resolution
+                    out[name][kind] += 1
+    return out
+
+
+def drill_once(kind, p, workdir, log):
+    """One drill of kind through both targets; {target: result}, plus events."""
+    pair = ferry = None
+    loads, idle = {}, {}
+    try:
+        log(f"failover_drill {kind}: fresh PostgreSQL pair, ferry with discovery {DISCOVERY}")
+        pair = _setup_pair(p["rows"], workdir, log)
+        ferry = _start_ferry(pair, workdir, kind)
+        base = int(time.time()) & 0x7FFF
+        for target in TARGETS:               # idle sessions first: the loads start together
+            idle[target] = _open_idle(_dsn(target, pair, ferry), p["idle"])
+        for i, target in enumerate(TARGETS):
+            loads[target] = _start_loadgen(target, _dsn(target, pair, ferry), p, workdir, kind,
+                                           ((base << 2) | i) << 44)
+        time.sleep(p["before_s"])
+        old = pair.primary
+        log_offset = os.path.getsize(old.log_path)
+        events = {}
+        t0 = time.time()
+        log(f"failover_drill {kind}: t0, " + ("the writer turns read-only" if kind == "planned"
+                                               else "kill -9 the writer"))
+        (_planned if kind == "planned" else _crash)(pair, events)
+        log("  " + ", ".join(f"{k} +{(v - t0) * 1000:.0f} ms" for k, v in events.items()))
+        out = {}
+        for target, ld in loads.items():
+            try:
+                code = ld["popen"].wait(p["before_s"] + p["after_s"] + 60)
+            except subprocess.TimeoutExpired:
+                ld["popen"].kill()
+                code = "timeout"
+            out[target] = _result(target, kind, ld, code, t0, events, pair, old, log_offset, p)
+            out[target]["idle_sessions"] = _check_idle(idle.pop(target), pair.replica.port)
+            log(f"  {target}: idle sessions after the failover: {out[target]['idle_sessions']}")
+        _ferry_sessions(ferry, out)
+        for target in LISTENERS:
+            log(f"  {target}: ferry's session moves {out[target].get('ferry_sessions')}")
+        out["_events"] = {k: round(v - t0, 3) for k, v in events.items()}
+        out["_ferry_history"] = ferry.status()["discovery"]["history"]
+        return out
+    finally:
+        for conns in idle.values():
+            for c in conns:
+                c.close()
+        for ld in loads.values():
+            if ld["popen"].poll() is None:
+                ld["popen"].kill()
+                ld["popen"].wait()
+        if ferry:
+            ferry.kill()
+        if pair:
+            try:
+                pair.stop()
+            except proc.HarnessError as e:
+                log(f"  stopping the drill's servers: {e}")
+
+
+def _result(target, kind, ld, code, t0, events, pair, old, log_offset, p):
+    files = ld["files"]
+    if code != 0 or not os.path.exists(files["json"]):
+        with open(files["err"]) as f:
+            raise proc.HarnessError(f"drill loadgen via {target} exited {code}: {f.read()[-500:]}")
+    with open(files["json"]) as f:
+        raw = json.load(f)
+    evs = _read_timeline(files["timeline"], raw["t0_unix"], t0)
+    window, last_ack, first_ack = _window(evs, p["after_s"])
+    errs_after = {}
+    for t, k in evs:
+        if k and t > 0:
+            errs_after[k] = errs_after.get(k, 0) + 1
+    res = {"txns": raw["txns"], "tps": raw["tps"], "errors": raw["errors"],
+           "errors_after_t0": errs_after, "commit_unknown": raw["commit_unknown"],
+           "stuck_clients": raw["stuck_clients"],
+           "window_ms": window * 1000 if window is not None else None,
+           "last_ack_before_ms": last_ack * 1000 if last_ack is not None else None,
+           "first_ack_after_ms": first_ack * 1000 if first_ack is not None else None,
+           # from the moment the new writer was promoted to the first acknowledged
+           # write after the gap: what the client path adds to the promotion
+           "resumed_after_promotion_ms": ((first_ack - (events["promoted"] - t0)) * 1000
+                                          if first_ack is not None else None),
+           "acked_check": _lost(pair.replica, files["acked"]),
+           "old_writer": _old_writer_statements(
+               old.log_path, log_offset, USERS[target],
+               {"after_failure": events.get("read_only", events.get("killed")),
+                "after_promotion": events["promoted"]}),
+           # binned up to where this loadgen stopped, so its end is no drop to zero
+           "series": _series(evs, -p["before_s"],
+                             min(p["after_s"], raw["t0_unix"] + raw["elapsed_s"] - t0)),
+           "events_in_timeline": len(evs), "argv": ld["argv"],
+           "latency_us": raw["latency_us"]}
+    w = res["window_ms"]
+    log_line = (f"  {target}: window {w:.0f} ms" if w is not None else
+                f"  {target}: NO acknowledged write after t0")
+    print(f"[bench {time.strftime('%H:%M:%S')}] {log_line}, errors {raw['errors']['total']} "
+          f"{raw['errors'].get('sqlstate', {})}, lost {res['acked_check']['lost']}, "
+          f"old writer: {res['old_writer']}", flush=True)
+    return res
+
+
+def run(sc, workdir, log, smoke):
+    p = defaults(smoke)
+    p.update({k: v for k, v in sc.params.items() if k in p}, clients=sc.clients)
+    kinds = {}
+    for kind in KINDS:
+        kinds[kind] = drill_once(kind, p, workdir, log)
+    targets = {t: {k: kinds[k][t] for k in KINDS} for t in TARGETS}
+    extra = {k: {"events": kinds[k]["_events"], "ferry_history": kinds[k]["_ferry_history"]}
+             for k in KINDS}
+    for t in targets.values():
+        for kind, r in t.items():
+            r["detection_s"] = detection_s(kind)
+    return {"status": "done", "targets": targets, "drills": extra, "params": p,
+            "discovery": DISCOVERY}
