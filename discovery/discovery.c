@@ -96,6 +96,7 @@ static struct disc_core *core_new(uv_loop_t *loop, struct ferry_config *cfg,
                 memcpy(l->failover_buckets, old->failover_buckets, sizeof l->failover_buckets);
                 l->failover_count = old->failover_count;
                 l->failover_sum = old->failover_sum;
+                l->failover_last = old->failover_last;
             }
         }
     }
@@ -164,6 +165,7 @@ static void observe_failover(struct disc_listener *l, int from, uint64_t now)
             l->failover_buckets[b]++;
     l->failover_count++;
     l->failover_sum += secs;
+    l->failover_last = secs;
 }
 
 static void record_change(struct disc_core *c, struct disc_listener *l, int from)
@@ -333,12 +335,15 @@ static json_t *listener_json(const struct disc_listener *l)
     for (size_t b = 0; b < FAILOVER_NBUCKETS; b++)
         json_array_append_new(buckets, json_pack("{s:f, s:I}", "le", disc_failover_bounds[b], "count",
                                                  (json_int_t)l->failover_buckets[b]));
-    return json_pack("{s:s, s:s?, s:I, s:s, s:b, s:o, s:o, s:{s:o, s:I, s:f}}", "name",
+    json_t *out = json_pack("{s:s, s:s?, s:I, s:s, s:b, s:o, s:o, s:{s:o, s:I, s:f}}", "name",
                      l->lcfg->name, "writer", dd->writer >= 0 ? l->names[dd->writer] : NULL,
                      "generation", (json_int_t)dd->generation, "reason", dd->reason,
                      "split_brain", dd->split_brain, "changed_at", disc_iso_time(l->changed_wall_ms),
                      "clusters", clusters, "failover_seconds", "buckets", buckets, "count",
                      (json_int_t)l->failover_count, "sum", l->failover_sum);
+    json_object_set_new(out, "last_failover_seconds",
+                        l->failover_count ? json_real(l->failover_last) : json_null());
+    return out;
 }
 
 static json_t *core_json(const struct disc_core *c)

@@ -55,6 +55,7 @@ struct disc_listener {
     uint64_t failover_buckets[FAILOVER_NBUCKETS];
     uint64_t failover_count;
     double failover_sum;
+    double failover_last;               /* seconds the last failover took (if failover_count) */
     /* AWS */
     bool aws_busy;                      /* a DescribeGlobalClusters is in flight */
     bool lag_busy;

@@ -154,6 +154,9 @@ struct px_counters px_listener_totals(const struct px_listener *pl)
         sum.hold_timeouts += PX_STAT_GET(c->hold_timeouts);
         sum.moves += PX_STAT_GET(c->moves);
         sum.moves_failed += PX_STAT_GET(c->moves_failed);
+        sum.errors_protocol += PX_STAT_GET(c->errors_protocol);
+        sum.errors_auth += PX_STAT_GET(c->errors_auth);
+        sum.errors_failover += PX_STAT_GET(c->errors_failover);
     }
     return sum;
 }

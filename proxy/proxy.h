@@ -35,6 +35,10 @@ struct px_counters {
     uint64_t hold_timeouts;         /* clients that gave up waiting (got an error) */
     uint64_t moves;                 /* sessions moved to a new writer without an error */
     uint64_t moves_failed;          /* sessions that could not be moved: closed instead */
+    uint64_t errors_protocol;       /* malformed/hostile/unsupported traffic: session ended */
+    uint64_t errors_auth;           /* terminated auth: wrong password or unknown user */
+    uint64_t errors_failover;       /* errors a writer move gave clients (reconnect, retry,
+                                       outcome unknown) */
 } __attribute__((aligned(64)));
 
 

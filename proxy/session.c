@@ -497,11 +497,33 @@ void px_session_send_error(struct px_session *s, enum px_err kind, const char *t
         px_session_close(s, FERRY_LOG_INFO, text);
 }
 
+void px_session_count_error(struct px_session *s, enum px_err kind)
+{
+    struct px_counters *c = px_session_stats(s);
+    switch (kind) {
+    case PX_ERR_PROTOCOL:
+    case PX_ERR_UNSUPPORTED:
+        PX_STAT_ADD(c->errors_protocol, 1);
+        break;
+    case PX_ERR_AUTH_FAILED:
+        PX_STAT_ADD(c->errors_auth, 1);
+        break;
+    case PX_ERR_WRITER_MOVED:
+    case PX_ERR_TXN_LOST:
+    case PX_ERR_OUTCOME_UNKNOWN:
+        PX_STAT_ADD(c->errors_failover, 1);
+        break;
+    default:    /* too many clients, no writer, backend down: counted where they happen */
+        break;
+    }
+}
+
 void px_session_fail(struct px_session *s, enum px_err kind, const char *text)
 {
     if (s->closing || s->failing)
         return;
     s->failing = true;
+    px_session_count_error(s, kind);
     ferry_log(FERRY_LOG_INFO, "session.failed", "listener=%s session=%llu reason=\"%s\"",
               s->pl->name, (unsigned long long)s->id, text);
     uv_timer_stop(&s->timer);

@@ -168,6 +168,9 @@ void px_session_send_error(struct px_session *s, enum px_err kind, const char *t
  * the session once written. 0 or a libuv error (buf freed either way). */
 int px_session_write(struct px_session *s, struct px_conn *conn, struct ferry_wbuf *buf,
                      bool close_after);
+/* Counts an error ferry gave the client by its class (px_session_fail
+ * counts its own; this is for errors that do not end the session). */
+void px_session_count_error(struct px_session *s, enum px_err kind);
 /* POST /v1/pause is in force: no new transaction may start. */
 bool px_session_paused(void);
 /* Routes the session, or holds it while there is no writer. */

@@ -266,9 +266,9 @@ static uint8_t err_seq(const struct px_my_session *m)
 }
 
 /* Ends the session with an ERR of the given code (the next defer_error
- * picks these up). */
-static void fail_with(struct px_session *s, uint16_t code, const char *sqlstate, uint8_t seq,
-                      const char *text)
+ * picks these up); kind is its class for the error counters. */
+static void fail_as(struct px_session *s, enum px_err kind, uint16_t code, const char *sqlstate,
+                    uint8_t seq, const char *text)
 {
     struct px_my_session *m = mys(s);
     if (s->failing || s->closing)
@@ -277,7 +277,14 @@ static void fail_with(struct px_session *s, uint16_t code, const char *sqlstate,
     m->fail_code = code;
     m->fail_state = sqlstate;
     m->fail_seq = seq;
-    px_session_fail(s, PX_ERR_PROTOCOL, text);
+    px_session_fail(s, kind, text);
+}
+
+/* The same for malformed, hostile or unsupported traffic. */
+static void fail_with(struct px_session *s, uint16_t code, const char *sqlstate, uint8_t seq,
+                      const char *text)
+{
+    fail_as(s, PX_ERR_PROTOCOL, code, sqlstate, seq, text);
 }
 
 /* Before the greeting, errors.c's ERR (sequence 0) is right; afterwards
@@ -713,7 +720,7 @@ static void fenced_packet(struct walk *w, struct my_logical *lp)
         return;     /* no answer expected */
     if (!m->txn_lost) {
         px_session_writer_moved_text(s, text, sizeof text, false);
-        fail_with(s, 1053, "08S01", seq, text);   /* ER_SERVER_SHUTDOWN: reconnect */
+        fail_as(s, PX_ERR_WRITER_MOVED, 1053, "08S01", seq, text);   /* reconnect */
         return;
     }
     struct ferry_wbuf b;
@@ -725,6 +732,7 @@ static void fenced_packet(struct walk *w, struct my_logical *lp)
     } else {
         px_session_writer_moved_text(s, text, sizeof text, true);
         my_err_build(&b, seq, ER_TXN_LOST, text);
+        px_session_count_error(s, PX_ERR_TXN_LOST);
     }
     answer(s, &b);
 }

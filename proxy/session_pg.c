@@ -570,6 +570,7 @@ static void on_stale_message(void *ud, uint8_t type, const uint8_t *body, uint32
     } else {
         px_session_writer_moved_text(s, text, sizeof text, true);
         pg_build_error(&b, "ERROR", "40001", text);
+        px_session_count_error(s, PX_ERR_TXN_LOST);
         pg_build_ready(&b, 'E');
     }
     if (px_session_write(s, &s->client, &b, false) != 0) {

@@ -128,7 +128,12 @@ def test_crash_under_load(ferry_factory, own_pg):
     for _, kind, cls, text in result.error_log:
         if cls == "OperationalError":
             assert "server closed the connection unexpectedly" in text or "ferry:" in text, text
-    assert ferry.status()["listeners"][0]["sessions_move_failed"] == 0
+    status = ferry.status()
+    assert status["listeners"][0]["sessions_move_failed"] == 0
+    # every error a client saw was counted as a failover error
+    assert status["listeners"][0]["failover_errors_total"] >= sum(result.errors.values())
+    last = status["discovery"]["listeners"][0]["last_failover_seconds"]
+    assert last is not None and last > 0     # writer lost -> region-b: the held gap
     after = [i for i, at in result.acked.items() if at > result.acked[n]]
     have = {r[0] for r in own_pg.replica.query("SELECT id FROM drill_acks",
                                                dbname=harness.pg.TEST_DB)}

@@ -90,6 +90,8 @@ def test_wrong_password_or_unknown_user_gets_28P01_and_no_backend(ferry_factory,
     assert "session.routed" not in log and "session.connected" not in log
     assert backends_of(pg_pair, user) == before
     assert "Wr0ng-pass" not in log
+    assert ferry.status()["listeners"][0]["auth_failures_total"] == 1
+    assert 'ferry_errors_total{listener="pg",class="auth"} 1' in ferry.http_get("/metrics")[1]
 
 
 def test_bad_backend_password_is_a_clear_error(ferry_factory, pg_pair):
@@ -115,6 +117,7 @@ def test_garbage_instead_of_a_password_message(ferry_factory, pg_pair):
         msgs = read_messages(s, until=b"E-never")
     err = error_fields(msgs[-1][1])
     assert err["S"] == "FATAL" and err["C"] == "08P01"
+    assert ferry.status()["listeners"][0]["protocol_errors_total"] == 1
     # the listener still serves everyone else
     assert harness.pg.run_query(dsn(ferry), "SELECT 2") == [(2,)]
 
