@@ -448,6 +448,49 @@ static void parse_user(struct cfg_ctx *c, json_t *v, const char *ukey, struct fe
     }
 }
 
+/* "tls": {"cert_file", "key_file", "required", "min_version"}: TLS towards
+ * clients (the files are read when the config is put to use). */
+static void parse_tls(struct cfg_ctx *c, json_t *listener, const char *where,
+                      struct ferry_listener_cfg *l)
+{
+    static const char *const keys[] = {"cert_file", "key_file", "required", "min_version", NULL};
+    char key[KEY_MAX], tkey[KEY_MAX];
+    json_t *v = json_object_get(listener, "tls");
+    if (!v || c->failed)
+        return;
+    subkey(tkey, where, ".tls");
+    if (!json_is_object(v)) {
+        cfg_fail(c, tkey, "expected an object, got %s", json_type_name(v));
+        return;
+    }
+    check_keys(c, tkey, v, keys);
+    if (l->protocol != FERRY_PROTO_POSTGRESQL) {
+        cfg_fail(c, tkey, "TLS towards clients is not implemented for mysql listeners yet");
+        return;
+    }
+    const char *s = NULL;
+    if (!get_string(c, v, "cert_file", subkey(key, tkey, ".cert_file"), &s)) {
+        if (!c->failed)
+            cfg_fail(c, key, "required key is missing");
+        return;
+    }
+    l->tls_cert_file = strdup(s);
+    if (!get_string(c, v, "key_file", subkey(key, tkey, ".key_file"), &s)) {
+        if (!c->failed)
+            cfg_fail(c, key, "required key is missing");
+        return;
+    }
+    l->tls_key_file = strdup(s);
+    get_bool(c, v, "required", subkey(key, tkey, ".required"), &l->tls_required);
+    strcpy(l->tls_min_version, "1.2");
+    if (get_string(c, v, "min_version", subkey(key, tkey, ".min_version"), &s)) {
+        if (strcmp(s, "1.2") != 0 && strcmp(s, "1.3") != 0)
+            cfg_fail(c, key, "\"%s\" is not one of 1.2, 1.3", s);
+        else
+            strcpy(l->tls_min_version, s);
+    }
+}
+
 /* "auth": {"mode": "passthrough" | "terminated", "users": [...]} */
 static void parse_auth(struct cfg_ctx *c, json_t *listener, const char *where,
                        struct ferry_listener_cfg *l)
@@ -588,7 +631,7 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
 {
     static const char *const keys[] = {"name", "protocol", "bind", "max_client_connections",
                                        "connect_timeout", "session_buffer", "max_message_size", "probe",
-                                       "aws_global_cluster", "clusters", "auth", NULL};
+                                       "aws_global_cluster", "clusters", "auth", "tls", NULL};
     char key[KEY_MAX];
     if (!json_is_object(v)) {
         cfg_fail(c, where, "expected an object, got %s", json_type_name(v));
@@ -632,6 +675,7 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
         l->max_message_size = (uint32_t)n;
     parse_probe(c, v, where, l);
     parse_auth(c, v, where, l);
+    parse_tls(c, v, where, l);
     const char *gid = NULL;
     subkey(key, where, ".aws_global_cluster");
     if (get_string(c, v, "aws_global_cluster", key, &gid)) {
@@ -814,6 +858,8 @@ static void config_free(struct ferry_config *cfg)
 {
     if (!cfg)
         return;
+    if (cfg->on_free)
+        cfg->on_free(cfg);
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         free(cfg->listeners[i].clusters);
         wipe_free(cfg->listeners[i].probe_password);
@@ -824,6 +870,8 @@ static void config_free(struct ferry_config *cfg)
             free(user->derived);    /* a pg_scram_secret: its keys stand in for the password */
         }
         free(cfg->listeners[i].users);
+        free(cfg->listeners[i].tls_cert_file);
+        free(cfg->listeners[i].tls_key_file);
     }
     free(cfg->listeners);
     wipe_free(cfg->admin_token);

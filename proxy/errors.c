@@ -39,6 +39,9 @@ static struct err_code code_of(enum ferry_proto proto, enum px_err kind)
     case PX_ERR_OUTCOME_UNKNOWN: /* 08007 transaction_resolution_unknown */
         return proto == FERRY_PROTO_MYSQL ? (struct err_code){"08S01", 2013}
                                           : (struct err_code){"08007", 0};
+    case PX_ERR_TLS_REQUIRED:   /* 28000 invalid_authorization_specification (as pg_hba) */
+        return proto == FERRY_PROTO_MYSQL ? (struct err_code){"28000", 3159}
+                                          : (struct err_code){"28000", 0};
     case PX_ERR_AUTH_FAILED:    /* 28P01 invalid_password; MySQL ER_ACCESS_DENIED_ERROR */
         return proto == FERRY_PROTO_MYSQL ? (struct err_code){"28000", 1045}
                                           : (struct err_code){"28P01", 0};

@@ -14,6 +14,7 @@
 #include "ferry/ctl.h"
 #include "ferry/discovery.h"
 #include "ferry/log.h"
+#include "ferry/tls.h"
 #include "ferry/version.h"
 #include "proxy.h"
 
@@ -194,11 +195,46 @@ static void post_all(enum px_msg_type type)
     }
 }
 
+/* ---- loading a config: parse, then build what it names (TLS contexts) ---- */
+
+static void release_attached(struct ferry_config *cfg)
+{
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        ferry_tls_ctx_unref(cfg->listeners[i].tls_server_ctx);
+}
+
+/* ferry_config_load() plus the TLS contexts of listeners with "tls": a
+ * certificate or key that cannot be used is a config error like any other
+ * ("path: listeners[i].tls: reason"). */
+static struct ferry_config *load_config(const char *path, char err[FERRY_ERR_MAX])
+{
+    struct ferry_config *cfg = ferry_config_load(path, err);
+    if (!cfg)
+        return NULL;
+    cfg->on_free = release_attached;
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        struct ferry_listener_cfg *l = &cfg->listeners[i];
+        if (!l->tls_cert_file)
+            continue;
+        enum ferry_tls_version min = FERRY_TLS_V1_2;
+        ferry_tls_version_parse(l->tls_min_version, &min);
+        char why[FERRY_ERR_MAX / 2];
+        l->tls_server_ctx = ferry_tls_server_ctx_new(l->tls_cert_file, l->tls_key_file, min, why,
+                                                     sizeof why);
+        if (!l->tls_server_ctx) {
+            snprintf(err, FERRY_ERR_MAX, "%s: listeners[%zu].tls: %s", path, i, why);
+            ferry_config_unref(cfg);
+            return NULL;
+        }
+    }
+    return cfg;
+}
+
 /* Reloads the config file; false (running config kept) with the reason in
  * err. Main thread only. */
 static bool reload(char *err, size_t errlen)
 {
-    struct ferry_config *cfg = ferry_config_load(mainloop.config_path, err);
+    struct ferry_config *cfg = load_config(mainloop.config_path, err);
     if (!cfg) {
         ferry_log(FERRY_LOG_ERROR, "config.reload_failed",
                   "generation=%llu error=\"%s\" action=\"keeping the running config\"",
@@ -381,7 +417,7 @@ static void raise_fd_limit(void)
 static int cmd_check(const char *path)
 {
     char err[FERRY_ERR_MAX];
-    struct ferry_config *cfg = ferry_config_load(path, err);
+    struct ferry_config *cfg = load_config(path, err);
     if (!cfg) {
         fprintf(stderr, "ferry: %s\n", err);
         return EXIT_CONFIG;
@@ -395,7 +431,7 @@ static int cmd_check(const char *path)
 static int cmd_run(const char *path)
 {
     char err[FERRY_ERR_MAX];
-    struct ferry_config *cfg = ferry_config_load(path, err);
+    struct ferry_config *cfg = load_config(path, err);
     if (!cfg) {
         fprintf(stderr, "ferry: %s\n", err);
         return EXIT_CONFIG;
@@ -478,7 +514,7 @@ static int cmd_run(const char *path)
 static int cmd_discover(const char *path, bool as_json)
 {
     char err[FERRY_ERR_MAX];
-    struct ferry_config *cfg = ferry_config_load(path, err);
+    struct ferry_config *cfg = load_config(path, err);
     if (!cfg) {
         fprintf(stderr, "ferry: %s\n", err);
         return EXIT_CONFIG;

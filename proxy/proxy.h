@@ -178,6 +178,7 @@ enum px_err {
     PX_ERR_TXN_LOST,            /* the same, inside a transaction: rolled back, retry */
     PX_ERR_OUTCOME_UNKNOWN,     /* the writer vanished with a statement in flight */
     PX_ERR_AUTH_FAILED,         /* terminated auth: wrong password or unknown user */
+    PX_ERR_TLS_REQUIRED,        /* the listener requires TLS and the client has none */
 };
 void px_error_message(enum ferry_proto proto, enum px_err kind, const char *text,
                       struct ferry_wbuf *out);

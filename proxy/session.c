@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "ferry/discovery.h"
+#include "ferry/tls.h"
 #include "session.h"
 
 struct px_chunk {
@@ -98,6 +99,8 @@ static void session_free(struct px_session *s)
     ferry_config_unref(s->cfg);
     if (s->parked)
         chunk_put(w, s->parked);
+    ferry_tls_free(s->client.tls);
+    ferry_tls_free(s->server.tls);
     if (s->proto && s->proto->free)
         s->proto->free(s);
     free(s);
@@ -196,6 +199,8 @@ static void on_shutdown(uv_shutdown_t *req, int status);
 static void conn_start_reading(struct px_conn *c);
 static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chunk *ch, size_t n);
 static void park(struct px_session *s, struct px_chunk *ch, size_t n);
+static void tls_failed(struct px_session *s, struct px_conn *c);
+static int tls_flush(struct px_session *s, struct px_conn *c);
 
 void px_session_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
@@ -305,6 +310,36 @@ static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chu
     }
     if (verdict != PX_SCAN_RELAY) {
         chunk_put(w, ch);
+        return;
+    }
+    if (dst->tls) {
+        /* the plaintext goes into the engine; its ciphertext is ferry's own write */
+        int rc = ferry_tls_write(dst->tls, ch->data, n);
+        chunk_put(w, ch);
+        if (rc < 0) {
+            tls_failed(s, dst);
+            return;
+        }
+        if (src == &s->client) {
+            PX_STAT_ADD(px_session_stats(s)->bytes_from_clients, n);
+            s->bytes_from_client += (uint64_t)n;
+        } else {
+            PX_STAT_ADD(px_session_stats(s)->bytes_from_servers, n);
+            s->bytes_from_server += (uint64_t)n;
+        }
+        if (tls_flush(s, dst) != 0) {
+            px_session_close(s, FERRY_LOG_INFO, "write failed");
+            return;
+        }
+        if (src == &s->server && s->proto && s->proto->relayed) {
+            s->proto->relayed(s);
+            if (s->failing || s->closing)
+                return;
+        }
+        if (dst->queued >= s->lcfg->session_buffer) {
+            px_conn_stop_reading(src);
+            src->paused = true;
+        }
         return;
     }
     ch->dst = dst;
@@ -437,11 +472,112 @@ static void conn_start_reading(struct px_conn *c)
 {
     if (c->reading || c->eof || c->owner->closing)
         return;
-    int rc = uv_read_start((uv_stream_t *)&c->tcp, px_session_alloc, on_read);
-    if (rc == 0)
-        c->reading = true;
-    else
+    if (px_conn_read_start(c, on_read) != 0)
         px_session_close(c->owner, FERRY_LOG_INFO, "read start failed");
+}
+
+/* ---- TLS on a connection: decrypt reads, encrypt writes ----
+ * The engine (proxy/tls.c) works on memory buffers; here its ciphertext
+ * meets the socket. Plaintext is handed to the connection's read callback
+ * in pooled chunks, exactly as if it had been read, so the relay and the
+ * protocols do not know TLS is there. */
+
+static void tls_failed(struct px_session *s, struct px_conn *c)
+{
+    char reason[300];
+    snprintf(reason, sizeof reason, "TLS with the %s failed: %s", c->name, ferry_tls_error(c->tls));
+    struct ferry_wbuf alert;   /* a fatal alert may be waiting: send it, then close */
+    ferry_wbuf_init(&alert, 0);
+    if (ferry_tls_take_out(c->tls, &alert) > 0) {
+        uv_buf_t b = uv_buf_init((char *)alert.data, (unsigned)alert.len);
+        uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    }
+    ferry_wbuf_free(&alert);
+    px_session_close(s, FERRY_LOG_INFO, reason);
+}
+
+static int write_raw(struct px_session *s, struct px_conn *conn, struct ferry_wbuf *buf,
+                     bool close_after);
+
+/* Sends whatever ciphertext the engine has (handshake messages, records). */
+static int tls_flush(struct px_session *s, struct px_conn *c)
+{
+    if (!ferry_tls_pending_out(c->tls))
+        return 0;
+    struct ferry_wbuf out;
+    ferry_wbuf_init(&out, 0);
+    if (ferry_tls_take_out(c->tls, &out) < 0) {
+        ferry_wbuf_free(&out);
+        return UV_ENOMEM;
+    }
+    return write_raw(s, c, &out, false);
+}
+
+/* Hands the engine's plaintext to the read callback while it reads. */
+static void tls_drain(struct px_session *s, struct px_conn *c)
+{
+    c->in_tls_loop = true;
+    while (c->reading && !s->closing && !s->failing) {
+        uv_buf_t plain;
+        px_session_alloc((uv_handle_t *)&c->tcp, PX_CHUNK_SIZE, &plain);
+        if (!plain.base) {
+            px_session_close(s, FERRY_LOG_ERROR, "out of memory for buffers");
+            break;
+        }
+        ssize_t n = ferry_tls_read(c->tls, plain.base, plain.len);
+        if (n > 0) {
+            c->plain_cb((uv_stream_t *)&c->tcp, n, &plain);
+            continue;
+        }
+        px_session_free_buf(s, &plain);
+        if (n == FERRY_TLS_CLOSED) {
+            uv_buf_t none = uv_buf_init(NULL, 0);
+            c->plain_cb((uv_stream_t *)&c->tcp, UV_EOF, &none);
+        } else if (n == FERRY_TLS_ERROR) {
+            c->in_tls_loop = false;
+            tls_failed(s, c);
+            return;
+        }
+        break;
+    }
+    c->in_tls_loop = false;
+    if (!s->closing && tls_flush(s, c) != 0)
+        px_session_close(s, FERRY_LOG_INFO, "write failed");
+}
+
+static void on_tls_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    struct px_conn *c = stream->data;
+    struct px_session *s = c->owner;
+    if (nread <= 0) {
+        c->plain_cb(stream, nread, buf);    /* EOF or an error: as without TLS */
+        return;
+    }
+    int rc = ferry_tls_feed(c->tls, buf->base, (size_t)nread);
+    px_session_free_buf(s, buf);
+    if (rc < 0) {
+        tls_failed(s, c);
+        return;
+    }
+    tls_drain(s, c);
+}
+
+int px_conn_read_start(struct px_conn *c, uv_read_cb cb)
+{
+    if (!c->tls) {
+        int rc = uv_read_start((uv_stream_t *)&c->tcp, px_session_alloc, cb);
+        c->reading = rc == 0;
+        return rc;
+    }
+    c->plain_cb = cb;
+    int rc = uv_read_start((uv_stream_t *)&c->tcp, px_session_alloc, on_tls_read);
+    c->reading = rc == 0;
+    /* records already decrypted but not handed out (reading had stopped):
+     * the socket may stay silent, so hand them out now (an outer drain
+     * loop of this connection goes on by itself) */
+    if (rc == 0 && !c->in_tls_loop && ferry_tls_buffered(c->tls))
+        tls_drain(c->owner, c);
+    return rc;
 }
 
 /* ---- errors ferry sends before any server has spoken ---- */
@@ -450,12 +586,22 @@ struct px_owned_write {
     uv_write_t req;
     struct ferry_wbuf buf;
     struct px_session *s;
+    struct px_conn *dst;
     bool close_after;           /* an error message: close the session once written */
 };
 
 static void on_owned_written(uv_write_t *req, int status)
 {
     struct px_owned_write *e = ferry_container_of(req, struct px_owned_write, req);
+    struct px_conn *dst = e->dst;
+    struct px_session *s = e->s;
+    buffered_add(s->owner, dst, -(ssize_t)e->buf.len);
+    /* ferry's writes count towards backpressure like relayed chunks */
+    if (status == 0 && !e->close_after && dst->peer->paused && !s->closing &&
+        dst->queued <= s->lcfg->session_buffer / 2) {
+        dst->peer->paused = false;
+        conn_start_reading(dst->peer);
+    }
     if (e->close_after)
         px_session_close(e->s, FERRY_LOG_DEBUG, "error sent to client");   /* sent or not */
     else if (status < 0 && status != UV_ECANCELED)
@@ -464,9 +610,29 @@ static void on_owned_written(uv_write_t *req, int status)
     free(e);
 }
 
-/* Writes bytes that ferry made (taking buf's memory) to conn. */
+/* Writes bytes that ferry made (taking buf's memory) to conn: plaintext
+ * goes through conn's TLS engine first. */
 int px_session_write(struct px_session *s, struct px_conn *conn, struct ferry_wbuf *buf,
                        bool close_after)
+{
+    if (!conn->tls)
+        return write_raw(s, conn, buf, close_after);
+    int rc = buf->failed ? FERRY_TLS_ERROR : ferry_tls_write(conn->tls, buf->data, buf->len);
+    ferry_wbuf_free(buf);
+    if (rc < 0)
+        return UV_ENOMEM;
+    struct ferry_wbuf out;
+    ferry_wbuf_init(&out, 0);
+    if (ferry_tls_take_out(conn->tls, &out) < 0) {
+        ferry_wbuf_free(&out);
+        return UV_ENOMEM;
+    }
+    return write_raw(s, conn, &out, close_after);
+}
+
+/* Writes bytes as they are (taking buf's memory) to conn's socket. */
+static int write_raw(struct px_session *s, struct px_conn *conn, struct ferry_wbuf *buf,
+                     bool close_after)
 {
     struct px_owned_write *e = calloc(1, sizeof *e);
     if (!e || buf->failed) {
@@ -476,6 +642,7 @@ int px_session_write(struct px_session *s, struct px_conn *conn, struct ferry_wb
     }
     e->buf = *buf;
     e->s = s;
+    e->dst = conn;
     e->close_after = close_after;
     *buf = (struct ferry_wbuf){0};
     uv_buf_t b = uv_buf_init((char *)e->buf.data, (unsigned)e->buf.len);
@@ -483,8 +650,10 @@ int px_session_write(struct px_session *s, struct px_conn *conn, struct ferry_wb
     if (rc != 0) {
         ferry_wbuf_free(&e->buf);
         free(e);
+        return rc;
     }
-    return rc;
+    buffered_add(s->owner, conn, (ssize_t)e->buf.len);
+    return 0;
 }
 
 /* Sends one error message to the client, then closes the session. */
@@ -506,6 +675,7 @@ void px_session_count_error(struct px_session *s, enum px_err kind)
         PX_STAT_ADD(c->errors_protocol, 1);
         break;
     case PX_ERR_AUTH_FAILED:
+    case PX_ERR_TLS_REQUIRED:
         PX_STAT_ADD(c->errors_auth, 1);
         break;
     case PX_ERR_WRITER_MOVED:

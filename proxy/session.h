@@ -35,6 +35,10 @@ struct px_conn {
     bool eof;                   /* this side sent EOF: nothing more to read */
     bool shut;                  /* our shutdown of this side completed */
     const char *name;           /* "client" | "server", for logs */
+    struct ferry_tls *tls;      /* owned; NULL = plaintext. Reads are decrypted before the
+                                   read callback sees them, writes encrypted */
+    uv_read_cb plain_cb;        /* with tls: the callback that gets the plaintext */
+    bool in_tls_loop;           /* with tls: handing plaintext out now */
 };
 
 /* What a protocol's scan hook says about a chunk. */
@@ -190,6 +194,10 @@ void px_session_backend_failed(struct px_session *s, const char *error);
  * writer of now, or held until there is one); the client side stays. The
  * protocol's connected hook runs again on the new connection. */
 void px_session_reconnect(struct px_session *s);
+/* Starts reading conn into cb (decrypting first when conn has TLS;
+ * plaintext the engine still holds is handed to cb at once). 0 or a libuv
+ * error. */
+int px_conn_read_start(struct px_conn *c, uv_read_cb cb);
 /* Stops reading one side (e.g. before ferry answers for the server). */
 void px_conn_stop_reading(struct px_conn *c);
 /* Half-closes the server side: the server sees EOF once queued bytes went. */

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "ferry/tls.h"
 #include "pg/auth.h"
 #include "pg/codec.h"
 #include "session.h"
@@ -28,6 +29,7 @@ enum pg_auth_phase {
 #define MOVE_STATEMENTS_MAX (1024u * 1024)    /* Parse frames a move replays */
 
 static void client_auth_begin(struct px_session *s);
+static void start_tls(struct px_session *s);
 static void client_auth_advance(struct px_session *s);
 static void login_failed(struct px_session *s, const char *why);
 static void login_lost(struct px_session *s, const char *why);
@@ -129,6 +131,11 @@ static void startup_advance(struct px_session *s)
             px_session_fail(s, PX_ERR_PROTOCOL, "invalid startup packet");
             return;
         }
+        if (st.kind == PG_STARTUP_SSL && s->lcfg->tls_server_ctx && !s->client.tls) {
+            p->startup_off += (size_t)rc;
+            start_tls(s);
+            return;
+        }
         if (st.kind == PG_STARTUP_SSL || st.kind == PG_STARTUP_GSSENC) {
             static char no = 'N';
             uv_buf_t b = uv_buf_init(&no, 1);
@@ -138,6 +145,13 @@ static void startup_advance(struct px_session *s)
                 return;
             }
             continue;
+        }
+        if (st.kind == PG_STARTUP_MESSAGE && s->lcfg->tls_required && !s->client.tls) {
+            px_conn_stop_reading(&s->client);
+            p->startup_done = true;
+            px_session_fail(s, PX_ERR_TLS_REQUIRED,
+                            "this listener requires TLS (sslmode=require or stronger)");
+            return;
         }
         px_conn_stop_reading(&s->client);
         p->startup_done = true;
@@ -171,6 +185,41 @@ static void startup_advance(struct px_session *s)
     }
 }
 
+static void on_startup_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+/* SSLRequest on a listener with a certificate: answer 'S' and go on over
+ * TLS. Bytes the client sent after the SSLRequest arrived unencrypted, so
+ * a man in the middle could have injected them (CVE-2021-23214): they end
+ * the session. */
+static void start_tls(struct px_session *s)
+{
+    struct px_pg_session *p = pgs(s);
+    if (p->startup_off != p->startup.len) {
+        px_conn_stop_reading(&s->client);
+        p->startup_done = true;
+        px_session_fail(s, PX_ERR_PROTOCOL, "unencrypted bytes after the SSLRequest");
+        return;
+    }
+    static char yes = 'S';
+    uv_buf_t b = uv_buf_init(&yes, 1);
+    if (uv_try_write((uv_stream_t *)&s->client.tcp, &b, 1) != 1) {
+        px_session_close(s, FERRY_LOG_INFO, "client write failed");
+        return;
+    }
+    char err[256];
+    s->client.tls = ferry_tls_new(s->lcfg->tls_server_ctx, NULL, err, sizeof err);
+    if (!s->client.tls) {
+        px_session_close(s, FERRY_LOG_ERROR, err);
+        return;
+    }
+    ferry_tls_set_limit(s->client.tls, s->lcfg->session_buffer);
+    ferry_wbuf_reset(&p->startup);      /* what follows is the encrypted startup */
+    p->startup_off = 0;
+    px_conn_stop_reading(&s->client);   /* reads go through the engine from here */
+    if (px_conn_read_start(&s->client, on_startup_read) != 0)
+        px_session_close(s, FERRY_LOG_INFO, "read start failed");
+}
+
 static void on_startup_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct px_conn *c = stream->data;
@@ -194,11 +243,10 @@ static void pg_begin(struct px_session *s)
 {
     /* room for a StartupMessage after an SSLRequest and a GSSENCRequest */
     ferry_wbuf_init(&pgs(s)->startup, PG_STARTUP_MAX_BODY + 4 + 16);
-    if (uv_read_start((uv_stream_t *)&s->client.tcp, px_session_alloc, on_startup_read) != 0) {
+    if (px_conn_read_start(&s->client, on_startup_read) != 0) {
         px_session_close(s, FERRY_LOG_INFO, "read start failed");
         return;
     }
-    s->client.reading = true;
     px_session_arm_timer(s, 30000);  /* PostgreSQL allows 60 s; clients need ms */
 }
 
@@ -373,11 +421,10 @@ static void client_auth_begin(struct px_session *s)
     send_to_client(s, &b);
     if (s->closing)
         return;
-    if (uv_read_start((uv_stream_t *)&s->client.tcp, px_session_alloc, on_startup_read) != 0) {
+    if (px_conn_read_start(&s->client, on_startup_read) != 0) {
         px_session_close(s, FERRY_LOG_INFO, "read start failed");
         return;
     }
-    s->client.reading = true;
     px_session_arm_timer(s, 30000);     /* the startup timer covers the exchange too */
 }
 

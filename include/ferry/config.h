@@ -63,6 +63,12 @@ struct ferry_listener_cfg {
     char probe_database[FERRY_NAME_MAX];
     struct ferry_cluster_cfg *clusters; /* owned, nclusters entries */
     size_t nclusters;
+    char *tls_cert_file;                /* owned; NULL = no TLS towards clients */
+    char *tls_key_file;                 /* owned */
+    bool tls_required;                  /* clients without TLS are refused */
+    char tls_min_version[8];            /* "1.2" or "1.3" */
+    void *tls_server_ctx;               /* struct ferry_tls_ctx *, attached by the loader
+                                           (proxy/main.c); released by on_free */
     bool auth_terminated;               /* "auth": {"mode": "terminated"} (PostgreSQL) */
     struct ferry_user_cfg *users;       /* owned, nusers entries (terminated mode) */
     size_t nusers;
@@ -103,6 +109,8 @@ struct ferry_config {
     struct ferry_listener_cfg *listeners; /* owned, nlisteners entries */
     size_t nlisteners;
     int refs;                           /* atomic; see ferry_config_ref() */
+    /* Releases what a loader attached to the config (TLS contexts); NULL = nothing. */
+    void (*on_free)(struct ferry_config *cfg);
 };
 
 /* Loads and validates path. On success returns a config with one reference.

@@ -1,0 +1,142 @@
+"""TLS between PostgreSQL clients and ferry: ferry answers SSLRequest with
+'S' on a listener with a certificate and terminates TLS (the backend leg is
+plaintext for now); clients with sslmode=require and verify-full against
+a test CA work; a listener can require TLS; unencrypted bytes after an
+SSLRequest end the session (CVE-2021-23214)."""
+
+import socket
+import struct
+import subprocess
+
+import psycopg2
+import pytest
+
+import harness
+from fronts import pg_listener
+from harness import make_config
+from test_pg_protocol import error_fields, read_messages, startup_packet
+
+USER, PASSWORD = harness.pg.TEST_USER, harness.pg.TEST_PASSWORD
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A test CA and a server certificate for localhost / 127.0.0.1; and a
+    second CA that signed nothing ferry serves."""
+    d = tmp_path_factory.mktemp("pki")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=ferry test CA", cwd=d)
+    openssl("req", "-x509", *ec, "-keyout", "other.key", "-out", "other.pem", "-days", "2",
+            "-subj", "/CN=some other CA", cwd=d)
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
+            cwd=d)
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
+    return d
+
+
+def tls_listener(pg_pair, pki, **tls):
+    return pg_listener(pg_pair, tls=dict({"cert_file": str(pki / "server.pem"),
+                                          "key_file": str(pki / "server.key")}, **tls))
+
+
+def connect(ferry, **kw):
+    host, port = ferry.listener_addr("pg")
+    params = dict(host=host, port=port, user=USER, password=PASSWORD, dbname="app",
+                  connect_timeout=10)
+    params.update(kw)
+    return psycopg2.connect(**params)
+
+
+def test_sslmode_require_and_verify_full(ferry_factory, pg_pair, pki):
+    ferry = ferry_factory(make_config(tls_listener(pg_pair, pki), workers=1))
+    for kw in ({"sslmode": "require"},
+               {"sslmode": "verify-full", "sslrootcert": str(pki / "ca.pem"), "host": "localhost"},
+               {"sslmode": "verify-full", "sslrootcert": str(pki / "ca.pem")}):   # IP SAN
+        conn = connect(ferry, **kw)
+        assert conn.info.ssl_in_use
+        assert conn.info.ssl_attribute("protocol") in ("TLSv1.2", "TLSv1.3")
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_user, 40 + 2")
+            assert cur.fetchone() == (USER, 42)
+        conn.close()
+    # plaintext clients are still served when TLS is not required
+    conn = connect(ferry, sslmode="disable")
+    assert not conn.info.ssl_in_use
+    conn.close()
+
+
+def test_verify_full_against_another_ca_fails(ferry_factory, pg_pair, pki):
+    ferry = ferry_factory(make_config(tls_listener(pg_pair, pki), workers=1))
+    with pytest.raises(psycopg2.OperationalError) as err:
+        connect(ferry, sslmode="verify-full", sslrootcert=str(pki / "other.pem"), host="localhost")
+    assert "certificate verify failed" in str(err.value)
+
+
+def test_large_results_and_statements_over_tls(ferry_factory, pg_pair, pki):
+    ferry = ferry_factory(make_config(tls_listener(pg_pair, pki), workers=1))
+    conn = connect(ferry, sslmode="require")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT repeat('x', 1000) FROM generate_series(1, 20000)")   # ~20 MB out
+        rows = cur.fetchall()
+        assert len(rows) == 20000 and rows[-1][0] == "x" * 1000
+        big = "y" * (8 * 1024 * 1024)                                           # 8 MB in
+        cur.execute("SELECT length(%s)", (big,))
+        assert cur.fetchone() == (len(big),)
+    conn.close()
+
+
+def test_listener_can_require_tls(ferry_factory, pg_pair, pki):
+    ferry = ferry_factory(make_config(tls_listener(pg_pair, pki, required=True), workers=1))
+    with pytest.raises(psycopg2.OperationalError) as err:
+        connect(ferry, sslmode="disable")
+    assert "ferry: this listener requires TLS" in str(err.value)
+    conn = connect(ferry, sslmode="require")
+    assert conn.info.ssl_in_use
+    conn.close()
+
+
+def test_terminated_auth_over_tls(ferry_factory, pg_pair, pki):
+    lcfg = tls_listener(pg_pair, pki)
+    lcfg["auth"] = {"mode": "terminated", "users": [{"name": USER, "password": PASSWORD}]}
+    ferry = ferry_factory(make_config(lcfg, workers=1))
+    conn = connect(ferry, sslmode="verify-full", sslrootcert=str(pki / "ca.pem"), host="localhost")
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_user")
+        assert cur.fetchone() == (USER,)
+    conn.close()
+    with pytest.raises(psycopg2.OperationalError) as err:
+        connect(ferry, sslmode="require", password="not-it")
+    assert "password authentication failed" in str(err.value)
+
+
+def test_unencrypted_bytes_after_ssl_request_end_the_session(ferry_factory, pg_pair, pki):
+    ferry = ferry_factory(make_config(tls_listener(pg_pair, pki), workers=1))
+    ssl_request = struct.pack("!II", 8, 80877103)
+    with socket.create_connection(ferry.listener_addr("pg"), timeout=10) as s:
+        s.sendall(ssl_request + startup_packet())    # injected after the SSLRequest
+        msgs = read_messages(s, until=b"E-never")
+    assert msgs and msgs[0][0] == b"E"
+    err = error_fields(msgs[0][1])
+    assert err["C"] == "08P01" and "unencrypted bytes after the SSLRequest" in err["M"]
+    conn = connect(ferry, sslmode="require")     # others are unaffected
+    conn.close()
+
+
+def test_unusable_certificate_is_a_config_error(tmp_path, pki, pg_pair):
+    import json
+    cfg = make_config(pg_listener(pg_pair, tls={"cert_file": str(tmp_path / "missing.pem"),
+                                                "key_file": str(pki / "server.key")}))
+    path = tmp_path / "ferry.json"
+    path.write_text(json.dumps(cfg))
+    res = subprocess.run([harness.require_binary(), "check", "-c", str(path)],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2
+    assert f"{path}: listeners[0].tls: " in res.stderr and "missing.pem" in res.stderr
