@@ -296,3 +296,28 @@ def test_held_move_gives_up_after_hold_timeout(ferry_factory, own_pg):
 
 def listener_held(ferry):
     return ferry.status()["listeners"][0]["clients_held"]
+
+
+@pytest.mark.parametrize("mode", ["passthrough", "terminated"])
+def test_psycopg3_pipeline_and_automatic_prepares(ferry_factory, pg_pair, mode):
+    """psycopg 3's pipeline mode (many Parse/Bind/Execute before one Sync)
+    and its automatic server-side prepares, through ferry in both modes."""
+    import psycopg
+    users = [{"name": USER, "password": PASSWORD}]
+    lcfg = pg_listener(pg_pair, auth={"mode": mode, "users": users})
+    ferry = ferry_factory(make_config(lcfg, workers=1))
+    with psycopg.connect(dsn(ferry), autocommit=True, prepare_threshold=2) as conn:
+        conn.execute("CREATE TEMP TABLE p (i int, t text)")
+        with conn.pipeline():
+            for i in range(200):
+                conn.execute("INSERT INTO p VALUES (%s, %s)", (i, f"row {i}"))
+            cur = conn.execute("SELECT count(*), sum(i) FROM p")
+        assert cur.fetchone() == (200, sum(range(200)))
+        for i in range(5):      # prepared after the second use, then reused
+            assert conn.execute("SELECT t FROM p WHERE i = %s", (i,)).fetchone() == (f"row {i}",)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            with conn.pipeline():
+                conn.execute("SELECT 1")
+                conn.execute("SELECT 1 / 0")
+                conn.execute("SELECT 2")
+        assert conn.execute("SELECT 3").fetchone() == (3,)
