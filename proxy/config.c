@@ -491,6 +491,44 @@ static void parse_tls(struct cfg_ctx *c, json_t *listener, const char *where,
     }
 }
 
+/* "backend_tls": {"mode", "ca_file"}: TLS towards the clusters. */
+static void parse_backend_tls(struct cfg_ctx *c, json_t *listener, const char *where,
+                              struct ferry_listener_cfg *l)
+{
+    static const char *const keys[] = {"mode", "ca_file", NULL};
+    static const char *const modes[] = {"disable", "prefer", "require", "verify-ca",
+                                        "verify-full", NULL};
+    char key[KEY_MAX], tkey[KEY_MAX];
+    /* PostgreSQL's and PgBouncer's default: TLS when the server offers it */
+    strcpy(l->backend_tls_mode, l->protocol == FERRY_PROTO_POSTGRESQL ? "prefer" : "disable");
+    json_t *v = json_object_get(listener, "backend_tls");
+    if (!v || c->failed)
+        return;
+    subkey(tkey, where, ".backend_tls");
+    if (!json_is_object(v)) {
+        cfg_fail(c, tkey, "expected an object, got %s", json_type_name(v));
+        return;
+    }
+    check_keys(c, tkey, v, keys);
+    if (l->protocol != FERRY_PROTO_POSTGRESQL) {
+        cfg_fail(c, tkey, "TLS towards backends is not implemented for mysql listeners yet");
+        return;
+    }
+    const char *s = NULL;
+    if (get_string(c, v, "mode", subkey(key, tkey, ".mode"), &s)) {
+        size_t i = 0;
+        while (modes[i] && strcmp(modes[i], s) != 0)
+            i++;
+        if (!modes[i]) {
+            cfg_fail(c, key, "\"%s\" is not one of disable, prefer, require, verify-ca, verify-full", s);
+            return;
+        }
+        strcpy(l->backend_tls_mode, s);
+    }
+    if (get_string(c, v, "ca_file", subkey(key, tkey, ".ca_file"), &s))
+        l->backend_tls_ca_file = strdup(s);
+}
+
 /* "auth": {"mode": "passthrough" | "terminated", "users": [...]} */
 static void parse_auth(struct cfg_ctx *c, json_t *listener, const char *where,
                        struct ferry_listener_cfg *l)
@@ -631,7 +669,8 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
 {
     static const char *const keys[] = {"name", "protocol", "bind", "max_client_connections",
                                        "connect_timeout", "session_buffer", "max_message_size", "probe",
-                                       "aws_global_cluster", "clusters", "auth", "tls", NULL};
+                                       "aws_global_cluster", "clusters", "auth", "tls",
+                                       "backend_tls", NULL};
     char key[KEY_MAX];
     if (!json_is_object(v)) {
         cfg_fail(c, where, "expected an object, got %s", json_type_name(v));
@@ -676,6 +715,7 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
     parse_probe(c, v, where, l);
     parse_auth(c, v, where, l);
     parse_tls(c, v, where, l);
+    parse_backend_tls(c, v, where, l);
     const char *gid = NULL;
     subkey(key, where, ".aws_global_cluster");
     if (get_string(c, v, "aws_global_cluster", key, &gid)) {
@@ -872,6 +912,7 @@ static void config_free(struct ferry_config *cfg)
         free(cfg->listeners[i].users);
         free(cfg->listeners[i].tls_cert_file);
         free(cfg->listeners[i].tls_key_file);
+        free(cfg->listeners[i].backend_tls_ca_file);
     }
     free(cfg->listeners);
     wipe_free(cfg->admin_token);
@@ -968,6 +1009,15 @@ const struct ferry_listener_cfg *ferry_config_listener(const struct ferry_config
     for (size_t i = 0; i < cfg->nlisteners; i++)
         if (strcmp(cfg->listeners[i].name, name) == 0)
             return &cfg->listeners[i];
+    return NULL;
+}
+
+const struct ferry_cluster_cfg *ferry_listener_cluster(const struct ferry_listener_cfg *l,
+                                                       const char *name)
+{
+    for (size_t i = 0; i < l->nclusters; i++)
+        if (strcmp(l->clusters[i].name, name) == 0)
+            return &l->clusters[i];
     return NULL;
 }
 

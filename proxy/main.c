@@ -199,8 +199,10 @@ static void post_all(enum px_msg_type type)
 
 static void release_attached(struct ferry_config *cfg)
 {
-    for (size_t i = 0; i < cfg->nlisteners; i++)
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
         ferry_tls_ctx_unref(cfg->listeners[i].tls_server_ctx);
+        ferry_tls_ctx_unref(cfg->listeners[i].tls_backend_ctx);
+    }
 }
 
 /* ferry_config_load() plus the TLS contexts of listeners with "tls": a
@@ -214,6 +216,18 @@ static struct ferry_config *load_config(const char *path, char err[FERRY_ERR_MAX
     cfg->on_free = release_attached;
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         struct ferry_listener_cfg *l = &cfg->listeners[i];
+        enum ferry_tls_mode mode = FERRY_TLS_DISABLE;
+        ferry_tls_mode_parse(l->backend_tls_mode, &mode);
+        if (mode != FERRY_TLS_DISABLE) {
+            char why[FERRY_ERR_MAX / 2];
+            l->tls_backend_ctx = ferry_tls_client_ctx_new(mode, l->backend_tls_ca_file, why,
+                                                          sizeof why);
+            if (!l->tls_backend_ctx) {
+                snprintf(err, FERRY_ERR_MAX, "%s: listeners[%zu].backend_tls: %s", path, i, why);
+                ferry_config_unref(cfg);
+                return NULL;
+            }
+        }
         if (!l->tls_cert_file)
             continue;
         enum ferry_tls_version min = FERRY_TLS_V1_2;

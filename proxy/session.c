@@ -158,6 +158,7 @@ static void on_server_dropped(uv_handle_t *h)
     }
     if (s->closing)
         return;
+    ferry_tls_free(s->server.tls);
     s->server = (struct px_conn){.owner = s, .peer = &s->client, .name = "server"};
     s->client.paused = false;
     if (s->hold_after_drop) {
@@ -484,8 +485,12 @@ static void conn_start_reading(struct px_conn *c)
 
 static void tls_failed(struct px_session *s, struct px_conn *c)
 {
-    char reason[300];
-    snprintf(reason, sizeof reason, "TLS with the %s failed: %s", c->name, ferry_tls_error(c->tls));
+    char reason[FERRY_HOST_MAX + FERRY_NAME_MAX + 400];
+    if (c == &s->server)
+        snprintf(reason, sizeof reason, "TLS with the writer %s (%s) failed: %s", s->cluster,
+                 s->endpoint, ferry_tls_error(c->tls));
+    else
+        snprintf(reason, sizeof reason, "TLS with the client failed: %s", ferry_tls_error(c->tls));
     struct ferry_wbuf alert;   /* a fatal alert may be waiting: send it, then close */
     ferry_wbuf_init(&alert, 0);
     if (ferry_tls_take_out(c->tls, &alert) > 0) {
@@ -493,7 +498,17 @@ static void tls_failed(struct px_session *s, struct px_conn *c)
         uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
     }
     ferry_wbuf_free(&alert);
+    if (c == &s->server) {      /* the client is fine: tell it why */
+        px_conn_stop_reading(c);
+        px_session_fail(s, PX_ERR_BACKEND_DOWN, reason);
+        return;
+    }
     px_session_close(s, FERRY_LOG_INFO, reason);
+}
+
+int px_conn_tls_flush(struct px_session *s, struct px_conn *c)
+{
+    return tls_flush(s, c);
 }
 
 static int write_raw(struct px_session *s, struct px_conn *conn, struct ferry_wbuf *buf,

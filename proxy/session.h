@@ -39,6 +39,7 @@ struct px_conn {
                                    read callback sees them, writes encrypted */
     uv_read_cb plain_cb;        /* with tls: the callback that gets the plaintext */
     bool in_tls_loop;           /* with tls: handing plaintext out now */
+    bool tls_settled;           /* server side: TLS negotiated (or declined) */
 };
 
 /* What a protocol's scan hook says about a chunk. */
@@ -198,6 +199,9 @@ void px_session_reconnect(struct px_session *s);
  * plaintext the engine still holds is handed to cb at once). 0 or a libuv
  * error. */
 int px_conn_read_start(struct px_conn *c, uv_read_cb cb);
+/* Sends the ciphertext conn's engine holds (handshake messages). 0 or a
+ * libuv error. */
+int px_conn_tls_flush(struct px_session *s, struct px_conn *c);
 /* Stops reading one side (e.g. before ferry answers for the server). */
 void px_conn_stop_reading(struct px_conn *c);
 /* Half-closes the server side: the server sees EOF once queued bytes went. */

@@ -30,6 +30,7 @@ enum pg_auth_phase {
 
 static void client_auth_begin(struct px_session *s);
 static void start_tls(struct px_session *s);
+static void backend_tls_failed(struct px_session *s, const char *why, bool reachable);
 static void client_auth_advance(struct px_session *s);
 static void login_failed(struct px_session *s, const char *why);
 static void login_lost(struct px_session *s, const char *why);
@@ -265,6 +266,10 @@ static bool pg_defer_error(struct px_session *s, enum px_err kind, const char *t
 static bool pg_timer(struct px_session *s)
 {
     struct px_pg_session *p = pgs(s);
+    if (s->connected && s->lcfg->tls_backend_ctx && !s->server.tls_settled) {
+        backend_tls_failed(s, "no answer to the SSLRequest in time", false);
+        return true;
+    }
     if (p->login && p->auth_phase == PGA_DONE && s->connected) {
         login_lost(s, "login timed out");
         return true;
@@ -538,6 +543,35 @@ static void error_sqlstate(const uint8_t *body, uint32_t n, char out[6])
     }
 }
 
+/* Passthrough auth: SCRAM with channel binding binds the client's TLS
+ * connection, which ends at ferry, so the backend's proof could never
+ * match. A backend on TLS offers SCRAM-SHA-256-PLUS; ferry renames that
+ * mechanism in place (same length, so the message is relayed as it is) to
+ * one no client knows, and clients pick plain SCRAM-SHA-256. */
+static void hide_channel_binding(struct px_session *s, const uint8_t *body, uint32_t captured,
+                                 uint32_t len, uint8_t *inplace)
+{
+    static const char plus[] = "SCRAM-SHA-256-PLUS", renamed[] = "X-FERRY-NO-BINDING";
+    _Static_assert(sizeof plus == sizeof renamed, "a rename must keep the length");
+    if (captured < 4 || ferry_get_u32be(body) != PG_AUTH_SASL)
+        return;
+    if (!inplace) {
+        ferry_log(FERRY_LOG_WARN, "auth.sasl_not_rewritten", "listener=%s session=%llu "
+                  "reason=\"mechanism list split across reads\"", s->pl->name,
+                  (unsigned long long)s->id);
+        return;
+    }
+    for (uint32_t i = 4; i < len && inplace[i];) {
+        const uint8_t *end = memchr(inplace + i, 0, len - i);
+        if (!end)
+            return;
+        size_t n = (size_t)(end - (inplace + i));
+        if (n == sizeof plus - 1 && memcmp(inplace + i, plus, n) == 0)
+            memcpy(inplace + i, renamed, n);
+        i += (uint32_t)n + 1;
+    }
+}
+
 static void on_server_message(void *ud, uint8_t type, const uint8_t *body, uint32_t captured,
                               uint32_t len, uint8_t *inplace)
 {
@@ -568,6 +602,8 @@ static void on_server_message(void *ud, uint8_t type, const uint8_t *body, uint3
             ferry_log(FERRY_LOG_WARN, "cancel.key_not_mapped", "listener=%s session=%llu",
                       s->pl->name, (unsigned long long)s->id);
         }
+    } else if (type == 'R' && !p->client_ready) {
+        hide_channel_binding(s, body, captured, len, inplace);
     } else if (type == 'E') {
         char state[6];
         error_sqlstate(body, captured, state);
@@ -942,11 +978,10 @@ static bool login_begin(struct px_session *s)
         px_session_close(s, FERRY_LOG_INFO, "server write failed");
         return false;
     }
-    if (uv_read_start((uv_stream_t *)&s->server.tcp, px_session_alloc, on_login_read) != 0) {
+    if (px_conn_read_start(&s->server, on_login_read) != 0) {
         px_session_close(s, FERRY_LOG_INFO, "read start failed");
         return false;
     }
-    s->server.reading = true;
     px_session_arm_timer(s, (uint64_t)(s->lcfg->connect_timeout * 1000.0));
     return false;   /* login_done starts the relay */
 }
@@ -1212,12 +1247,94 @@ static void move_begin(struct px_session *s)
 }
 
 /* The StartupMessage (and anything the client sent after it) goes first. */
+/* ---- TLS towards the backend ----
+ * With backend_tls other than disable, ferry opens each backend connection
+ * with an SSLRequest: 'S' starts the handshake (verify-ca / verify-full
+ * check the certificate against ca_file and the cluster's host name), 'N'
+ * goes on in plaintext only under prefer. The StartupMessage follows; the
+ * engine holds it until the handshake is done. */
+
+static bool pg_connected(struct px_session *s);
+
+/* reachable: the server answered and refused (no TLS, a certificate that
+ * does not verify): the client gets the reason. Otherwise the server went
+ * away or stayed silent: counted as a failed connect, and a session that
+ * may wait for a writer waits. */
+static void backend_tls_failed(struct px_session *s, const char *why, bool reachable)
+{
+    char text[FERRY_HOST_MAX + FERRY_NAME_MAX + 400];
+    px_conn_stop_reading(&s->server);
+    if (!reachable) {
+        snprintf(text, sizeof text, "no answer to TLS negotiation: %s", why);
+        px_session_backend_failed(s, text);
+        return;
+    }
+    snprintf(text, sizeof text, "TLS with the writer %s (%s) failed: %s", s->cluster, s->endpoint,
+             why);
+    px_session_fail(s, PX_ERR_BACKEND_DOWN, text);
+}
+
+static void on_backend_ssl_answer(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    struct px_conn *c = stream->data;
+    struct px_session *s = c->owner;
+    char answer = nread > 0 ? buf->base[0] : 0;
+    px_session_free_buf(s, buf);
+    if (nread == 0)
+        return;
+    px_conn_stop_reading(&s->server);
+    /* more than the one byte: injected before the handshake (CVE-2021-23222) */
+    if (nread < 0) {
+        backend_tls_failed(s, "the server closed the connection", false);
+        return;
+    }
+    if (nread != 1 || (answer != 'S' && answer != 'N')) {
+        backend_tls_failed(s, "unexpected answer to the SSLRequest", true);
+        return;
+    }
+    struct ferry_tls_ctx *ctx = s->lcfg->tls_backend_ctx;
+    if (answer == 'N') {
+        if (!ferry_tls_mode_allows_plaintext(ferry_tls_ctx_mode(ctx))) {
+            backend_tls_failed(s, "the server does not accept TLS", true);
+            return;
+        }
+    } else {
+        const struct ferry_cluster_cfg *cl = ferry_listener_cluster(s->lcfg, s->cluster);
+        char err[256];
+        s->server.tls = ferry_tls_new(ctx, cl ? cl->endpoint.host : NULL, err, sizeof err);
+        if (!s->server.tls) {
+            backend_tls_failed(s, err, true);
+            return;
+        }
+        ferry_tls_set_limit(s->server.tls, s->lcfg->session_buffer);
+        if (ferry_tls_handshake(s->server.tls) < 0 || px_conn_tls_flush(s, &s->server) != 0) {
+            backend_tls_failed(s, ferry_tls_error(s->server.tls), true);
+            return;
+        }
+    }
+    s->server.tls_settled = true;
+    if (pg_connected(s))
+        px_session_start_relay(s);
+}
+
 static bool pg_connected(struct px_session *s)
 {
     struct px_pg_session *p = pgs(s);
+    if (s->lcfg->tls_backend_ctx && !s->server.tls_settled) {
+        struct ferry_wbuf req;
+        ferry_wbuf_init(&req, 0);
+        pg_build_ssl_request(&req);
+        if (px_session_write(s, &s->server, &req, false) != 0 ||
+            px_conn_read_start(&s->server, on_backend_ssl_answer) != 0) {
+            px_session_close(s, FERRY_LOG_INFO, "server write failed");
+            return false;
+        }
+        px_session_arm_timer(s, (uint64_t)(s->lcfg->connect_timeout * 1000.0));
+        return false;   /* on_backend_ssl_answer goes on */
+    }
     uint32_t max = s->lcfg->max_message_size;
     pg_stream_init(&p->scan_c2s, max, p->user ? "XQPC" : "X");
-    pg_stream_init(&p->scan_s2c, max, p->user ? "ZKES" : "ZKE");
+    pg_stream_init(&p->scan_s2c, max, p->user ? "ZKES" : "ZKER");
     if (p->user)
         return login_begin(s);  /* keeps the StartupMessage for logins elsewhere */
     struct ferry_wbuf out;

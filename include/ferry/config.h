@@ -69,6 +69,10 @@ struct ferry_listener_cfg {
     char tls_min_version[8];            /* "1.2" or "1.3" */
     void *tls_server_ctx;               /* struct ferry_tls_ctx *, attached by the loader
                                            (proxy/main.c); released by on_free */
+    char backend_tls_mode[16];          /* disable | prefer | require | verify-ca | verify-full */
+    char *backend_tls_ca_file;          /* owned; NULL = the system's store */
+    void *tls_backend_ctx;              /* struct ferry_tls_ctx *, attached by the loader;
+                                           NULL when the mode is disable */
     bool auth_terminated;               /* "auth": {"mode": "terminated"} (PostgreSQL) */
     struct ferry_user_cfg *users;       /* owned, nusers entries (terminated mode) */
     size_t nusers;
@@ -129,6 +133,10 @@ void ferry_config_unref(struct ferry_config *cfg);
 /* Listener by name, or NULL. */
 const struct ferry_listener_cfg *ferry_config_listener(const struct ferry_config *cfg,
                                                         const char *name);
+
+/* Cluster by name, or NULL. */
+const struct ferry_cluster_cfg *ferry_listener_cluster(const struct ferry_listener_cfg *l,
+                                                       const char *name);
 
 /* User by name in a terminated-auth listener, or NULL. */
 const struct ferry_user_cfg *ferry_listener_user(const struct ferry_listener_cfg *l, const char *name);

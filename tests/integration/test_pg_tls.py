@@ -140,3 +140,117 @@ def test_unusable_certificate_is_a_config_error(tmp_path, pki, pg_pair):
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 2
     assert f"{path}: listeners[0].tls: " in res.stderr and "missing.pem" in res.stderr
+
+
+# ---- TLS between ferry and the backend ----
+
+@pytest.fixture(scope="module")
+def tls_pg(pki):
+    """A PostgreSQL pair serving TLS with the test CA's certificate."""
+    import os
+    import pwd
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="ferry-pgtls-")
+    os.chmod(d, 0o755)
+    for name in ("server.pem", "server.key"):
+        shutil.copy(pki / name, d)
+        if os.geteuid() == 0:   # the server runs as postgres and insists on owning its key
+            pw = pwd.getpwnam("postgres")
+            os.chown(os.path.join(d, name), pw.pw_uid, pw.pw_gid)
+    os.chmod(os.path.join(d, "server.key"), 0o600)
+    pair = harness.PgPair(settings={"ssl": "on", "ssl_cert_file": os.path.join(d, "server.pem"),
+                                    "ssl_key_file": os.path.join(d, "server.key")}).start()
+    try:
+        yield pair
+    finally:
+        pair.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def backend_ssl(ferry):
+    conn = connect(ferry)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            return cur.fetchone()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("backend_tls", [
+    None,                                       # the default: prefer
+    {"mode": "require"},
+    {"mode": "verify-full", "ca_file": "ca.pem"},
+    {"mode": "verify-ca", "ca_file": "ca.pem"},
+])
+def test_backend_tls_modes(ferry_factory, tls_pg, pki, backend_tls):
+    lcfg = pg_listener(tls_pg)
+    if backend_tls:
+        lcfg["backend_tls"] = dict(backend_tls)
+        if "ca_file" in backend_tls:
+            lcfg["backend_tls"]["ca_file"] = str(pki / backend_tls["ca_file"])
+    ferry = ferry_factory(make_config(lcfg, workers=1))
+    ssl, version = backend_ssl(ferry)
+    assert ssl is True and version.startswith("TLSv1.")
+
+
+def test_backend_verify_full_with_the_wrong_ca_fails(ferry_factory, tls_pg, pki):
+    lcfg = pg_listener(tls_pg, backend_tls={"mode": "verify-full",
+                                            "ca_file": str(pki / "other.pem")})
+    ferry = ferry_factory(make_config(lcfg, workers=1))
+    with pytest.raises(psycopg2.OperationalError) as err:
+        connect(ferry)
+    assert "TLS with the writer region-a" in str(err.value)
+    assert "certificate verify failed" in str(err.value)
+
+
+def test_backend_tls_required_but_not_offered(ferry_factory, pg_pair):
+    lcfg = pg_listener(pg_pair, backend_tls={"mode": "require"})
+    ferry = ferry_factory(make_config(lcfg, workers=1))
+    with pytest.raises(psycopg2.OperationalError) as err:
+        connect(ferry)
+    assert "the server does not accept TLS" in str(err.value)
+    lcfg = pg_listener(pg_pair, backend_tls={"mode": "disable"})
+    ferry = ferry_factory(make_config(lcfg, workers=1))
+    assert backend_ssl(ferry)[0] is False
+
+
+def test_tls_on_both_sides_with_terminated_auth(ferry_factory, tls_pg, pki):
+    lcfg = tls_listener(tls_pg, pki)
+    lcfg["backend_tls"] = {"mode": "verify-full", "ca_file": str(pki / "ca.pem")}
+    lcfg["auth"] = {"mode": "terminated", "users": [{"name": USER, "password": PASSWORD}]}
+    ferry = ferry_factory(make_config(lcfg, workers=1))
+    conn = connect(ferry, sslmode="verify-full", sslrootcert=str(pki / "ca.pem"), host="localhost")
+    assert conn.info.ssl_in_use
+    with conn.cursor() as cur:
+        cur.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        assert cur.fetchone() == (True,)
+        cur.execute("SELECT repeat('z', 1000) FROM generate_series(1, 5000)")
+        assert len(cur.fetchall()) == 5000
+    conn.close()
+
+
+def test_passthrough_scram_over_tls_on_both_sides(ferry_factory, tls_pg, pki):
+    """The backend offers SCRAM-SHA-256-PLUS on its TLS connection, whose
+    channel binding can never match a client's TLS connection to ferry.
+    ferry hides the PLUS mechanism, which is enough for clients on plaintext
+    to ferry. A client on TLS to ferry then says "I could bind, you cannot"
+    (gs2 'y'), which a TLS backend rightly rejects as a downgrade; ferry
+    cannot rewrite that without breaking the proof. So in passthrough mode
+    with TLS on both sides, clients set channel_binding=disable (or the
+    listener uses terminated auth, where ferry itself logs in)."""
+    lcfg = tls_listener(tls_pg, pki)
+    lcfg["backend_tls"] = {"mode": "require"}
+    ferry = ferry_factory(make_config(lcfg, workers=1))
+    conn = connect(ferry, sslmode="disable")        # plaintext client: plain SCRAM
+    conn.close()
+    conn = connect(ferry, sslmode="require", channel_binding="disable")
+    assert conn.info.ssl_in_use
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        assert cur.fetchone() == (USER, True)
+    conn.close()
+    with pytest.raises(psycopg2.OperationalError) as err:
+        connect(ferry, sslmode="require")           # libpq's default channel_binding=prefer
+    assert "channel binding negotiation error" in str(err.value)
