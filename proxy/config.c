@@ -341,6 +341,25 @@ static char *read_secret_file(struct cfg_ctx *c, const char *key, const char *pa
     return out;
 }
 
+/* The object listener[name], its key path in skey ("where.name"); NULL
+ * when it is absent or wrong (not an object, unknown keys: reported). */
+static json_t *section(struct cfg_ctx *c, json_t *listener, const char *where, const char *name,
+                       const char *const *keys, char skey[KEY_MAX])
+{
+    json_t *v = json_object_get(listener, name);
+    if (!v || c->failed)
+        return NULL;
+    char dotted[FERRY_NAME_MAX];
+    snprintf(dotted, sizeof dotted, ".%s", name);
+    subkey(skey, where, dotted);
+    if (!json_is_object(v)) {
+        cfg_fail(c, skey, "expected an object, got %s", json_type_name(v));
+        return NULL;
+    }
+    check_keys(c, skey, v, keys);
+    return c->failed ? NULL : v;
+}
+
 /* One of "password", "password_env", "password_file" of object v (at
  * pkey) into *out (owned; left NULL when none is given). */
 static void parse_secret(struct cfg_ctx *c, json_t *v, const char *pkey, char **out)
@@ -374,15 +393,9 @@ static void parse_probe(struct cfg_ctx *c, json_t *listener, const char *where,
     static const char *const keys[] = {"user", "password", "password_env", "password_file",
                                        "database", NULL};
     char key[KEY_MAX], pkey[KEY_MAX];
-    json_t *v = json_object_get(listener, "probe");
-    if (!v || c->failed)
+    json_t *v = section(c, listener, where, "probe", keys, pkey);
+    if (!v)
         return;
-    subkey(pkey, where, ".probe");
-    if (!json_is_object(v)) {
-        cfg_fail(c, pkey, "expected an object, got %s", json_type_name(v));
-        return;
-    }
-    check_keys(c, pkey, v, keys);
     l->probe_enabled = true;
     const char *s = NULL;
     if (!get_string(c, v, "user", subkey(key, pkey, ".user"), &s)) {
@@ -455,15 +468,9 @@ static void parse_tls(struct cfg_ctx *c, json_t *listener, const char *where,
 {
     static const char *const keys[] = {"cert_file", "key_file", "required", "min_version", NULL};
     char key[KEY_MAX], tkey[KEY_MAX];
-    json_t *v = json_object_get(listener, "tls");
-    if (!v || c->failed)
+    json_t *v = section(c, listener, where, "tls", keys, tkey);
+    if (!v)
         return;
-    subkey(tkey, where, ".tls");
-    if (!json_is_object(v)) {
-        cfg_fail(c, tkey, "expected an object, got %s", json_type_name(v));
-        return;
-    }
-    check_keys(c, tkey, v, keys);
     if (l->protocol != FERRY_PROTO_POSTGRESQL) {
         cfg_fail(c, tkey, "TLS towards clients is not implemented for mysql listeners yet");
         return;
@@ -501,15 +508,9 @@ static void parse_backend_tls(struct cfg_ctx *c, json_t *listener, const char *w
     char key[KEY_MAX], tkey[KEY_MAX];
     /* PostgreSQL's and PgBouncer's default: TLS when the server offers it */
     strcpy(l->backend_tls_mode, l->protocol == FERRY_PROTO_POSTGRESQL ? "prefer" : "disable");
-    json_t *v = json_object_get(listener, "backend_tls");
-    if (!v || c->failed)
+    json_t *v = section(c, listener, where, "backend_tls", keys, tkey);
+    if (!v)
         return;
-    subkey(tkey, where, ".backend_tls");
-    if (!json_is_object(v)) {
-        cfg_fail(c, tkey, "expected an object, got %s", json_type_name(v));
-        return;
-    }
-    check_keys(c, tkey, v, keys);
     if (l->protocol != FERRY_PROTO_POSTGRESQL) {
         cfg_fail(c, tkey, "TLS towards backends is not implemented for mysql listeners yet");
         return;
@@ -535,15 +536,9 @@ static void parse_auth(struct cfg_ctx *c, json_t *listener, const char *where,
 {
     static const char *const keys[] = {"mode", "users", NULL};
     char key[KEY_MAX], akey[KEY_MAX];
-    json_t *v = json_object_get(listener, "auth");
-    if (!v || c->failed)
+    json_t *v = section(c, listener, where, "auth", keys, akey);
+    if (!v)
         return;
-    subkey(akey, where, ".auth");
-    if (!json_is_object(v)) {
-        cfg_fail(c, akey, "expected an object, got %s", json_type_name(v));
-        return;
-    }
-    check_keys(c, akey, v, keys);
     const char *mode = "passthrough";
     get_string(c, v, "mode", subkey(key, akey, ".mode"), &mode);
     if (strcmp(mode, "terminated") == 0)

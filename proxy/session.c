@@ -313,6 +313,13 @@ static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chu
         chunk_put(w, ch);
         return;
     }
+    if (src == &s->client) {
+        PX_STAT_ADD(px_session_stats(s)->bytes_from_clients, n);
+        s->bytes_from_client += (uint64_t)n;
+    } else {
+        PX_STAT_ADD(px_session_stats(s)->bytes_from_servers, n);
+        s->bytes_from_server += (uint64_t)n;
+    }
     if (dst->tls) {
         /* the plaintext goes into the engine; its ciphertext is ferry's own write */
         int rc = ferry_tls_write(dst->tls, ch->data, n);
@@ -321,47 +328,24 @@ static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chu
             tls_failed(s, dst);
             return;
         }
-        if (src == &s->client) {
-            PX_STAT_ADD(px_session_stats(s)->bytes_from_clients, n);
-            s->bytes_from_client += (uint64_t)n;
-        } else {
-            PX_STAT_ADD(px_session_stats(s)->bytes_from_servers, n);
-            s->bytes_from_server += (uint64_t)n;
-        }
         if (tls_flush(s, dst) != 0) {
             px_session_close(s, FERRY_LOG_INFO, "write failed");
             return;
         }
-        if (src == &s->server && s->proto && s->proto->relayed) {
-            s->proto->relayed(s);
-            if (s->failing || s->closing)
-                return;
-        }
-        if (dst->queued >= s->lcfg->session_buffer) {
-            px_conn_stop_reading(src);
-            src->paused = true;
-        }
-        return;
-    }
-    ch->dst = dst;
-    ch->len = n;
-    if (src == &s->client) {
-        PX_STAT_ADD(px_session_stats(s)->bytes_from_clients, n);
-        s->bytes_from_client += (uint64_t)n;
     } else {
-        PX_STAT_ADD(px_session_stats(s)->bytes_from_servers, n);
-        s->bytes_from_server += (uint64_t)n;
+        ch->dst = dst;
+        ch->len = n;
+        uv_buf_t out = uv_buf_init(ch->data, (unsigned)n);
+        int rc = uv_write(&ch->req, (uv_stream_t *)&dst->tcp, &out, 1, on_written);
+        if (rc != 0) {
+            chunk_put(w, ch);
+            char reason[96];
+            snprintf(reason, sizeof reason, "%s write failed: %s", dst->name, uv_strerror(rc));
+            px_session_close(s, FERRY_LOG_INFO, reason);
+            return;
+        }
+        buffered_add(w, dst, (ssize_t)n);
     }
-    uv_buf_t out = uv_buf_init(ch->data, (unsigned)n);
-    int rc = uv_write(&ch->req, (uv_stream_t *)&dst->tcp, &out, 1, on_written);
-    if (rc != 0) {
-        chunk_put(w, ch);
-        char reason[96];
-        snprintf(reason, sizeof reason, "%s write failed: %s", dst->name, uv_strerror(rc));
-        px_session_close(s, FERRY_LOG_INFO, reason);
-        return;
-    }
-    buffered_add(w, dst, (ssize_t)n);
     if (src == &s->server && s->proto && s->proto->relayed) {
         s->proto->relayed(s);
         if (s->failing || s->closing)

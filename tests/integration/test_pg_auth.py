@@ -3,12 +3,20 @@ client against its own user list (SCRAM-SHA-256, MD5, trust), then logs into
 the backend with the user's stored password. A wrong password or an unknown
 user gets 28P01 and never opens a backend connection."""
 
+import socket
+import threading
+import time
+
+import psycopg
 import psycopg2
 import pytest
 
 import harness
 from fronts import pg_listener
 from harness import make_config
+from harness.proc import wait_for
+from test_discovery import FAST, pg_discovered, writer_of
+from test_failover_sessions import switch_to_b
 
 USER, PASSWORD = harness.pg.TEST_USER, harness.pg.TEST_PASSWORD
 
@@ -45,7 +53,6 @@ def test_client_proves_its_password_then_ferry_logs_in(ferry_factory, pg_pair, m
 def test_session_outlives_the_login_timer(ferry_factory, pg_pair):
     """The backend login runs under connect_timeout; a session that stays
     idle for longer than that must not be ended by it."""
-    import time
     ferry = ferry_factory(terminated(pg_pair, [{"name": USER, "password": PASSWORD}],
                                      connect_timeout=0.3))
     conn = psycopg2.connect(dsn(ferry))
@@ -106,7 +113,6 @@ def test_bad_backend_password_is_a_clear_error(ferry_factory, pg_pair):
 
 
 def test_garbage_instead_of_a_password_message(ferry_factory, pg_pair):
-    import socket
     from test_pg_protocol import error_fields, read_messages, startup_packet
     ferry = ferry_factory(terminated(pg_pair, [{"name": USER, "password": PASSWORD}]))
     with socket.create_connection(ferry.listener_addr("pg"), timeout=10) as s:
@@ -125,13 +131,7 @@ def test_garbage_instead_of_a_password_message(ferry_factory, pg_pair):
 # ---- moving sessions to a new writer without the client noticing ----
 
 def test_idle_session_moves_with_its_settings_and_prepared_statements(ferry_factory, own_pg):
-    from test_discovery import FAST, pg_discovered, writer_of
-    from test_failover_sessions import switch_to_b
-    from harness.proc import wait_for
-    lcfg = pg_discovered(own_pg)
-    lcfg["auth"] = {"mode": "terminated", "users": [{"name": USER, "password": PASSWORD}]}
-    ferry = ferry_factory(make_config(lcfg, workers=2, discovery=FAST))
-    wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a as writer")
+    ferry = terminated_discovered(ferry_factory, own_pg, workers=2)
     own_pg.primary.query("CREATE TABLE marks (note text); GRANT ALL ON marks TO ferry_test",
                          dbname="app")
     own_pg.primary.query("CREATE SCHEMA s2; CREATE TABLE s2.t (v int); GRANT ALL ON SCHEMA s2 TO "
@@ -145,7 +145,6 @@ def test_idle_session_moves_with_its_settings_and_prepared_statements(ferry_fact
     cur.execute("SET statement_timeout TO '7s'")
     cur.execute("PREPARE ignored AS SELECT 1")   # SQL-level: not followed (documented)
     cur.execute("DEALLOCATE ignored")
-    import psycopg
     p3 = psycopg.connect(harness.pg.dsn(host, port), autocommit=True, prepare_threshold=0)
     p3.execute("SELECT %s::int + 1", (1,))       # a named, server-side prepared statement
     pid_before = p3.info.backend_pid
@@ -167,13 +166,7 @@ def test_idle_session_moves_with_its_settings_and_prepared_statements(ferry_fact
 
 
 def test_moved_session_keeps_search_path_timezone_and_application_name(ferry_factory, own_pg):
-    from test_discovery import FAST, pg_discovered, writer_of
-    from test_failover_sessions import switch_to_b
-    from harness.proc import wait_for
-    lcfg = pg_discovered(own_pg)
-    lcfg["auth"] = {"mode": "terminated", "users": [{"name": USER, "password": PASSWORD}]}
-    ferry = ferry_factory(make_config(lcfg, workers=1, discovery=FAST))
-    wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a as writer")
+    ferry = terminated_discovered(ferry_factory, own_pg, workers=1)
     own_pg.primary.query("CREATE SCHEMA s2; CREATE TABLE s2.marks (note text); GRANT ALL ON "
                          "SCHEMA s2 TO ferry_test; GRANT ALL ON s2.marks TO ferry_test",
                          dbname="app")
@@ -204,13 +197,7 @@ def test_moved_session_keeps_search_path_timezone_and_application_name(ferry_fac
 
 
 def test_transaction_gets_40001_then_the_session_moves_after_rollback(ferry_factory, own_pg):
-    from test_discovery import FAST, pg_discovered, writer_of
-    from test_failover_sessions import switch_to_b
-    from harness.proc import wait_for
-    lcfg = pg_discovered(own_pg)
-    lcfg["auth"] = {"mode": "terminated", "users": [{"name": USER, "password": PASSWORD}]}
-    ferry = ferry_factory(make_config(lcfg, workers=1, discovery=FAST))
-    wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a as writer")
+    ferry = terminated_discovered(ferry_factory, own_pg, workers=1)
     own_pg.primary.query("CREATE TABLE marks (note text); GRANT ALL ON marks TO ferry_test",
                          dbname="app")
     conn = psycopg2.connect(dsn(ferry))
@@ -234,12 +221,12 @@ def test_transaction_gets_40001_then_the_session_moves_after_rollback(ferry_fact
     assert own_pg.primary.query("SELECT count(*) FROM marks", dbname="app") == [(0,)]
 
 
-def terminated_discovered(ferry_factory, own_pg, **discovery):
-    from test_discovery import FAST, pg_discovered, writer_of
-    from harness.proc import wait_for
+def terminated_discovered(ferry_factory, own_pg, workers=1, **discovery):
+    """ferry with terminated auth in front of own_pg, discovering the
+    writer (region-a) with fast probes."""
     lcfg = pg_discovered(own_pg)
     lcfg["auth"] = {"mode": "terminated", "users": [{"name": USER, "password": PASSWORD}]}
-    ferry = ferry_factory(make_config(lcfg, workers=1, discovery=dict(FAST, **discovery)))
+    ferry = ferry_factory(make_config(lcfg, workers=workers, discovery=dict(FAST, **discovery)))
     wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a as writer")
     return ferry
 
@@ -248,10 +235,6 @@ def test_idle_session_survives_a_crash_and_waits_for_the_new_writer(ferry_factor
     """Unplanned failover: the writer dies while a session is idle. Its next
     statement waits (held) while there is no writer and runs on the new one
     once it is promoted: the client sees a slow statement, not an error."""
-    import threading
-    import psycopg
-    from harness.proc import wait_for
-    from test_discovery import writer_of
     ferry = terminated_discovered(ferry_factory, own_pg)
     host, port = ferry.listener_addr("pg")
     conn = psycopg.connect(harness.pg.dsn(host, port), autocommit=True, prepare_threshold=0)
@@ -280,9 +263,6 @@ def test_idle_session_survives_a_crash_and_waits_for_the_new_writer(ferry_factor
 
 
 def test_held_move_gives_up_after_hold_timeout(ferry_factory, own_pg):
-    import psycopg
-    from harness.proc import wait_for
-    from test_discovery import writer_of
     ferry = terminated_discovered(ferry_factory, own_pg, hold_timeout=1)
     host, port = ferry.listener_addr("pg")
     conn = psycopg.connect(harness.pg.dsn(host, port), autocommit=True)
@@ -302,7 +282,6 @@ def listener_held(ferry):
 def test_psycopg3_pipeline_and_automatic_prepares(ferry_factory, pg_pair, mode):
     """psycopg 3's pipeline mode (many Parse/Bind/Execute before one Sync)
     and its automatic server-side prepares, through ferry in both modes."""
-    import psycopg
     users = [{"name": USER, "password": PASSWORD}]
     lcfg = pg_listener(pg_pair, auth={"mode": mode, "users": users})
     ferry = ferry_factory(make_config(lcfg, workers=1))
