@@ -10,7 +10,7 @@ import pytest
 
 import harness
 from harness import make_config
-from harness.drill import PgLoad, check_writes, create_table
+from harness.drill import PgLoad, check_writes, create_table, log_writes, statements_after
 from harness.proc import wait_for
 from test_discovery import FAST, pg_discovered, writer_of
 from test_ops import ctl
@@ -76,8 +76,10 @@ def test_planned_switchover_under_load(ferry_factory, own_pg, old_writer):
     and the old writer (even when it stays writable: split brain) gets
     nothing after the switch."""
     ferry = start(ferry_factory, own_pg)
+    log_writes(own_pg.primary)
     load = load_on(ferry)
     load.wait_for_acks(100)
+    assert statements_after(own_pg.primary, "2000-01-01T00:00:00.000Z")  # the log does show them
     t, out = switchover(ferry, "region-b")
     wait_for(lambda: held(ferry) >= 5, timeout=10, what="the active sessions to park")
     if old_writer == "read-only":
@@ -94,9 +96,11 @@ def test_planned_switchover_under_load(ferry_factory, own_pg, old_writer):
 
     assert result.errors == {}, result.error_log
     assert result.idle_checked == 4 and result.prepared_runs > 0
-    lost, stale = check_writes(result, own_pg.replica, own_pg.primary, harness.pg.TEST_DB,
-                               switched_at(ferry, "region-b"))
+    switch = switched_at(ferry, "region-b")
+    lost, stale = check_writes(result, own_pg.replica, own_pg.primary, harness.pg.TEST_DB, switch)
     assert lost == [] and stale == 0
+    # the old writer's own statement log: nothing reached it after the switch
+    assert statements_after(own_pg.primary, switch) == []
     status = ferry.status()["listeners"][0]
     assert status["sessions_moved"] >= 4 + 3 + 2 and status["sessions_move_failed"] == 0
 

@@ -175,3 +175,31 @@ def check_writes(result, new_writer, old_writer, dbname, switch_time):
     stale = old_writer.query(f"SELECT count(*) FROM {TABLE} WHERE at > %s", (switch_time,),
                              dbname=dbname)[0][0] if old_writer.is_running() else 0
     return lost, stale
+
+
+def log_writes(server):
+    """Makes server log every data-changing statement (log_statement=mod),
+    so statements_after() can read what reached it."""
+    server.query("ALTER SYSTEM SET log_statement = 'mod'")
+    server.query("SELECT pg_reload_conf()")
+
+
+def statements_after(server, iso_time, needle=f"INSERT INTO {TABLE}"):
+    """Lines of server's log that logged a statement containing needle after
+    iso_time (ferry's "2026-01-02T03:04:05.678Z"): what reached it then."""
+    import datetime
+    since = datetime.datetime.fromisoformat(iso_time.replace("Z", "+00:00"))
+    found = []
+    with open(server.log_path, errors="replace") as f:
+        for line in f:
+            if "statement: " not in line or needle not in line:
+                continue
+            stamp = " ".join(line.split(" ", 3)[:3])     # "2026-01-02 03:04:05.678 UTC"
+            try:
+                at = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f UTC").replace(
+                    tzinfo=datetime.timezone.utc)
+            except ValueError:
+                continue
+            if at > since:
+                found.append(line.rstrip())
+    return found
