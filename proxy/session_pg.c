@@ -1333,8 +1333,12 @@ static bool pg_connected(struct px_session *s)
         return false;   /* on_backend_ssl_answer goes on */
     }
     uint32_t max = s->lcfg->max_message_size;
+    pg_stream_free(&p->scan_c2s);
     pg_stream_init(&p->scan_c2s, max, p->user ? "XQPC" : "X");
     pg_stream_init(&p->scan_s2c, max, p->user ? "ZKES" : "ZKER");
+    /* a move replays Parse messages and SETs: have them whole however read */
+    if (p->user)
+        pg_stream_gather(&p->scan_c2s, "PQ", MOVE_STATEMENTS_MAX);
     if (p->user)
         return login_begin(s);  /* keeps the StartupMessage for logins elsewhere */
     struct ferry_wbuf out;
@@ -1426,6 +1430,7 @@ static void pg_free(struct px_session *s)
     struct px_pg_session *p = pgs(s);
     free(p->fail_text);
     login_free(p);
+    pg_stream_free(&p->scan_c2s);
     ferry_wbuf_free(&p->sets);
     ferry_wbuf_free(&p->pending_set);
     ferry_wbuf_free(&p->statements);

@@ -4,6 +4,7 @@
  */
 #include "pg/stream.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "ferry/wbuf.h"
@@ -15,9 +16,27 @@ void pg_stream_init(struct pg_stream *s, uint32_t max_len, const char *wanted)
     s->wanted = wanted;
 }
 
+void pg_stream_gather(struct pg_stream *s, const char *types, uint32_t max)
+{
+    s->gather = types;
+    s->gather_max = max;
+}
+
+void pg_stream_free(struct pg_stream *s)
+{
+    free(s->whole);
+    s->whole = NULL;
+}
+
 static void deliver(struct pg_stream *s, pg_stream_cb cb, void *ud)
 {
-    cb(ud, s->type, s->cap, s->ncap, s->len, s->inplace);
+    if (s->whole && !s->inplace) {
+        cb(ud, s->type, s->whole, s->len, s->len, NULL);
+        pg_stream_free(s);
+    } else {
+        cb(ud, s->type, s->cap, s->ncap, s->len, s->inplace);
+        pg_stream_free(s);  /* the body turned out contiguous after all */
+    }
     s->capture = false;
     s->inplace = NULL;
 }
@@ -52,6 +71,11 @@ int pg_stream_feed(struct pg_stream *s, uint8_t *data, size_t n, pg_stream_cb cb
         size_t take = s->left < n - i ? s->left : n - i;
         if (s->capture && s->left == s->len && take == s->left)
             s->inplace = data + i;  /* the whole body is in this chunk */
+        else if (s->capture && s->left == s->len && s->len > PG_STREAM_CAPTURE && s->gather &&
+                 s->len <= s->gather_max && strchr(s->gather, s->type))
+            s->whole = malloc(s->len);  /* split: gather it (NULL: a prefix will do) */
+        if (s->whole)
+            memcpy(s->whole + (s->len - s->left), data + i, take);
         if (s->capture && s->ncap < PG_STREAM_CAPTURE) {
             size_t room = PG_STREAM_CAPTURE - s->ncap;
             size_t copy = take < room ? take : room;

@@ -29,6 +29,9 @@ struct pg_stream {
     uint8_t *inplace;               /* body start inside the current chunk, NULL if split */
     uint32_t ncap;
     uint8_t cap[PG_STREAM_CAPTURE]; /* captured body prefix */
+    const char *gather;             /* wanted types whose whole body is needed (or NULL) */
+    uint32_t gather_max;            /* longest body gathered; longer ones come as a prefix */
+    uint8_t *whole;                 /* owned while gathering a body split across chunks */
 };
 
 /* A wanted message: body (first min(len, PG_STREAM_CAPTURE) bytes, borrowed),
@@ -38,6 +41,14 @@ typedef void (*pg_stream_cb)(void *ud, uint8_t type, const uint8_t *body, uint32
                              uint32_t len, uint8_t *inplace);
 
 void pg_stream_init(struct pg_stream *s, uint32_t max_len, const char *wanted);
+
+/* Wanted types (a subset of `wanted`) whose bodies up to max bytes are
+ * delivered whole even when split across chunks (copied then, so
+ * `inplace` is NULL); memory is held only while such a body is incomplete. */
+void pg_stream_gather(struct pg_stream *s, const char *types, uint32_t max);
+
+/* Releases a body being gathered (a scanner dropped mid-message). */
+void pg_stream_free(struct pg_stream *s);
 
 /* Scans one chunk. Returns 0, or FERRY_BAD_MSG (a length word below 4 or
  * above max_len); after an error the scanner must not be fed again. */

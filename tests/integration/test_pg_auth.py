@@ -300,3 +300,20 @@ def test_psycopg3_pipeline_and_automatic_prepares(ferry_factory, pg_pair, mode):
                 conn.execute("SELECT 1 / 0")
                 conn.execute("SELECT 2")
         assert conn.execute("SELECT 3").fetchone() == (3,)
+
+
+def test_a_long_prepared_statement_moves_too(ferry_factory, own_pg):
+    """A Parse much longer than one read (it arrives split) is still seen
+    whole, so the session stays movable and its statement is re-created."""
+    ferry = terminated_discovered(ferry_factory, own_pg)
+    host, port = ferry.listener_addr("pg")
+    conn = psycopg.connect(harness.pg.dsn(host, port), autocommit=True, prepare_threshold=0)
+    sql = "SELECT %s::int + 1 /* " + "x" * 200000 + " */"
+    assert conn.execute(sql, (1,)).fetchone() == (2,)
+    switch_to_b(ferry, own_pg)
+    wait_for(lambda: "event=session.moved" in ferry.log_text(), timeout=15,
+             what="the session to move")
+    assert conn.execute(sql, (41,)).fetchone() == (42,)
+    assert conn.execute("SELECT inet_server_port()").fetchone() == (own_pg.replica.port,)
+    assert "movable=no" not in ferry.log_text()
+    conn.close()

@@ -134,6 +134,73 @@ static void test_bad_lengths(void)
     ASSERT_EQ_INT(pg_stream_feed(&st, over, 5, on_msg, &seen), FERRY_BAD_MSG);
 }
 
+/* A gathered type arrives whole however the chunks split it; other long
+ * bodies still come as a prefix; bodies over the limit too. */
+struct whole {
+    int n;
+    uint32_t captured, len;
+    int same;
+    bool inplace;
+};
+
+static uint8_t body_byte(uint32_t i) { return (uint8_t)('a' + i % 26); }
+
+static void on_whole(void *ud, uint8_t type, const uint8_t *body, uint32_t captured, uint32_t len,
+                     uint8_t *inplace)
+{
+    struct whole *w = ud;
+    if (type != 'P')
+        return;
+    /* a contiguous body is whole in place; a split one whole in body */
+    const uint8_t *all = inplace ? inplace : body;
+    w->n++;
+    w->captured = inplace ? len : captured;
+    w->len = len;
+    w->inplace = inplace != NULL;
+    w->same = 1;
+    for (uint32_t i = 0; i < w->captured; i++)
+        if (all[i] != body_byte(i))
+            w->same = 0;
+}
+
+static void test_gather_split_bodies(void)
+{
+    enum { LEN = 1000 };
+    uint8_t msg[5 + LEN];
+    msg[0] = 'P';
+    msg[1] = 0, msg[2] = 0, msg[3] = (LEN + 4) >> 8, msg[4] = (LEN + 4) & 0xff;
+    for (uint32_t i = 0; i < LEN; i++)
+        msg[5 + i] = body_byte(i);
+    for (size_t cut = 1; cut < sizeof msg; cut += 7) {
+        struct pg_stream s;
+        pg_stream_init(&s, 1 << 20, "P");
+        pg_stream_gather(&s, "P", 4096);
+        struct whole w = {0};
+        ASSERT_EQ_INT(pg_stream_feed(&s, msg, cut, on_whole, &w), 0);
+        ASSERT_EQ_INT(pg_stream_feed(&s, msg + cut, sizeof msg - cut, on_whole, &w), 0);
+        ASSERT_EQ_INT(w.n, 1);
+        ASSERT_EQ_INT(w.captured, LEN);
+        ASSERT_TRUE(w.same && w.len == LEN);
+        ASSERT_TRUE(w.inplace == (cut <= 5));   /* contiguous only when the body was */
+        ASSERT_TRUE(s.whole == NULL);
+    }
+    /* over the limit, or not a gathered type: the prefix as before */
+    struct pg_stream s;
+    pg_stream_init(&s, 1 << 20, "P");
+    pg_stream_gather(&s, "P", 500);
+    struct whole w = {0};
+    pg_stream_feed(&s, msg, 300, on_whole, &w);
+    pg_stream_feed(&s, msg + 300, sizeof msg - 300, on_whole, &w);
+    ASSERT_TRUE(w.n == 1 && w.captured == PG_STREAM_CAPTURE && w.same);
+    /* dropped mid-body: freed */
+    pg_stream_init(&s, 1 << 20, "P");
+    pg_stream_gather(&s, "P", 4096);
+    pg_stream_feed(&s, msg, 300, on_whole, &w);
+    ASSERT_TRUE(s.whole != NULL);
+    pg_stream_free(&s);
+    ASSERT_TRUE(s.whole == NULL);
+}
+
 static void test_flood_of_tiny_messages(void)
 {
     /* 100k Sync messages: scanned without allocation, all delivered */
@@ -160,5 +227,6 @@ int main(void)
     RUN(test_inplace_rewrite);
     RUN(test_bad_lengths);
     RUN(test_flood_of_tiny_messages);
+    RUN(test_gather_split_bodies);
     UNIT_DONE();
 }
