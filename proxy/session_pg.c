@@ -115,6 +115,21 @@ static void copy_slice(char *out, size_t len, struct ferry_slice v)
     out[n] = '\0';
 }
 
+/* NegotiateProtocolVersion: ferry speaks 3.0 and no _pq_ options. */
+static void negotiate_version(struct px_session *s, const struct pg_startup *st)
+{
+    struct ferry_slice options[16], list = st->params, name, value;
+    size_t n = 0;
+    while (n < 16 && pg_param_next(&list, &name, &value))
+        if (name.len > 5 && memcmp(name.p, "_pq_.", 5) == 0)
+            options[n++] = name;
+    struct ferry_wbuf b;
+    ferry_wbuf_init(&b, 0);
+    pg_build_negotiate_version(&b, 0, options, n);
+    if (px_session_write(s, &s->client, &b, false) != 0)
+        px_session_close(s, FERRY_LOG_INFO, "client write failed");
+}
+
 /* Parses what the client has sent so far; acts on each complete packet. */
 static void startup_advance(struct px_session *s)
 {
@@ -178,10 +193,15 @@ static void startup_advance(struct px_session *s)
         p->startup_len = (size_t)rc;
         copy_slice(s->user, sizeof s->user, st.user);
         copy_slice(s->database, sizeof s->database, st.database.p ? st.database : st.user);
-        if (s->lcfg->auth_terminated)
+        if (s->lcfg->auth_terminated) {
+            /* ferry answers the startup itself: it negotiates the version
+             * too (passthrough leaves that to the server) */
+            if (pg_startup_needs_negotiation(&st))
+                negotiate_version(s, &st);
             client_auth_begin(s);
-        else
+        } else {
             px_session_route(s);
+        }
         return;
     }
 }
@@ -933,7 +953,7 @@ static void login_advance(struct px_session *s)
             else
                 login_done(s, after_ok, off);
             return;
-        } else if (!ok) {
+        } else if (!ok && type != 'v') {  /* NegotiateProtocolVersion: ferry told the client */
             login_failed(s, "unexpected message before authentication completed");
             return;
         }

@@ -317,3 +317,63 @@ def test_a_long_prepared_statement_moves_too(ferry_factory, own_pg):
     assert conn.execute("SELECT inet_server_port()").fetchone() == (own_pg.replica.port,)
     assert "movable=no" not in ferry.log_text()
     conn.close()
+
+
+def test_terminated_mode_negotiates_a_newer_minor_version(ferry_factory, pg_pair):
+    """A client asking for protocol 3.9 and a _pq_ option gets
+    NegotiateProtocolVersion (3.0, the option not recognised) from ferry,
+    then the authentication request, and the session works."""
+    import struct
+    from test_pg_protocol import read_messages
+    ferry = ferry_factory(terminated(pg_pair, [{"name": USER, "password": PASSWORD,
+                                                "method": "trust"}]))
+    params = b"user\0" + USER.encode() + b"\0database\0app\0_pq_.future\0on\0\0"
+    packet = struct.pack("!II", 8 + len(params), (3 << 16) | 9) + params
+    with socket.create_connection(ferry.listener_addr("pg"), timeout=10) as s:
+        s.sendall(packet)
+        msgs = read_messages(s)
+    assert msgs[0][0] == b"v"
+    newest, n = struct.unpack("!II", msgs[0][1][:8])
+    assert (newest, n) == (0, 1) and msgs[0][1][8:] == b"_pq_.future\0"
+    assert msgs[1] == (b"R", struct.pack("!I", 0))     # trust: AuthenticationOk
+    assert msgs[-1][0] == b"Z"                         # logged into the backend
+
+
+@pytest.fixture(scope="module")
+def methods_pg():
+    """A pair whose primary asks md5_user for an MD5 password and pw_user for
+    a cleartext one (the harness's ferry_test gets SCRAM, postgres trust)."""
+    import os
+    with harness.PgPair() as pair:
+        pair.primary.query("SET password_encryption = 'md5'; "
+                           "CREATE ROLE md5_user LOGIN PASSWORD 'md5-secret'; "
+                           "CREATE ROLE pw_user LOGIN PASSWORD 'pw-secret'")
+        hba = os.path.join(pair.primary.datadir, "pg_hba.conf")
+        with open(hba) as f:
+            text = f.read()
+        with open(hba, "w") as f:      # first match wins: these go first
+            f.write("host all md5_user 127.0.0.1/32 md5\n"
+                    "host all pw_user 127.0.0.1/32 password\n" + text)
+        pair.primary.query("SELECT pg_reload_conf()")
+        for user in ("md5_user", "pw_user"):    # the server really asks them for a password
+            with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+                psycopg2.connect(host=pair.primary.host, port=pair.primary.port, user=user,
+                                 password="wrong", dbname="postgres")
+        yield pair
+
+
+@pytest.mark.parametrize("mode", ["passthrough", "terminated"])
+@pytest.mark.parametrize("user,password", [("md5_user", "md5-secret"), ("pw_user", "pw-secret")])
+def test_backend_md5_and_cleartext_logins(ferry_factory, methods_pg, mode, user, password):
+    users = [{"name": user, "password": password}]
+    ferry = ferry_factory(make_config(pg_listener(methods_pg,
+                                                  auth={"mode": mode, "users": users}),
+                                      workers=1))
+    host, port = ferry.listener_addr("pg")
+    conn = psycopg2.connect(host=host, port=port, user=user, password=password,
+                            dbname="postgres", connect_timeout=10)
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_user")
+        assert cur.fetchone() == (user,)
+    conn.close()
+    assert password not in ferry.log_text()
