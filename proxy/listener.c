@@ -153,6 +153,7 @@ struct px_counters px_listener_totals(const struct px_listener *pl)
         sum.transactions += PX_STAT_GET(c->transactions);
         sum.hold_timeouts += PX_STAT_GET(c->hold_timeouts);
         sum.moves += PX_STAT_GET(c->moves);
+        sum.backends += PX_STAT_GET(c->backends);
         sum.moves_failed += PX_STAT_GET(c->moves_failed);
         sum.errors_protocol += PX_STAT_GET(c->errors_protocol);
         sum.errors_auth += PX_STAT_GET(c->errors_auth);

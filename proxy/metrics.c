@@ -55,6 +55,7 @@ static void listener_metrics(FILE *f)
         {"ferry_queries_total", "counter",
          "Commands completed (PostgreSQL: ReadyForQuery; MySQL: a command's whole response)."},
         {"ferry_transactions_total", "counter", "Transactions ended (protocol-aware listeners)."},
+        {"ferry_backend_connections", "gauge", "Backend connections open now."},
     };
     /* px_counters is cache-line aligned: calloc does not promise that */
     size_t bytes = (px_proc.nlisteners ? px_proc.nlisteners : 1) * sizeof(struct px_counters);
@@ -109,6 +110,10 @@ static void listener_metrics(FILE *f)
             case 6:
                 fprintf(f, "ferry_transactions_total{listener=\"%s\"} %llu\n", l,
                         (unsigned long long)c->transactions);
+                break;
+            case 7:
+                fprintf(f, "ferry_backend_connections{listener=\"%s\"} %llu\n", l,
+                        (unsigned long long)c->backends);
                 break;
             }
         }

@@ -26,6 +26,7 @@ struct px_counters {
     uint64_t accepted;              /* client connections accepted */
     uint64_t refused;               /* closed at once: over max_client_connections */
     uint64_t active;                /* client sessions open now */
+    uint64_t backends;              /* backend connections open now */
     uint64_t backend_connect_failed;
     uint64_t bytes_from_clients;
     uint64_t bytes_from_servers;

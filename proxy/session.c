@@ -95,6 +95,8 @@ static void session_free(struct px_session *s)
         __atomic_sub_fetch(&s->pl->clients, 1, __ATOMIC_RELAXED);
         PX_STAT_ADD(px_session_stats(s)->active, -1);
     }
+    if (s->server.counted)
+        PX_STAT_ADD(px_session_stats(s)->backends, -1);
     px_listener_unref(s->pl);
     ferry_config_unref(s->cfg);
     if (s->parked)
@@ -159,6 +161,8 @@ static void on_server_dropped(uv_handle_t *h)
     if (s->closing)
         return;
     ferry_tls_free(s->server.tls);
+    if (s->server.counted)
+        PX_STAT_ADD(px_session_stats(s)->backends, -1);
     s->server = (struct px_conn){.owner = s, .peer = &s->client, .name = "server"};
     s->client.paused = false;
     if (s->hold_after_drop) {
@@ -774,6 +778,8 @@ static void on_connected(uv_connect_t *req, int status)
     }
     uv_timer_stop(&s->timer);
     s->connected = true;
+    s->server.counted = true;
+    PX_STAT_ADD(px_session_stats(s)->backends, 1);
     tune_tcp(&s->server.tcp);
     ferry_log(FERRY_LOG_DEBUG, "session.connected", "listener=%s session=%llu backend=%s",
               s->pl->name, (unsigned long long)s->id, s->endpoint);

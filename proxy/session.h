@@ -40,6 +40,7 @@ struct px_conn {
     uv_read_cb plain_cb;        /* with tls: the callback that gets the plaintext */
     bool in_tls_loop;           /* with tls: handing plaintext out now */
     bool tls_settled;           /* server side: TLS negotiated (or declined) */
+    bool counted;               /* server side: connected, in the backends gauge */
 };
 
 /* What a protocol's scan hook says about a chunk. */

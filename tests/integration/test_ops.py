@@ -89,6 +89,9 @@ def test_metrics_parse_and_move_with_traffic(ferry_factory, pg_pair, mariadb_pai
     assert metric(before, "ferry_client_connections_total", listener="pg", outcome="accepted") == 0
     harness.pg.run_query(pg_dsn(ferry), "SELECT 1")
     conn = harness.pg.connect(pg_dsn(ferry))
+    open_now = parse_metrics(ferry.http_get("/metrics")[1])
+    assert metric(open_now, "ferry_backend_connections", listener="pg") == 1
+    assert metric(open_now, "ferry_client_connections", listener="pg") == 1
     conn.autocommit = False
     for _ in range(3):                      # three transaction blocks
         with conn.cursor() as cur:
@@ -100,6 +103,9 @@ def test_metrics_parse_and_move_with_traffic(ferry_factory, pg_pair, mariadb_pai
     assert metric(after, "ferry_queries_total", listener="pg") >= 1 + 2 * 3
     assert metric(after, "ferry_client_connections_total", listener="pg", outcome="accepted") == 2
     assert metric(after, "ferry_received_bytes_total", listener="pg", side="server") > 0
+    wait_for(lambda: metric(parse_metrics(ferry.http_get("/metrics")[1]),
+                            "ferry_backend_connections", listener="pg") == 0,
+             timeout=10, what="the backend connections to close")
     assert metric(after, "ferry_config_generation") == 1
     assert metric(after, "ferry_workers") == 2
     assert metric(after, "ferry_process_open_fds") > 0
