@@ -360,6 +360,27 @@ static json_t *section(struct cfg_ctx *c, json_t *listener, const char *where, c
     return c->failed ? NULL : v;
 }
 
+/* A required name of 1-63 bytes at v[k] (key path pkey + ".k") into out
+ * (FERRY_NAME_MAX bytes); false, with the error reported, when it is not. */
+static bool get_required_name(struct cfg_ctx *c, json_t *v, const char *k, const char *pkey,
+                              char *out)
+{
+    char key[KEY_MAX], dotted[FERRY_NAME_MAX];
+    const char *s = NULL;
+    snprintf(dotted, sizeof dotted, ".%s", k);
+    if (!get_string(c, v, k, subkey(key, pkey, dotted), &s)) {
+        if (!c->failed)
+            cfg_fail(c, key, "required key is missing");
+        return false;
+    }
+    if (strlen(s) == 0 || strlen(s) >= FERRY_NAME_MAX) {
+        cfg_fail(c, key, "must be 1-63 bytes");
+        return false;
+    }
+    strcpy(out, s);
+    return true;
+}
+
 /* One of "password", "password_env", "password_file" of object v (at
  * pkey) into *out (owned; left NULL when none is given). */
 static void parse_secret(struct cfg_ctx *c, json_t *v, const char *pkey, char **out)
@@ -398,16 +419,8 @@ static void parse_probe(struct cfg_ctx *c, json_t *listener, const char *where,
         return;
     l->probe_enabled = true;
     const char *s = NULL;
-    if (!get_string(c, v, "user", subkey(key, pkey, ".user"), &s)) {
-        if (!c->failed)
-            cfg_fail(c, key, "required key is missing");
+    if (!get_required_name(c, v, "user", pkey, l->probe_user))
         return;
-    }
-    if (strlen(s) == 0 || strlen(s) >= FERRY_NAME_MAX) {
-        cfg_fail(c, key, "must be 1-63 bytes");
-        return;
-    }
-    strcpy(l->probe_user, s);
     strcpy(l->probe_database, l->protocol == FERRY_PROTO_POSTGRESQL ? "postgres" : "");
     if (get_string(c, v, "database", subkey(key, pkey, ".database"), &s)) {
         if (strlen(s) >= FERRY_NAME_MAX)
@@ -429,16 +442,8 @@ static void parse_user(struct cfg_ctx *c, json_t *v, const char *ukey, struct fe
         return;
     }
     check_keys(c, ukey, v, keys);
-    if (!get_string(c, v, "name", subkey(key, ukey, ".name"), &s)) {
-        if (!c->failed)
-            cfg_fail(c, key, "required key is missing");
+    if (!get_required_name(c, v, "name", ukey, u->name))
         return;
-    }
-    if (strlen(s) == 0 || strlen(s) >= FERRY_NAME_MAX) {
-        cfg_fail(c, key, "must be 1-63 bytes");
-        return;
-    }
-    strcpy(u->name, s);
     u->method = FERRY_AUTH_SCRAM;
     if (get_string(c, v, "method", subkey(key, ukey, ".method"), &s)) {
         if (strcmp(s, "scram-sha-256") == 0)
