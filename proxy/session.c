@@ -205,7 +205,7 @@ static void conn_start_reading(struct px_conn *c);
 static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chunk *ch, size_t n);
 static void park(struct px_session *s, struct px_chunk *ch, size_t n);
 static void tls_failed(struct px_session *s, struct px_conn *c);
-static int tls_flush(struct px_session *s, struct px_conn *c);
+static int tls_send(struct px_session *s, struct px_conn *c, bool close_after);
 
 void px_session_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
@@ -332,7 +332,7 @@ static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chu
             tls_failed(s, dst);
             return;
         }
-        if (tls_flush(s, dst) != 0) {
+        if (tls_send(s, dst, false) != 0) {
             px_session_close(s, FERRY_LOG_INFO, "write failed");
             return;
         }
@@ -496,16 +496,17 @@ static void tls_failed(struct px_session *s, struct px_conn *c)
 
 int px_conn_tls_flush(struct px_session *s, struct px_conn *c)
 {
-    return tls_flush(s, c);
+    return tls_send(s, c, false);
 }
 
 static int write_raw(struct px_session *s, struct px_conn *conn, struct ferry_wbuf *buf,
                      bool close_after);
 
-/* Sends whatever ciphertext the engine has (handshake messages, records). */
-static int tls_flush(struct px_session *s, struct px_conn *c)
+/* Sends whatever ciphertext the engine has (handshake messages, records);
+ * close_after: end the session once it is written (even if it is none). */
+static int tls_send(struct px_session *s, struct px_conn *c, bool close_after)
 {
-    if (!ferry_tls_pending_out(c->tls))
+    if (!close_after && !ferry_tls_pending_out(c->tls))
         return 0;
     struct ferry_wbuf out;
     ferry_wbuf_init(&out, 0);
@@ -513,7 +514,7 @@ static int tls_flush(struct px_session *s, struct px_conn *c)
         ferry_wbuf_free(&out);
         return UV_ENOMEM;
     }
-    return write_raw(s, c, &out, false);
+    return write_raw(s, c, &out, close_after);
 }
 
 /* Hands the engine's plaintext to the read callback while it reads. */
@@ -544,7 +545,7 @@ static void tls_drain(struct px_session *s, struct px_conn *c)
         break;
     }
     c->in_tls_loop = false;
-    if (!s->closing && tls_flush(s, c) != 0)
+    if (!s->closing && tls_send(s, c, false) != 0)
         px_session_close(s, FERRY_LOG_INFO, "write failed");
 }
 
@@ -624,13 +625,7 @@ int px_session_write(struct px_session *s, struct px_conn *conn, struct ferry_wb
     ferry_wbuf_free(buf);
     if (rc < 0)
         return UV_ENOMEM;
-    struct ferry_wbuf out;
-    ferry_wbuf_init(&out, 0);
-    if (ferry_tls_take_out(conn->tls, &out) < 0) {
-        ferry_wbuf_free(&out);
-        return UV_ENOMEM;
-    }
-    return write_raw(s, conn, &out, close_after);
+    return tls_send(s, conn, close_after);
 }
 
 /* Writes bytes as they are (taking buf's memory) to conn's socket. */
