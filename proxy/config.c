@@ -266,16 +266,26 @@ static bool valid_name(const char *s)
     return true;
 }
 
+/* A required string at v[k] (key path pkey + ".k", left in key); false,
+ * with the error reported, when it is missing or not a string. */
+static bool get_required_string(struct cfg_ctx *c, json_t *v, const char *k, const char *pkey,
+                                char key[KEY_MAX], const char **out)
+{
+    char dotted[FERRY_NAME_MAX];
+    snprintf(dotted, sizeof dotted, ".%s", k);
+    if (get_string(c, v, k, subkey(key, pkey, dotted), out))
+        return true;
+    if (!c->failed)
+        cfg_fail(c, key, "required key is missing");
+    return false;
+}
+
 static void get_name(struct cfg_ctx *c, json_t *obj, const char *where, char out[FERRY_NAME_MAX])
 {
     char key[KEY_MAX];
     const char *s = NULL;
-    subkey(key, where, ".name");
-    if (!get_string(c, obj, "name", key, &s)) {
-        if (!c->failed)
-            cfg_fail(c, key, "required key is missing");
+    if (!get_required_string(c, obj, "name", where, key, &s))
         return;
-    }
     if (!valid_name(s)) {
         cfg_fail(c, key, "\"%s\" must be 1-63 characters of A-Z a-z 0-9 _ . -", s);
         return;
@@ -360,19 +370,14 @@ static json_t *section(struct cfg_ctx *c, json_t *listener, const char *where, c
     return c->failed ? NULL : v;
 }
 
-/* A required name of 1-63 bytes at v[k] (key path pkey + ".k") into out
- * (FERRY_NAME_MAX bytes); false, with the error reported, when it is not. */
+/* A required name of 1-63 bytes at v[k] into out (FERRY_NAME_MAX bytes). */
 static bool get_required_name(struct cfg_ctx *c, json_t *v, const char *k, const char *pkey,
                               char *out)
 {
-    char key[KEY_MAX], dotted[FERRY_NAME_MAX];
+    char key[KEY_MAX];
     const char *s = NULL;
-    snprintf(dotted, sizeof dotted, ".%s", k);
-    if (!get_string(c, v, k, subkey(key, pkey, dotted), &s)) {
-        if (!c->failed)
-            cfg_fail(c, key, "required key is missing");
+    if (!get_required_string(c, v, k, pkey, key, &s))
         return false;
-    }
     if (strlen(s) == 0 || strlen(s) >= FERRY_NAME_MAX) {
         cfg_fail(c, key, "must be 1-63 bytes");
         return false;
@@ -481,17 +486,11 @@ static void parse_tls(struct cfg_ctx *c, json_t *listener, const char *where,
         return;
     }
     const char *s = NULL;
-    if (!get_string(c, v, "cert_file", subkey(key, tkey, ".cert_file"), &s)) {
-        if (!c->failed)
-            cfg_fail(c, key, "required key is missing");
+    if (!get_required_string(c, v, "cert_file", tkey, key, &s))
         return;
-    }
     l->tls_cert_file = strdup(s);
-    if (!get_string(c, v, "key_file", subkey(key, tkey, ".key_file"), &s)) {
-        if (!c->failed)
-            cfg_fail(c, key, "required key is missing");
+    if (!get_required_string(c, v, "key_file", tkey, key, &s))
         return;
-    }
     l->tls_key_file = strdup(s);
     get_bool(c, v, "required", subkey(key, tkey, ".required"), &l->tls_required);
     strcpy(l->tls_min_version, "1.2");
@@ -680,16 +679,13 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
     get_name(c, v, where, l->name);
 
     const char *proto = NULL;
-    subkey(key, where, ".protocol");
-    if (!get_string(c, v, "protocol", key, &proto)) {
-        if (!c->failed)
-            cfg_fail(c, key, "required key is missing");
-    } else if (strcmp(proto, "postgresql") == 0) {
-        l->protocol = FERRY_PROTO_POSTGRESQL;
-    } else if (strcmp(proto, "mysql") == 0) {
-        l->protocol = FERRY_PROTO_MYSQL;
-    } else {
-        cfg_fail(c, key, "\"%s\" is not one of postgresql, mysql", proto);
+    if (get_required_string(c, v, "protocol", where, key, &proto)) {
+        if (strcmp(proto, "postgresql") == 0)
+            l->protocol = FERRY_PROTO_POSTGRESQL;
+        else if (strcmp(proto, "mysql") == 0)
+            l->protocol = FERRY_PROTO_MYSQL;
+        else
+            cfg_fail(c, key, "\"%s\" is not one of postgresql, mysql", proto);
     }
 
     subkey(key, where, ".bind");

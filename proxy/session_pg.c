@@ -408,7 +408,6 @@ static void client_auth_begin(struct px_session *s)
         px_session_close(s, FERRY_LOG_ERROR, "out of memory");
         return;
     }
-    ferry_wbuf_init(&p->login->in, PG_AUTH_MSG_MAX * 4);
     if (u && u->method == FERRY_AUTH_TRUST) {
         client_authenticated(s);
         return;
