@@ -436,7 +436,31 @@ static void parse_probe(struct cfg_ctx *c, json_t *listener, const char *where,
     parse_secret(c, v, pkey, &l->probe_password);
 }
 
-static void parse_user(struct cfg_ctx *c, json_t *v, const char *ukey, struct ferry_user_cfg *u)
+static void parse_method(struct cfg_ctx *c, const char *key, const char *s, enum ferry_proto proto,
+                         enum ferry_auth_method *out)
+{
+    static const struct {
+        const char *name;
+        enum ferry_proto proto;
+        enum ferry_auth_method method;
+    } methods[] = {
+        {"scram-sha-256", FERRY_PROTO_POSTGRESQL, FERRY_AUTH_SCRAM},
+        {"md5", FERRY_PROTO_POSTGRESQL, FERRY_AUTH_MD5},
+        {"trust", FERRY_PROTO_POSTGRESQL, FERRY_AUTH_TRUST},
+        {"mysql_native_password", FERRY_PROTO_MYSQL, FERRY_AUTH_MYSQL_NATIVE},
+        {"caching_sha2_password", FERRY_PROTO_MYSQL, FERRY_AUTH_CACHING_SHA2},
+    };
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
+        if (methods[i].proto == proto && strcmp(methods[i].name, s) == 0) {
+            *out = methods[i].method;
+            return;
+        }
+    cfg_fail(c, key, "\"%s\" is not one of %s", s, proto == FERRY_PROTO_MYSQL
+             ? "mysql_native_password, caching_sha2_password" : "scram-sha-256, md5, trust");
+}
+
+static void parse_user(struct cfg_ctx *c, json_t *v, const char *ukey, enum ferry_proto proto,
+                       struct ferry_user_cfg *u)
 {
     static const char *const keys[] = {"name", "method", "password", "password_env",
                                        "password_file", "scram_verifier", NULL};
@@ -449,22 +473,17 @@ static void parse_user(struct cfg_ctx *c, json_t *v, const char *ukey, struct fe
     check_keys(c, ukey, v, keys);
     if (!get_required_name(c, v, "name", ukey, u->name))
         return;
-    u->method = FERRY_AUTH_SCRAM;
-    if (get_string(c, v, "method", subkey(key, ukey, ".method"), &s)) {
-        if (strcmp(s, "scram-sha-256") == 0)
-            u->method = FERRY_AUTH_SCRAM;
-        else if (strcmp(s, "md5") == 0)
-            u->method = FERRY_AUTH_MD5;
-        else if (strcmp(s, "trust") == 0)
-            u->method = FERRY_AUTH_TRUST;
-        else
-            cfg_fail(c, key, "\"%s\" is not one of scram-sha-256, md5, trust", s);
-    }
+    /* MySQL: Aurora MySQL's default plugin, which every client speaks */
+    u->method = proto == FERRY_PROTO_MYSQL ? FERRY_AUTH_MYSQL_NATIVE : FERRY_AUTH_SCRAM;
+    if (get_string(c, v, "method", subkey(key, ukey, ".method"), &s))
+        parse_method(c, key, s, proto, &u->method);
     parse_secret(c, v, ukey, &u->password);
     if (!c->failed && !u->password)
         cfg_fail(c, ukey, "needs the user's backend password (password, password_env or password_file)");
     if (get_string(c, v, "scram_verifier", subkey(key, ukey, ".scram_verifier"), &s)) {
-        if (strncmp(s, "SCRAM-SHA-256$", 14) != 0)
+        if (proto != FERRY_PROTO_POSTGRESQL)
+            cfg_fail(c, key, "only postgresql listeners take a SCRAM verifier");
+        else if (strncmp(s, "SCRAM-SHA-256$", 14) != 0)
             cfg_fail(c, key, "expected \"SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>\"");
         else
             u->scram_verifier = strdup(s);
@@ -473,6 +492,11 @@ static void parse_user(struct cfg_ctx *c, json_t *v, const char *ukey, struct fe
 
 /* "tls": {"cert_file", "key_file", "required", "min_version"}: TLS towards
  * clients (the files are read when the config is put to use). */
+/* In passthrough mode ferry relays the MySQL handshake: TLS on one leg
+ * would shift every sequence id of the exchange by one on the other. */
+#define MYSQL_TLS_NEEDS_TERMINATED \
+    "mysql listeners take TLS only with \"auth\": {\"mode\": \"terminated\"} (ferry must own the handshake)"
+
 static void parse_tls(struct cfg_ctx *c, json_t *listener, const char *where,
                       struct ferry_listener_cfg *l)
 {
@@ -481,8 +505,8 @@ static void parse_tls(struct cfg_ctx *c, json_t *listener, const char *where,
     json_t *v = section(c, listener, where, "tls", keys, tkey);
     if (!v)
         return;
-    if (l->protocol != FERRY_PROTO_POSTGRESQL) {
-        cfg_fail(c, tkey, "TLS towards clients is not implemented for mysql listeners yet");
+    if (l->protocol == FERRY_PROTO_MYSQL && !l->auth_terminated) {
+        cfg_fail(c, tkey, MYSQL_TLS_NEEDS_TERMINATED);
         return;
     }
     const char *s = NULL;
@@ -502,33 +526,41 @@ static void parse_tls(struct cfg_ctx *c, json_t *listener, const char *where,
     }
 }
 
-/* "backend_tls": {"mode", "ca_file"}: TLS towards the clusters. */
+/* "backend_tls": {"mode", "ca_file"}: TLS towards the clusters. Each
+ * protocol's own mode names (libpq's sslmode, the MySQL client's
+ * --ssl-mode); stored as the PostgreSQL ones, which proxy/tls.c parses. */
 static void parse_backend_tls(struct cfg_ctx *c, json_t *listener, const char *where,
                               struct ferry_listener_cfg *l)
 {
     static const char *const keys[] = {"mode", "ca_file", NULL};
     static const char *const modes[] = {"disable", "prefer", "require", "verify-ca",
                                         "verify-full", NULL};
+    static const char *const mysql_modes[] = {"disabled", "preferred", "required", "verify_ca",
+                                              "verify_identity", NULL};
+    bool mysql = l->protocol == FERRY_PROTO_MYSQL;
+    const char *const *names = mysql ? mysql_modes : modes;
     char key[KEY_MAX], tkey[KEY_MAX];
     /* PostgreSQL's and PgBouncer's default: TLS when the server offers it */
-    strcpy(l->backend_tls_mode, l->protocol == FERRY_PROTO_POSTGRESQL ? "prefer" : "disable");
+    strcpy(l->backend_tls_mode, mysql ? "disable" : "prefer");
     json_t *v = section(c, listener, where, "backend_tls", keys, tkey);
     if (!v)
         return;
-    if (l->protocol != FERRY_PROTO_POSTGRESQL) {
-        cfg_fail(c, tkey, "TLS towards backends is not implemented for mysql listeners yet");
-        return;
-    }
     const char *s = NULL;
     if (get_string(c, v, "mode", subkey(key, tkey, ".mode"), &s)) {
         size_t i = 0;
-        while (modes[i] && strcmp(modes[i], s) != 0)
+        while (names[i] && strcmp(names[i], s) != 0)
             i++;
-        if (!modes[i]) {
-            cfg_fail(c, key, "\"%s\" is not one of disable, prefer, require, verify-ca, verify-full", s);
+        if (!names[i]) {
+            cfg_fail(c, key, "\"%s\" is not one of %s", s, mysql
+                     ? "disabled, preferred, required, verify_ca, verify_identity"
+                     : "disable, prefer, require, verify-ca, verify-full");
             return;
         }
-        strcpy(l->backend_tls_mode, s);
+        if (mysql && i > 0 && !l->auth_terminated) {
+            cfg_fail(c, key, MYSQL_TLS_NEEDS_TERMINATED);
+            return;
+        }
+        strcpy(l->backend_tls_mode, modes[i]);
     }
     if (get_string(c, v, "ca_file", subkey(key, tkey, ".ca_file"), &s))
         l->backend_tls_ca_file = strdup(s);
@@ -538,7 +570,7 @@ static void parse_backend_tls(struct cfg_ctx *c, json_t *listener, const char *w
 static void parse_auth(struct cfg_ctx *c, json_t *listener, const char *where,
                        struct ferry_listener_cfg *l)
 {
-    static const char *const keys[] = {"mode", "users", NULL};
+    static const char *const keys[] = {"mode", "users", "server_version", NULL};
     char key[KEY_MAX], akey[KEY_MAX];
     json_t *v = section(c, listener, where, "auth", keys, akey);
     if (!v)
@@ -551,9 +583,16 @@ static void parse_auth(struct cfg_ctx *c, json_t *listener, const char *where,
         cfg_fail(c, key, "\"%s\" is not one of passthrough, terminated", mode);
     if (c->failed)
         return;
-    if (l->auth_terminated && l->protocol != FERRY_PROTO_POSTGRESQL) {
-        cfg_fail(c, key, "terminated authentication is not implemented for mysql listeners yet");
-        return;
+    const char *version = NULL;
+    if (get_string(c, v, "server_version", subkey(key, akey, ".server_version"), &version)) {
+        if (l->protocol != FERRY_PROTO_MYSQL || !l->auth_terminated)
+            cfg_fail(c, key, "only mysql listeners in terminated mode send their own greeting");
+        else if (!*version || strlen(version) >= sizeof l->server_version)
+            cfg_fail(c, key, "expected 1-63 characters");
+        else
+            strcpy(l->server_version, version);
+        if (c->failed)
+            return;
     }
     json_t *users = json_object_get(v, "users");
     subkey(key, akey, ".users");
@@ -576,7 +615,7 @@ static void parse_auth(struct cfg_ctx *c, json_t *listener, const char *where,
     json_array_foreach(users, i, u) {
         char ukey[KEY_MAX];
         subkey_index(ukey, akey, ".users", i);
-        parse_user(c, u, ukey, &l->users[l->nusers++]);
+        parse_user(c, u, ukey, l->protocol, &l->users[l->nusers++]);
         if (c->failed)
             return;
         for (size_t j = 0; j + 1 < l->nusers; j++)

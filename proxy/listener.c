@@ -83,6 +83,7 @@ struct px_listener *px_listener_create(const struct ferry_listener_cfg *lcfg, un
     struct px_listener *pl = calloc(1, sizeof *pl);
     if (!pl)
         goto oom;
+    pthread_mutex_init(&pl->greeting_lock, NULL);
     pl->fds = malloc(nworkers * sizeof *pl->fds);
     pl->stats = aligned_alloc(64, nworkers * sizeof *pl->stats);
     if (!pl->fds || !pl->stats)
@@ -128,6 +129,7 @@ void px_listener_unref(struct px_listener *pl)
             close(pl->fds[i]);      /* never handed to a worker */
     free(pl->fds);
     free(pl->stats);
+    pthread_mutex_destroy(&pl->greeting_lock);
     free(pl);
 }
 

@@ -10,6 +10,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+
 #include "ferry/config.h"
 #include "ferry/ctl.h"
 #include "ferry/discovery.h"
@@ -202,7 +205,19 @@ static void release_attached(struct ferry_config *cfg)
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         ferry_tls_ctx_unref(cfg->listeners[i].tls_server_ctx);
         ferry_tls_ctx_unref(cfg->listeners[i].tls_backend_ctx);
+        EVP_PKEY_free(cfg->listeners[i].mysql_rsa_key);
     }
+}
+
+/* caching_sha2_password's full authentication without TLS encrypts the
+ * password with ferry's RSA key; like MySQL (auto_generate_rsa_keys),
+ * ferry makes one per listener that needs it, when the config is loaded. */
+static bool needs_rsa_key(const struct ferry_listener_cfg *l)
+{
+    for (size_t u = 0; u < l->nusers; u++)
+        if (l->users[u].method == FERRY_AUTH_CACHING_SHA2)
+            return true;
+    return false;
 }
 
 /* ferry_config_load() plus the TLS contexts of listeners with "tls": a
@@ -227,6 +242,11 @@ static struct ferry_config *load_config(const char *path, char err[FERRY_ERR_MAX
                 ferry_config_unref(cfg);
                 return NULL;
             }
+        }
+        if (needs_rsa_key(l) && !(l->mysql_rsa_key = EVP_RSA_gen(2048))) {
+            snprintf(err, FERRY_ERR_MAX, "%s: listeners[%zu].auth: cannot make an RSA key", path, i);
+            ferry_config_unref(cfg);
+            return NULL;
         }
         if (!l->tls_cert_file)
             continue;

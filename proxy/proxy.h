@@ -59,6 +59,12 @@ struct px_listener {
     int *fds;                       /* owned: one bound socket per worker; -1 once handed over */
     struct px_counters *stats;      /* owned: nworkers entries */
     uint32_t clients;               /* atomic: open client connections, all workers */
+    /* mysql, terminated mode: what the last backend greeting said, for
+     * ferry's own greeting (session_mysql_login.c) */
+    pthread_mutex_t greeting_lock;
+    char server_version[64];        /* "" = no backend seen yet */
+    uint32_t server_caps;
+    uint8_t server_charset;
 };
 
 struct px_listener *px_listener_create(const struct ferry_listener_cfg *lcfg, unsigned nworkers,

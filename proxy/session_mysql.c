@@ -58,91 +58,7 @@
 #include <strings.h>
 #include <sys/random.h>
 
-#include "mysql/state.h"
-#include "session.h"
-
-enum {
-    SMALL_PACKET = 4096,        /* client commands up to this size are kept whole in one buffer */
-    PREFIX = 64,                /* bytes of a longer command that must be contiguous */
-    HS_MAX = 65536,             /* largest handshake / auth packet from the client */
-    GREETING_MAX = 1024,        /* largest server greeting */
-    SERVER_CAPTURE = 1 << 20,   /* most bytes of one server packet copied for the tracker */
-    CHANGE_USER_MAX = 65536,    /* most bytes of a COM_CHANGE_USER ferry reads */
-};
-
-/* Errors ferry answers with (MySQL error numbers and SQLSTATEs). */
-#define ER_HANDSHAKE 1043, "08S01"          /* ER_HANDSHAKE_ERROR */
-#define ER_UNKNOWN_COM 1047, "08S01"        /* ER_UNKNOWN_COM_ERROR */
-#define ER_NO_SUCH_THREAD 1094, "HY000"     /* ER_NO_SUCH_THREAD */
-#define ER_WRONG_DB_NAME 1102, "42000"      /* ER_WRONG_DB_NAME */
-#define ER_TOO_LARGE 1153, "08S01"          /* ER_NET_PACKET_TOO_LARGE */
-#define ER_OUT_OF_ORDER 1156, "08S01"       /* ER_NET_PACKETS_OUT_OF_ORDER */
-#define ER_NOT_SUPPORTED 1235, "42000"      /* ER_NOT_SUPPORTED_YET */
-#define ER_MAX_STMTS 1461, "42000"          /* ER_MAX_PREPARED_STMT_COUNT_REACHED */
-#define ER_MALFORMED 1835, "HY000"          /* ER_MALFORMED_PACKET */
-#define ER_TXN_LOST 1213, "40001"           /* ER_LOCK_DEADLOCK: "retry the transaction" */
-#define CR_MALFORMED 2027, "HY000"          /* CR_MALFORMED_PACKET: the server's stream */
-
-/* Server errors that say the writer is read-only now. */
-#define ER_OPTION_PREVENTS_STATEMENT 1290
-#define ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION 1792
-#define ER_READ_ONLY_MODE 1836
-
-/* Where the session is. */
-enum ms_phase {
-    MS_GREETING,        /* waiting for the server's Handshake v10 */
-    MS_RESPONSE,        /* waiting for the client's HandshakeResponse41 */
-    MS_AUTH,            /* authentication exchange until the server's OK or ERR */
-    MS_COMMAND,         /* command phase: my_state follows it */
-    MS_PLAIN,           /* the server refused in the handshake: bytes pass, it closes */
-};
-
-/* One direction's packet scanner. */
-struct my_dir {
-    struct my_reasm reasm;
-    uint8_t hdr[MY_HDR_LEN];    /* server side: header bytes gathered across chunks */
-    size_t hdr_have;
-    bool in_packet;             /* header read; left payload bytes to come */
-    size_t left;
-    bool last_frag;             /* this physical packet ends the logical one */
-    bool in_logical;            /* inside a logical packet */
-    bool at_payload_start;      /* first fragment's payload not looked at yet */
-    uint32_t frags;
-    uint8_t first_seq, last_seq;
-    size_t cap_want;            /* payload bytes of the first fragment to capture */
-    struct ferry_wbuf cap;      /* the captured bytes */
-    long pkt_start;             /* offset of the logical packet's header in this buffer, -1 */
-    long pay_off;               /* offset of its payload in this buffer, -1 */
-    bool id_fixed;              /* a statement id was rewritten: the tracker wants the old one */
-    uint32_t orig_id;
-    struct ferry_wbuf carry;    /* bytes kept for the next chunk */
-};
-
-struct px_my_session {
-    enum ms_phase phase;
-    uint8_t hs_next;            /* sequence id of the next handshake packet */
-    bool client_turn;           /* handshake: the server waits for the client */
-    bool greeted;               /* the greeting went to the client: its sequence applies */
-    uint32_t offered;           /* capabilities in the greeting ferry relayed */
-    uint32_t ferry_id;          /* connection id the client sees; 0 = none yet */
-    uint32_t backend_id;        /* the server's thread id */
-    bool st_init;
-    struct my_state st;         /* from the client's response on */
-    struct my_dir c2s, s2c;
-    bool fenced;                /* cut from the old writer: ferry answers every command */
-    bool txn_lost;              /* fenced inside a transaction that has not seen ROLLBACK */
-    bool server_cut;            /* ferry half-closed the server side */
-    bool fail_set;              /* the next px_session_fail uses these: */
-    uint16_t fail_code;
-    const char *fail_state;
-    uint8_t fail_seq;
-    char pending_user[FERRY_NAME_MAX];  /* COM_CHANGE_USER in flight */
-};
-
-static struct px_my_session *mys(const struct px_session *s)
-{
-    return s->u.my;
-}
+#include "session_mysql.h"
 
 /* ---- connection ids: ferry id -> server and thread id (any thread) ---- */
 
@@ -175,7 +91,7 @@ static bool id_in_use(uint32_t id)
 /* Ids count up from a random point in [2^30, 2^31): unique among open
  * sessions of the process, and unlike the small numbers servers hand out,
  * so a ferry id that reached a server untranslated would match nothing. */
-static uint32_t id_register(const struct sockaddr_storage *addr, uint32_t backend_id)
+uint32_t mys_id_register(const struct sockaddr_storage *addr, uint32_t backend_id)
 {
     struct id_entry *e = calloc(1, sizeof *e);
     if (!e)
@@ -197,6 +113,18 @@ static uint32_t id_register(const struct sockaddr_storage *addr, uint32_t backen
     *id_bucket(e->id) = e;
     pthread_mutex_unlock(&ids_lock);
     return e->id;
+}
+
+void mys_id_update(uint32_t id, const struct sockaddr_storage *addr, uint32_t backend_id)
+{
+    pthread_mutex_lock(&ids_lock);
+    for (struct id_entry *e = *id_bucket(id); e; e = e->next)
+        if (e->id == id) {
+            e->addr = *addr;
+            e->backend_id = backend_id;
+            break;
+        }
+    pthread_mutex_unlock(&ids_lock);
 }
 
 static bool id_lookup(uint64_t id, struct sockaddr_storage *addr, uint32_t *backend_id)
@@ -267,8 +195,8 @@ static uint8_t err_seq(const struct px_my_session *m)
 
 /* Ends the session with an ERR of the given code (the next defer_error
  * picks these up); kind is its class for the error counters. */
-static void fail_as(struct px_session *s, enum px_err kind, uint16_t code, const char *sqlstate,
-                    uint8_t seq, const char *text)
+void mys_fail(struct px_session *s, enum px_err kind, uint16_t code, const char *sqlstate,
+              uint8_t seq, const char *text)
 {
     struct px_my_session *m = mys(s);
     if (s->failing || s->closing)
@@ -284,7 +212,7 @@ static void fail_as(struct px_session *s, enum px_err kind, uint16_t code, const
 static void fail_with(struct px_session *s, uint16_t code, const char *sqlstate, uint8_t seq,
                       const char *text)
 {
-    fail_as(s, PX_ERR_PROTOCOL, code, sqlstate, seq, text);
+    mys_fail(s, PX_ERR_PROTOCOL, code, sqlstate, seq, text);
 }
 
 /* Before the greeting, errors.c's ERR (sequence 0) is right; afterwards
@@ -720,7 +648,7 @@ static void fenced_packet(struct walk *w, struct my_logical *lp)
         return;     /* no answer expected */
     if (!m->txn_lost) {
         px_session_writer_moved_text(s, text, sizeof text, false);
-        fail_as(s, PX_ERR_WRITER_MOVED, 1053, "08S01", seq, text);   /* reconnect */
+        mys_fail(s, PX_ERR_WRITER_MOVED, 1053, "08S01", seq, text);   /* reconnect */
         return;
     }
     struct ferry_wbuf b;
@@ -937,7 +865,7 @@ static void greeting(struct walk *w, struct my_dir *d, struct my_logical *lp)
                         "the server's greeting is not a MySQL 4.1+ handshake ferry can relay");
         return;
     }
-    m->ferry_id = id_register(&s->server_addr, hs.conn_id);
+    m->ferry_id = mys_id_register(&s->server_addr, hs.conn_id);
     if (!m->ferry_id) {
         px_session_fail(s, PX_ERR_BACKEND_DOWN, "out of memory");
         return;
@@ -1196,8 +1124,24 @@ static void my_begin(struct px_session *s)
     size_t max = s->lcfg->max_message_size;
     dir_init(&m->c2s, max);
     dir_init(&m->s2c, max);
+    ferry_wbuf_init(&m->hello, HS_MAX);
+    if (s->lcfg->auth_terminated) {
+        if (s->counted)
+            mys_login_begin(s);
+        return;
+    }
     if (s->counted)
         px_session_route(s);
+}
+
+static bool my_connected(struct px_session *s)
+{
+    return s->lcfg->auth_terminated ? mys_login_connected(s) : true;
+}
+
+static bool my_timer(struct px_session *s)
+{
+    return mys(s)->login ? mys_login_timer(s) : false;
 }
 
 /* A transaction cannot outlive its connection; only a command in flight
@@ -1280,6 +1224,8 @@ static void my_free(struct px_session *s)
         id_unregister(m->ferry_id);
     if (m->st_init)
         my_state_free(&m->st);
+    mys_login_free(m);
+    ferry_wbuf_free(&m->hello);
     dir_free(&m->c2s);
     dir_free(&m->s2c);
     free(m);
@@ -1289,8 +1235,10 @@ static void my_free(struct px_session *s)
 const struct px_proto px_proto_mysql = {
     .begin = my_begin,
     .defer_error = my_defer_error,
+    .connected = my_connected,
     .scan = my_scan,
     .server_lost = my_server_lost,
+    .timer = my_timer,
     .writer_moved = my_writer_moved,
     .describe = my_describe,
     .free = my_free,

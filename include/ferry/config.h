@@ -35,7 +35,10 @@ struct ferry_cluster_cfg {
 };
 
 /* How ferry checks a client's password in terminated mode. */
-enum ferry_auth_method { FERRY_AUTH_SCRAM, FERRY_AUTH_MD5, FERRY_AUTH_TRUST };
+enum ferry_auth_method {
+    FERRY_AUTH_SCRAM, FERRY_AUTH_MD5, FERRY_AUTH_TRUST,             /* postgresql */
+    FERRY_AUTH_MYSQL_NATIVE, FERRY_AUTH_CACHING_SHA2,               /* mysql */
+};
 
 /* A user of a listener with terminated authentication: ferry checks the
  * client itself, then logs into every backend as this user with password. */
@@ -73,7 +76,11 @@ struct ferry_listener_cfg {
     char *backend_tls_ca_file;          /* owned; NULL = the system's store */
     void *tls_backend_ctx;              /* struct ferry_tls_ctx *, attached by the loader;
                                            NULL when the mode is disable */
-    bool auth_terminated;               /* "auth": {"mode": "terminated"} (PostgreSQL) */
+    bool auth_terminated;               /* "auth": {"mode": "terminated"} */
+    char server_version[64];            /* mysql terminated: greeting's version; "" = the
+                                           backends' (learned from their greetings) */
+    void *mysql_rsa_key;                /* EVP_PKEY *, attached by the loader when a mysql
+                                           user takes caching_sha2_password; on_free frees */
     struct ferry_user_cfg *users;       /* owned, nusers entries (terminated mode) */
     size_t nusers;
 };

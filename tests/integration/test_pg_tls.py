@@ -14,31 +14,17 @@ import pytest
 import harness
 from fronts import pg_listener
 from harness import make_config
+from harness.pki import make_pki
 from test_pg_protocol import error_fields, read_messages, startup_packet
 
 USER, PASSWORD = harness.pg.TEST_USER, harness.pg.TEST_PASSWORD
 
 
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     """A test CA and a server certificate for localhost / 127.0.0.1; and a
-    second CA that signed nothing ferry serves."""
-    d = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=ferry test CA", cwd=d)
-    openssl("req", "-x509", *ec, "-keyout", "other.key", "-out", "other.pem", "-days", "2",
-            "-subj", "/CN=some other CA", cwd=d)
-    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
-            cwd=d)
-    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
-    return d
+    second CA that signed nothing ferry serves (harness/pki.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def tls_listener(pg_pair, pki, **tls):
