@@ -655,8 +655,12 @@ static void fenced_packet(struct walk *w, struct my_logical *lp)
     ferry_wbuf_init(&b, 4096);
     if (cmd == MY_COM_QUERY && is_rollback(m, lp)) {
         m->txn_lost = false;
+        m->st.in_trans = false;
         struct my_ok ok = {.status = (uint16_t)(m->st.autocommit ? MY_STATUS_AUTOCOMMIT : 0)};
         my_ok_build(&b, seq, m->st.caps, &ok);
+        if (answer(s, &b) && mys_movable(s))
+            mys_move_begin(s);      /* the transaction is over: to the new writer */
+        return;
     } else {
         px_session_writer_moved_text(s, text, sizeof text, true);
         my_err_build(&b, seq, ER_TXN_LOST, text);
@@ -777,6 +781,94 @@ static void refuse(struct walk *w, struct my_dir *d, struct my_logical *lp, size
     answer_err(s, seq, code, state, text);
 }
 
+/* ---- what a move replays (terminated mode) ----
+ * SET and USE statements change the session for good (a SET is not undone
+ * by ROLLBACK), and ferry cannot rely on CLIENT_SESSION_TRACK (PyMySQL and
+ * others do not ask for it): it keeps the text of each one that succeeded,
+ * in order, and a move runs them again on the new writer. COM_INIT_DB is
+ * kept as the USE it amounts to; COM_RESET_CONNECTION forgets them all.
+ * A statement too long to be seen whole, or one carrying more statements
+ * after a ';', makes the session unmovable (closed with 1053 on a move). */
+
+enum { REPLAY_MAX = 65536 };    /* bytes of replayed statements per session */
+
+static bool starts_with_word(const uint8_t *p, size_t n, const char *word)
+{
+    size_t i = 0, k = strlen(word);
+    while (i < n && isspace(p[i]))
+        i++;
+    return n - i > k && strncasecmp((const char *)p + i, word, k) == 0 && isspace(p[i + k]);
+}
+
+static bool more_statements(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] == ';') {
+            while (++i < n)
+                if (!isspace(p[i]))
+                    return true;
+        }
+    return false;
+}
+
+static void note_replayable(struct walk *w, struct my_dir *d, struct my_logical *lp)
+{
+    struct px_my_session *m = mys(w->s);
+    struct ferry_slice sql;
+    ferry_wbuf_reset(&m->pending_sql);
+    bool whole = lp->len <= SMALL_PACKET && d->pay_off >= 0;
+    const uint8_t *text = whole ? w->buf + d->pay_off : lp->payload.p;
+    size_t len = whole ? lp->len : lp->payload.len;
+    if (my_query_text(text, len, m->st.caps, &sql) < 0 ||
+        (!starts_with_word(sql.p, sql.len, "SET") && !starts_with_word(sql.p, sql.len, "USE")))
+        return;
+    if (!whole || more_statements(sql.p, sql.len)) {
+        m->unmovable = true;
+        return;
+    }
+    ferry_wbuf_put(&m->pending_sql, sql.p, sql.len);
+}
+
+static void keep_replayable(struct px_my_session *m, const void *sql, size_t len)
+{
+    if (m->replay.len + 4 + len > REPLAY_MAX) {
+        m->unmovable = true;
+        return;
+    }
+    ferry_wbuf_u32le(&m->replay, (uint32_t)len);
+    ferry_wbuf_put(&m->replay, sql, len);
+    if (m->replay.failed)
+        m->unmovable = true;
+}
+
+/* A command finished: keep what it changed for a move. */
+static void replayable_done(struct px_my_session *m, uint8_t cmd, bool ok)
+{
+    if (!m->user)
+        return;
+    if (ok && cmd == MY_COM_QUERY && m->pending_sql.len)
+        keep_replayable(m, m->pending_sql.data, m->pending_sql.len);
+    if (ok && cmd == MY_COM_INIT_DB && m->st.schema) {
+        struct ferry_wbuf use;
+        ferry_wbuf_init(&use, 0);
+        ferry_wbuf_put(&use, "USE `", 5);
+        for (const char *c = m->st.schema; *c; c++) {
+            if (*c == '`')
+                ferry_wbuf_u8(&use, '`');
+            ferry_wbuf_u8(&use, (uint8_t)*c);
+        }
+        ferry_wbuf_u8(&use, '`');
+        if (use.failed)
+            m->unmovable = true;
+        else
+            keep_replayable(m, use.data, use.len);
+        ferry_wbuf_free(&use);
+    }
+    if (ok && cmd == MY_COM_RESET_CONNECTION)
+        ferry_wbuf_reset(&m->replay);
+    ferry_wbuf_reset(&m->pending_sql);
+}
+
 static void command_packet(struct walk *w, struct my_dir *d, struct my_logical *lp, size_t end)
 {
     struct px_session *s = w->s;
@@ -791,6 +883,20 @@ static void command_packet(struct walk *w, struct my_dir *d, struct my_logical *
         return;
     if (command && cmd == MY_COM_PROCESS_KILL && !translate_process_kill(w, d, lp, end))
         return;
+    if (command && cmd == MY_COM_CHANGE_USER && m->user) {
+        /* its auth response answers the backend's scramble, which a client
+         * of ferry never saw */
+        uint8_t seq = (uint8_t)(lp->last_seq + 1);
+        const char *text = "COM_CHANGE_USER is not supported through ferry with terminated "
+                           "authentication: open a new connection";
+        if (d->pkt_start < 0) {
+            fail_with(s, ER_NOT_SUPPORTED, seq, text);
+        } else {
+            cut(w, (size_t)d->pkt_start, end, NULL, 0);
+            answer_err(s, seq, ER_NOT_SUPPORTED, text);
+        }
+        return;
+    }
     if (d->id_fixed && d->cap.len >= 5)
         my_id_at_1_set(d->cap.data, 5, d->orig_id);
     int rc = my_state_client_packet(&m->st, lp);
@@ -806,6 +912,8 @@ static void command_packet(struct walk *w, struct my_dir *d, struct my_logical *
             fail_with(s, ER_MALFORMED, seq, "malformed command from the client");
         return;
     }
+    if (command && cmd == MY_COM_QUERY && m->user)
+        note_replayable(w, d, lp);
     if (command && cmd == MY_COM_CHANGE_USER) {
         struct my_change_user cu;
         if (my_change_user_parse(lp->payload.p, lp->payload.len, m->st.caps, &cu) == 0)
@@ -946,6 +1054,7 @@ static void command_reply(struct walk *w, struct my_dir *d, struct my_logical *l
             PX_STAT_ADD(px_session_stats(s)->queries, 1);
         if (was_in_trans && !m->st.in_trans)
             PX_STAT_ADD(px_session_stats(s)->transactions, 1);
+        replayable_done(m, cmd, ok_head);
         if (cmd == MY_COM_CHANGE_USER && before == MY_PH_AUTH && ok_head) {
             snprintf(s->user, sizeof s->user, "%s", m->pending_user);
             snprintf(s->database, sizeof s->database, "%s", m->st.schema ? m->st.schema : "");
@@ -1025,7 +1134,14 @@ static enum px_scan my_scan(struct px_session *s, struct px_conn *src, uint8_t *
         return PX_SCAN_DROP;
     if (m->phase == MS_PLAIN)
         return PX_SCAN_RELAY;
+    if (from_client && m->moving && n > 0)
+        return PX_SCAN_PARK;    /* sent on once the new writer is ready */
     if (from_client && m->phase == MS_COMMAND) {
+        if (s->stale && !m->fenced && !mid_packet(&m->c2s) && mys_movable(s)) {
+            /* what was in flight at the switch has finished: move first */
+            mys_move_begin(s);
+            return PX_SCAN_PARK;
+        }
         if (s->stale && !m->fenced) {
             if (!fence(s))
                 return PX_SCAN_DROP;
@@ -1125,6 +1241,8 @@ static void my_begin(struct px_session *s)
     dir_init(&m->c2s, max);
     dir_init(&m->s2c, max);
     ferry_wbuf_init(&m->hello, HS_MAX);
+    ferry_wbuf_init(&m->replay, REPLAY_MAX);
+    ferry_wbuf_init(&m->pending_sql, SMALL_PACKET);
     if (s->lcfg->auth_terminated) {
         if (s->counted)
             mys_login_begin(s);
@@ -1151,6 +1269,14 @@ static bool my_server_lost(struct px_session *s)
     struct px_my_session *m = mys(s);
     if (m->phase != MS_COMMAND && !s->client.eof)
         return false;
+    if (!s->client.eof && !m->fenced && !mid_packet(&m->c2s) && mys_movable(s)) {
+        /* nothing was lost: log into whichever cluster is the writer next */
+        ferry_log(FERRY_LOG_INFO, "session.writer_lost", "listener=%s session=%llu cluster=%s",
+                  s->pl->name, (unsigned long long)s->id, s->cluster);
+        px_session_probe_now(s);
+        mys_move_begin(s);
+        return true;
+    }
     if (s->client.eof && mid_packet(&m->c2s)) {
         /* the client sent part of a packet and hung up its side */
         px_conn_stop_reading(&s->server);
@@ -1183,6 +1309,10 @@ static void my_writer_moved(struct px_session *s)
         px_session_writer_moved_text(s, text, sizeof text, false);
         px_conn_stop_reading(&s->server);
         px_session_fail(s, PX_ERR_WRITER_MOVED, text);
+        return;
+    }
+    if (idle && mys_movable(s)) {
+        mys_move_begin(s);
         return;
     }
     if (idle) {
@@ -1226,6 +1356,8 @@ static void my_free(struct px_session *s)
         my_state_free(&m->st);
     mys_login_free(m);
     ferry_wbuf_free(&m->hello);
+    ferry_wbuf_free(&m->replay);
+    ferry_wbuf_free(&m->pending_sql);
     dir_free(&m->c2s);
     dir_free(&m->s2c);
     free(m);

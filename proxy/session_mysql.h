@@ -90,6 +90,12 @@ struct px_my_session {
     struct my_login *login;             /* owned while either side authenticates */
     struct ferry_wbuf hello;            /* the client's HandshakeResponse41 payload: what
                                            ferry logs into backends with */
+    /* what a move to another backend replays (terminated mode) */
+    bool moving;                        /* logging into a new writer: requests park */
+    bool unmovable;                     /* state ferry could not follow: close instead */
+    struct ferry_wbuf replay;           /* SET / USE statements that succeeded, in order:
+                                           each a u32 length and the text */
+    struct ferry_wbuf pending_sql;      /* such a statement sent, its answer not yet seen */
 };
 
 
@@ -117,5 +123,11 @@ bool mys_login_connected(struct px_session *s);
 /* The session timer fired during a login: true when handled. */
 bool mys_login_timer(struct px_session *s);
 void mys_login_free(struct px_my_session *m);
+/* Terminated mode, logged in, every change of state seen, at a safe point
+ * outside a transaction. */
+bool mys_movable(const struct px_session *s);
+/* Logs into the writer of now and replays the session there; the client's
+ * next command waits meanwhile (parked). */
+void mys_move_begin(struct px_session *s);
 
 #endif

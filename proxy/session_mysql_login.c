@@ -83,11 +83,20 @@ struct my_login {
     uint8_t backend_scramble[MY_SCRAMBLE_LEN];
     char backend_plugin[64];
     struct my_auth_client cli;
+    /* a move: replaying the session on the new writer */
+    bool restoring;
+    size_t replay_off;              /* next statement in m->replay */
+    size_t stmt_next;               /* next prepared statement to create again */
+    bool expect_prepare;            /* the command in flight is a COM_STMT_PREPARE */
+    uint32_t skip;                  /* definition packets of a PREPARE_OK still to come */
 };
 
 static void login_read_client(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void login_read_server(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void backend_respond(struct px_session *s);
+static void move_restore(struct px_session *s);
+static void move_failed(struct px_session *s, const char *why);
+static void replay_packet(struct px_session *s, const uint8_t *p, size_t n);
 
 void mys_login_free(struct px_my_session *m)
 {
@@ -662,7 +671,7 @@ static void backend_respond(struct px_session *s)
     struct my_response resp = {
         .caps = caps | (r.has_database ? MY_CLIENT_CONNECT_WITH_DB : 0),
         .max_packet = r.max_packet,
-        .charset = r.charset,
+        .charset = m->st_init ? (uint8_t)m->st.charset : r.charset,   /* a move: the current one */
         .user = r.user,
         .auth_response = {auth.data, auth.len},
         .has_database = r.has_database,
@@ -695,6 +704,10 @@ static void backend_logged_in(struct px_session *s, const uint8_t *p, size_t n)
     }
     m->backend_id = l->backend_id;
     mys_id_update(m->ferry_id, &s->server_addr, l->backend_id);
+    if (m->moving) {
+        move_restore(s);
+        return;
+    }
     if (m->st_init)
         my_state_free(&m->st);
     my_state_init(&m->st, NULL, l->client_caps, r.charset);
@@ -734,6 +747,10 @@ static void backend_refused(struct px_session *s, const uint8_t *p, size_t n)
 {
     struct px_my_session *m = mys(s);
     struct my_err e;
+    if (m->moving) {
+        move_failed(s, "the new writer refused the login");
+        return;
+    }
     if (my_err_parse(p, n, &e) == 0)
         ferry_log(FERRY_LOG_WARN, "session.backend_login_refused", "listener=%s session=%llu "
                   "backend=%s user=%s code=%u", s->pl->name, (unsigned long long)s->id,
@@ -819,6 +836,8 @@ static void server_advance(struct px_session *s)
         l->server_next++;
         if (!l->backend_greeted)
             backend_greeting(s, l->pkt.data, l->pkt.len);
+        else if (l->restoring)
+            replay_packet(s, l->pkt.data, l->pkt.len);
         else
             backend_auth_packet(s, l->pkt.data, l->pkt.len);
     }
@@ -873,4 +892,166 @@ bool mys_login_timer(struct px_session *s)
         return true;
     }
     return false;
+}
+
+/* ---- moving a session to a new writer ----
+ * An idle session whose writer moved logs into the new writer on its own:
+ * the client's own HandshakeResponse41 again (its user, database, connect
+ * attributes; the current character set), the stored password, then the
+ * SET / USE statements it ran (session_mysql.c keeps them), then every
+ * prepared statement is prepared again and its new backend id kept behind
+ * the id the client knows. The client's next command waits (parked)
+ * meanwhile and then goes to the new writer: it sees nothing. */
+
+bool mys_movable(const struct px_session *s)
+{
+    const struct px_my_session *m = mys(s);
+    return m->user && m->phase == MS_COMMAND && !m->unmovable && !m->moving && m->st_init &&
+           my_state_at_safe_point(&m->st) && !m->st.in_trans;
+}
+
+void mys_move_begin(struct px_session *s)
+{
+    struct px_my_session *m = mys(s);
+    mys_login_free(m);
+    struct my_login *l = calloc(1, sizeof *l);
+    if (!l) {
+        px_session_close(s, FERRY_LOG_ERROR, "out of memory for a move");
+        return;
+    }
+    ferry_wbuf_init(&l->cin, 16);
+    ferry_wbuf_init(&l->sin, 65536 + 16);
+    ferry_wbuf_init(&l->pkt, 65536);
+    l->greeting_sent = l->response_seen = l->verified = true;
+    l->user = m->user;
+    l->client_caps = m->st.caps;
+    m->login = l;
+    m->moving = true;
+    s->stale = true;            /* routed anew; no second move for the same change */
+    s->retry_connect = true;    /* an unreachable writer holds the session, not fails it */
+    ferry_log(FERRY_LOG_INFO, "session.moving", "listener=%s session=%llu from=%s", s->pl->name,
+              (unsigned long long)s->id, s->cluster);
+    px_session_reconnect(s);
+}
+
+static void move_failed(struct px_session *s, const char *why)
+{
+    struct px_my_session *m = mys(s);
+    ferry_log(FERRY_LOG_WARN, "session.move_failed", "listener=%s session=%llu to=%s reason=\"%s\"",
+              s->pl->name, (unsigned long long)s->id, s->cluster, why);
+    PX_STAT_ADD(px_session_stats(s)->moves_failed, 1);
+    m->moving = false;
+    s->retry_connect = false;
+    mys_login_free(m);
+    px_conn_stop_reading(&s->server);
+    char text[256];
+    px_session_writer_moved_text(s, text, sizeof text, false);
+    mys_fail(s, PX_ERR_WRITER_MOVED, 1053, "08S01", 1, text);     /* reconnect */
+}
+
+static void move_done(struct px_session *s)
+{
+    struct px_my_session *m = mys(s);
+    m->moving = m->fenced = m->txn_lost = m->server_cut = false;
+    s->stale = false;
+    s->retry_connect = false;
+    mys_login_free(m);
+    px_conn_stop_reading(&s->server);
+    PX_STAT_ADD(px_session_stats(s)->moves, 1);
+    ferry_log(FERRY_LOG_INFO, "session.moved", "listener=%s session=%llu to=%s backend=%s "
+              "backend_id=%u", s->pl->name, (unsigned long long)s->id, s->cluster, s->endpoint,
+              m->backend_id);
+    px_session_start_relay(s);
+}
+
+/* Sends the next statement of the replay (sequence 0, a new command). */
+static void replay_next(struct px_session *s)
+{
+    struct px_my_session *m = mys(s);
+    struct my_login *l = m->login;
+    struct ferry_wbuf out;
+    ferry_wbuf_init(&out, 0);
+    size_t start = my_packet_begin(&out, 0);
+    if (l->replay_off + 4 <= m->replay.len) {
+        const uint8_t *at = m->replay.data + l->replay_off;
+        uint32_t len = (uint32_t)at[0] | (uint32_t)at[1] << 8 | (uint32_t)at[2] << 16 |
+                       (uint32_t)at[3] << 24;
+        ferry_wbuf_u8(&out, MY_COM_QUERY);
+        if (m->st.caps & MY_CLIENT_QUERY_ATTRIBUTES) {
+            my_put_lenenc(&out, 0);     /* no attributes */
+            my_put_lenenc(&out, 1);     /* one parameter set */
+        }
+        ferry_wbuf_put(&out, at + 4, len);
+        l->replay_off += 4 + len;
+        l->expect_prepare = false;
+    } else if (l->stmt_next < m->st.nstmts) {
+        const struct my_stmt *st = &m->st.stmts[l->stmt_next];
+        ferry_wbuf_u8(&out, MY_COM_STMT_PREPARE);
+        ferry_wbuf_put(&out, st->sql, st->sql_len);
+        l->expect_prepare = true;
+    } else {
+        ferry_wbuf_free(&out);
+        move_done(s);
+        return;
+    }
+    my_packet_end(&out, start);
+    if (out.failed) {
+        ferry_wbuf_free(&out);
+        move_failed(s, "out of memory");
+        return;
+    }
+    l->server_next = 1;
+    send_server(s, &out);
+}
+
+static void move_restore(struct px_session *s)
+{
+    struct my_login *l = mys(s)->login;
+    l->restoring = true;
+    l->replay_off = l->stmt_next = 0;
+    replay_next(s);
+}
+
+/* One packet of an answer to the replay: OK goes on, ERR ends the move; a
+ * PREPARE_OK gives the statement's new id, then its definitions pass. */
+static void replay_packet(struct px_session *s, const uint8_t *p, size_t n)
+{
+    struct px_my_session *m = mys(s);
+    struct my_login *l = m->login;
+    if (l->skip) {
+        if (--l->skip == 0)
+            replay_next(s);
+        return;
+    }
+    if (n && p[0] == MY_ERR) {
+        struct my_err e;
+        char why[300] = "the new writer refused to restore the session's state";
+        if (my_err_parse(p, n, &e) == 0)
+            snprintf(why, sizeof why, "the new writer refused to restore the session's state: "
+                     "%u %.*s", e.code, (int)(e.message.len > 200 ? 200 : e.message.len),
+                     (const char *)e.message.p);
+        move_failed(s, why);
+        return;
+    }
+    if (n == 0 || p[0] != MY_OK) {
+        move_failed(s, "unexpected answer while restoring the session's state");
+        return;
+    }
+    if (!l->expect_prepare) {
+        replay_next(s);
+        return;
+    }
+    if (n < 12) {
+        move_failed(s, "malformed PREPARE_OK while restoring the session's state");
+        return;
+    }
+    uint32_t id = (uint32_t)p[1] | (uint32_t)p[2] << 8 | (uint32_t)p[3] << 16 |
+                  (uint32_t)p[4] << 24;
+    uint16_t columns = (uint16_t)(p[5] | p[6] << 8);
+    uint16_t params = (uint16_t)(p[7] | p[8] << 8);
+    m->st.stmts[l->stmt_next++].backend_id = id;
+    bool eofs = !(m->st.caps & MY_CLIENT_DEPRECATE_EOF);
+    l->skip = (uint32_t)params + columns + (eofs ? (params > 0) + (columns > 0) : 0);
+    if (l->skip == 0)
+        replay_next(s);
 }

@@ -68,8 +68,8 @@ static void execute_int_text(MYSQL_STMT *st, long long n, const char *s)
 
 int main(int argc, char **argv)
 {
-    if (argc != 6) {
-        fprintf(stderr, "usage: %s HOST PORT USER PASSWORD DB\n", argv[0]);
+    if (argc != 6 && !(argc == 7 && strcmp(argv[6], "wait") == 0)) {
+        fprintf(stderr, "usage: %s HOST PORT USER PASSWORD DB [wait]\n", argv[0]);
         return 2;
     }
     conn = mysql_init(NULL);
@@ -89,6 +89,20 @@ int main(int argc, char **argv)
         char s[8];
         snprintf(s, sizeof s, "%d", i);
         execute_int_text(calc, i, s);
+    }
+    if (argc == 7) {
+        /* "wait": the statement must still work after whatever the test
+         * does meanwhile (a move to another writer) */
+        printf("ready\n");
+        fflush(stdout);
+        char line[16];
+        if (!fgets(line, sizeof line, stdin))
+            return 3;
+        execute_int_text(calc, 7, "after");
+        query_print("server_id", "SELECT @@server_id");
+        mysql_stmt_close(calc);
+        mysql_close(conn);
+        return 0;
     }
 
     /* a second statement alive at the same time, parameters sent as long data */
