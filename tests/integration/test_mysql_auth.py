@@ -236,3 +236,18 @@ def test_hostile_handshake_gets_an_err_and_others_go_on(ferry_factory, mariadb_p
     assert parse_err(payload)[0] == code, name
     assert h.sock.recv(1) == b""                # and the session is closed
     assert one(my_connect(ferry), "SELECT 1") == (1,)
+
+
+def test_configured_server_version_greets_without_a_backend(ferry_factory, mariadb_pair):
+    """auth.server_version: the very first client is greeted at once, and a
+    wrong password costs no backend connection even then."""
+    auth = {"mode": "terminated", "users": users(), "server_version": "8.0.36-ferry"}
+    ferry = ferry_factory(make_config(my_listener(mariadb_pair, auth=auth), workers=1))
+    before = server_connections(mariadb_pair.primary)
+    with pytest.raises(pymysql.err.OperationalError) as e:
+        my_connect(ferry, password="wrong")
+    assert e.value.args[0] == 1045
+    assert server_connections(mariadb_pair.primary) - before == 1
+    conn = my_connect(ferry)
+    assert conn.get_server_info() == "8.0.36-ferry" and one(conn, "SELECT 3") == (3,)
+    conn.close()

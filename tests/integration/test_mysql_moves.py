@@ -125,3 +125,65 @@ def test_passthrough_sessions_get_1053(ferry_factory, own_mariadb, monkeypatch):
         one(c, "SELECT 1")
     assert e.value.args[0] == 1053
     assert one(my_connect(ferry), "SELECT @@server_id")[0] == own_mariadb.replica.server_id
+
+
+def test_crash_moves_idle_sessions_and_in_flight_gets_2013(ferry_factory, own_mariadb, monkeypatch):
+    """The writer is killed: an idle session moves once the replica is
+    promoted (no error); a statement in flight gets 2013, outcome unknown."""
+    ferry = start(ferry_factory, own_mariadb, monkeypatch)
+    idle = my_connect(ferry)
+    one(idle, "SET time_zone = '+01:00'")
+    busy = my_connect(ferry)
+    errors = []
+
+    def sleeper():
+        try:
+            one(busy, "SELECT SLEEP(20)")
+        except pymysql.err.OperationalError as e:
+            errors.append(e.args)
+
+    import threading
+    t = threading.Thread(target=sleeper)
+    t.start()
+    wait_for(lambda: any(r[4] == "Query" and "SLEEP" in (r[7] or "")
+                         for r in own_mariadb.primary.query("SHOW PROCESSLIST")),
+             timeout=10, what="the SLEEP running")
+    own_mariadb.primary.kill()
+    t.join(30)
+    assert errors and errors[0][0] == 2013 and "outcome is unknown" in errors[0][1], errors
+    own_mariadb.replica.promote()
+    wait_for(lambda: writer_of(ferry, "my") == "region-b", timeout=15, what="region-b as writer")
+    assert one(idle, "SELECT @@server_id, @@time_zone") == (own_mariadb.replica.server_id,
+                                                              "+01:00")
+
+
+def test_no_writer_holds_logins_then_they_go_through(ferry_factory, own_mariadb, monkeypatch):
+    """With no writer, an authenticated client waits for its OK (held) and
+    gets it when a writer appears within hold_timeout."""
+    ferry = start(ferry_factory, own_mariadb, monkeypatch)
+    my_connect(ferry).close()           # greeting learned
+    own_mariadb.primary.set_read_only(True)
+    wait_for(lambda: writer_of(ferry, "my") is None, timeout=15, what="no writer")
+    import threading
+    got = []
+    t = threading.Thread(target=lambda: got.append(one(my_connect(ferry), "SELECT @@server_id")))
+    t.start()
+    wait_for(lambda: listener_status(ferry, "my")["clients_held"] == 1, timeout=10,
+             what="the client held")
+    own_mariadb.replica.promote()
+    t.join(20)
+    assert got == [(own_mariadb.replica.server_id,)]
+
+
+def test_no_writer_past_hold_timeout_is_a_clear_error(ferry_factory, own_mariadb, monkeypatch):
+    monkeypatch.setenv("FERRY_TEST_PROBE_PW", TEST_PASSWORD)
+    auth = {"mode": "terminated", "users": [{"name": TEST_USER, "password": TEST_PASSWORD}]}
+    ferry = ferry_factory(make_config(my_discovered(own_mariadb, auth=auth), workers=1,
+                                      discovery=dict(FAST, hold_timeout=1)))
+    wait_for(lambda: writer_of(ferry, "my") == "region-a", timeout=10, what="region-a as writer")
+    my_connect(ferry).close()
+    own_mariadb.primary.set_read_only(True)
+    wait_for(lambda: writer_of(ferry, "my") is None, timeout=15, what="no writer")
+    with pytest.raises(pymysql.err.OperationalError) as e:
+        my_connect(ferry)
+    assert e.value.args[0] == 1053 and "writer" in e.value.args[1], e.value.args
