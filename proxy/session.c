@@ -439,6 +439,15 @@ void px_session_free_buf(struct px_session *s, const uv_buf_t *buf)
         chunk_put(s->owner, chunk_of(buf->base));
 }
 
+ssize_t px_session_read_into(struct px_session *s, struct ferry_wbuf *into, ssize_t nread,
+                             const uv_buf_t *buf)
+{
+    if (nread > 0 && into)
+        ferry_wbuf_put(into, buf->base, (size_t)nread);
+    px_session_free_buf(s, buf);
+    return nread;
+}
+
 void px_session_arm_timer(struct px_session *s, uint64_t ms)
 {
     uv_timer_start(&s->timer, on_timer, ms, 0);

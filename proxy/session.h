@@ -211,6 +211,11 @@ void px_session_shutdown_server(struct px_session *s);
 void px_session_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 /* Returns a read buffer from px_session_alloc. */
 void px_session_free_buf(struct px_session *s, const uv_buf_t *buf);
+/* A read callback of a protocol's own phase: appends what was read to into
+ * (NULL: dropped), returns the buffer, and returns nread (> 0 bytes taken,
+ * 0 nothing happened, < 0 the side ended: UV_EOF or an error). */
+ssize_t px_session_read_into(struct px_session *s, struct ferry_wbuf *into, ssize_t nread,
+                             const uv_buf_t *buf);
 /* "the writer of listener L moved away from C; ..." */
 void px_session_writer_moved_text(const struct px_session *s, char *out, size_t len, bool in_txn);
 /* Live traffic says the writer may have changed: probe now. */

@@ -524,19 +524,13 @@ static void client_advance(struct px_session *s)
 
 static void login_read_client(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
-    struct px_conn *c = stream->data;
-    struct px_session *s = c->owner;
-    struct px_my_session *m = mys(s);
-    if (nread > 0 && m->login)
-        ferry_wbuf_put(&m->login->cin, buf->base, (size_t)nread);
-    px_session_free_buf(s, buf);
-    if (nread == 0)
-        return;
-    if (nread < 0) {
+    struct px_session *s = ((struct px_conn *)stream->data)->owner;
+    struct my_login *l = mys(s)->login;
+    nread = px_session_read_into(s, l ? &l->cin : NULL, nread, buf);
+    if (nread < 0)
         px_session_close(s, FERRY_LOG_DEBUG, "client left during the handshake");
-        return;
-    }
-    client_advance(s);
+    else if (nread > 0)
+        client_advance(s);
 }
 
 /* ---- ferry's login into the backend ---- */
@@ -845,20 +839,14 @@ static void server_advance(struct px_session *s)
 
 static void login_read_server(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
-    struct px_conn *c = stream->data;
-    struct px_session *s = c->owner;
-    struct px_my_session *m = mys(s);
-    if (nread > 0 && m->login)
-        ferry_wbuf_put(&m->login->sin, buf->base, (size_t)nread);
-    px_session_free_buf(s, buf);
-    if (nread == 0)
-        return;
-    if (nread < 0) {
+    struct px_session *s = ((struct px_conn *)stream->data)->owner;
+    struct my_login *l = mys(s)->login;
+    nread = px_session_read_into(s, l ? &l->sin : NULL, nread, buf);
+    if (nread < 0)
         backend_lost(s, nread == UV_EOF ? "the server closed the connection during login"
                                         : uv_strerror((int)nread));
-        return;
-    }
-    server_advance(s);
+    else if (nread > 0)
+        server_advance(s);
 }
 
 bool mys_login_connected(struct px_session *s)

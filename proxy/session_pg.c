@@ -243,11 +243,8 @@ static void start_tls(struct px_session *s)
 
 static void on_startup_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
-    struct px_conn *c = stream->data;
-    struct px_session *s = c->owner;
-    if (nread > 0)
-        ferry_wbuf_put(&pgs(s)->startup, buf->base, (size_t)nread);
-    px_session_free_buf(s, buf);
+    struct px_session *s = ((struct px_conn *)stream->data)->owner;
+    nread = px_session_read_into(s, &pgs(s)->startup, nread, buf);
     if (nread == 0)
         return;
     if (nread < 0) {
@@ -966,19 +963,13 @@ static void login_advance(struct px_session *s)
 
 static void on_login_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
-    struct px_conn *c = stream->data;
-    struct px_session *s = c->owner;
-    if (nread > 0)
-        ferry_wbuf_put(&pgs(s)->login->in, buf->base, (size_t)nread);
-    px_session_free_buf(s, buf);
-    if (nread == 0)
-        return;
-    if (nread < 0) {
+    struct px_session *s = ((struct px_conn *)stream->data)->owner;
+    nread = px_session_read_into(s, &pgs(s)->login->in, nread, buf);
+    if (nread < 0)
         login_lost(s, nread == UV_EOF ? "the server closed the connection during login"
                                       : uv_strerror((int)nread));
-        return;
-    }
-    login_advance(s);
+    else if (nread > 0)
+        login_advance(s);
 }
 
 /* Terminated mode: send the StartupMessage and log in. */
