@@ -212,11 +212,25 @@ static struct ferry_topology *snapshot(struct disc_core *c)
     return t;
 }
 
+static void fast_rounds(struct ferry_discovery *d, double probe_interval);
+
+/* The writer is in doubt (its last probe failed: a crash is confirmed only
+ * after writer_down_after failures in a row), or there is none since less
+ * than hold_timeout (clients wait for the promotion to be seen). */
+static bool in_doubt(const struct disc_listener *l, uint64_t wall_now, double hold_timeout)
+{
+    const struct disc_decision *dd = &l->decision;
+    if (dd->writer >= 0)
+        return dd->c[dd->writer].failures > 0;
+    return dd->last_writer >= 0 && l->changed_wall_ms &&
+           wall_now - l->changed_wall_ms < (uint64_t)(hold_timeout * 1000.0);
+}
+
 static void core_decide(struct disc_core *c)
 {
     struct disc_params p = params_of(c->cfg);
     uint64_t now = uv_now(c->loop);
-    bool changed = false, ask_aws = false;
+    bool changed = false, ask_aws = false, doubt = false;
     disc_lock(c);
     for (size_t i = 0; i < c->nls; i++) {
         struct disc_listener *l = &c->ls[i];
@@ -239,11 +253,15 @@ static void core_decide(struct disc_core *c)
                       l->lcfg->name, next.reason);
         if (next.split_brain)
             ask_aws = true;
+        if (in_doubt(l, disc_wall_ms(), c->cfg->discovery.hold_timeout))
+            doubt = true;
     }
     c->decided = true;
     disc_unlock(c);
     if (ask_aws)
         disc_aws_poll_soon(c);  /* AWS can settle who the writer is */
+    if (doubt && c->d)
+        fast_rounds(c->d, c->cfg->discovery.probe_interval);
     if (c->d && (changed || !c->published)) {
         struct ferry_topology *t = snapshot(c);
         if (t) {
@@ -389,6 +407,17 @@ static void restart_rounds(struct ferry_discovery *d)
 {
     uint64_t ms = (uint64_t)(d->core->cfg->discovery.probe_interval * 1000.0);
     uv_timer_start(&d->round_timer, on_round, 0, ms ? ms : 1);
+}
+
+/* While a writer is in doubt the next round comes after a fifth of
+ * probe_interval (at least 20 ms): the failover window is mostly detection
+ * time. Probes still busy from the round before are not started twice. */
+static void fast_rounds(struct ferry_discovery *d, double probe_interval)
+{
+    uint64_t every = (uint64_t)(probe_interval * 1000.0);
+    uint64_t soon = every / 5 > 20 ? every / 5 : 20;
+    if (soon < every)
+        uv_timer_start(&d->round_timer, on_round, soon, every ? every : 1);
 }
 
 static void on_wakeup(uv_async_t *h)
