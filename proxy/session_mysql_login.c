@@ -622,6 +622,9 @@ static void backend_respond(struct px_session *s)
         backend_fail(s, PX_ERR_PROTOCOL, "the client's handshake response is gone");
         return;
     }
+    /* the SSLRequest carries the same capabilities as the response after
+     * it: MariaDB takes them from the SSLRequest alone */
+    caps |= r.has_database ? MY_CLIENT_CONNECT_WITH_DB : 0;
     struct ferry_wbuf out;
     ferry_wbuf_init(&out, 0);
     if (tls) {
@@ -663,7 +666,7 @@ static void backend_respond(struct px_session *s)
         my_auth_client_start(&l->cli, plugin, data, &auth);
     }
     struct my_response resp = {
-        .caps = caps | (r.has_database ? MY_CLIENT_CONNECT_WITH_DB : 0),
+        .caps = caps,
         .max_packet = r.max_packet,
         .charset = m->st_init ? (uint8_t)m->st.charset : r.charset,   /* a move: the current one */
         .user = r.user,
