@@ -27,7 +27,9 @@ from harness import Ferry, MariaDBPair, PgPair, cluster, listener, make_config, 
 
 import conns  # noqa: E402
 import drill  # noqa: E402
+import drill_my  # noqa: E402
 import peers  # noqa: E402
+import profiling  # noqa: E402
 import report  # noqa: E402
 import tools  # noqa: E402
 
@@ -104,13 +106,26 @@ SCENARIOS = [
              "10,000 idle client connections, each with its backend session on bench/pgsink: "
              "proxy RSS against connections", ("ferry", "haproxy", "pgbouncer"),
              params={"steps": 4}, smoke={"clients": 200, "steps": 2}),
+    Scenario("idle_pg_1000", "none", "pg_idle", 1000, [],
+             "1,000 idle client connections, each with a real PostgreSQL backend (its own "
+             "server, max_connections 1100, shared_buffers 16MB): proxy RSS per "
+             "client+backend pair above the empty process", ("ferry", "haproxy", "pgbouncer"),
+             smoke={"clients": 40}),
+    Scenario("profile", "pg", "profile", 32, [],
+             "profile of ferry under pgbench select-only, 32 clients: perf record -g, "
+             "strace -c -f", ("ferry",)),
     Scenario("failover_drill", "none", "drill", 6, [],
              "failover drill, PostgreSQL: planned switchover and crash of the writer under "
              "loadgen rw, ferry (discovery; passthrough and terminated auth) vs libpq "
-             "multi-host failover", drill.TARGETS),
+             "multi-host failover vs a DNS-based client (5 s TTL)", drill.TARGETS),
+    Scenario("failover_drill_mysql", "none", "drill_my", 6, [],
+             "failover drill, MariaDB: planned switchover and crash of the writer under "
+             "loadgen rw over the MySQL protocol through ferry's discovered MySQL listeners "
+             "(passthrough and terminated auth)",
+             drill_my.TARGETS),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
-# left out of the default run to keep it near 10 minutes; run them by name
+# left out of the default run to keep it near 20 minutes; run them by name
 OPTIONAL = {"select_prepared", "mysql_select"}
 DEFAULT = [s.name for s in SCENARIOS if s.name not in OPTIONAL]
 
@@ -302,6 +317,14 @@ def pick_median(runs):
 def run_scenario(env, sc, args):
     if sc.tool == "drill":
         return drill.run(sc, env.workdir, log, env.smoke)
+    if sc.tool == "drill_my":
+        return drill_my.run(sc, env.workdir, log, env.smoke)
+    if sc.tool == "pg_idle":
+        return {"status": "done", "targets": conns.run_pg_idle(sc, env.workdir, WORKERS),
+                "settings": conns.PG_IDLE_SETTINGS}
+    if sc.tool == "profile":
+        return {"status": "done",
+                "targets": {"ferry": profiling.run_profile(env, sc, args.duration)}}
     if sc.tool == "storm":
         return {"status": "done", "targets": conns.run_storm(env, sc)}
     if sc.tool == "sink_idle":
@@ -555,6 +578,22 @@ def _drill_problems(name, target, r):
     return out
 
 
+def _profile_problems(name, target, r):
+    out = []
+    if not r.get("baseline", {}).get("txns"):
+        out.append(f"{name}: pgbench through ferry ran no transactions")
+    for tool in ("perf", "strace"):
+        t = r.get(tool, {})
+        if t.get("available") is False:
+            if not t.get("why"):
+                out.append(f"{name}: {tool} not available and no reason given")
+        elif tool == "perf" and not t.get("top_symbols"):
+            out.append(f"{name}: perf recorded no symbols")
+        elif tool == "strace" and not t.get("calls_per_txn"):
+            out.append(f"{name}: strace counted no system calls")
+    return out
+
+
 def _storm_problems(name, target, r):
     out = []
     st = r.get("storm", {})
@@ -582,8 +621,10 @@ def _sink_idle_problems(name, target, r):
 
 
 SMOKE_CHECKS = {"pgbench": _run_problems, "sysbench": _run_problems, "loadgen": _run_problems,
-                "idle": _idle_problems, "drill": _drill_problems, "storm": _storm_problems,
-                "stream": _stream_problems, "sink_idle": _sink_idle_problems}
+                "idle": _idle_problems, "drill": _drill_problems, "drill_my": _drill_problems,
+                "storm": _storm_problems, "stream": _stream_problems,
+                "sink_idle": _sink_idle_problems, "pg_idle": _idle_problems,
+                "profile": _profile_problems}
 
 
 def git_describe():

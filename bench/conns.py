@@ -210,3 +210,116 @@ def run_sink_idle(env, sc):
             log(f"  failed: {e}")
             out[name] = {"failed": str(e)}
     return out
+
+
+# -- idle connections, each with a real PostgreSQL backend ----------------------------
+
+PG_IDLE_SETTINGS = {"max_connections": 1100, "shared_buffers": "16MB",
+                    "log_connections": "off"}
+
+
+def _start_single_pg(settings):
+    """One PostgreSQL server (no replica), from the harness, with settings."""
+    from harness import PgPair, PgServer
+
+    class SinglePg(PgPair):
+        def _setup(self):
+            self.primary = PgServer("primary", self.basedir, run_as=self.RUN_AS)
+            self._init_primary()
+            self.primary.start()
+
+    pg = SinglePg(settings=settings).start()
+    pg.primary.query(f"CREATE ROLE {tools.PG_USER} LOGIN")
+    pg.primary.query(f"CREATE DATABASE {tools.PG_DB} OWNER {tools.PG_USER}")
+    return pg
+
+
+def _pg_backends(server):
+    def count():
+        rows = server.query("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                            (tools.PG_DB,))
+        return (rows[0][0],)
+    return proc.wait_for(count, timeout=120, what="a count of PostgreSQL backends")[0]
+
+
+def pg_idle_one(target, n, server):
+    """target's RSS empty (fresh process, nothing connected yet) and while n
+    idle clients hold a connection through it; the backends they took."""
+    time.sleep(0.5)
+    empty = target.rss_kib()
+    backends0 = _pg_backends(server)
+    p, ok, errs = _open_idle(target, n)
+    try:
+        time.sleep(1.0)                      # let the proxy settle after the last connect
+        rss = target.rss_kib()
+        backends = _pg_backends(server) - backends0
+    finally:
+        try:
+            p.stdin.close()
+        except OSError:
+            pass
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    # the backends go with their clients; PgBouncer keeps the one it opened
+    # for the pool's server parameters (server_idle_timeout), up to its pool size
+    slack = 40 if target.name == "pgbouncer" else 0
+    try:
+        proc.wait_for(lambda: _pg_backends(server) <= backends0 + slack, timeout=120,
+                      what=f"the backends of the idle clients via {target.name} to exit")
+    except TimeoutError as e:
+        log(f"  {e}")
+    per = (rss - empty) / ok if ok else None
+    log(f"  {target.name}: {ok} connected ({errs} errors): RSS {empty} -> {rss} KiB = "
+        f"{per or 0:.2f} KiB per pair; PostgreSQL backends +{backends}")
+    return {"connected": ok, "wanted": n, "errors": {"total": errs}, "rss_before_kib": empty,
+            "rss_empty_kib": empty, "rss_after_kib": rss, "rss_per_conn_kib": per,
+            "server_backends": backends}
+
+
+def run_pg_idle(sc, workdir, workers):
+    """pg_idle_1000: its own PostgreSQL (max_connections 1100, small
+    shared_buffers) and a fresh ferry, HAProxy and PgBouncer in front of it;
+    sc.clients idle clients through each in turn."""
+    from harness import Ferry, cluster, listener, make_config
+    import peers
+
+    log(f"{sc.name}: starting PostgreSQL with {PG_IDLE_SETTINGS}")
+    pg = _start_single_pg(PG_IDLE_SETTINGS)
+    out, procs = {}, []
+    try:
+        a = pg.primary
+        backend = (a.host, a.port)
+        ferry = Ferry(make_config(listener("idle-pg", "postgresql",
+                                           [cluster("primary", f"{a.host}:{a.port}",
+                                                    writer=True)]),
+                                  log_level="warn", workers=workers),
+                      workdir, name="ferry-pg-idle").start()
+        procs.append(ferry)
+        haproxy = peers.HAProxy(workdir, {"pg": backend}, workers).start()
+        procs.append(haproxy)
+        bouncer = peers.PgBouncer(backend, tools.PG_DB, tools.PG_USER, pool_size=40).start()
+        procs.append(bouncer)
+        fh, fp = ferry.listener_addr("idle-pg")
+        targets = {"ferry": peers.Target("ferry", "pg", fh, fp, ferry.pid),
+                   "haproxy": peers.Target("haproxy", "pg", "127.0.0.1", haproxy.ports["pg"],
+                                           haproxy.proc.pid),
+                   "pgbouncer": peers.Target("pgbouncer", "pg", "127.0.0.1", bouncer.port,
+                                             bouncer.proc.pid)}
+        for name in sc.targets:
+            log(f"{sc.name} via {name}: {sc.clients} idle connections to PostgreSQL")
+            try:
+                out[name] = pg_idle_one(targets[name], sc.clients, a)
+            except (proc.HarnessError, TimeoutError) as e:
+                log(f"  failed: {e}")
+                out[name] = {"failed": str(e)}
+    finally:
+        for thing in reversed(procs):
+            try:
+                thing.stop()
+            except Exception as e:  # noqa: BLE001 - stop the rest
+                log(f"  stopping {thing!r}: {e}")
+        pg.stop()
+    return out

@@ -8,6 +8,7 @@ void db_err_set(struct db_err *err, enum db_err_kind kind, const char *sqlstate,
 {
     err->kind = kind;
     snprintf(err->sqlstate, sizeof err->sqlstate, "%s", sqlstate ? sqlstate : "");
+    err->code[0] = '\0';
     snprintf(err->msg, sizeof err->msg, "%s", msg ? msg : "");
     /* libpq messages end in a newline; keep samples on one line */
     for (char *p = err->msg; *p; p++)

@@ -16,6 +16,10 @@ enum db_err_kind {
 struct db_err {
     enum db_err_kind kind;
     char sqlstate[6];
+    /* the driver's own code when the SQLSTATE says too little: MySQL's
+     * error number as "my1290" (its SQLSTATE is often the generic HY000);
+     * empty for PostgreSQL */
+    char code[8];
     char msg[200];
 };
 

@@ -29,7 +29,8 @@ struct db_conn {
 };
 
 /* Client-side errors (2000..2999: lost, gone, cannot connect) mean the
- * connection is unusable; server errors carry a SQLSTATE. */
+ * connection is unusable; server errors carry a SQLSTATE, often the generic
+ * HY000, so their class is the error number ("my1290": read-only). */
 static bool my_fail(struct db_conn *c, unsigned no, const char *state, const char *msg,
                     struct db_err *err)
 {
@@ -38,6 +39,7 @@ static bool my_fail(struct db_conn *c, unsigned no, const char *state, const cha
         db_err_set(err, DB_ERR_LOST, NULL, msg);
     } else {
         db_err_set(err, DB_ERR_QUERY, state, msg);
+        snprintf(err->code, sizeof err->code, "my%u", no % 100000);
     }
     return false;
 }

@@ -4,8 +4,22 @@ both servers; once with passthrough authentication, once with terminated
 authentication, which lets ferry move idle sessions to the new writer) and,
 at the same moment on the same servers, through libpq's own multi-host
 failover ("host=a,b target_session_attrs=read-write"), the comparison
-target. Each target also holds a few idle sessions across the failover and
-runs one statement on each afterwards: errors for idle sessions.
+target, and through a DNS-based client (below). Each target also holds a few
+idle sessions across the failover and runs one statement on each afterwards:
+errors for idle sessions.
+
+The DNS-based client (target "dns") models an application that reaches the
+writer through a DNS name with a 5 s TTL, as with a Route53 failover record:
+loadgen --dns-file resolves the DSN's host name from a file of "NAME
+HOST:PORT" lines and caches the answer for the TTL for the whole process (a
+JVM's InetAddress cache, a caching stub resolver); only a connect made after
+the TTL reads the file again. The drill rewrites the file the moment the
+replica is promoted, which is when a Route53 health check could flip the
+record at the earliest: Route53's own detection (by default 3 failed checks
+30 s apart) and DNS propagation are NOT modelled, so the comparison is
+generous to DNS. The load runs longer than the TTL before t0, so at t0 the
+cached answer has expired, the state of a pool whose connections outlived
+the TTL: the first reconnect after t0 looks the name up again.
 
 Each kind of drill gets a fresh PgPair (the drill promotes its replica):
 
@@ -39,9 +53,10 @@ import tools
 
 import psycopg2
 
-TARGETS = ("ferry", "ferry_terminated", "libpq")
+TARGETS = ("ferry", "ferry_terminated", "libpq", "dns")
 KINDS = ("planned", "crash")
-USERS = {"ferry": "drill_ferry", "ferry_terminated": "drill_ferry_t", "libpq": "drill_libpq"}
+USERS = {"ferry": "drill_ferry", "ferry_terminated": "drill_ferry_t", "libpq": "drill_libpq",
+         "dns": "drill_dns"}
 LISTENERS = {"ferry": "drill", "ferry_terminated": "drill-t"}
 TERMINATED_PASSWORD = "drill_pw"
 # ferry's discovery in the drill; the detection time follows from it
@@ -50,13 +65,17 @@ DISCOVERY = {"probe_interval": 0.5, "probe_timeout": 1, "writer_down_after": 2,
 PG_SETTINGS = {"log_statement": "mod", "log_connections": "off", "max_connections": 200,
                "log_timezone": "UTC"}
 BIN_S = 0.1          # resolution of the throughput/error series
+DNS_NAME = "writer.drill.internal"
 
 
 def defaults(smoke):
-    """clients per target, seconds of load before t0 and after it"""
+    """clients per target, seconds of load before t0 and after it, the DNS
+    client's TTL (the load runs longer than it before t0)"""
     if smoke:
-        return {"clients": 3, "before_s": 1.5, "after_s": 4.0, "rows": 1000, "idle": 3}
-    return {"clients": 6, "before_s": 4.0, "after_s": 8.0, "rows": 10000, "idle": 10}
+        return {"clients": 3, "before_s": 1.5, "after_s": 4.0, "rows": 1000, "idle": 3,
+                "dns_ttl": 1.0}
+    return {"clients": 6, "before_s": 6.0, "after_s": 10.0, "rows": 10000, "idle": 10,
+            "dns_ttl": 5.0}
 
 
 def detection_s(kind):
@@ -106,8 +125,22 @@ def _writer(ferry):
     return same.pop() if len(same) == 1 else None
 
 
-def _dsn(target, pair, ferry):
+def write_dns(path, server):
+    """The DNS record: DNS_NAME points at server (written atomically, as a
+    record flips for every resolver at once)."""
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{DNS_NAME} {server.host}:{server.port}\n")
+    os.replace(path + ".tmp", path)
+
+
+def _dsn(target, pair, ferry, resolved=False):
+    """target's DSN; for dns the name (loadgen resolves it), or with resolved
+    the address the record holds now (the idle sessions, opened by psycopg2)"""
     user = USERS[target]
+    if target == "dns":
+        a = pair.primary
+        host, port = (a.host, a.port) if resolved else (DNS_NAME, 1)
+        return f"host={host} port={port} user={user} dbname={tools.PG_DB} connect_timeout=2"
     if target in LISTENERS:
         host, port = ferry.listener_addr(LISTENERS[target])
         return f"host={host} port={port} user={user} dbname={tools.PG_DB} connect_timeout=5"
@@ -116,14 +149,14 @@ def _dsn(target, pair, ferry):
             "target_session_attrs=read-write connect_timeout=2")
 
 
-def _start_loadgen(target, dsn, p, workdir, kind, id_base):
+def _start_loadgen(target, dsn, p, workdir, kind, id_base, extra=()):
     tag = f"drill-{kind}-{target}"
     files = {k: os.path.join(workdir, f"{tag}.{k}") for k in ("json", "acked", "timeline", "err")}
     argv = [tools.LOADGEN, "--driver", "pg", "--dsn", dsn, "--mode", "rw",
             "--clients", str(p["clients"]), "--rows", str(p["rows"]),
             "--duration", str(p["before_s"] + p["after_s"]), "--out", files["json"],
             "--acked", files["acked"], "--timeline", files["timeline"], "--label", tag,
-            "--backoff-max-ms", "100", "--id-base", str(id_base)]
+            "--backoff-max-ms", "100", "--id-base", str(id_base), *extra]
     errf = open(files["err"], "w")
     popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=errf, env=proc.clean_env())
@@ -183,7 +216,7 @@ def _ferry_sessions(ferry, out):
                 "move_failed_reasons": reasons if target == "ferry_terminated" else {}}
 
 
-def _planned(pair, events):
+def _planned(pair, events, flip):
     a, b = pair.primary, pair.replica
     a.query("ALTER SYSTEM SET default_transaction_read_only = on")
     a.query("SELECT pg_reload_conf()")
@@ -202,19 +235,24 @@ def _planned(pair, events):
     events["caught_up"] = time.time()
     b.promote()
     events["promoted"] = time.time()
+    flip()
+    events["dns_flipped"] = time.time()
     a.stop(mode="fast")
     events["old_writer_stopped"] = time.time()
 
 
-def _crash(pair, events):
+def _crash(pair, events, flip):
     pair.primary.kill()            # SIGKILL to postmaster and backends at once
     events["killed"] = time.time()
     pair.replica.promote()
     events["promoted"] = time.time()
+    flip()
+    events["dns_flipped"] = time.time()
 
 
-def _read_timeline(path, t0_unix, t_event):
-    """[(t relative to t_event in s, key)] sorted; key "" for an ack"""
+def _read_timeline(path, t0_unix, t_event, lookups=None):
+    """[(t relative to t_event in s, key)] sorted; key "" for an ack. The
+    DNS client's lookups ("MS dns HOST:PORT") go to lookups as (t, answer)."""
     out = []
     with open(path) as f:
         for line in f:
@@ -222,8 +260,16 @@ def _read_timeline(path, t0_unix, t_event):
             if len(parts) < 2:
                 continue
             t = t0_unix + float(parts[0]) / 1e3 - t_event
-            out.append((t, parts[2] if parts[1] == "err" else ""))
+            if parts[1] == "dns":
+                if lookups is not None and len(parts) >= 3:
+                    lookups.append((t, parts[2]))
+            elif parts[1] == "err" and len(parts) >= 3:
+                out.append((t, parts[2]))
+            elif parts[1] == "ok":
+                out.append((t, ""))
     out.sort()
+    if lookups is not None:
+        lookups.sort()
     return out
 
 
@@ -308,12 +354,16 @@ def drill_once(kind, p, workdir, log):
         log(f"failover_drill {kind}: fresh PostgreSQL pair, ferry with discovery {DISCOVERY}")
         pair = _setup_pair(p["rows"], workdir, log)
         ferry = _start_ferry(pair, workdir, kind)
-        base = int(time.time()) & 0x7FFF
+        dns_file = os.path.join(workdir, f"drill-{kind}.dns")
+        write_dns(dns_file, pair.primary)
+        dns_args = ("--dns-file", dns_file, "--dns-ttl", str(p["dns_ttl"]))
+        base = int(time.time()) & 0x3FFF
         for target in TARGETS:               # idle sessions first: the loads start together
-            idle[target] = _open_idle(_dsn(target, pair, ferry), p["idle"])
+            idle[target] = _open_idle(_dsn(target, pair, ferry, resolved=True), p["idle"])
         for i, target in enumerate(TARGETS):
             loads[target] = _start_loadgen(target, _dsn(target, pair, ferry), p, workdir, kind,
-                                           ((base << 2) | i) << 44)
+                                           ((base << 3) | i) << 44,
+                                           dns_args if target == "dns" else ())
         time.sleep(p["before_s"])
         old = pair.primary
         log_offset = os.path.getsize(old.log_path)
@@ -321,7 +371,8 @@ def drill_once(kind, p, workdir, log):
         t0 = time.time()
         log(f"failover_drill {kind}: t0, " + ("the writer turns read-only" if kind == "planned"
                                                else "kill -9 the writer"))
-        (_planned if kind == "planned" else _crash)(pair, events)
+        (_planned if kind == "planned" else _crash)(pair, events,
+                                                    lambda: write_dns(dns_file, pair.replica))
         log("  " + ", ".join(f"{k} +{(v - t0) * 1000:.0f} ms" for k, v in events.items()))
         out = {}
         for target, ld in loads.items():
@@ -337,6 +388,7 @@ def drill_once(kind, p, workdir, log):
         for target in LISTENERS:
             log(f"  {target}: ferry's session moves {out[target].get('ferry_sessions')}")
         out["_events"] = {k: round(v - t0, 3) for k, v in events.items()}
+        out["_t0_unix"] = t0
         out["_ferry_history"] = ferry.status()["discovery"]["history"]
         return out
     finally:
@@ -363,7 +415,8 @@ def _result(target, kind, ld, code, t0, events, pair, old, log_offset, p):
             raise proc.HarnessError(f"drill loadgen via {target} exited {code}: {f.read()[-500:]}")
     with open(files["json"]) as f:
         raw = json.load(f)
-    evs = _read_timeline(files["timeline"], raw["t0_unix"], t0)
+    lookups = []
+    evs = _read_timeline(files["timeline"], raw["t0_unix"], t0, lookups)
     window, last_ack, first_ack = _window(evs, p["after_s"])
     errs_after = {}
     for t, k in evs:
@@ -389,6 +442,8 @@ def _result(target, kind, ld, code, t0, events, pair, old, log_offset, p):
                              min(p["after_s"], raw["t0_unix"] + raw["elapsed_s"] - t0)),
            "events_in_timeline": len(evs), "argv": ld["argv"],
            "latency_us": raw["latency_us"]}
+    if raw.get("dns"):
+        res["dns"] = _dns_summary(raw["dns"], lookups, events, t0, pair)
     w = res["window_ms"]
     log_line = (f"  {target}: window {w:.0f} ms" if w is not None else
                 f"  {target}: NO acknowledged write after t0")
@@ -398,6 +453,22 @@ def _result(target, kind, ld, code, t0, events, pair, old, log_offset, p):
     return res
 
 
+def _dns_summary(dns, lookups, events, t0, pair):
+    """What the DNS client's resolver did around t0: the answer cached at t0
+    and its age, the lookups after t0 (ms, answer), the first that returned
+    the new writer."""
+    new = f"{pair.replica.host}:{pair.replica.port}"
+    before = [x for x in lookups if x[0] <= 0]
+    after = [x for x in lookups if x[0] > 0]
+    first_new = next((t for t, a in after if a == new), None)
+    return {"ttl_s": dns["ttl_s"], "cache": dns["cache"], "lookups": dns["lookups"],
+            "cached_at_t0": before[-1][1] if before else None,
+            "cached_age_at_t0_ms": -before[-1][0] * 1000 if before else None,
+            "lookups_after_t0": [[round(t * 1000), a] for t, a in after[:20]],
+            "first_new_answer_ms": first_new * 1000 if first_new is not None else None,
+            "flipped_ms": (events["dns_flipped"] - t0) * 1000}
+
+
 def run(sc, workdir, log, smoke):
     p = defaults(smoke)
     p.update({k: v for k, v in sc.params.items() if k in p}, clients=sc.clients)
@@ -405,8 +476,8 @@ def run(sc, workdir, log, smoke):
     for kind in KINDS:
         kinds[kind] = drill_once(kind, p, workdir, log)
     targets = {t: {k: kinds[k][t] for k in KINDS} for t in TARGETS}
-    extra = {k: {"events": kinds[k]["_events"], "ferry_history": kinds[k]["_ferry_history"]}
-             for k in KINDS}
+    extra = {k: {"events": kinds[k]["_events"], "ferry_history": kinds[k]["_ferry_history"],
+                 "t0_unix": kinds[k]["_t0_unix"]} for k in KINDS}
     for t in targets.values():
         for kind, r in t.items():
             r["detection_s"] = detection_s(kind)

@@ -2,7 +2,9 @@
  * MySQL endpoint for a duration (or a number of transactions). Modes: select,
  * rw (records every acknowledged write id), connect (one connection per
  * transaction), idle (hold N connections), init (create the tables). It
- * survives failovers: errors are counted by class and clients reconnect. */
+ * survives failovers: errors are counted by class and clients reconnect.
+ * With --dns-file it models a client that finds the writer through a DNS
+ * name with a TTL (a Route53 failover record): see "the DNS-based client". */
 #include <errno.h>
 #include <getopt.h>
 #include <poll.h>
@@ -29,7 +31,10 @@ enum mode { MODE_SELECT, MODE_RW, MODE_CONNECT, MODE_IDLE, MODE_INIT };
 static const char *const MODE_NAMES[] = {"select", "rw", "connect", "idle", "init"};
 
 struct opts {
-    const char *dsn, *out_path, *acked_path, *label, *timeline_path;
+    const char *dsn, *out_path, *acked_path, *label, *timeline_path, *dns_file;
+    char dns_name[128];           /* the DSN's host=, looked up in dns_file */
+    double dns_ttl;
+    bool dns_per_client;          /* --dns-cache client: one cache per client */
     const struct db_driver *db;
     enum mode mode;
     int clients;
@@ -52,9 +57,17 @@ struct tevvec {
     size_t n, cap;
 };
 
+struct dns_cache {
+    pthread_mutex_t mu;
+    bool valid;
+    uint64_t fetched_ns;
+    char answer[256];             /* " host=H port=P", appended to the DSN */
+};
+
 struct client {
     const struct opts *o;
     int idx;
+    struct dns_cache own_dns;     /* --dns-cache client */
     pthread_t thread;
     struct db_conn *conn;
     uint64_t rng;
@@ -83,8 +96,9 @@ struct run {
 };
 
 static atomic_bool g_stop;
+static struct dns_cache g_dns = {.mu = PTHREAD_MUTEX_INITIALIZER};
 static pthread_barrier_t g_start;
-static uint64_t g_t0;            /* CLOCK_MONOTONIC ns at the start barrier */
+static uint64_t g_t0;            /* CLOCK_MONOTONIC ns as the clients start */
 static double g_t0_unix;         /* the same moment on the wall clock */
 
 static uint64_t now_ns(void)
@@ -139,10 +153,121 @@ static void timeline_note(struct client *c, const char *key)
     snprintf(e->key, sizeof e->key, "%s", key);
 }
 
+/* ---- the DNS-based client (--dns-file) ------------------------------------
+ * The DSN's host is a name; the "DNS" is a file of "NAME HOST:PORT" lines that
+ * the failover drill rewrites when it promotes the replica, as a Route53
+ * health check flips a failover record. The answer is cached for --dns-ttl
+ * seconds, as a JVM's InetAddress cache or a caching stub resolver does:
+ * a connect uses the cached answer while it is younger than the TTL and only
+ * a connect after that reads the file again (nothing refreshes an idle
+ * cache). By default one cache serves the whole process (one application,
+ * one resolver); --dns-cache client gives every client thread its own. Every
+ * read of the file is logged with its answer (timeline "MS dns HOST:PORT"). */
+
+struct dns_lookup {
+    int64_t t_us;
+    char answer[72];
+};
+
+static struct {
+    pthread_mutex_t mu;
+    struct dns_lookup *v;
+    size_t n, cap;
+} g_dns_log = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void dns_log(const char *answer)
+{
+    pthread_mutex_lock(&g_dns_log.mu);
+    if (g_dns_log.n == g_dns_log.cap) {
+        size_t cap = g_dns_log.cap ? g_dns_log.cap * 2 : 256;
+        struct dns_lookup *v = realloc(g_dns_log.v, cap * sizeof *v);
+        if (!v) {
+            fprintf(stderr, "loadgen: out of memory for the DNS log\n");
+            exit(1);
+        }
+        g_dns_log.v = v;
+        g_dns_log.cap = cap;
+    }
+    struct dns_lookup *l = &g_dns_log.v[g_dns_log.n++];
+    l->t_us = ((int64_t)now_ns() - (int64_t)g_t0) / 1000;
+    snprintf(l->answer, sizeof l->answer, "%s", answer);
+    pthread_mutex_unlock(&g_dns_log.mu);
+}
+
+/* Reads the record for name from path into " host=H port=P"; false if the
+ * file or the name is missing or malformed. */
+static bool dns_read(const char *path, const char *name, char *answer, size_t size)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    char line[512], n[128], hp[200];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f)) {
+        if (sscanf(line, "%127s %199s", n, hp) != 2 || strcmp(n, name) != 0)
+            continue;
+        char *colon = strrchr(hp, ':');
+        if (!colon || colon == hp || !colon[1])
+            break;
+        *colon = '\0';
+        const char *host = hp;
+        if (host[0] == '[' && colon[-1] == ']') {   /* [::1]:5432 */
+            host++;
+            colon[-1] = '\0';
+        }
+        snprintf(answer, size, " host=%s port=%s", host, colon + 1);
+        found = true;
+    }
+    fclose(f);
+    return found;
+}
+
+/* The DSN to connect with: o->dsn with the (cached) answer appended, which
+ * overrides its host and port (libpq and db_my.c both take the last one). */
+static bool dns_dsn(struct client *c, char *dsn, size_t size, struct db_err *err)
+{
+    const struct opts *o = c->o;
+    struct dns_cache *dc = o->dns_per_client ? &c->own_dns : &g_dns;
+    uint64_t now = now_ns();
+    pthread_mutex_lock(&dc->mu);
+    if (!dc->valid || now - dc->fetched_ns >= (uint64_t)(o->dns_ttl * 1e9)) {
+        char answer[sizeof dc->answer];
+        if (dns_read(o->dns_file, o->dns_name, answer, sizeof answer)) {
+            snprintf(dc->answer, sizeof dc->answer, "%s", answer);
+            dc->valid = true;
+            dc->fetched_ns = now;
+            char shown[72], h[128], pt[16];
+            if (sscanf(answer, " host=%127s port=%15s", h, pt) == 2)
+                snprintf(shown, sizeof shown, "%.50s:%s", h, pt);
+            else
+                snprintf(shown, sizeof shown, "?");
+            dns_log(shown);
+        } else {
+            dc->valid = false;
+            dns_log("none");
+        }
+    }
+    bool ok = dc->valid;
+    if (ok)
+        snprintf(dsn, size, "%s%s", o->dsn, dc->answer);
+    pthread_mutex_unlock(&dc->mu);
+    if (!ok)
+        db_err_set(err, DB_ERR_CONNECT, NULL, "dns: no record for the name in --dns-file");
+    return ok;
+}
+
 static bool client_connect(struct client *c, struct db_err *err)
 {
-    if (!c->conn)
+    if (c->conn)
+        return true;
+    if (!c->o->dns_file) {
         c->conn = c->o->db->connect(c->o->dsn, c->o->prepared, err);
+        return c->conn != NULL;
+    }
+    char dsn[1024];
+    if (!dns_dsn(c, dsn, sizeof dsn, err))
+        return false;
+    c->conn = c->o->db->connect(dsn, c->o->prepared, err);
     return c->conn != NULL;
 }
 
@@ -177,16 +302,24 @@ static bool client_txn(struct client *c, struct db_err *err)
     return ok;
 }
 
-/* SQLSTATEs after which this connection can never succeed again: the
- * server turned read-only (25006: a demoted writer; a multi-host libpq client
- * must reconnect to find the new one) or is shutting the session down. */
+/* Errors after which this connection can never succeed again: the server
+ * turned read-only (PostgreSQL 25006, MySQL 1290: a demoted writer; a client
+ * must reconnect to find the new one), is shutting the session down (57P0x;
+ * MySQL 1053, which ferry also sends when the writer moved; 1927: killed) or
+ * the connection is broken (SQLSTATE class 08). */
 static bool must_reconnect(const struct db_err *err)
 {
     static const char *const STATES[] = {"25006", "57P01", "57P02", "57P03"};
+    static const char *const CODES[] = {"my1290", "my1053", "my1927"};
     if (err->kind != DB_ERR_QUERY)
         return false;
+    if (strncmp(err->sqlstate, "08", 2) == 0)
+        return true;
     for (unsigned i = 0; i < sizeof STATES / sizeof STATES[0]; i++)
         if (strcmp(err->sqlstate, STATES[i]) == 0)
+            return true;
+    for (unsigned i = 0; i < sizeof CODES / sizeof CODES[0]; i++)
+        if (strcmp(err->code, CODES[i]) == 0)
             return true;
     return false;
 }
@@ -198,6 +331,7 @@ static void client_error(struct client *c, const struct db_err *err)
     errtab_note(&c->errs, err);
     timeline_note(c, err->kind == DB_ERR_CONNECT ? "connect"
                      : err->kind == DB_ERR_LOST  ? "lost"
+                     : err->code[0]              ? err->code
                                                  : err->sqlstate);
     atomic_fetch_add_explicit(&c->errors, 1, memory_order_relaxed);
     if (c->conn && (!c->o->db->alive(c->conn) || must_reconnect(err)))
@@ -282,16 +416,18 @@ static void run_stop(struct run *r)
 
 static void run_timed(struct run *r, const struct opts *o)
 {
+    /* the timeline's origin, set before the clients make their first
+     * connection (timed when it fails, and its DNS lookup logged) */
+    struct timespec wall;
+    g_t0 = now_ns();
+    clock_gettime(CLOCK_REALTIME, &wall);
+    g_t0_unix = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
     pthread_barrier_init(&g_start, NULL, (unsigned)r->n + 1);
     for (int i = 0; i < r->n; i++)
         if (pthread_create(&r->clients[i].thread, NULL, client_main, &r->clients[i]) != 0) {
             fprintf(stderr, "loadgen: cannot start client thread %d\n", i);
             exit(1);
         }
-    struct timespec wall;
-    g_t0 = now_ns();
-    clock_gettime(CLOCK_REALTIME, &wall);
-    g_t0_unix = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
     pthread_barrier_wait(&g_start);
     uint64_t t0 = now_ns(), end = t0 + (uint64_t)(o->duration * 1e9);
     for (uint64_t next = t0 + NS;; next += NS) {
@@ -354,6 +490,12 @@ static void write_result(FILE *out, const struct opts *o, const struct run *r,
     errtab_write_json(errs, out);
     fputs(",\"latency_us\":", out);
     write_latency(out, h);
+    if (o->dns_file) {
+        pthread_mutex_lock(&g_dns_log.mu);
+        fprintf(out, ",\"dns\":{\"ttl_s\":%.3f,\"cache\":\"%s\",\"lookups\":%zu}", o->dns_ttl,
+                o->dns_per_client ? "client" : "process", g_dns_log.n);
+        pthread_mutex_unlock(&g_dns_log.mu);
+    }
     fputs(",\"intervals\":", out);
     write_intervals(out, r);
     fputs(",\"histogram_us\":", out);
@@ -379,7 +521,8 @@ static void write_ids(const char *path, const struct run *r, bool unknown)
     }
 }
 
-/* "MS ok" or "MS err CLASS" per event, ms since t0_unix; per client, unsorted */
+/* "MS ok" or "MS err CLASS" per event, ms since t0_unix; per client, unsorted;
+ * then "MS dns HOST:PORT" per read of --dns-file */
 static void write_timeline(const char *path, const struct run *r)
 {
     FILE *f = fopen(path, "w");
@@ -395,6 +538,10 @@ static void write_timeline(const char *path, const struct run *r)
             fprintf(f, tv->v[j].key[0] ? "%.3f err %s\n" : "%.3f ok%s\n",
                     (double)tv->v[j].t_us / 1e3, tv->v[j].key);
     }
+    pthread_mutex_lock(&g_dns_log.mu);
+    for (size_t j = 0; j < g_dns_log.n; j++)
+        fprintf(f, "%.3f dns %s\n", (double)g_dns_log.v[j].t_us / 1e3, g_dns_log.v[j].answer);
+    pthread_mutex_unlock(&g_dns_log.mu);
     if (fclose(f) != 0) {
         fprintf(stderr, "loadgen: cannot write %s\n", path);
         exit(1);
@@ -465,6 +612,7 @@ static int run_load(const struct opts *o)
         c->o = o;
         c->idx = i;
         c->rng = 0x9E3779B97F4A7C15ull * (uint64_t)(i + 1);
+        pthread_mutex_init(&c->own_dns.mu, NULL);
         hist_init(&c->hist);
     }
     run_timed(&r, o);
@@ -574,6 +722,7 @@ static void usage(FILE *f)
           "               [--clients N] [--duration S | --transactions N] [--prepared]\n"
           "               [--rows N] [--out FILE] [--acked FILE] [--id-base N]\n"
           "               [--hold S] [--label TEXT] [--timeline FILE] [--backoff-max-ms N]\n"
+          "               [--dns-file FILE [--dns-ttl S] [--dns-cache process|client]]\n"
           "  DSN: \"host=H port=P user=U dbname=D [password=X]\" (both drivers)\n"
           "  select: point SELECT on bench_kv; rw: BEGIN, INSERT unique id, UPDATE, COMMIT;\n"
           "  connect: connect + point SELECT + disconnect per transaction;\n"
@@ -584,7 +733,13 @@ static void usage(FILE *f)
           "  --timeline FILE: every acknowledged transaction (\"MS ok\") and error\n"
           "        (\"MS err CLASS\"), ms since the run started (t0_unix in the JSON).\n"
           "  After an error a client backs off 10 ms, doubling up to --backoff-max-ms\n"
-          "        (default 640); after SQLSTATE 25006/57P01/57P02/57P03 it reconnects.\n"
+          "        (default 640); after SQLSTATE 25006/57P0x/08xxx or MySQL 1290/1053/1927\n"
+          "        it reconnects. MySQL errors are classed by number (\"my1290\").\n"
+          "  --dns-file FILE (select, rw, connect): the DSN's host is a name, looked\n"
+          "        up in FILE (lines \"NAME HOST:PORT\") when connecting; the answer is\n"
+          "        cached --dns-ttl seconds (default 5) for the whole process, or per\n"
+          "        client with --dns-cache client, and only a connect after that reads\n"
+          "        FILE again. Every read is in the timeline (\"MS dns HOST:PORT\").\n"
           "  Output: one JSON document (stdout or --out).\n", f);
 }
 
@@ -629,6 +784,13 @@ static bool set_opt(struct opts *o, int ch, const char *arg)
     case 'l': o->label = arg; return true;
     case 'L': o->timeline_path = arg; return true;
     case 'B': return parse_num(arg, 1, 60000, &v) && ((o->backoff_max_ms = (unsigned)v), true);
+    case 'F': o->dns_file = arg; return true;
+    case 'S': return parse_num(arg, 0, 86400, &o->dns_ttl);
+    case 'C':
+        if (strcmp(arg, "process") != 0 && strcmp(arg, "client") != 0)
+            return false;
+        o->dns_per_client = strcmp(arg, "client") == 0;
+        return true;
     default: return false;
     }
 }
@@ -642,12 +804,30 @@ static const struct option LONGOPTS[] = {
     {"id-base", required_argument, NULL, 'b'},  {"hold", required_argument, NULL, 'H'},
     {"label", required_argument, NULL, 'l'},    {"help", no_argument, NULL, 'h'},
     {"timeline", required_argument, NULL, 'L'}, {"backoff-max-ms", required_argument, NULL, 'B'},
+    {"dns-file", required_argument, NULL, 'F'}, {"dns-ttl", required_argument, NULL, 'S'},
+    {"dns-cache", required_argument, NULL, 'C'},
     {NULL, 0, NULL, 0}};
+
+/* The value of the DSN's host= keyword ("host=a port=..." separated by spaces). */
+static bool dsn_host(const char *dsn, char *out, size_t size)
+{
+    for (const char *p = dsn; (p = strstr(p, "host=")) != NULL; p += 5) {
+        if (p != dsn && p[-1] != ' ')
+            continue;
+        size_t n = strcspn(p + 5, " ");
+        if (n == 0 || n >= size)
+            return false;
+        memcpy(out, p + 5, n);
+        out[n] = '\0';
+        return true;
+    }
+    return false;
+}
 
 static bool parse_args(int argc, char **argv, struct opts *o)
 {
     *o = (struct opts){.db = &db_pg, .mode = MODE_SELECT, .clients = 8, .duration = 10,
-                       .hold = 3600, .rows = 100000, .backoff_max_ms = 640,
+                       .hold = 3600, .rows = 100000, .backoff_max_ms = 640, .dns_ttl = 5,
                        .id_base = (int64_t)(time(NULL) & 0x3FFFF) << 44};
     int ch;
     while ((ch = getopt_long(argc, argv, "", LONGOPTS, NULL)) != -1) {
@@ -669,6 +849,10 @@ static bool parse_args(int argc, char **argv, struct opts *o)
     }
     if (o->transactions)
         o->duration = 0;
+    if (o->dns_file && !dsn_host(o->dsn, o->dns_name, sizeof o->dns_name)) {
+        fprintf(stderr, "loadgen: --dns-file needs a host=NAME in the DSN\n");
+        return false;
+    }
     return true;
 }
 

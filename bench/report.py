@@ -3,12 +3,15 @@ summary table of ratios, a table per scenario, the idle-memory table, and
 gnuplot PNGs (throughput over time per target, latency CDF per target).
 """
 
+import datetime
 import os
 import subprocess
 
 TARGET_ORDER = ("direct", "ferry", "haproxy", "pgbouncer")
-DRILL_TARGETS = ("ferry", "ferry_terminated", "libpq")
+DRILL_TARGETS = ("ferry", "ferry_terminated", "libpq", "dns")
+MY_DRILL_TARGETS = ("ferry", "ferry_terminated")
 RUN_TOOLS = ("pgbench", "sysbench", "loadgen")     # timed runs with tps and latency
+PROFILE_FREQ = 999                                  # bench/profiling.py PERF_FREQ
 
 NOISE_NOTE = (
     "Absolute numbers are noisy: on this shared 2-core machine the servers, the proxy and "
@@ -79,31 +82,31 @@ def plot_scenario(plotdir, name, title, targets):
     return out
 
 
-def plot_drill(plotdir, kind, targets):
+def plot_drill(plotdir, kind, targets, names=DRILL_TARGETS, prefix="drill"):
     """Acknowledged transactions and errors per second through a failover,
     one line per target, t = 0 when the failure is injected."""
     datadir = os.path.join(plotdir, "data")
     os.makedirs(datadir, exist_ok=True)
     ack, err = [], []
-    for t in DRILL_TARGETS:
+    for t in names:
         series = targets.get(t, {}).get(kind, {}).get("series")
         if not series:
             continue
-        name = f"drill-{kind}-{t}.dat"
+        name = f"{prefix}-{kind}-{t}.dat"
         _write_series(os.path.join(datadir, name), series)
         ack.append(f"'data/{name}' using 1:2 with lines lw 2 title '{t}'")
         err.append(f"'data/{name}' using 1:3 with lines lw 2 title '{t}'")
     if not ack:
         return None
-    png = f"drill-{kind}.png"
+    png = f"{prefix}-{kind}.png"
     script = ("set terminal pngcairo size 900,650 font ',10' noenhanced\n"
               f"set output '{png}'\nset grid\nset key outside right\n"
               "set multiplot layout 2,1\n"
-              f"set title \"failover drill ({kind}): acknowledged transactions\"\n"
+              f"set title \"{prefix} ({kind}): acknowledged transactions\"\n"
               "set ylabel 'per second (100 ms bins)'\nset yrange [0:*]\n"
               "set arrow 1 from 0, graph 0 to 0, graph 1 nohead dt 2\n"
               "plot " + ", ".join(ack) + "\n"
-              f"set title \"failover drill ({kind}): client errors\"\n"
+              f"set title \"{prefix} ({kind}): client errors\"\n"
               "set xlabel 'seconds since the failure (t0)'\n"
               "plot " + ", ".join(err) + "\nunset multiplot\n")
     return f"plots/{png}" if _gnuplot(script, plotdir) else None
@@ -168,7 +171,8 @@ def idle_table(targets):
         elif r:
             lines.append(
                 f"| {t} | {r['connected']:,} | {r['errors']['total']} | {fmt(r.get('connect_s'), 1)} "
-                f"| {fmt(r.get('baseline_rss_kib'))} | {fmt(r['rss_before_kib'])} "
+                f"| {fmt(r.get('baseline_rss_kib', r.get('rss_empty_kib')))} "
+                f"| {fmt(r['rss_before_kib'])} "
                 f"| {fmt(r['rss_after_kib'])} | {fmt(r['rss_per_conn_kib'], 2)} "
                 f"| {r['server_backends']:,} |")
     return lines
@@ -206,17 +210,43 @@ def key_figures(results):
             continue
         if sc["tool"] == "drill":
             for kind in ("planned", "crash"):
-                rs = {t: tg.get(t, {}).get(kind, {}) for t in DRILL_TARGETS}
-                lw = rs["libpq"].get("window_ms")
+                rs = {t: tg.get(t, {}).get(kind, {}) for t in DRILL_TARGETS if t in tg}
+                lw = rs.get("libpq", {}).get("window_ms")
+                dw = rs.get("dns", {}).get("window_ms")
                 parts = []
                 for t, r in rs.items():
                     w, idle = r.get("window_ms"), r.get("idle_sessions", {})
-                    parts.append(f"{t} {fmt(w)} ms" + (f" ({fmt_ratio(ratio(w, lw))} libpq)"
-                                                       if t != "libpq" else "")
+                    rel = ([f"{fmt_ratio(ratio(w, lw))} libpq"] if t not in ("libpq", "dns") else []) + \
+                          ([f"{fmt_ratio(ratio(w, dw))} DNS"] if t.startswith("ferry") else [])
+                    parts.append(f"{t} {fmt(w)} ms" + (f" ({', '.join(rel)})" if rel else "")
                                  + f", lost {r.get('acked_check', {}).get('lost', '–')}"
                                  + (f", idle sessions fine {idle['ok']}/{idle['sessions']}"
                                     if idle else ""))
                 out.append(f"- {name} {kind}: unavailability window " + "; ".join(parts))
+        elif sc["tool"] == "drill_my":
+            for kind, t in ((k, t) for k in ("planned", "crash") for t in MY_DRILL_TARGETS):
+                r = tg.get(t, {}).get(kind)
+                if not r:
+                    continue
+                resumed = r.get("resumed_after_promotion_ms")
+                limit = (r["detection_s"] + 1) * 1000
+                idle = r.get("idle_sessions", {})
+                out.append(f"- {name} {kind}: {t} window {fmt(r.get('window_ms'))} ms, writes "
+                           f"resumed {fmt(resumed)} ms after the promotion (target ≤ "
+                           f"{limit:,.0f} ms: {'met' if resumed is not None and resumed <= limit else 'NOT met'}), "
+                           f"lost {r.get('acked_check', {}).get('lost', '–')}, statements to the old "
+                           f"writer after the promotion "
+                           f"{r.get('old_writer', {}).get('after_promotion', {}).get('statements', '–')}"
+                           + (f", idle sessions fine {idle['ok']}/{idle['sessions']}" if idle else ""))
+        elif sc["tool"] == "profile":
+            r = tg.get("ferry", {})
+            p, st = r.get("perf", {}), r.get("strace", {})
+            top = ", ".join(f"{x['symbol']} {x['percent']:.1f} %" for x in p.get("top_symbols", [])[:4])
+            out.append(f"- {name}: ferry {fmt(r.get('baseline', {}).get('cpu_us_per_txn'), 1)} CPU µs "
+                       f"per transaction; " + (f"perf top self time: {top}" if p.get("available")
+                                               else f"perf not available ({p.get('why')})")
+                       + (f"; {st['calls_per_txn']:.2f} system calls per transaction"
+                          if st.get("calls_per_txn") else ""))
         elif sc["tool"] == "storm":
             parts = [f"{t} {r['storm']['ok']:,}/{r['storm']['n']:,} ok in {r['storm']['drain_s']:.2f} s, "
                      f"steady-session stall {r['steady']['max_gap_during_ms']:.0f} ms"
@@ -227,7 +257,7 @@ def key_figures(results):
             parts = [f"{t} {r['mb_per_s']:,.0f} MB/s ({fmt_ratio(ratio(r['mb_per_s'], d))} direct)"
                      for t in TARGET_ORDER if (r := tg.get(t))]
             out.append(f"- {name}: " + "; ".join(parts))
-        elif sc["tool"] in ("idle", "sink_idle"):
+        elif sc["tool"] in ("idle", "sink_idle", "pg_idle"):
             parts = [f"{t} {r['rss_per_conn_kib']:.2f} KiB per connection ({r['connected']:,})"
                      for t in TARGET_ORDER
                      if (r := tg.get(t)) and r.get("rss_per_conn_kib") is not None]
@@ -274,7 +304,20 @@ def header(meta):
 def _errors_by_class(e):
     parts = [f"{k} {e[k]}" for k in ("connect", "lost") if e.get(k)]
     parts += [f"{k} {v}" for k, v in e.get("sqlstate", {}).items()]
+    parts += [f"{k} {v}" for k, v in e.get("codes", {}).items()]
     return ", ".join(parts) or "none"
+
+
+def _since_t0(at, t0_unix):
+    """ferry's history time ("2026-11-26T04:21:57.231Z") as "+N ms" after t0"""
+    if not at or t0_unix is None:
+        return ""
+    try:
+        t = datetime.datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+    except ValueError:
+        return ""
+    return f"{(t - t0_unix) * 1000:+,.0f} ms "
 
 
 def drill_section(outdir, sc):
@@ -287,23 +330,39 @@ def drill_section(outdir, sc):
         f"(probe_interval {d.get('probe_interval')} s, writer_down_after "
         f"{d.get('writer_down_after')}), with passthrough authentication (`ferry`) and with "
         "terminated authentication (`ferry_terminated`: ferry logs sessions into the new "
-        "writer itself, so idle ones move); libpq: `host=A,B target_session_attrs=read-write`. "
+        "writer itself, so idle ones move); libpq: `host=A,B target_session_attrs=read-write`; "
+        f"dns: a client that reaches the writer through a DNS name cached for "
+        f"{fmt(p.get('dns_ttl'), 0)} s (below). "
         f"Each target also holds {p.get('idle', '?')} idle sessions across the failover and "
         "runs one statement on each afterwards. "
         "Clients back off 10..100 ms after an error and reconnect after 25006/57P0x.", "",
+        "The DNS-based client (`dns`) models a Route53 failover record: loadgen `--dns-file` "
+        "resolves the DSN's host name from a file (`NAME HOST:PORT`) and caches the answer for "
+        f"the TTL ({fmt(p.get('dns_ttl'), 0)} s) for the whole process, as a JVM's "
+        "InetAddress cache or a caching stub resolver does; only a connect made after the TTL "
+        "reads the file again. The drill rewrites the file the moment the replica is promoted, "
+        "the earliest a Route53 health check could flip the record. **Not included**: "
+        "Route53's own detection (health checks every 30 s by default, 3 failures before the "
+        "record flips, so about 90 s, or 30 s with fast 10 s checks) and resolver propagation; "
+        "the ratio below is therefore generous to DNS. The load ran "
+        f"{p.get('before_s', '?')} s before t0, longer than the TTL, so the cached answer had "
+        "expired at t0 (a pool whose connections outlived the TTL): the first reconnect after "
+        "t0 looked the name up again, before the record flipped, and kept that answer for a "
+        "whole TTL.", "",
         "- planned: t0 the writer turns read-only; in-flight write transactions end; the replica "
         "catches up and is promoted; the old writer is stopped (fast).",
         "- crash: t0 `kill -9` of the writer's postmaster and backends; the replica is promoted "
         "at once. Replication is asynchronous, so a write acknowledged just before the crash "
         "can be missing on the new writer whichever the client path.", "",
-        "| drill | target | window ms | × libpq | resumed ms after the promotion "
+        "| drill | target | window ms | × libpq | × DNS | resumed ms after the promotion "
         "| target: resumed ≤ detection + 1 s | errors by class "
         "| acked writes | lost | COMMIT unknown | old writer: statements (errors) after the "
         "failure / after the promotion | idle sessions fine afterwards |",
-        "|---|---|---:|---:|---:|---|---|---:|---:|---:|---|---|"]
+        "|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|---|---|"]
     tg = sc["targets"]
     for kind in ("planned", "crash"):
         ref = tg.get("libpq", {}).get(kind, {}).get("window_ms")
+        dref = tg.get("dns", {}).get(kind, {}).get("window_ms")
         for t in DRILL_TARGETS:
             r = tg.get(t, {}).get(kind)
             if not r:
@@ -315,7 +374,7 @@ def drill_section(outdir, sc):
                 " (" + ", ".join(f"{k} {v}" for k, v in idle["errors"].items()) + ")"
                 if idle.get("errors") else "")) if idle else "–"
             resumed = r.get("resumed_after_promotion_ms")
-            if t != "libpq" and resumed is not None:
+            if t.startswith("ferry") and resumed is not None:
                 limit = (r["detection_s"] + 1) * 1000
                 goal = f"{'met' if resumed <= limit else 'NOT met'} (≤ {limit:,.0f} ms)"
             ow = r.get("old_writer", {})
@@ -324,15 +383,30 @@ def drill_section(outdir, sc):
             lines.append(
                 f"| {kind} | {t} | {fmt(w) if w is not None else 'no recovery'} "
                 f"| {fmt_ratio(ratio(w, ref)) if t != 'libpq' else '1.00 ×'} "
+                f"| {fmt_ratio(ratio(w, dref)) if t != 'dns' else '1.00 ×'} "
                 f"| {fmt(resumed)} | {goal} "
                 f"| {r['errors'].get('total', 0)}: {_errors_by_class(r['errors'])} "
                 f"| {a.get('acked', 0):,} | {a.get('lost', '–')} | {r.get('commit_unknown', 0)} "
                 f"| {fa.get('statements', 0)} ({fa.get('errors', 0)}) / "
                 f"{ap.get('statements', 0)} ({ap.get('errors', 0)}) | {idle_text} |")
     lines.append("")
+    for kind in ("planned", "crash"):
+        d = tg.get("dns", {}).get(kind, {}).get("dns")
+        if not d:
+            continue
+        looks = ", ".join(f"+{t:,} ms → {a}" for t, a in d.get("lookups_after_t0", [])[:6])
+        age = d.get("cached_age_at_t0_ms")
+        lines.append(
+            f"- dns, {kind}: at t0 the cache held {d.get('cached_at_t0')} (looked up "
+            f"{fmt(age)} ms before t0, TTL {fmt(d.get('ttl_s') * 1000)} ms: "
+            f"{'expired' if age is not None and age >= d['ttl_s'] * 1000 else 'still fresh'}); "
+            f"record flipped at +{fmt(d.get('flipped_ms'))} ms; lookups after t0: {looks or 'none'}; "
+            f"first answer with the new writer at +{fmt(d.get('first_new_answer_ms'))} ms")
+    lines.append("")
     for kind, info in sc.get("drills", {}).items():
         ev = ", ".join(f"{k} +{v * 1000:.0f} ms" for k, v in info.get("events", {}).items())
-        hist = "; ".join(f"{h.get('from')} → {h.get('to')} ({h.get('reason')})"
+        hist = "; ".join(f"{_since_t0(h.get('at'), info.get('t0_unix'))}"
+                         f"{h.get('from')} → {h.get('to')} ({h.get('reason')})"
                          for h in info.get("ferry_history", [])
                          if h.get("listener") == "drill" and h.get("from") != "none"
                          or h.get("listener") == "drill" and h.get("to") != "region-a")
@@ -355,6 +429,157 @@ def drill_section(outdir, sc):
         png = plot_drill(os.path.join(outdir, "plots"), kind, tg)
         if png:
             lines += [f"![failover drill {kind}]({png})", ""]
+    return lines
+
+
+def drill_my_section(outdir, sc):
+    d = sc.get("discovery", {})
+    p = sc.get("params", {})
+    lines = [
+        f"{p.get('clients', '?')} loadgen `rw` clients over the MySQL protocol (BEGIN, INSERT, "
+        f"UPDATE, COMMIT as text queries) for {p.get('before_s', '?')} s before and "
+        f"{p.get('after_s', '?')} s after t0 per target, through two MySQL listeners of one "
+        "ferry, discovered over a MariaDB primary and its GTID replica (probe_interval "
+        f"{d.get('probe_interval')} s, writer_down_after {d.get('writer_down_after')}): "
+        "`ferry` with passthrough authentication (idle sessions are fenced: their next "
+        "command gets 1053) and `ferry_terminated` with terminated authentication (ferry "
+        "logs in itself and moves idle sessions to the new writer); both targets at once, "
+        f"each with {p.get('idle', '?')} idle "
+        "sessions that run one statement afterwards. MySQL has no client-side multi-host "
+        "failover like libpq's, so there is no reference client: the target is the issue's, "
+        "writes resuming within the detection time (one probe interval for a writer that "
+        "turns read-only, probe_interval × writer_down_after for one that is gone) + 1 s of "
+        "the promotion. Errors are classed by MySQL error number (`my1290` read-only, "
+        "`my1053` writer moved, `my1213` transaction lost); `lost` and `connect` are "
+        "client-side (2000-range) errors.", "",
+        "- planned: t0 `SET GLOBAL read_only = 1` on the writer; the replica catches up "
+        "(`MASTER_GTID_WAIT` of the old writer's `gtid_binlog_pos`) and is promoted "
+        "(`STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0`); the old writer is stopped.",
+        "- crash: t0 `kill -9` of the writer; the replica is promoted at once.", "",
+        "| drill | target | window ms | promoted at ms | resumed ms after the promotion "
+        "| target: resumed ≤ detection + 1 s | errors by class | acked writes | lost "
+        "| COMMIT unknown | old writer: statements (writes) after t0 / after it stopped being "
+        "writable / after the promotion | idle sessions fine afterwards |",
+        "|---|---|---:|---:|---:|---|---|---:|---:|---:|---|---|"]
+    tgs = sc["targets"]
+    for kind, t in ((k, t) for k in ("planned", "crash") for t in MY_DRILL_TARGETS):
+        r = tgs.get(t, {}).get(kind)
+        if not r:
+            continue
+        resumed = r.get("resumed_after_promotion_ms")
+        limit = (r["detection_s"] + 1) * 1000
+        goal = (f"{'met' if resumed <= limit else 'NOT met'} (≤ {limit:,.0f} ms)"
+                if resumed is not None else "no recovery")
+        ow = r.get("old_writer", {})
+        cells = " / ".join(f"{ow.get(k, {}).get('statements', 0)} ({ow.get(k, {}).get('writes', 0)})"
+                           for k in ("after_t0", "after_failure", "after_promotion"))
+        idle = r.get("idle_sessions", {})
+        idle_text = (f"{idle['ok']}/{idle['sessions']}" + (
+            " (" + ", ".join(f"{k} {v}" for k, v in idle["errors"].items()) + ")"
+            if idle.get("errors") else "")) if idle else "–"
+        a = r.get("acked_check", {})
+        w = r.get("window_ms")
+        lines.append(
+            f"| {kind} | {t} | {fmt(w) if w is not None else 'no recovery'} | {fmt(r.get('promoted_ms'))} "
+            f"| {fmt(resumed)} | {goal} "
+            f"| {r['errors'].get('total', 0)}: {_errors_by_class(r['errors'])} "
+            f"| {a.get('acked', 0):,} | {a.get('lost', '–')} | {r.get('commit_unknown', 0)} "
+            f"| {cells} | {idle_text} |")
+    lines.append("")
+    for kind in ("planned", "crash"):
+        r = tgs.get("ferry", {}).get(kind)
+        if not r:
+            continue
+        moved = tgs.get("ferry_terminated", {}).get(kind, {}).get("ferry_sessions")
+        ev = ", ".join(f"{k} +{v * 1000:.0f} ms" for k, v in r.get("events", {}).items())
+        hist = "; ".join(f"{_since_t0(h.get('at'), r.get('t0_unix'))}{h.get('from')} → "
+                         f"{h.get('to')} ({h.get('reason')})" for h in r.get("ferry_history", [])[1:])
+        lines.append(f"- {kind}: {ev}. ferry's writer changes (passthrough listener): "
+                     f"{hist or 'none'}" + (f"; sessions moved by the terminated listener: "
+                                             f"{moved.get('moved')}, failed moves "
+                                             f"{moved.get('move_failed')}" if moved else ""))
+    lines += ["", "Window, *resumed after the promotion* and the idle sessions as in the "
+              "PostgreSQL drill. Statements to the old writer come from its general log "
+              "(`log_output = TABLE`, read from the CSV file, µs timestamps): the drill user's "
+              "queries, and of them INSERT/UPDATE, at or after t0 (some arrive before "
+              "`read_only` takes effect and commit normally), after the moment `read_only` "
+              "returned or the writer was killed, and after the promotion. The general log "
+              "records statements as they arrive, also those the server then refused.", ""]
+    for kind in ("planned", "crash"):
+        png = plot_drill(os.path.join(outdir, "plots"), kind, sc["targets"],
+                         names=MY_DRILL_TARGETS, prefix="drill-mysql")
+        if png:
+            lines += [f"![MariaDB failover drill {kind}]({png})", ""]
+    return lines
+
+
+def pg_idle_section(sc, results):
+    lines = idle_table(sc["targets"])
+    st = sc.get("settings", {})
+    lines += ["", f"Each proxy is a fresh process (RSS empty = before any client), in front of "
+              f"its own PostgreSQL 15 ({', '.join(f'{k} {v}' for k, v in st.items())}); "
+              "each idle client holds a PostgreSQL backend through ferry and HAProxy, none "
+              "through PgBouncer (session mode gives a client a server connection at its first "
+              "query).", ""]
+    rows = []
+    for name, label in (("idle_pg_1000", "real PostgreSQL backends (this scenario)"),
+                        ("idle_memory", "real PostgreSQL backends (idle_memory)"),
+                        ("idle_sink", "bench/pgsink sessions (idle_sink)")):
+        other = results.get(name, {})
+        if other.get("status") != "done":
+            continue
+        tg = other.get("targets", {})
+        n = max((r.get("connected", 0) for r in tg.values() if isinstance(r, dict)), default=0)
+        rows.append(f"| {label} | {n:,} | " + " | ".join(
+            fmt(tg.get(t, {}).get("rss_per_conn_kib"), 2) for t in ("ferry", "haproxy", "pgbouncer"))
+            + " |")
+    if len(rows) > 1:
+        lines += ["KiB of proxy RSS per idle client+backend pair, side by side (same run):", "",
+                  "| backends | pairs | ferry | HAProxy | PgBouncer |", "|---|---:|---:|---:|---:|",
+                  *rows, ""]
+    return lines
+
+
+def profile_section(outdir, sc):
+    r = sc["targets"].get("ferry", {})
+    b, p, st = r.get("baseline", {}), r.get("perf", {}), r.get("strace", {})
+    lines = [f"pgbench select-only, {r.get('clients', '?')} clients, {fmt(r.get('duration_s'), 0)} s "
+             "per pass, through ferry's static listener to the shared primary.", "",
+             f"- without a profiler: {fmt(b.get('tps'))} tps, ferry CPU "
+             f"{fmt(b.get('cpu_us_per_txn'), 1)} µs per transaction"]
+    if p.get("available"):
+        lines += [f"- under `perf record -g -F {PROFILE_FREQ}` (software cpu-clock event): "
+                  f"{fmt(p.get('tps'))} tps, {fmt(p.get('samples'))} samples, ferry CPU "
+                  f"{fmt(p.get('cpu_us_per_txn'), 1)} µs per transaction", "",
+                  "Where ferry's CPU time goes, by shared object (self time):", "",
+                  "| share | object |", "|---:|---|"]
+        lines += [f"| {x['percent']:.1f} % | {x['dso']} |" for x in p.get("by_dso", [])]
+        if p.get("by_syscall"):
+            lines += ["", "Inside system calls (the libc entry point with everything below it, "
+                      "kernel TCP stack included; on loopback a write also runs the receiver's "
+                      "TCP processing and wakes it):", "", "| share | system call |", "|---:|---|"]
+            lines += [f"| {x['percent']:.1f} % | {x['syscall']} |" for x in p["by_syscall"]]
+        lines += ["", "Top symbols by self time (`[k]` kernel):", "",
+                  "| share | object | symbol |", "|---:|---|---|"]
+        lines += [f"| {x['percent']:.2f} % | {x['dso']} | {'[k] ' if x['kernel'] else ''}"
+                  f"{x['symbol']} |" for x in p.get("top_symbols", [])]
+        lines += ["", "ferry is a Release build without frame pointers, so call chains are "
+                  "partial; caller graphs: `perf-callers.txt` in the run's work directory and "
+                  "`raw/results.json`.", ""]
+    else:
+        lines += [f"- perf: not available: {p.get('why')}; the CPU figures above come from "
+                  "/proc/PID/stat.", ""]
+    if st.get("available") and st.get("calls_per_txn"):
+        lines += [f"System calls (`strace -c -f` attached to every ferry thread, a "
+                  f"{fmt(st.get('duration_s'), 0)} s pass; strace slows ferry, so the "
+                  f"{fmt(st.get('tps_under_strace'))} tps of that pass mean nothing): "
+                  f"**{st['calls_per_txn']:.2f} system calls per transaction**.", "",
+                  "| system call | calls | per transaction | errors |", "|---|---:|---:|---:|"]
+        lines += [f"| {x['syscall']} | {x['calls']:,} | {x['per_txn']:.3f} | {x['errors']:,} |"
+                  for x in st.get("syscalls", [])]
+        lines.append("")
+    else:
+        lines += [f"strace: not available: {st.get('why', 'no data')}", ""]
     return lines
 
 
@@ -448,7 +673,7 @@ def sink_idle_section(outdir, name, sc):
     return lines + ([f"![RSS against connections]({png})", ""] if png else [])
 
 
-def scenario_section(outdir, name, sc):
+def scenario_section(outdir, name, sc, results=None):
     lines = [f"## {name}: {sc['title']}", ""]
     if sc.get("status") != "done":
         return lines + [f"Not run: {sc.get('status')}.", ""]
@@ -460,6 +685,12 @@ def scenario_section(outdir, name, sc):
         return lines + sink_idle_section(outdir, name, sc)
     if sc["tool"] == "drill":
         return lines + drill_section(outdir, sc)
+    if sc["tool"] == "drill_my":
+        return lines + drill_my_section(outdir, sc)
+    if sc["tool"] == "pg_idle":
+        return lines + pg_idle_section(sc, results or {})
+    if sc["tool"] == "profile":
+        return [f"## Profile ({name}): {sc['title']}", ""] + profile_section(outdir, sc)
     if sc["tool"] == "idle":
         return lines + idle_table(sc["targets"]) + [
             "", "RSS of the proxy process before and while holding the connections; "
@@ -474,8 +705,9 @@ def scenario_section(outdir, name, sc):
 
 def not_done_section():
     return ["## Not measured yet", "",
-            "- The failover drill for MariaDB, idle sessions through a planned switchover, "
-            "the DNS-switch comparison, perf profiles.", ""]
+            "- The DNS comparison leaves out Route53's own health-check delay and resolver "
+            "propagation (see the failover drill); MySQL has no multi-host client to compare "
+            "ferry's MariaDB drill with; the profile is of the PostgreSQL select path only.", ""]
 
 
 def write(outdir, meta, results):
@@ -484,7 +716,7 @@ def write(outdir, meta, results):
         "", "tps ratios are target tps / reference tps in the same run; CPU is the proxy "
         "process's own CPU time divided by the transactions it carried.", ""] + key_figures(results)
     for name, sc in results.items():
-        lines += scenario_section(outdir, name, sc)
+        lines += scenario_section(outdir, name, sc, results)
     lines += not_done_section() + ["Raw data: `raw/results.json` (every run, with the "
                                    "tools' command lines and output tails).", ""]
     path = os.path.join(outdir, "report.md")

@@ -32,6 +32,7 @@ void errtab_note(struct errtab *t, const struct db_err *err)
 {
     const char *key = err->kind == DB_ERR_CONNECT ? "connect"
                     : err->kind == DB_ERR_LOST    ? "lost"
+                    : err->code[0]                ? err->code
                                                   : err->sqlstate;
     errtab_add(t, key, 1, err->msg);
 }
@@ -83,6 +84,21 @@ static void write_sqlstates(const struct errtab *t, FILE *out, int class_only)
     fputc('}', out);
 }
 
+/* "key":n for every driver code ("my1290"): neither a class nor a SQLSTATE */
+static void write_codes(const struct errtab *t, FILE *out)
+{
+    fputc('{', out);
+    int first = 1;
+    for (unsigned i = 0; i < t->used; i++) {
+        const char *k = t->e[i].key;
+        if (is_sqlstate(k) || strcmp(k, "connect") == 0 || strcmp(k, "lost") == 0)
+            continue;
+        fprintf(out, "%s\"%s\":%llu", first ? "" : ",", k, (unsigned long long)t->e[i].n);
+        first = 0;
+    }
+    fputc('}', out);
+}
+
 static void write_samples(const struct errtab *t, FILE *out)
 {
     fputc('{', out);
@@ -101,6 +117,8 @@ void errtab_write_json(const struct errtab *t, FILE *out)
     write_sqlstates(t, out, 0);
     fputs(",\"sqlstate_class\":", out);
     write_sqlstates(t, out, 1);
+    fputs(",\"codes\":", out);
+    write_codes(t, out);
     fputs(",\"samples\":", out);
     write_samples(t, out);
     fputc('}', out);

@@ -12,7 +12,8 @@
 #define ERRTAB_MAX 32
 
 struct errcount {
-    char key[12];       /* "connect", "lost", or a 5-character SQLSTATE */
+    char key[12];       /* "connect", "lost", a 5-character SQLSTATE or a driver
+                           code ("my1290") */
     uint64_t n;
     char sample[200];
 };
@@ -27,7 +28,8 @@ void errtab_add(struct errtab *t, const char *key, uint64_t n, const char *sampl
 void errtab_note(struct errtab *t, const struct db_err *err);
 void errtab_merge(struct errtab *into, const struct errtab *from);
 uint64_t errtab_total(const struct errtab *t);
-/* {"total":N,"connect":N,"lost":N,"sqlstate":{...},"sqlstate_class":{...},"samples":{...}} */
+/* {"total":N,"connect":N,"lost":N,"sqlstate":{...},"sqlstate_class":{...},
+ *  "codes":{...},"samples":{...}} */
 void errtab_write_json(const struct errtab *t, FILE *out);
 
 struct idvec {
