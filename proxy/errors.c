@@ -36,8 +36,10 @@ static struct err_code code_of(enum ferry_proto proto, enum px_err kind)
     case PX_ERR_TXN_LOST:       /* 40001 serialization_failure: "retry the transaction" */
         return proto == FERRY_PROTO_MYSQL ? (struct err_code){"40001", 1213}
                                           : (struct err_code){"40001", 0};
-    case PX_ERR_OUTCOME_UNKNOWN: /* 08007 transaction_resolution_unknown */
-        return proto == FERRY_PROTO_MYSQL ? (struct err_code){"08S01", 2013}
+    case PX_ERR_OUTCOME_UNKNOWN: /* 08007 transaction_resolution_unknown. MySQL sessions are
+                                    closed instead (clients then report their own 2013);
+                                    1927 ER_CONNECTION_KILLED if it ever gets here */
+        return proto == FERRY_PROTO_MYSQL ? (struct err_code){"70100", 1927}
                                           : (struct err_code){"08007", 0};
     case PX_ERR_TLS_REQUIRED:   /* 28000 invalid_authorization_specification (as pg_hba) */
         return proto == FERRY_PROTO_MYSQL ? (struct err_code){"28000", 3159}
@@ -46,7 +48,9 @@ static struct err_code code_of(enum ferry_proto proto, enum px_err kind)
         return proto == FERRY_PROTO_MYSQL ? (struct err_code){"28000", 1045}
                                           : (struct err_code){"28P01", 0};
     case PX_ERR_BACKEND_DOWN:
-        return proto == FERRY_PROTO_MYSQL ? (struct err_code){"08S01", 2003}   /* CR_CONN_HOST_ERROR */
+        /* not 2003: Connector/C takes a server-sent 2xxx (a client-side
+         * number) for a malformed packet. 1053 ER_SERVER_SHUTDOWN: retry */
+        return proto == FERRY_PROTO_MYSQL ? (struct err_code){"08S01", 1053}
                                           : (struct err_code){"08006", 0};     /* connection_failure */
     }
     return (struct err_code){"XX000", 1105};

@@ -1287,9 +1287,13 @@ static bool my_server_lost(struct px_session *s)
         m->st.phase == MY_PH_CLOSED)
         return false;   /* the client sees the connection end, as with the server itself */
     px_conn_stop_reading(&s->server);
-    px_session_fail(s, PX_ERR_OUTCOME_UNKNOWN,
-                    "connection to the writer was lost while a statement was in flight; "
-                    "its outcome is unknown");
+    /* MySQL's own signal for "outcome unknown" is the client library's
+     * 2013 (CR_SERVER_LOST) when the connection ends mid-command: every
+     * connector knows it, while an ERR with a client-side number would be
+     * taken for a malformed packet by Connector/C. So ferry closes. */
+    px_session_count_error(s, PX_ERR_OUTCOME_UNKNOWN);
+    px_session_close(s, FERRY_LOG_INFO, "connection to the writer was lost while a statement "
+                     "was in flight; its outcome is unknown (client sees 2013)");
     return true;
 }
 

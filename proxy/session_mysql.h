@@ -29,7 +29,9 @@ enum {
 #define ER_MAX_STMTS 1461, "42000"          /* ER_MAX_PREPARED_STMT_COUNT_REACHED */
 #define ER_MALFORMED 1835, "HY000"          /* ER_MALFORMED_PACKET */
 #define ER_TXN_LOST 1213, "40001"           /* ER_LOCK_DEADLOCK: "retry the transaction" */
-#define CR_MALFORMED 2027, "HY000"          /* CR_MALFORMED_PACKET: the server's stream */
+/* The server's stream ferry cannot follow. Not CR_MALFORMED_PACKET (2027):
+ * Connector/C takes any server-sent 2xxx for a malformed packet itself. */
+#define CR_MALFORMED 1835, "HY000"          /* ER_MALFORMED_PACKET */
 
 /* Server errors that say the writer is read-only now. */
 #define ER_OPTION_PREVENTS_STATEMENT 1290

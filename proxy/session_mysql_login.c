@@ -41,7 +41,6 @@ enum {
 
 #define ER_ACCESS_DENIED 1045, "28000"
 #define ER_SECURE_TRANSPORT 3159, "HY000"   /* ER_SECURE_TRANSPORT_REQUIRED */
-#define CR_SERVER_LOST 2013, "HY000"
 
 /* Without a backend seen yet and with auth.server_version set: what ferry
  * offers until a greeting tells it more (no query attributes: MariaDB has

@@ -7,6 +7,8 @@ import time
 
 import psycopg2
 import pymysql
+import subprocess
+
 import pytest
 
 import harness
@@ -86,8 +88,15 @@ def test_mysql_client_gets_err_packet_when_backend_refuses(ferry_factory):
         listener("my", "mysql", [cluster("region-a", f"127.0.0.1:{port}", writer=True)]), workers=1))
     with pytest.raises(pymysql.err.OperationalError) as err:
         my_connect(ferry)
-    assert err.value.args[0] == 2003
+    assert err.value.args[0] == 1053
     assert f"ferry: cannot reach the writer region-a (127.0.0.1:{port})" in err.value.args[1]
+    # Connector/C (the mariadb CLI) shows ferry's words too: a server-sent
+    # 2xxx number would be "malformed packet" to it
+    host, lport = ferry.listener_addr("my")
+    res = subprocess.run(["mariadb", "--no-defaults", "-h", host, "-P", str(lport), "-u", "x",
+                          "-e", "SELECT 1"], capture_output=True, text=True, timeout=30)
+    assert res.returncode != 0 and "1053" in res.stderr, res.stderr
+    assert "ferry: cannot reach the writer" in res.stderr and "malformed" not in res.stderr
 
 
 def test_backend_restart_recovers(ferry_factory, pg_pair, mariadb_pair):

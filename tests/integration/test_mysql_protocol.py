@@ -712,7 +712,7 @@ def test_statement_in_flight_when_the_writer_dies_is_outcome_unknown(
         "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(20)'")
         == [(1,)], timeout=10, what="the statement to run")
     own_mariadb.primary.stop(mode="immediate")
-    packets = raw.read_until_eof()
-    assert [s for s, _ in packets] == [1]
-    code, state, msg = parse_err(packets[0][1])
-    assert (code, state) == (2013, "08S01") and "its outcome is unknown" in msg
+    # no ERR: the connection ends, which clients report as their own 2013
+    # (CR_SERVER_LOST), MySQL's "outcome unknown"
+    assert raw.read_until_eof() == []
+    assert "its outcome is unknown" in ferry.log_text()
