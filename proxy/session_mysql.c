@@ -1283,6 +1283,18 @@ static bool my_server_lost(struct px_session *s)
         fail_with(s, ER_MALFORMED, err_seq(m), "truncated packet from the client");
         return true;
     }
+    if (m->phase == MS_COMMAND && !s->client.eof && !m->fenced && m->st.in_trans &&
+        m->st.phase == MY_PH_IDLE && !mid_packet(&m->c2s)) {
+        /* between statements of a transaction: it is lost with the server.
+         * As after a switchover, ferry answers 1213 until ROLLBACK; then
+         * the session moves (terminated) or gets 1053. */
+        ferry_log(FERRY_LOG_INFO, "session.writer_lost", "listener=%s session=%llu cluster=%s "
+                  "state=in_transaction", s->pl->name, (unsigned long long)s->id, s->cluster);
+        px_session_probe_now(s);
+        m->fenced = m->txn_lost = m->server_cut = true;
+        px_conn_stop_reading(&s->server);
+        return true;
+    }
     if (m->phase != MS_COMMAND || s->client.eof || m->fenced || m->st.phase == MY_PH_IDLE ||
         m->st.phase == MY_PH_CLOSED)
         return false;   /* the client sees the connection end, as with the server itself */

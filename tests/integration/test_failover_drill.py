@@ -117,7 +117,7 @@ def test_crash_under_load(ferry_factory, own_pg):
     wait_for(lambda: writer_of(ferry, "pg") is None, timeout=10, what="the writer to be dropped")
     own_pg.replica.promote()
     wait_for(lambda: writer_of(ferry, "pg") == "region-b", timeout=10, what="region-b as writer")
-    n = len(load.result.acked)
+    n, mark = len(load.result.acked), load.result.last_ack()
     load.wait_for_acks(n + 100)
     result = load.stop()
     report("crash", result, ferry)
@@ -138,7 +138,7 @@ def test_crash_under_load(ferry_factory, own_pg):
     assert status["listeners"][0]["failover_errors_total"] >= sum(result.errors.values())
     last = status["discovery"]["listeners"][0]["last_failover_seconds"]
     assert last is not None and last > 0     # writer lost -> region-b: the held gap
-    after = [i for i, at in result.acked.items() if at > result.acked[n]]
+    after = result.acked_after(mark)   # (id n itself may be one that was in flight)
     have = {r[0] for r in own_pg.replica.query("SELECT id FROM drill_acks",
                                                dbname=harness.pg.TEST_DB)}
     assert after and set(after) <= have     # writes after the failover are on the new writer

@@ -4,6 +4,7 @@ These run without the ferry binary; if one fails, every ferry test built on
 the harness is suspect.
 """
 
+import datetime
 import json
 import time
 import uuid
@@ -136,3 +137,64 @@ def test_missing_ferry_binary_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setenv("FERRY_BIN", str(tmp_path / "nope"))
     with pytest.raises(harness.HarnessError, match="nope"):
         harness.require_binary()
+
+
+def test_mariadb_tls_option():
+    """MariaDBPair(tls=True): both servers serve TLS with a certificate from
+    the harness's test CA (harness/pki.py), which clients can verify."""
+    with harness.MariaDBPair(tls=True) as pair:
+        for server in pair.servers():
+            status = dict(mariadb.run_query(server.connect(ssl={"ca": pair.tls_ca}),
+                                            "SHOW SESSION STATUS LIKE 'Ssl_%'"))
+            assert status["Ssl_cipher"] != "" and status["Ssl_version"].startswith("TLSv1.")
+        with pytest.raises(pymysql.err.OperationalError) as e:
+            pair.primary.connect(ssl={"ca": str(pair.pki / "other.pem")})
+        assert "CERTIFICATE_VERIFY_FAILED" in str(e.value)
+        plain = dict(mariadb.run_query(pair.primary.connect(),
+                                       "SHOW SESSION STATUS LIKE 'Ssl_cipher'"))
+        assert plain == {"Ssl_cipher": ""}
+        pair.wait_replicated()
+
+
+def test_mariadb_switchover_and_back_then_crash():
+    """The role changes failover drills make: a planned switchover leaves
+    the old writer a streaming replica of the new one, so it can be
+    repeated the other way; a crash promotes the replica with everything
+    it received. And the general log tells what a client sent after a
+    moment, whatever the client's time_zone."""
+    from harness.drill_mysql import log_statements, statements_after
+    with harness.MariaDBPair(semi_sync=True) as pair:
+        a, b = pair.primary, pair.replica
+        assert a.semi_sync_status() == (True, 1)
+        assert pair.switchover(a, b) == (b, a)
+        assert [s.query("SELECT @@read_only")[0][0] for s in (a, b)] == [1, 0]
+        assert a.replication_status()["Master_Port"] == b.port
+        pair.wait_replicated(source=b, target=a)
+        assert b.semi_sync_status() == (True, 1)
+        pair.switchover(b, a)
+        assert [s.query("SELECT @@read_only")[0][0] for s in (a, b)] == [0, 1]
+        pair.wait_replicated(source=a, target=b)
+
+        log_statements(a)
+        conn = a.connect()
+        with conn.cursor() as cur:
+            cur.execute("SET time_zone = '+03:00'")
+            cur.execute("SELECT 'before'")
+            time.sleep(0.05)
+            t0 = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+            time.sleep(0.05)
+            cur.execute("SELECT 'after'")
+        conn.close()
+        after = [line.split("] ", 1)[1] for line in statements_after(a, t0.replace("+00:00", "Z"))]
+        assert [cmd for cmd in after if not cmd.startswith("Quit")] == ["Query: SELECT 'after'"]
+
+        token = uuid.uuid4().hex
+        a.query("CREATE TABLE app.crash (token text)")
+        a.query("INSERT INTO app.crash VALUES (%s)", (token,))   # acknowledged: on b too
+        assert pair.crash(a, b) is b
+        assert not a.is_running() and b.replication_status() is None
+        assert b.query("SELECT @@read_only") == [(0,)]
+        assert b.query("SELECT token FROM app.crash") == [(token,)]
+        started = time.monotonic()
+        b.query("INSERT INTO app.crash VALUES ('alone')")   # no replica: no wait
+        assert time.monotonic() - started < 2

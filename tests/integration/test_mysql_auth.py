@@ -12,6 +12,7 @@ import struct
 import pymysql
 import pytest
 
+import harness
 from fronts import listener_status, my_connect, my_listener
 from harness import make_config
 from harness.mariadb import TEST_DB, TEST_PASSWORD, TEST_USER
@@ -250,4 +251,47 @@ def test_configured_server_version_greets_without_a_backend(ferry_factory, maria
     assert server_connections(mariadb_pair.primary) - before == 1
     conn = my_connect(ferry)
     assert conn.get_server_info() == "8.0.36-ferry" and one(conn, "SELECT 3") == (3,)
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def tls_mariadb():
+    """A MariaDB pair serving TLS with a certificate from its own test CA."""
+    with harness.MariaDBPair(tls=True) as pair:
+        yield pair
+
+
+def ssl_cipher(conn):
+    return one(conn, "SHOW SESSION STATUS LIKE 'Ssl_cipher'")[1]
+
+
+@pytest.mark.parametrize("mode", ["required", "verify_ca", "verify_identity"])
+def test_tls_towards_backends(ferry_factory, tls_mariadb, mode):
+    backend_tls = {"mode": mode, "ca_file": tls_mariadb.tls_ca}
+    ferry = ferry_factory(make_config(terminated(tls_mariadb, users(), backend_tls=backend_tls),
+                                      workers=1))
+    conn = my_connect(ferry)
+    assert ssl_cipher(conn) != ""           # the server sees a TLS session from ferry
+    conn.close()
+
+
+def test_backend_tls_failures_are_clear(ferry_factory, tls_mariadb, mariadb_pair, pki):
+    # a CA that signed nothing the server serves
+    ferry = ferry_factory(make_config(terminated(
+        tls_mariadb, users(), backend_tls={"mode": "verify_ca", "ca_file": str(pki / "other.pem")}),
+        workers=1))
+    with pytest.raises(pymysql.err.OperationalError) as e:
+        my_connect(ferry)
+    assert e.value.args[0] == 1053 and "certificate verify failed" in e.value.args[1], e.value.args
+    # required, and the server has no TLS
+    ferry = ferry_factory(make_config(terminated(mariadb_pair, users(),
+                                                 backend_tls={"mode": "required"}), workers=1))
+    with pytest.raises(pymysql.err.OperationalError) as e:
+        my_connect(ferry)
+    assert e.value.args[0] == 1053 and "does not accept TLS" in e.value.args[1], e.value.args
+    # preferred goes on in plaintext
+    ferry = ferry_factory(make_config(terminated(mariadb_pair, users(),
+                                                 backend_tls={"mode": "preferred"}), workers=1))
+    conn = my_connect(ferry)
+    assert ssl_cipher(conn) == ""
     conn.close()

@@ -10,6 +10,9 @@ PgLoad runs, all through one ferry listener:
 - prepared sessions: psycopg 3 with server-side prepared statements and a
   TimeZone setting, running their statement every few milliseconds.
 
+Load holds what any protocol's load shares (threads, ids, acknowledgements,
+errors); drill_mysql.MyLoad is the same drill for MySQL.
+
 PgLoad.stop() returns a DrillResult: acknowledged ids, errors by session kind
 and class, and the longest gap between acknowledgements (the window in
 which no write could complete). check_writes() then compares the ids with
@@ -50,23 +53,36 @@ class DrillResult:
         times = sorted(self.acked.values())
         return max((b - a for a, b in zip(times, times[1:])), default=0) * 1000.0
 
+    def last_ack(self):
+        """Time of the latest acknowledgement so far (0 when none)."""
+        return max(self.acked.values(), default=0)
+
+    def acked_after(self, t):
+        """Ids acknowledged after time t (time.time())."""
+        return [i for i, at in self.acked.items() if at > t]
+
     def errors_of(self, kind):
         return {k.split(":", 1)[1]: v for k, v in self.errors.items() if k.startswith(kind + ":")}
 
 
-class PgLoad:
-    def __init__(self, dsn, writers=3, idle=4, prepared=2):
-        self.dsn = dsn
-        self.nwriters, self.nidle, self.nprepared = writers, idle, prepared
-        self.result = DrillResult()
+class Load:
+    """What a drill's load has whatever the protocol: its threads, the ids
+    it hands out, the acknowledgements and errors it records. Subclasses
+    add the sessions (start/stop) and say how an error is classified."""
+
+    def __init__(self, result=None):
+        self.result = result or DrillResult()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.threads = []
-        self.idle = []
         self.next_id = 0
 
+    def classify(self, e):
+        """The class an error is counted under."""
+        raise NotImplementedError
+
     def _error(self, kind, e):
-        cls = error_class(e)
+        cls = self.classify(e)
         with self.lock:
             key = f"{kind}:{cls}"
             self.result.errors[key] = self.result.errors.get(key, 0) + 1
@@ -76,6 +92,37 @@ class PgLoad:
         with self.lock:
             self.next_id += 1
             return self.next_id
+
+    def _acked(self, i):
+        with self.lock:
+            self.result.acked[i] = time.time()
+
+    def _thread(self, target, *args):
+        self.threads.append(threading.Thread(target=target, args=args, daemon=True))
+
+    def _join(self):
+        self.stopping.set()
+        for t in self.threads:
+            t.join(30)
+
+    def wait_for_acks(self, n, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if len(self.result.acked) >= n:
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"only {len(self.result.acked)} writes acknowledged")
+
+
+class PgLoad(Load):
+    def __init__(self, dsn, writers=3, idle=4, prepared=2):
+        super().__init__()
+        self.dsn = dsn
+        self.nwriters, self.nidle, self.nprepared = writers, idle, prepared
+        self.idle = []
+
+    def classify(self, e):
+        return error_class(e)
 
     def _writer(self, n):
         conn = None
@@ -87,8 +134,7 @@ class PgLoad:
                     i = self._take_id()
                     cur.execute(f"INSERT INTO {TABLE} (id, writer) VALUES (%s, %s)", (i, n))
                 conn.commit()
-                with self.lock:
-                    self.result.acked[i] = time.time()
+                self._acked(i)
             except psycopg2.Error as e:
                 self._error("writer", e)
                 try:
@@ -132,25 +178,15 @@ class PgLoad:
             conn.cursor().execute("SET statement_timeout TO '9s'")
             self.idle.append(conn)
         for n in range(self.nwriters):
-            self.threads.append(threading.Thread(target=self._writer, args=(n,), daemon=True))
+            self._thread(self._writer, n)
         for n in range(self.nprepared):
-            self.threads.append(threading.Thread(target=self._prepared, args=(n,), daemon=True))
+            self._thread(self._prepared, n)
         for t in self.threads:
             t.start()
         return self
 
-    def wait_for_acks(self, n, timeout=30):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if len(self.result.acked) >= n:
-                return
-            time.sleep(0.02)
-        raise TimeoutError(f"only {len(self.result.acked)} writes acknowledged")
-
     def stop(self):
-        self.stopping.set()
-        for t in self.threads:
-            t.join(30)
+        self._join()
         for n, conn in enumerate(self.idle):
             try:
                 with conn.cursor() as cur:
