@@ -337,18 +337,30 @@ static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chu
             return;
         }
     } else {
-        ch->dst = dst;
-        ch->len = n;
+        /* Most relayed writes complete at once: try that first, so libuv
+         * neither queues a request nor re-arms the socket in epoll for it
+         * (an epoll_ctl per write, ~9 % of ferry's CPU in the profile).
+         * With writes still queued, uv_try_write refuses: order is kept. */
         uv_buf_t out = uv_buf_init(ch->data, (unsigned)n);
-        int rc = uv_write(&ch->req, (uv_stream_t *)&dst->tcp, &out, 1, on_written);
-        if (rc != 0) {
+        int rc = dst->queued ? UV_EAGAIN : uv_try_write((uv_stream_t *)&dst->tcp, &out, 1);
+        size_t done = rc > 0 ? (size_t)rc : 0;
+        if (done == n) {
             chunk_put(w, ch);
-            char reason[96];
-            snprintf(reason, sizeof reason, "%s write failed: %s", dst->name, uv_strerror(rc));
-            px_session_close(s, FERRY_LOG_INFO, reason);
-            return;
+        } else {
+            ch->dst = dst;
+            ch->len = n - done;
+            out = uv_buf_init(ch->data + done, (unsigned)(n - done));
+            if (rc >= 0 || rc == UV_EAGAIN)
+                rc = uv_write(&ch->req, (uv_stream_t *)&dst->tcp, &out, 1, on_written);
+            if (rc < 0) {
+                chunk_put(w, ch);
+                char reason[96];
+                snprintf(reason, sizeof reason, "%s write failed: %s", dst->name, uv_strerror(rc));
+                px_session_close(s, FERRY_LOG_INFO, reason);
+                return;
+            }
+            buffered_add(w, dst, (ssize_t)(n - done));
         }
-        buffered_add(w, dst, (ssize_t)n);
     }
     if (src == &s->server && s->proto && s->proto->relayed) {
         s->proto->relayed(s);
