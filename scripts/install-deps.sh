@@ -11,7 +11,7 @@ PACKAGES=(
   # servers the tests and the demo start
   postgresql-15 postgresql-client-15 mariadb-server mariadb-client
   # test clients and tools
-  python3 python3-pytest python3-psycopg2 python3-psycopg python3-pymysql python3-mysqldb python3-cryptography python3-botocore
+  python3 python3-pytest python3-psycopg2 python3-psycopg python3-pymysql python3-mysqldb python3-cryptography python3-botocore sysbench
   openssl procps iproute2 ca-certificates
   # deployment checks (tests/deploy): manifests are YAML; Node.js runs the offline Kubernetes schema check
   python3-yaml nodejs
