@@ -460,6 +460,22 @@ ssize_t px_session_read_into(struct px_session *s, struct ferry_wbuf *into, ssiz
     return nread;
 }
 
+bool px_session_ask(struct px_session *s, struct px_conn *c, struct ferry_wbuf *b, uv_read_cb cb,
+                    uint64_t ms)
+{
+    if (px_session_write(s, c, b, false) != 0) {
+        px_session_close(s, FERRY_LOG_INFO, c == &s->client ? "client write failed"
+                                                             : "server write failed");
+        return false;
+    }
+    if (px_conn_read_start(c, cb) != 0) {
+        px_session_close(s, FERRY_LOG_INFO, "read start failed");
+        return false;
+    }
+    px_session_arm_timer(s, ms);
+    return true;
+}
+
 void px_session_arm_timer(struct px_session *s, uint64_t ms)
 {
     uv_timer_start(&s->timer, on_timer, ms, 0);

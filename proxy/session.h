@@ -181,6 +181,11 @@ void px_session_count_error(struct px_session *s, enum px_err kind);
 bool px_session_paused(void);
 /* Routes the session, or holds it while there is no writer. */
 void px_session_route(struct px_session *s);
+/* A protocol's own exchange: sends b (taking its memory) to c, reads c's
+ * answer into cb, and arms the session timer at ms. False: the session is
+ * closing (the write or the read failed). */
+bool px_session_ask(struct px_session *s, struct px_conn *c, struct ferry_wbuf *b, uv_read_cb cb,
+                    uint64_t ms);
 /* (Re)starts the session's one timer; when it fires, the protocol's timer
  * hook is asked first, then hold / connect timeouts apply. */
 void px_session_arm_timer(struct px_session *s, uint64_t ms);

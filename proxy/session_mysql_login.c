@@ -112,6 +112,14 @@ void mys_login_free(struct px_my_session *m)
     m->login = NULL;
 }
 
+/* A payload as one packet with sequence id seq (appended to out). */
+static void frame(struct ferry_wbuf *out, uint8_t seq, const uint8_t *p, size_t n)
+{
+    size_t start = my_packet_begin(out, seq);
+    ferry_wbuf_put(out, p, n);
+    my_packet_end(out, start);
+}
+
 static void send_client(struct px_session *s, struct ferry_wbuf *b)
 {
     if (px_session_write(s, &s->client, b, false) != 0)
@@ -223,14 +231,7 @@ static void send_greeting(struct px_session *s)
     m->phase = MS_AUTH;
     m->hs_next = 1;
     m->client_turn = true;
-    send_client(s, &b);
-    if (s->closing)
-        return;
-    if (px_conn_read_start(&s->client, login_read_client) != 0) {
-        px_session_close(s, FERRY_LOG_INFO, "read start failed");
-        return;
-    }
-    px_session_arm_timer(s, HANDSHAKE_MS);
+    px_session_ask(s, &s->client, &b, login_read_client, HANDSHAKE_MS);
 }
 
 void mys_login_begin(struct px_session *s)
@@ -721,9 +722,7 @@ static void backend_logged_in(struct px_session *s, const uint8_t *p, size_t n)
     }
     struct ferry_wbuf out;
     ferry_wbuf_init(&out, 0);
-    size_t start = my_packet_begin(&out, m->hs_next);
-    ferry_wbuf_put(&out, p, n);
-    my_packet_end(&out, start);
+    frame(&out, m->hs_next, p, n);
     px_conn_stop_reading(&s->server);
     mys_login_free(m);
     m->phase = MS_COMMAND;
@@ -753,9 +752,7 @@ static void backend_refused(struct px_session *s, const uint8_t *p, size_t n)
                   s->endpoint, s->user, e.code);
     struct ferry_wbuf out;
     ferry_wbuf_init(&out, 0);
-    size_t start = my_packet_begin(&out, m->hs_next);
-    ferry_wbuf_put(&out, p, n);
-    my_packet_end(&out, start);
+    frame(&out, m->hs_next, p, n);
     px_conn_stop_reading(&s->server);
     px_session_count_error(s, PX_ERR_AUTH_FAILED);
     s->failing = true;
@@ -801,9 +798,7 @@ static void backend_auth_packet(struct px_session *s, const uint8_t *p, size_t n
         return;
     }
     if (reply) {
-        size_t start = my_packet_begin(&out, l->server_next++);
-        ferry_wbuf_put(&out, data.data, data.len);
-        my_packet_end(&out, start);
+        frame(&out, l->server_next++, data.data, data.len);
         send_server(s, &out);
     } else {
         ferry_wbuf_free(&out);

@@ -439,14 +439,8 @@ static void client_auth_begin(struct px_session *s)
         pg_build_auth_sasl(&b, mechs, 1);
         p->auth_phase = PGA_SASL_FIRST;
     }
-    send_to_client(s, &b);
-    if (s->closing)
-        return;
-    if (px_conn_read_start(&s->client, on_startup_read) != 0) {
-        px_session_close(s, FERRY_LOG_INFO, "read start failed");
-        return;
-    }
-    px_session_arm_timer(s, 30000);     /* the startup timer covers the exchange too */
+    /* the startup timer covers the exchange too */
+    px_session_ask(s, &s->client, &b, on_startup_read, 30000);
 }
 
 /* One client message of the exchange: 'p' with the phase's content. */
@@ -984,15 +978,8 @@ static bool login_begin(struct px_session *s)
     struct ferry_wbuf out;
     ferry_wbuf_init(&out, 0);
     ferry_wbuf_put(&out, p->startup.data + p->startup_msg, p->startup_len);
-    if (px_session_write(s, &s->server, &out, false) != 0) {
-        px_session_close(s, FERRY_LOG_INFO, "server write failed");
-        return false;
-    }
-    if (px_conn_read_start(&s->server, on_login_read) != 0) {
-        px_session_close(s, FERRY_LOG_INFO, "read start failed");
-        return false;
-    }
-    px_session_arm_timer(s, (uint64_t)(s->lcfg->connect_timeout * 1000.0));
+    px_session_ask(s, &s->server, &out, on_login_read,
+                   (uint64_t)(s->lcfg->connect_timeout * 1000.0));
     return false;   /* login_done starts the relay */
 }
 
@@ -1334,12 +1321,8 @@ static bool pg_connected(struct px_session *s)
         struct ferry_wbuf req;
         ferry_wbuf_init(&req, 0);
         pg_build_ssl_request(&req);
-        if (px_session_write(s, &s->server, &req, false) != 0 ||
-            px_conn_read_start(&s->server, on_backend_ssl_answer) != 0) {
-            px_session_close(s, FERRY_LOG_INFO, "server write failed");
-            return false;
-        }
-        px_session_arm_timer(s, (uint64_t)(s->lcfg->connect_timeout * 1000.0));
+        px_session_ask(s, &s->server, &req, on_backend_ssl_answer,
+                       (uint64_t)(s->lcfg->connect_timeout * 1000.0));
         return false;   /* on_backend_ssl_answer goes on */
     }
     uint32_t max = s->lcfg->max_message_size;
