@@ -378,6 +378,10 @@ static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chu
 
 /* Waits for a writer (or a resume). One wait lasts hold_timeout in all,
  * however often a connect attempt in between fails and holds again. */
+static bool route_and_connect(struct px_session *s);
+
+enum { RETRY_CONNECT_MS = 250 };    /* a held session's next try at an unreachable writer */
+
 static void hold(struct px_session *s)
 {
     uint64_t now = px_now_ms();
@@ -388,7 +392,8 @@ static void hold(struct px_session *s)
         ferry_list_insert_tail(&s->owner->held, &s->held_link);
         PX_STAT_ADD(px_session_stats(s)->held, 1);
     }
-    px_session_arm_timer(s, s->hold_until > now ? s->hold_until - now : 0);
+    uint64_t left = s->hold_until > now ? s->hold_until - now : 0;
+    px_session_arm_timer(s, s->retry_soon && left > RETRY_CONNECT_MS ? RETRY_CONNECT_MS : left);
 }
 
 /* The protocol said the client's next request must wait (pause): keep the
@@ -411,6 +416,7 @@ static void unpark(struct px_session *s);
 void px_session_start_relay(struct px_session *s)
 {
     s->relaying = true;
+    s->retry_connect = s->retry_soon = false;
     s->hold_until = 0;
     uv_timer_stop(&s->timer);   /* a protocol's login timer ends with the login */
     conn_start_reading(&s->server);
@@ -748,7 +754,9 @@ void px_session_backend_failed(struct px_session *s, const char *error)
               "listener=%s session=%llu cluster=%s backend=%s error=\"%s\"", s->pl->name,
               (unsigned long long)s->id, s->cluster, s->endpoint, error);
     if (s->retry_connect && !s->failing && !s->closing) {
-        /* a session being moved keeps its client: wait for the next topology */
+        /* a session that may wait keeps its client: wait for the next
+         * topology, and try again shortly in case the writer stays */
+        s->retry_soon = true;
         s->connected = false;
         uv_timer_stop(&s->timer);
         if (s->server.open && !uv_is_closing((uv_handle_t *)&s->server.tcp)) {
@@ -784,6 +792,16 @@ static void on_timer(uv_timer_t *t)
     struct px_session *s = t->data;
     if (s->proto && s->proto->timer && s->proto->timer(s))
         return;
+    if (s->held && s->retry_soon && px_now_ms() < s->hold_until && !s->server.open) {
+        /* the writer refused or timed out: discovery has been asked to look,
+         * and may well keep it (a blip); try it again meanwhile */
+        s->retry_soon = false;
+        if (route_and_connect(s))
+            unhold(s);
+        else
+            hold(s);
+        return;
+    }
     if (s->held) {
         hold_expired(s);
         return;
@@ -1048,6 +1066,11 @@ void px_session_accept(struct px_accepting *a)
 /* Routes the session, or holds it while there is no writer. */
 void px_session_route(struct px_session *s)
 {
+    /* With discovery, an unreachable writer may be failing over: the
+     * client waits for the next one (up to hold_timeout) rather than
+     * getting an error; a static route has nothing to wait for. */
+    if (s->lcfg->probe_enabled && !s->relaying)
+        s->retry_connect = true;
     if (!route_and_connect(s)) {
         /* No writer now: wait for one instead of failing (the failover window). */
         hold(s);

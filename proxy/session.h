@@ -141,6 +141,8 @@ struct px_session {
     bool retry_connect;                     /* a failed backend connect holds (and retries on
                                                the next topology) instead of failing: moving */
     bool hold_after_drop;                   /* scratch: the dropped backend was unreachable */
+    bool retry_soon;                        /* held after a failed connect: try the writer
+                                               again shortly, not only on a new topology */
     uint64_t hold_until;                    /* when this wait for a writer gives up; 0 = none */
     uint64_t topo_gen;                      /* writer generation the session was routed with */
     struct sockaddr_storage server_addr;    /* where the backend connection went */

@@ -118,3 +118,26 @@ def test_backend_restart_recovers(ferry_factory, pg_pair, mariadb_pair):
         pg_pair.primary.start()
     assert harness.pg.run_query(pg_dsn(ferry), "SELECT 2") == [(2,)]
     assert ferry.status()["ready"] is True
+
+
+def test_discovered_writer_blip_holds_and_retries(ferry_factory, own_pg):
+    """A discovered writer that refuses connections but stays the writer
+    (discovery keeps it: a blip) does not fail a new client at once: it is
+    held and the connect is retried until the writer takes it."""
+    from test_discovery import FAST, pg_discovered, writer_of
+    from harness.proc import wait_for
+    slow = dict(FAST, probe_interval=60, writer_down_after=100)   # discovery will not drop it
+    ferry = ferry_factory(make_config(pg_discovered(own_pg), workers=1, discovery=slow))
+    wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a as writer")
+    own_pg.primary.stop(mode="immediate")
+    import threading
+    got = []
+    t = threading.Thread(target=lambda: got.append(harness.pg.run_query(
+        pg_dsn(ferry) + " connect_timeout=30", "SELECT inet_server_port()")))
+    t.start()
+    wait_for(lambda: ferry.log_text().count("event=backend.connect_failed") >= 2, timeout=10,
+             what="a few connect attempts")
+    own_pg.primary.start()
+    t.join(30)
+    assert got == [[(own_pg.primary.port,)]]
+    assert listener_status(ferry, "pg")["clients_held"] == 0
