@@ -295,15 +295,9 @@ def run_one(env, sc, target, duration):
 
 def check_acked(env, path):
     """How many acknowledged write ids are missing from bench_rw on the primary."""
-    with open(path) as f:
-        ids = [int(line) for line in f if line.strip()]
-    found = 0
-    for i in range(0, len(ids), 5000):
-        chunk = ids[i:i + 5000]
-        rows = env.pg.primary.query("SELECT count(*) FROM bench_rw WHERE id = ANY(%s)", (chunk,),
-                                    user=tools.PG_USER, dbname=tools.PG_DB)
-        found += rows[0][0]
-    return {"acked": len(ids), "found": found, "lost": len(ids) - found}
+    return tools.count_acked(path, lambda chunk: env.pg.primary.query(
+        "SELECT count(*) FROM bench_rw WHERE id = ANY(%s)", (chunk,),
+        user=tools.PG_USER, dbname=tools.PG_DB)[0][0])
 
 
 def pick_median(runs):

@@ -39,32 +39,32 @@ writer), and, from the old writer's log (log_statement = mod, so every
 INSERT/UPDATE it received is logged, and every error), the statements that
 reached it after t0. Each target logs in as its own role, so the old
 writer's log tells them apart.
+
+What this drill does like the MariaDB one (drill_my.py): ferry's discovery
+and listeners, the idle sessions, the loadgen runs and the reading of their
+output, and the cleanup, is in drill_common.py.
 """
 
 import datetime
-import json
 import os
-import subprocess
 import time
 
-from harness import Ferry, PgPair, cluster, listener, make_config, proc
+from harness import PgPair, proc
 
+import drill_common as common
 import tools
 
 import psycopg2
 
 TARGETS = ("ferry", "ferry_terminated", "libpq", "dns")
-KINDS = ("planned", "crash")
+KINDS = common.KINDS
 USERS = {"ferry": "drill_ferry", "ferry_terminated": "drill_ferry_t", "libpq": "drill_libpq",
          "dns": "drill_dns"}
 LISTENERS = {"ferry": "drill", "ferry_terminated": "drill-t"}
 TERMINATED_PASSWORD = "drill_pw"
-# ferry's discovery in the drill; the detection time follows from it
-DISCOVERY = {"probe_interval": 0.5, "probe_timeout": 1, "writer_down_after": 2,
-             "hold_timeout": 30}
+DISCOVERY = common.DISCOVERY
 PG_SETTINGS = {"log_statement": "mod", "log_connections": "off", "max_connections": 200,
                "log_timezone": "UTC"}
-BIN_S = 0.1          # resolution of the throughput/error series
 DNS_NAME = "writer.drill.internal"
 
 
@@ -76,13 +76,6 @@ def defaults(smoke):
                 "dns_ttl": 1.0}
     return {"clients": 6, "before_s": 6.0, "after_s": 10.0, "rows": 10000, "idle": 10,
             "dns_ttl": 5.0}
-
-
-def detection_s(kind):
-    """How long ferry needs to notice: one probe round for a writer that turns
-    read-only, writer_down_after failed rounds for one that is gone."""
-    d = DISCOVERY
-    return d["probe_interval"] * (1 if kind == "planned" else d["writer_down_after"])
 
 
 # --------------------------------------------------------------------------
@@ -104,25 +97,12 @@ def _setup_pair(rows, workdir, log):
 
 
 def _start_ferry(pair, workdir, kind):
-    clusters = [cluster("region-a", pair.primary), cluster("region-b", pair.replica)]
     probe = {"user": "ferry_test", "password": "ferry_pw"}
     auth = {"mode": "terminated",
             "users": [{"name": USERS["ferry_terminated"], "password": TERMINATED_PASSWORD,
                        "method": "trust"}]}
-    cfg = make_config(listener(LISTENERS["ferry"], "postgresql", clusters, probe=probe),
-                      listener(LISTENERS["ferry_terminated"], "postgresql", clusters,
-                               probe=probe, auth=auth),
-                      log_level="info", workers=2, discovery=DISCOVERY)
-    ferry = Ferry(cfg, workdir, name=f"ferry-drill-{kind}").start()
-    proc.wait_for(lambda: _writer(ferry) == "region-a", timeout=20,
-                  what="ferry to pick region-a as the writer")
-    return ferry
-
-
-def _writer(ferry):
-    writers = {e["name"]: e["writer"] for e in ferry.status()["discovery"]["listeners"]}
-    same = {writers.get(name) for name in LISTENERS.values()}
-    return same.pop() if len(same) == 1 else None
+    return common.start_ferry(pair, workdir, f"ferry-drill-{kind}", "postgresql", LISTENERS,
+                              probe, auth, "ferry to pick region-a as the writer")
 
 
 def write_dns(path, server):
@@ -149,54 +129,20 @@ def _dsn(target, pair, ferry, resolved=False):
             "target_session_attrs=read-write connect_timeout=2")
 
 
-def _start_loadgen(target, dsn, p, workdir, kind, id_base, extra=()):
-    tag = f"drill-{kind}-{target}"
-    files = {k: os.path.join(workdir, f"{tag}.{k}") for k in ("json", "acked", "timeline", "err")}
-    argv = [tools.LOADGEN, "--driver", "pg", "--dsn", dsn, "--mode", "rw",
-            "--clients", str(p["clients"]), "--rows", str(p["rows"]),
-            "--duration", str(p["before_s"] + p["after_s"]), "--out", files["json"],
-            "--acked", files["acked"], "--timeline", files["timeline"], "--label", tag,
-            "--backoff-max-ms", "100", "--id-base", str(id_base), *extra]
-    errf = open(files["err"], "w")
-    popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=errf, env=proc.clean_env())
-    errf.close()
-    return {"argv": argv, "popen": popen, "files": files}
-
-
 def _open_idle(dsn, n):
-    """n autocommit sessions that ran one statement and now sit idle"""
-    conns = []
-    for _ in range(n):
+    """n idle autocommit sessions to dsn"""
+    def connect():
         c = psycopg2.connect(dsn)
         c.autocommit = True
-        with c.cursor() as cur:
-            cur.execute("SELECT 1")
-        conns.append(c)
-    return conns
+        return c
+    return common.open_idle(connect, n)
 
 
 def _check_idle(conns, new_writer_port):
-    """One statement on each idle session after the failover: how many
-    worked (on the new writer), and the errors by SQLSTATE or class."""
-    out = {"sessions": len(conns), "ok": 0, "errors": {}}
-    for c in conns:
-        try:
-            with c.cursor() as cur:
-                cur.execute("SELECT inet_server_port()")
-                port = cur.fetchone()[0]
-            key = "ok" if port == new_writer_port else "old_writer"
-        except psycopg2.Error as e:
-            key = e.pgcode or ("lost" if isinstance(e, psycopg2.OperationalError) else "other")
-        if key == "ok":
-            out["ok"] += 1
-        else:
-            out["errors"][key] = out["errors"].get(key, 0) + 1
-        try:
-            c.close()
-        except psycopg2.Error:
-            pass
-    return out
+    """the idle sessions after the failover; errors by SQLSTATE or class"""
+    return common.check_idle(
+        conns, new_writer_port, "SELECT inet_server_port()", psycopg2.Error,
+        lambda e: e.pgcode or ("lost" if isinstance(e, psycopg2.OperationalError) else "other"))
 
 
 def _ferry_sessions(ferry, out):
@@ -250,68 +196,9 @@ def _crash(pair, events, flip):
     events["dns_flipped"] = time.time()
 
 
-def _read_timeline(path, t0_unix, t_event, lookups=None):
-    """[(t relative to t_event in s, key)] sorted; key "" for an ack. The
-    DNS client's lookups ("MS dns HOST:PORT") go to lookups as (t, answer)."""
-    out = []
-    with open(path) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) < 2:
-                continue
-            t = t0_unix + float(parts[0]) / 1e3 - t_event
-            if parts[1] == "dns":
-                if lookups is not None and len(parts) >= 3:
-                    lookups.append((t, parts[2]))
-            elif parts[1] == "err" and len(parts) >= 3:
-                out.append((t, parts[2]))
-            elif parts[1] == "ok":
-                out.append((t, ""))
-    out.sort()
-    if lookups is not None:
-        lookups.sort()
-    return out
-
-
-def _window(events, end_rel):
-    """(window s, last ack before it, first ack after it): the longest gap
-    between consecutive acknowledgements among those around t=0 that ends
-    after t=0; window None if nothing was acknowledged after t=0."""
-    acks = [t for t, k in events if not k]
-    before = [t for t in acks if t <= 0]
-    after = [t for t in acks if t > 0]
-    if not after:
-        return None, (before[-1] if before else None), None
-    best = (0.0, None, None)
-    prev = before[-1] if before else after[0]
-    for t in after:
-        if t - prev > best[0]:
-            best = (t - prev, prev, t)
-        prev = t
-    return best
-
-
-def _series(events, lo, hi):
-    """[[t, acks per s, errors per s]] in BIN_S bins from lo to hi (relative s)"""
-    n = int(round((hi - lo) / BIN_S))
-    acks, errs = [0] * n, [0] * n
-    for t, k in events:
-        i = int((t - lo) / BIN_S)
-        if 0 <= i < n:
-            (errs if k else acks)[i] += 1
-    return [[round(lo + (i + 0.5) * BIN_S, 3), acks[i] / BIN_S, errs[i] / BIN_S]
-            for i in range(n)]
-
-
 def _lost(server, acked_path):
-    with open(acked_path) as f:
-        ids = [int(line) for line in f if line.strip()]
-    found = 0
-    for i in range(0, len(ids), 5000):
-        chunk = ids[i:i + 5000]
-        found += server.query("SELECT count(*) FROM bench_rw WHERE id = ANY(%s)", (chunk,),
-                              dbname=tools.PG_DB)[0][0]
-    return {"acked": len(ids), "found": found, "lost": len(ids) - found}
+    return tools.count_acked(acked_path, lambda chunk: server.query(
+        "SELECT count(*) FROM bench_rw WHERE id = ANY(%s)", (chunk,), dbname=tools.PG_DB)[0][0])
 
 
 def _log_time(line):
@@ -357,13 +244,13 @@ def drill_once(kind, p, workdir, log):
         dns_file = os.path.join(workdir, f"drill-{kind}.dns")
         write_dns(dns_file, pair.primary)
         dns_args = ("--dns-file", dns_file, "--dns-ttl", str(p["dns_ttl"]))
-        base = int(time.time()) & 0x3FFF
+        ids = common.id_bases(TARGETS)
         for target in TARGETS:               # idle sessions first: the loads start together
             idle[target] = _open_idle(_dsn(target, pair, ferry, resolved=True), p["idle"])
-        for i, target in enumerate(TARGETS):
-            loads[target] = _start_loadgen(target, _dsn(target, pair, ferry), p, workdir, kind,
-                                           ((base << 3) | i) << 44,
-                                           dns_args if target == "dns" else ())
+        for target in TARGETS:
+            loads[target] = common.start_loadgen(f"drill-{kind}-{target}", "pg",
+                                                 _dsn(target, pair, ferry), p, workdir, ids[target],
+                                                 dns_args if target == "dns" else ())
         time.sleep(p["before_s"])
         old = pair.primary
         log_offset = os.path.getsize(old.log_path)
@@ -374,16 +261,11 @@ def drill_once(kind, p, workdir, log):
         (_planned if kind == "planned" else _crash)(pair, events,
                                                     lambda: write_dns(dns_file, pair.replica))
         log("  " + ", ".join(f"{k} +{(v - t0) * 1000:.0f} ms" for k, v in events.items()))
-        out = {}
-        for target, ld in loads.items():
-            try:
-                code = ld["popen"].wait(p["before_s"] + p["after_s"] + 60)
-            except subprocess.TimeoutExpired:
-                ld["popen"].kill()
-                code = "timeout"
-            out[target] = _result(target, kind, ld, code, t0, events, pair, old, log_offset, p)
-            out[target]["idle_sessions"] = _check_idle(idle.pop(target), pair.replica.port)
-            log(f"  {target}: idle sessions after the failover: {out[target]['idle_sessions']}")
+        out = common.collect(
+            loads, idle, p,
+            lambda target, ld, code: _result(target, ld, code, t0, events, pair, old,
+                                             log_offset, p),
+            lambda conns: _check_idle(conns, pair.replica.port), log)
         _ferry_sessions(ferry, out)
         for target in LISTENERS:
             log(f"  {target}: ferry's session moves {out[target].get('ferry_sessions')}")
@@ -392,64 +274,23 @@ def drill_once(kind, p, workdir, log):
         out["_ferry_history"] = ferry.status()["discovery"]["history"]
         return out
     finally:
-        for conns in idle.values():
-            for c in conns:
-                c.close()
-        for ld in loads.values():
-            if ld["popen"].poll() is None:
-                ld["popen"].kill()
-                ld["popen"].wait()
-        if ferry:
-            ferry.kill()
-        if pair:
-            try:
-                pair.stop()
-            except proc.HarnessError as e:
-                log(f"  stopping the drill's servers: {e}")
+        common.cleanup(idle, loads, ferry, pair, log, psycopg2.Error)
 
 
-def _result(target, kind, ld, code, t0, events, pair, old, log_offset, p):
-    files = ld["files"]
-    if code != 0 or not os.path.exists(files["json"]):
-        with open(files["err"]) as f:
-            raise proc.HarnessError(f"drill loadgen via {target} exited {code}: {f.read()[-500:]}")
-    with open(files["json"]) as f:
-        raw = json.load(f)
+def _result(target, ld, code, t0, events, pair, old, log_offset, p):
+    raw = common.read_loadgen(ld, code, f"drill loadgen via {target}")
     lookups = []
-    evs = _read_timeline(files["timeline"], raw["t0_unix"], t0, lookups)
-    window, last_ack, first_ack = _window(evs, p["after_s"])
-    errs_after = {}
-    for t, k in evs:
-        if k and t > 0:
-            errs_after[k] = errs_after.get(k, 0) + 1
-    res = {"txns": raw["txns"], "tps": raw["tps"], "errors": raw["errors"],
-           "errors_after_t0": errs_after, "commit_unknown": raw["commit_unknown"],
-           "stuck_clients": raw["stuck_clients"],
-           "window_ms": window * 1000 if window is not None else None,
-           "last_ack_before_ms": last_ack * 1000 if last_ack is not None else None,
-           "first_ack_after_ms": first_ack * 1000 if first_ack is not None else None,
-           # from the moment the new writer was promoted to the first acknowledged
-           # write after the gap: what the client path adds to the promotion
-           "resumed_after_promotion_ms": ((first_ack - (events["promoted"] - t0)) * 1000
-                                          if first_ack is not None else None),
-           "acked_check": _lost(pair.replica, files["acked"]),
-           "old_writer": _old_writer_statements(
-               old.log_path, log_offset, USERS[target],
-               {"after_failure": events.get("read_only", events.get("killed")),
-                "after_promotion": events["promoted"]}),
-           # binned up to where this loadgen stopped, so its end is no drop to zero
-           "series": _series(evs, -p["before_s"],
-                             min(p["after_s"], raw["t0_unix"] + raw["elapsed_s"] - t0)),
-           "events_in_timeline": len(evs), "argv": ld["argv"],
-           "latency_us": raw["latency_us"]}
+    evs = common.read_timeline(ld["files"]["timeline"], raw["t0_unix"], t0, lookups)
+    res = common.load_result(
+        raw, evs, t0, events, p, ld,
+        acked_check=_lost(pair.replica, ld["files"]["acked"]),
+        old_writer=_old_writer_statements(
+            old.log_path, log_offset, USERS[target],
+            {"after_failure": events.get("read_only", events.get("killed")),
+             "after_promotion": events["promoted"]}))
     if raw.get("dns"):
         res["dns"] = _dns_summary(raw["dns"], lookups, events, t0, pair)
-    w = res["window_ms"]
-    log_line = (f"  {target}: window {w:.0f} ms" if w is not None else
-                f"  {target}: NO acknowledged write after t0")
-    print(f"[bench {time.strftime('%H:%M:%S')}] {log_line}, errors {raw['errors']['total']} "
-          f"{raw['errors'].get('sqlstate', {})}, lost {res['acked_check']['lost']}, "
-          f"old writer: {res['old_writer']}", flush=True)
+    common.print_result(target, raw, res, "sqlstate")
     return res
 
 
@@ -470,16 +311,15 @@ def _dns_summary(dns, lookups, events, t0, pair):
 
 
 def run(sc, workdir, log, smoke):
-    p = defaults(smoke)
-    p.update({k: v for k, v in sc.params.items() if k in p}, clients=sc.clients)
+    p = common.params(defaults, sc, smoke)
     kinds = {}
     for kind in KINDS:
         kinds[kind] = drill_once(kind, p, workdir, log)
-    targets = {t: {k: kinds[k][t] for k in KINDS} for t in TARGETS}
+    targets = common.by_target(kinds, TARGETS)
     extra = {k: {"events": kinds[k]["_events"], "ferry_history": kinds[k]["_ferry_history"],
                  "t0_unix": kinds[k]["_t0_unix"]} for k in KINDS}
     for t in targets.values():
         for kind, r in t.items():
-            r["detection_s"] = detection_s(kind)
+            r["detection_s"] = common.detection_s(kind)
     return {"status": "done", "targets": targets, "drills": extra, "params": p,
             "discovery": DISCOVERY}

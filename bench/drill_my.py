@@ -28,29 +28,31 @@ tells its statements apart from ferry's probes. From them: the window,
 errors by class (MySQL error numbers, "my1290"), lost acknowledged writes
 (ids missing on the new writer), statements that reached the old writer
 after t0 and after the promotion, and idle sessions afterwards.
+
+What this drill does like the PostgreSQL one (drill.py): ferry's discovery
+and listeners, the idle sessions, the loadgen runs and the reading of their
+output, and the cleanup, is in drill_common.py.
 """
 
 import csv
 import datetime
-import json
 import os
-import subprocess
 import time
 
 import pymysql
 
-from harness import Ferry, MariaDBPair, cluster, listener, make_config, proc
+from harness import MariaDBPair, proc
 from harness.mariadb import TEST_DB, TEST_PASSWORD, TEST_USER
 
-import drill
+import drill_common as common
 import tools
 
 TARGETS = ("ferry", "ferry_terminated")
-KINDS = drill.KINDS
+KINDS = common.KINDS
 USERS = {"ferry": "drill_my", "ferry_terminated": "drill_my_t"}
 PASSWORD = "drill_my_pw"
 LISTENERS = {"ferry": "drill-my", "ferry_terminated": "drill-my-t"}
-DISCOVERY = drill.DISCOVERY
+DISCOVERY = common.DISCOVERY
 
 
 def defaults(smoke):
@@ -58,10 +60,6 @@ def defaults(smoke):
     if smoke:
         return {"clients": 3, "before_s": 1.0, "after_s": 3.0, "rows": 1000, "idle": 3}
     return {"clients": 6, "before_s": 4.0, "after_s": 8.0, "rows": 10000, "idle": 10}
-
-
-def detection_s(kind):
-    return drill.detection_s(kind)
 
 
 # --------------------------------------------------------------------------
@@ -93,24 +91,11 @@ def _clock_offset(server):
 
 
 def _start_ferry(pair, workdir, kind):
-    clusters = [cluster("region-a", pair.primary), cluster("region-b", pair.replica)]
     probe = {"user": TEST_USER, "password": TEST_PASSWORD}
     auth = {"mode": "terminated",
             "users": [{"name": USERS["ferry_terminated"], "password": PASSWORD}]}
-    cfg = make_config(listener(LISTENERS["ferry"], "mysql", clusters, probe=probe),
-                      listener(LISTENERS["ferry_terminated"], "mysql", clusters, probe=probe,
-                               auth=auth),
-                      log_level="info", workers=2, discovery=DISCOVERY)
-    ferry = Ferry(cfg, workdir, name=f"ferry-drill-my-{kind}").start()
-    proc.wait_for(lambda: _writer(ferry) == "region-a", timeout=20,
-                  what="ferry to pick region-a as the MySQL writer")
-    return ferry
-
-
-def _writer(ferry):
-    writers = {e["name"]: e["writer"] for e in ferry.status()["discovery"]["listeners"]}
-    same = {writers.get(name) for name in LISTENERS.values()}
-    return same.pop() if len(same) == 1 else None
+    return common.start_ferry(pair, workdir, f"ferry-drill-my-{kind}", "mysql", LISTENERS,
+                              probe, auth, "ferry to pick region-a as the MySQL writer")
 
 
 def _dsn(ferry, target):
@@ -120,39 +105,19 @@ def _dsn(ferry, target):
 
 
 def _open_idle(ferry, target, n):
+    """n idle autocommit sessions through target's listener"""
     host, port = ferry.listener_addr(LISTENERS[target])
-    conns = []
-    for _ in range(n):
-        c = pymysql.connect(host=host, port=port, user=USERS[target], password=PASSWORD,
-                            database=TEST_DB, autocommit=True, connect_timeout=5,
-                            read_timeout=30, write_timeout=30)
-        with c.cursor() as cur:
-            cur.execute("SELECT 1")
-        conns.append(c)
-    return conns
+    return common.open_idle(
+        lambda: pymysql.connect(host=host, port=port, user=USERS[target], password=PASSWORD,
+                                database=TEST_DB, autocommit=True, connect_timeout=5,
+                                read_timeout=30, write_timeout=30), n)
 
 
 def _check_idle(conns, new_writer_port):
-    """One statement on each idle session after the failover: how many
-    worked on the new writer, and the errors by MySQL error number."""
-    out = {"sessions": len(conns), "ok": 0, "errors": {}}
-    for c in conns:
-        try:
-            with c.cursor() as cur:
-                cur.execute("SELECT @@port")
-                port = cur.fetchone()[0]
-            key = "ok" if port == new_writer_port else "old_writer"
-        except pymysql.err.MySQLError as e:
-            key = f"my{e.args[0]}" if e.args and isinstance(e.args[0], int) else "other"
-        if key == "ok":
-            out["ok"] += 1
-        else:
-            out["errors"][key] = out["errors"].get(key, 0) + 1
-        try:
-            c.close()
-        except pymysql.err.Error:
-            pass
-    return out
+    """the idle sessions after the failover; errors by MySQL error number"""
+    return common.check_idle(
+        conns, new_writer_port, "SELECT @@port", pymysql.err.MySQLError,
+        lambda e: f"my{e.args[0]}" if e.args and isinstance(e.args[0], int) else "other")
 
 
 def _planned(pair, events):
@@ -178,15 +143,11 @@ def _crash(pair, events):
 
 
 def _lost(server, acked_path):
-    with open(acked_path) as f:
-        ids = [int(line) for line in f if line.strip()]
-    found = 0
-    for i in range(0, len(ids), 5000):
-        chunk = ids[i:i + 5000]
+    def count_found(chunk):
         marks = ",".join(["%s"] * len(chunk))
-        found += server.query(f"SELECT COUNT(*) FROM {TEST_DB}.bench_rw WHERE id IN ({marks})",
-                              chunk)[0][0]
-    return {"acked": len(ids), "found": found, "lost": len(ids) - found}
+        return server.query(f"SELECT COUNT(*) FROM {TEST_DB}.bench_rw WHERE id IN ({marks})",
+                            chunk)[0][0]
+    return tools.count_acked(acked_path, count_found)
 
 
 def _general_log_rows(server):
@@ -224,20 +185,6 @@ def _old_writer_statements(server, offset, user, since):
     return out
 
 
-def _start_loadgen(dsn, p, workdir, kind, target, id_base):
-    tag = f"drill-my-{kind}-{target}"
-    files = {k: os.path.join(workdir, f"{tag}.{k}") for k in ("json", "acked", "timeline", "err")}
-    argv = [tools.LOADGEN, "--driver", "mysql", "--dsn", dsn, "--mode", "rw",
-            "--clients", str(p["clients"]), "--rows", str(p["rows"]),
-            "--duration", str(p["before_s"] + p["after_s"]), "--out", files["json"],
-            "--acked", files["acked"], "--timeline", files["timeline"], "--label", tag,
-            "--backoff-max-ms", "100", "--id-base", str(id_base)]
-    with open(files["err"], "w") as errf:
-        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                 stderr=errf, env=proc.clean_env())
-    return {"argv": argv, "popen": popen, "files": files}
-
-
 def drill_once(kind, p, workdir, log):
     pair = ferry = None
     loads, idle = {}, {}
@@ -248,10 +195,10 @@ def drill_once(kind, p, workdir, log):
         ferry = _start_ferry(pair, workdir, kind)
         for target in TARGETS:               # idle sessions first: the loads start together
             idle[target] = _open_idle(ferry, target, p["idle"])
-        base = int(time.time()) & 0x3FFF     # distinct write ids per target and run
-        for i, target in enumerate(TARGETS):
-            loads[target] = _start_loadgen(_dsn(ferry, target), p, workdir, kind, target,
-                                           ((base << 3) | i) << 44)
+        ids = common.id_bases(TARGETS)
+        for target in TARGETS:
+            loads[target] = common.start_loadgen(f"drill-my-{kind}-{target}", "mysql",
+                                                 _dsn(ferry, target), p, workdir, ids[target])
         time.sleep(p["before_s"])
         old = pair.primary
         events = {}
@@ -260,17 +207,11 @@ def drill_once(kind, p, workdir, log):
                                                     if kind == "planned" else "kill -9 the writer"))
         (_planned if kind == "planned" else _crash)(pair, events)
         log("  " + ", ".join(f"{k} +{(v - t0) * 1000:.0f} ms" for k, v in events.items()))
-        out = {}
-        for target, ld in loads.items():
-            try:
-                code = ld["popen"].wait(p["before_s"] + p["after_s"] + 60)
-            except subprocess.TimeoutExpired:
-                ld["popen"].kill()
-                code = "timeout"
-            res = _result(kind, target, ld, code, t0, events, pair, old, offset, p)
-            res["idle_sessions"] = _check_idle(idle.pop(target), pair.replica.port)
-            log(f"  {target}: idle sessions after the failover: {res['idle_sessions']}")
-            out[target] = res
+        out = common.collect(
+            loads, idle, p,
+            lambda target, ld, code: _result(kind, target, ld, code, t0, events, pair, old,
+                                             offset, p),
+            lambda conns: _check_idle(conns, pair.replica.port), log)
         status = ferry.status()
         listeners = {e.get("name"): e for e in status.get("listeners", [])}
         for target, res in out.items():
@@ -283,70 +224,27 @@ def drill_once(kind, p, workdir, log):
             res["t0_unix"] = t0
         return out
     finally:
-        for conns in idle.values():
-            for c in conns:
-                try:
-                    c.close()
-                except pymysql.err.Error:
-                    pass
-        for ld in loads.values():
-            if ld["popen"].poll() is None:
-                ld["popen"].kill()
-                ld["popen"].wait()
-        if ferry:
-            ferry.kill()
-        if pair:
-            try:
-                pair.stop()
-            except proc.HarnessError as e:
-                log(f"  stopping the drill's servers: {e}")
+        common.cleanup(idle, loads, ferry, pair, log, pymysql.err.Error)
 
 
 def _result(kind, target, ld, code, t0, events, pair, old, offset, p):
-    files = ld["files"]
-    if code != 0 or not os.path.exists(files["json"]):
-        with open(files["err"]) as f:
-            raise proc.HarnessError(f"mysql drill loadgen via {target} exited {code}: "
-                                    f"{f.read()[-500:]}")
-    with open(files["json"]) as f:
-        raw = json.load(f)
-    evs = drill._read_timeline(files["timeline"], raw["t0_unix"], t0)
-    window, last_ack, first_ack = drill._window(evs, p["after_s"])
-    errs_after = {}
-    for t, k in evs:
-        if k and t > 0:
-            errs_after[k] = errs_after.get(k, 0) + 1
-    promoted = events["promoted"] - t0
-    res = {"txns": raw["txns"], "tps": raw["tps"], "errors": raw["errors"],
-           "errors_after_t0": errs_after, "commit_unknown": raw["commit_unknown"],
-           "stuck_clients": raw["stuck_clients"],
-           "window_ms": window * 1000 if window is not None else None,
-           "last_ack_before_ms": last_ack * 1000 if last_ack is not None else None,
-           "first_ack_after_ms": first_ack * 1000 if first_ack is not None else None,
-           "promoted_ms": promoted * 1000,
-           "resumed_after_promotion_ms": ((first_ack - promoted) * 1000
-                                          if first_ack is not None else None),
-           "detection_s": detection_s(kind),
-           "acked_check": _lost(pair.replica, files["acked"]),
-           "old_writer": _old_writer_statements(
-               old, offset, USERS[target],
-               {"after_failure": events.get("read_only", events.get("killed")),
-                             "after_t0": t0, "after_promotion": events["promoted"]}),
-           "series": drill._series(evs, -p["before_s"],
-                                   min(p["after_s"], raw["t0_unix"] + raw["elapsed_s"] - t0)),
-           "events_in_timeline": len(evs), "argv": ld["argv"],
-           "latency_us": raw["latency_us"]}
-    w = res["window_ms"]
-    print(f"[bench {time.strftime('%H:%M:%S')}]   {target} (mysql): "
-          + (f"window {w:.0f} ms" if w is not None else "NO acknowledged write after t0")
-          + f", errors {raw['errors']['total']} {raw['errors'].get('codes', {})}, "
-          f"lost {res['acked_check']['lost']}, old writer: {res['old_writer']}", flush=True)
+    raw = common.read_loadgen(ld, code, f"mysql drill loadgen via {target}")
+    evs = common.read_timeline(ld["files"]["timeline"], raw["t0_unix"], t0)
+    res = common.load_result(
+        raw, evs, t0, events, p, ld,
+        promoted_ms=(events["promoted"] - t0) * 1000,
+        detection_s=common.detection_s(kind),
+        acked_check=_lost(pair.replica, ld["files"]["acked"]),
+        old_writer=_old_writer_statements(
+            old, offset, USERS[target],
+            {"after_failure": events.get("read_only", events.get("killed")),
+             "after_t0": t0, "after_promotion": events["promoted"]}))
+    common.print_result(f"{target} (mysql)", raw, res, "codes")
     return res
 
 
 def run(sc, workdir, log, smoke):
-    p = defaults(smoke)
-    p.update({k: v for k, v in sc.params.items() if k in p}, clients=sc.clients)
+    p = common.params(defaults, sc, smoke)
     kinds = {kind: drill_once(kind, p, workdir, log) for kind in KINDS}
-    targets = {t: {k: kinds[k][t] for k in KINDS} for t in TARGETS}
-    return {"status": "done", "targets": targets, "params": p, "discovery": DISCOVERY}
+    return {"status": "done", "targets": common.by_target(kinds, TARGETS), "params": p,
+            "discovery": DISCOVERY}

@@ -204,6 +204,14 @@ def strace_pass(target, clients, duration, workdir):
             "syscalls": calls[:15]}
 
 
+def _attempt(profiler_pass, *args):
+    """profiler_pass(*args), or why it could not run: {"available": False, "why": ...}"""
+    try:
+        return profiler_pass(*args)
+    except (proc.HarnessError, OSError, subprocess.SubprocessError) as e:
+        return {"available": False, "why": str(e)}
+
+
 def run_profile(env, sc, duration):
     target = env.targets[("pg", "ferry")]
     clients = sc.clients
@@ -215,21 +223,13 @@ def run_profile(env, sc, duration):
     res = {"clients": clients, "duration_s": duration,
            "baseline": {"txns": base_txns, "tps": base_tps, "cpu_s": base_cpu,
                         "cpu_us_per_txn": base_cpu * 1e6 / base_txns if base_txns else None}}
-    try:
-        res["perf"] = perf_pass(target, clients, duration, env.workdir)
-    except (proc.HarnessError, OSError, subprocess.SubprocessError) as e:
-        res["perf"] = {"available": False, "why": str(e)}
-    p = res["perf"]
+    res["perf"] = p = _attempt(perf_pass, target, clients, duration, env.workdir)
     log("  perf: " + (f"{p['tps']:.0f} tps under perf, {p.get('samples')} samples; top: "
                       + ", ".join(f"{s['symbol']} {s['percent']:.1f}%"
                                   for s in p["top_symbols"][:5])
                       if p.get("available") else f"not available: {p['why']}"))
     short = max(1.0, duration / 2)
-    try:
-        res["strace"] = strace_pass(target, clients, short, env.workdir)
-    except (proc.HarnessError, OSError, subprocess.SubprocessError) as e:
-        res["strace"] = {"available": False, "why": str(e)}
-    s = res["strace"]
+    res["strace"] = s = _attempt(strace_pass, target, clients, short, env.workdir)
     log("  strace: " + (f"{s['calls_per_txn']:.2f} syscalls per transaction: "
                         + ", ".join(f"{r['syscall']} {r['per_txn']:.2f}" for r in s["syscalls"][:5])
                         if s.get("available") and s.get("calls_per_txn") else

@@ -220,24 +220,18 @@ def key_figures(results):
                           ([f"{fmt_ratio(ratio(w, dw))} DNS"] if t.startswith("ferry") else [])
                     parts.append(f"{t} {fmt(w)} ms" + (f" ({', '.join(rel)})" if rel else "")
                                  + f", lost {r.get('acked_check', {}).get('lost', '–')}"
-                                 + (f", idle sessions fine {idle['ok']}/{idle['sessions']}"
-                                    if idle else ""))
+                                 + _idle_fine(idle))
                 out.append(f"- {name} {kind}: unavailability window " + "; ".join(parts))
         elif sc["tool"] == "drill_my":
-            for kind, t in ((k, t) for k in ("planned", "crash") for t in MY_DRILL_TARGETS):
-                r = tg.get(t, {}).get(kind)
-                if not r:
-                    continue
-                resumed = r.get("resumed_after_promotion_ms")
-                limit = (r["detection_s"] + 1) * 1000
-                idle = r.get("idle_sessions", {})
+            for kind, t, r in _my_drill_results(tg):
+                resumed, limit = r.get("resumed_after_promotion_ms"), _limit_ms(r)
                 out.append(f"- {name} {kind}: {t} window {fmt(r.get('window_ms'))} ms, writes "
                            f"resumed {fmt(resumed)} ms after the promotion (target ≤ "
                            f"{limit:,.0f} ms: {'met' if resumed is not None and resumed <= limit else 'NOT met'}), "
                            f"lost {r.get('acked_check', {}).get('lost', '–')}, statements to the old "
                            f"writer after the promotion "
                            f"{r.get('old_writer', {}).get('after_promotion', {}).get('statements', '–')}"
-                           + (f", idle sessions fine {idle['ok']}/{idle['sessions']}" if idle else ""))
+                           + _idle_fine(r.get("idle_sessions", {})))
         elif sc["tool"] == "profile":
             r = tg.get("ferry", {})
             p, st = r.get("perf", {}), r.get("strace", {})
@@ -320,6 +314,39 @@ def _since_t0(at, t0_unix):
     return f"{(t - t0_unix) * 1000:+,.0f} ms "
 
 
+def _my_drill_results(tg):
+    """(kind, target, result) of each MariaDB drill that ran, planned first"""
+    for kind in ("planned", "crash"):
+        for t in MY_DRILL_TARGETS:
+            r = tg.get(t, {}).get(kind)
+            if r:
+                yield kind, t, r
+
+
+def _limit_ms(r):
+    """the issue's target for writes to resume after the promotion: ferry's
+    detection time + 1 s, in ms"""
+    return (r["detection_s"] + 1) * 1000
+
+
+def _goal_text(resumed, limit):
+    return f"{'met' if resumed <= limit else 'NOT met'} (≤ {limit:,.0f} ms)"
+
+
+def _idle_text(idle):
+    """a drill's idle sessions for a table cell: fine/all (errors by class)"""
+    if not idle:
+        return "–"
+    return f"{idle['ok']}/{idle['sessions']}" + (
+        " (" + ", ".join(f"{k} {v}" for k, v in idle["errors"].items()) + ")"
+        if idle.get("errors") else "")
+
+
+def _idle_fine(idle):
+    """a drill's idle sessions for a key-figures line"""
+    return f", idle sessions fine {idle['ok']}/{idle['sessions']}" if idle else ""
+
+
 def drill_section(outdir, sc):
     d = sc.get("discovery", {})
     p = sc.get("params", {})
@@ -368,15 +395,9 @@ def drill_section(outdir, sc):
             if not r:
                 continue
             w = r.get("window_ms")
-            goal = "–"
-            idle = r.get("idle_sessions", {})
-            idle_text = (f"{idle['ok']}/{idle['sessions']}" + (
-                " (" + ", ".join(f"{k} {v}" for k, v in idle["errors"].items()) + ")"
-                if idle.get("errors") else "")) if idle else "–"
             resumed = r.get("resumed_after_promotion_ms")
-            if t.startswith("ferry") and resumed is not None:
-                limit = (r["detection_s"] + 1) * 1000
-                goal = f"{'met' if resumed <= limit else 'NOT met'} (≤ {limit:,.0f} ms)"
+            goal = (_goal_text(resumed, _limit_ms(r))
+                    if t.startswith("ferry") and resumed is not None else "–")
             ow = r.get("old_writer", {})
             fa, ap = ow.get("after_failure", {}), ow.get("after_promotion", {})
             a = r.get("acked_check", {})
@@ -388,7 +409,8 @@ def drill_section(outdir, sc):
                 f"| {r['errors'].get('total', 0)}: {_errors_by_class(r['errors'])} "
                 f"| {a.get('acked', 0):,} | {a.get('lost', '–')} | {r.get('commit_unknown', 0)} "
                 f"| {fa.get('statements', 0)} ({fa.get('errors', 0)}) / "
-                f"{ap.get('statements', 0)} ({ap.get('errors', 0)}) | {idle_text} |")
+                f"{ap.get('statements', 0)} ({ap.get('errors', 0)}) "
+                f"| {_idle_text(r.get('idle_sessions', {}))} |")
     lines.append("")
     for kind in ("planned", "crash"):
         d = tg.get("dns", {}).get(kind, {}).get("dns")
@@ -462,21 +484,12 @@ def drill_my_section(outdir, sc):
         "writable / after the promotion | idle sessions fine afterwards |",
         "|---|---|---:|---:|---:|---|---|---:|---:|---:|---|---|"]
     tgs = sc["targets"]
-    for kind, t in ((k, t) for k in ("planned", "crash") for t in MY_DRILL_TARGETS):
-        r = tgs.get(t, {}).get(kind)
-        if not r:
-            continue
+    for kind, t, r in _my_drill_results(tgs):
         resumed = r.get("resumed_after_promotion_ms")
-        limit = (r["detection_s"] + 1) * 1000
-        goal = (f"{'met' if resumed <= limit else 'NOT met'} (≤ {limit:,.0f} ms)"
-                if resumed is not None else "no recovery")
+        goal = _goal_text(resumed, _limit_ms(r)) if resumed is not None else "no recovery"
         ow = r.get("old_writer", {})
         cells = " / ".join(f"{ow.get(k, {}).get('statements', 0)} ({ow.get(k, {}).get('writes', 0)})"
                            for k in ("after_t0", "after_failure", "after_promotion"))
-        idle = r.get("idle_sessions", {})
-        idle_text = (f"{idle['ok']}/{idle['sessions']}" + (
-            " (" + ", ".join(f"{k} {v}" for k, v in idle["errors"].items()) + ")"
-            if idle.get("errors") else "")) if idle else "–"
         a = r.get("acked_check", {})
         w = r.get("window_ms")
         lines.append(
@@ -484,7 +497,7 @@ def drill_my_section(outdir, sc):
             f"| {fmt(resumed)} | {goal} "
             f"| {r['errors'].get('total', 0)}: {_errors_by_class(r['errors'])} "
             f"| {a.get('acked', 0):,} | {a.get('lost', '–')} | {r.get('commit_unknown', 0)} "
-            f"| {cells} | {idle_text} |")
+            f"| {cells} | {_idle_text(r.get('idle_sessions', {}))} |")
     lines.append("")
     for kind in ("planned", "crash"):
         r = tgs.get("ferry", {}).get(kind)

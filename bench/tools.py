@@ -1,6 +1,7 @@
 """Runs one load tool against one target and returns a uniform result dict:
 tps, txns, latency percentiles (µs), errors, per-second throughput and a
 latency CDF. Tools: pgbench, sysbench, ferry's loadgen (timed and idle).
+Also the check of loadgen's acknowledged writes (--acked) against a server.
 """
 
 import json
@@ -31,6 +32,17 @@ def dsn(target):
         return f"host={target.host} port={target.port} user={PG_USER} dbname={db} connect_timeout=5"
     return (f"host={target.host} port={target.port} user={MY_USER} password={MY_PASSWORD} "
             f"dbname={MY_DB}")
+
+
+def count_acked(acked_path, count_found):
+    """How many of the write ids in a loadgen --acked file a server has:
+    count_found(ids) counts those of a chunk of ids it finds."""
+    with open(acked_path) as f:
+        ids = [int(line) for line in f if line.strip()]
+    found = 0
+    for i in range(0, len(ids), 5000):
+        found += count_found(ids[i:i + 5000])
+    return {"acked": len(ids), "found": found, "lost": len(ids) - found}
 
 
 def run_tool(argv, timeout, what):
