@@ -76,6 +76,8 @@ static struct px_chunk *chunk_of(const char *base)
 
 /* ---- teardown ---- */
 
+static const char NO_ENDPOINT[] = "-";   /* a session not routed yet */
+
 static void unhold(struct px_session *s)
 {
     if (s->held) {
@@ -88,6 +90,8 @@ static void unhold(struct px_session *s)
 static void session_free(struct px_session *s)
 {
     struct px_worker *w = s->owner;
+    if (s->endpoint != NO_ENDPOINT)
+        free((char *)s->endpoint);
     ferry_list_remove(&s->link);
     unhold(s);
     w->nsessions--;
@@ -137,13 +141,13 @@ void px_session_close(struct px_session *s, enum ferry_log_level lvl, const char
     s->pending_closes++;    /* hold the session while we close */
     /* A cancelled or already running lookup still calls on_resolved, which
      * sees closing and releases its hold. */
-    if (s->gai_pending)
-        uv_cancel((uv_req_t *)&s->gai_req);
+    if (s->gai)
+        uv_cancel((uv_req_t *)s->gai);
     close_handle(s, (uv_handle_t *)&s->timer);
     close_handle(s, (uv_handle_t *)&s->client.tcp);
     if (s->server.open)
         close_handle(s, (uv_handle_t *)&s->server.tcp);
-    if (s->gai_pending)
+    if (s->gai)
         s->pending_closes++;    /* released by on_resolved */
     if (--s->pending_closes == 0)
         session_free(s);
@@ -854,7 +858,8 @@ static void connect_to(struct px_session *s, const struct sockaddr *sa)
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     struct px_session *s = req->data;
-    s->gai_pending = false;
+    free(req);
+    s->gai = NULL;
     if (s->closing) {
         uv_freeaddrinfo(res);
         if (--s->pending_closes == 0)
@@ -886,13 +891,20 @@ static void start_backend(struct px_session *s, const struct ferry_hostport *ep)
                              .ai_flags = AI_NUMERICSERV};
     char port[8];
     snprintf(port, sizeof port, "%u", ep->port);
-    s->gai_req.data = s;
-    int rc = uv_getaddrinfo(&s->owner->loop, &s->gai_req, on_resolved, ep->host, port, &hints);
+    /* allocated per lookup: an idle session should not carry it */
+    uv_getaddrinfo_t *req = malloc(sizeof *req);
+    if (!req) {
+        px_session_backend_failed(s, "out of memory");
+        return;
+    }
+    req->data = s;
+    int rc = uv_getaddrinfo(&s->owner->loop, req, on_resolved, ep->host, port, &hints);
     if (rc != 0) {
+        free(req);
         px_session_backend_failed(s, uv_strerror(rc));
         return;
     }
-    s->gai_pending = true;
+    s->gai = req;
 }
 
 /* Routes s and starts connecting; false (nothing started) when there is no
@@ -906,7 +918,16 @@ static bool route_and_connect(struct px_session *s)
     if (!ep)
         return false;
     snprintf(s->cluster, sizeof s->cluster, "%s", cluster);
-    ferry_hostport_format(ep, s->endpoint, sizeof s->endpoint);
+    char text[FERRY_HOST_MAX + 16];
+    ferry_hostport_format(ep, text, sizeof text);
+    if (strcmp(text, s->endpoint) != 0) {
+        char *copy = strdup(text);
+        if (!copy)
+            return false;   /* held; the hold timeout ends it */
+        if (s->endpoint != NO_ENDPOINT)
+            free((char *)s->endpoint);
+        s->endpoint = copy;
+    }
     const struct ferry_topology_listener *t = ferry_topology_find(s->owner->topology, s->lcfg->name);
     s->topo_gen = t ? t->generation : 0;
     ferry_log(FERRY_LOG_DEBUG, "session.routed", "listener=%s session=%llu cluster=%s backend=%s",
@@ -956,7 +977,7 @@ void px_session_describe_all(struct px_worker *w, struct px_collector *c)
         json_array_append_new(c->sessions, json_pack(
             "{s:I, s:s, s:s, s:s, s:s?, s:s?, s:f, s:I, s:I, s:i}", "id", (json_int_t)s->id,
             "listener", s->pl->name, "client", s->peer, "state", session_state(s),
-            "cluster", s->connected || s->gai_pending || s->server.open ? s->cluster : NULL,
+            "cluster", s->connected || s->gai || s->server.open ? s->cluster : NULL,
             "backend", s->server.open ? s->endpoint : NULL,
             "age_seconds", (double)(now - s->created_ms) / 1000.0,
             "bytes_from_client", (json_int_t)s->bytes_from_client,
@@ -1036,7 +1057,7 @@ void px_session_accept(struct px_accepting *a)
     s->client.tcp.data = &s->client;
     uv_timer_init(&w->loop, &s->timer);
     s->timer.data = s;
-    strcpy(s->endpoint, "-");
+    s->endpoint = NO_ENDPOINT;
     strcpy(s->cluster, "-");
     int rc = uv_accept((uv_stream_t *)&a->tcp, (uv_stream_t *)&s->client.tcp);
     if (rc != 0) {

@@ -127,8 +127,7 @@ struct px_session {
     struct px_conn server;
     uv_timer_t timer;                       /* startup / hold / connect timeout */
     uv_connect_t connect_req;
-    uv_getaddrinfo_t gai_req;
-    bool gai_pending;
+    uv_getaddrinfo_t *gai;                  /* owned while a name lookup runs, else NULL */
     bool connected;
     bool closing;
     bool counted;                           /* holds a max_client_connections slot */
@@ -148,7 +147,8 @@ struct px_session {
     struct sockaddr_storage server_addr;    /* where the backend connection went */
     int pending_closes;                     /* close callbacks still due */
     uint64_t id;
-    char endpoint[FERRY_HOST_MAX + 16];     /* backend address, for logs */
+    const char *endpoint;                   /* backend address, for logs: "-", or owned
+                                               (sized to fit: every idle pair counts) */
     char cluster[FERRY_NAME_MAX];           /* backend cluster name, for logs */
     char peer[64];                          /* client address "ip:port" */
     char user[FERRY_NAME_MAX];              /* from the protocol's login ("" if unknown) */

@@ -141,3 +141,17 @@ def test_discovered_writer_blip_holds_and_retries(ferry_factory, own_pg):
     t.join(30)
     assert got == [[(own_pg.primary.port,)]]
     assert listener_status(ferry, "pg")["clients_held"] == 0
+
+
+def test_endpoint_names_are_resolved(ferry_factory, pg_pair):
+    """A cluster endpoint given by name goes through the resolver (on the
+    libuv threadpool); a name that does not resolve is a clear error."""
+    ferry = ferry_factory(make_config(
+        listener("byname", "postgresql", [cluster("a", f"localhost:{pg_pair.primary.port}",
+                                                   writer=True)]),
+        listener("nowhere", "postgresql", [cluster("a", "no-such-host.invalid:5432",
+                                                    writer=True)]), workers=1))
+    assert harness.pg.run_query(pg_dsn(ferry, "byname"), "SELECT 1") == [(1,)]
+    with pytest.raises(psycopg2.OperationalError) as err:
+        psycopg2.connect(pg_dsn(ferry, "nowhere"))
+    assert "ferry: cannot reach the writer a (no-such-host.invalid:5432): resolve:" in str(err.value)
