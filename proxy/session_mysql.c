@@ -884,17 +884,13 @@ static void command_packet(struct walk *w, struct my_dir *d, struct my_logical *
     if (command && cmd == MY_COM_PROCESS_KILL && !translate_process_kill(w, d, lp, end))
         return;
     if (command && cmd == MY_COM_CHANGE_USER && m->user) {
-        /* its auth response answers the backend's scramble, which a client
-         * of ferry never saw */
-        uint8_t seq = (uint8_t)(lp->last_seq + 1);
-        const char *text = "COM_CHANGE_USER is not supported through ferry with terminated "
-                           "authentication: open a new connection";
-        if (d->pkt_start < 0) {
-            fail_with(s, ER_NOT_SUPPORTED, seq, text);
-        } else {
-            cut(w, (size_t)d->pkt_start, end, NULL, 0);
-            answer_err(s, seq, ER_NOT_SUPPORTED, text);
+        /* its auth response answers ferry's scramble: ferry checks it */
+        if (d->pkt_start < 0 || d->pay_off < 0 || lp->fragments != 1) {
+            fail_with(s, ER_MALFORMED, (uint8_t)(lp->last_seq + 1), "COM_CHANGE_USER too long");
+            return;
         }
+        cut(w, (size_t)d->pkt_start, end, NULL, 0);
+        mys_change_user(s, w->buf + d->pay_off, lp->len);
         return;
     }
     if (d->id_fixed && d->cap.len >= 5)
@@ -1136,6 +1132,8 @@ static enum px_scan my_scan(struct px_session *s, struct px_conn *src, uint8_t *
         return PX_SCAN_RELAY;
     if (from_client && m->moving && n > 0)
         return PX_SCAN_PARK;    /* sent on once the new writer is ready */
+    if (from_client && m->changing_user && n > 0)
+        return mys_change_user_packet(s, data, n);
     if (from_client && m->phase == MS_COMMAND) {
         if (s->stale && !m->fenced && !mid_packet(&m->c2s) && mys_movable(s)) {
             /* what was in flight at the switch has finished: move first */
@@ -1173,7 +1171,7 @@ static enum px_scan my_scan(struct px_session *s, struct px_conn *src, uint8_t *
     }
     walk(&w, d);
     enum px_scan verdict = PX_SCAN_DROP;
-    if (stopped(s) || (from_client && m->fenced)) {
+    if (stopped(s) || (from_client && (m->fenced || m->changing_user))) {
         ferry_wbuf_free(&w.out);    /* nothing more goes to the old writer */
         if (from_client && m->fenced && w.carry_from != SIZE_MAX)
             ferry_wbuf_put(&d->carry, w.buf + w.carry_from, w.n - w.carry_from);

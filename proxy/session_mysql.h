@@ -98,6 +98,8 @@ struct px_my_session {
     struct ferry_wbuf replay;           /* SET / USE statements that succeeded, in order:
                                            each a u32 length and the text */
     struct ferry_wbuf pending_sql;      /* such a statement sent, its answer not yet seen */
+    uint8_t scramble[20];               /* ferry's, from its greeting (terminated mode) */
+    bool changing_user;                 /* COM_CHANGE_USER: checking, then logging in anew */
 };
 
 
@@ -131,5 +133,11 @@ bool mys_movable(const struct px_session *s);
 /* Logs into the writer of now and replays the session there; the client's
  * next command waits meanwhile (parked). */
 void mys_move_begin(struct px_session *s);
+/* Terminated mode: a COM_CHANGE_USER payload (the command cut from the
+ * stream); ferry checks the client and logs in anew as that user. */
+void mys_change_user(struct px_session *s, const uint8_t *p, size_t n);
+/* Client bytes while a COM_CHANGE_USER is checked (auth answers: taken,
+ * DROP) or logging in anew (PARK: the next command waits). */
+enum px_scan mys_change_user_packet(struct px_session *s, const uint8_t *data, size_t n);
 
 #endif

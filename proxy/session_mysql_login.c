@@ -93,6 +93,8 @@ struct my_login {
 static void login_read_client(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void login_read_server(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void backend_respond(struct px_session *s);
+static void check_client(struct px_session *s, struct ferry_slice used, struct ferry_slice auth);
+static struct my_login *login_new(void);
 static void move_restore(struct px_session *s);
 static void move_failed(struct px_session *s, const char *why);
 static void replay_packet(struct px_session *s, const uint8_t *p, size_t n);
@@ -223,6 +225,7 @@ static void send_greeting(struct px_session *s)
         .auth_plugin = {(const uint8_t *)plugin, strlen(plugin)},
     };
     memcpy(hs.scramble, l->scramble, MY_SCRAMBLE_LEN);
+    memcpy(m->scramble, l->scramble, MY_SCRAMBLE_LEN);     /* COM_CHANGE_USER answers it */
     struct ferry_wbuf b;
     ferry_wbuf_init(&b, 0);
     my_handshake_build(&b, 0, &hs);
@@ -234,16 +237,24 @@ static void send_greeting(struct px_session *s)
     px_session_ask(s, &s->client, &b, login_read_client, HANDSHAKE_MS);
 }
 
+static struct my_login *login_new(void)
+{
+    struct my_login *l = calloc(1, sizeof *l);
+    if (l) {
+        ferry_wbuf_init(&l->cin, 65536 + 16);
+        ferry_wbuf_init(&l->sin, 65536 + 16);
+        ferry_wbuf_init(&l->pkt, 65536);
+    }
+    return l;
+}
+
 void mys_login_begin(struct px_session *s)
 {
     struct px_my_session *m = mys(s);
-    if (!(m->login = calloc(1, sizeof *m->login))) {
+    if (!(m->login = login_new())) {
         px_session_close(s, FERRY_LOG_ERROR, "out of memory for a session");
         return;
     }
-    ferry_wbuf_init(&m->login->cin, 65536 + 16);
-    ferry_wbuf_init(&m->login->sin, 65536 + 16);
-    ferry_wbuf_init(&m->login->pkt, 65536);
     struct sockaddr_storage none = {0};
     if (!(m->ferry_id = mys_id_register(&none, 0))) {
         px_session_close(s, FERRY_LOG_ERROR, "out of memory for a session");
@@ -319,6 +330,12 @@ static void client_verified(struct px_session *s)
     OPENSSL_cleanse(&l->secret, sizeof l->secret);
     ferry_log(FERRY_LOG_DEBUG, "session.authenticated", "listener=%s session=%llu user=%s "
               "connection_id=%u", s->pl->name, (unsigned long long)s->id, s->user, m->ferry_id);
+    if (m->changing_user) {
+        /* the session starts anew as this user: a fresh backend login */
+        s->retry_connect = true;
+        px_session_reconnect(s);
+        return;
+    }
     if (l->backend_greeted) {
         backend_respond(s);
         return;
@@ -429,12 +446,26 @@ static void handshake_response(struct px_session *s, const uint8_t *p, size_t n)
         access_denied(s, r.auth_response.len > 0);
         return;
     }
-    l->response_seen = true;
     l->client_caps = (r.caps & m->offered & ~MY_CLIENT_SSL) | MY_CLIENT_LONG_PASSWORD;
     ferry_wbuf_reset(&m->hello);
     ferry_wbuf_put(&m->hello, p, n);
+    if (m->hello.failed) {
+        px_session_close(s, FERRY_LOG_ERROR, "out of memory for a login");
+        return;
+    }
+    check_client(s, r.auth_plugin, r.auth_response);
+}
+
+/* The client named its user (s->user) and answered ferry's scramble, in a
+ * handshake response or a COM_CHANGE_USER: check it, after asking for its
+ * user's plugin if it answered for another. */
+static void check_client(struct px_session *s, struct ferry_slice used, struct ferry_slice auth)
+{
+    struct px_my_session *m = mys(s);
+    struct my_login *l = m->login;
+    l->response_seen = true;
     bool sha2 = false;
-    if (m->hello.failed || !prepare_secret(s, l, &sha2)) {
+    if (!prepare_secret(s, l, &sha2)) {
         px_session_close(s, FERRY_LOG_ERROR, "out of memory or randomness for a login");
         return;
     }
@@ -444,8 +475,7 @@ static void handshake_response(struct px_session *s, const uint8_t *p, size_t n)
     };
     memcpy(l->srv.scramble, l->scramble, MY_SCRAMBLE_LEN);
     const char *plugin = sha2 ? MY_PLUGIN_SHA2 : MY_PLUGIN_NATIVE;
-    bool same = r.auth_plugin.len == strlen(plugin) &&
-                memcmp(r.auth_plugin.p, plugin, r.auth_plugin.len) == 0;
+    bool same = used.len == strlen(plugin) && memcmp(used.p, plugin, used.len) == 0;
     if (!same) {
         /* the client answered for another plugin: ask again (same scramble) */
         struct ferry_wbuf b;
@@ -457,10 +487,9 @@ static void handshake_response(struct px_session *s, const uint8_t *p, size_t n)
     }
     struct ferry_wbuf more;
     ferry_wbuf_init(&more, 4096);
-    enum my_auth_verdict v = my_auth_server_step(&l->srv, r.auth_response.p, r.auth_response.len,
-                                                 &more);
+    enum my_auth_verdict v = my_auth_server_step(&l->srv, auth.p, auth.len, &more);
     l->full_auth = l->srv.step == MY_AUTH_STEP_FULL;
-    auth_verdict(s, v, &more, r.auth_response.len > 0);
+    auth_verdict(s, v, &more, auth.len > 0);
 }
 
 /* An answer to an AuthSwitchRequest or AuthMoreData. */
@@ -726,6 +755,8 @@ static void backend_logged_in(struct px_session *s, const uint8_t *p, size_t n)
     px_conn_stop_reading(&s->server);
     mys_login_free(m);
     m->phase = MS_COMMAND;
+    m->changing_user = false;
+    ferry_wbuf_reset(&m->replay);           /* a new session: nothing to replay */
     s->retry_connect = false;
     send_client(s, &out);
     if (s->closing)
@@ -899,14 +930,11 @@ void mys_move_begin(struct px_session *s)
 {
     struct px_my_session *m = mys(s);
     mys_login_free(m);
-    struct my_login *l = calloc(1, sizeof *l);
+    struct my_login *l = login_new();
     if (!l) {
         px_session_close(s, FERRY_LOG_ERROR, "out of memory for a move");
         return;
     }
-    ferry_wbuf_init(&l->cin, 16);
-    ferry_wbuf_init(&l->sin, 65536 + 16);
-    ferry_wbuf_init(&l->pkt, 65536);
     l->greeting_sent = l->response_seen = l->verified = true;
     l->user = m->user;
     l->client_caps = m->st.caps;
@@ -1039,4 +1067,83 @@ static void replay_packet(struct px_session *s, const uint8_t *p, size_t n)
     l->skip = (uint32_t)params + columns + (eofs ? (params > 0) + (columns > 0) : 0);
     if (l->skip == 0)
         replay_next(s);
+}
+
+/* ---- COM_CHANGE_USER (terminated mode) ----
+ * The client's auth response answers ferry's scramble from the greeting,
+ * which no backend ever saw: ferry checks it like a login (auth switch and
+ * full authentication included), then starts the session anew as that
+ * user on a fresh backend connection, and the client gets that login's OK.
+ * Its handshake response is rewritten to the new user, database and
+ * character set, so later moves log in as the new user too. As with
+ * MySQL, a failed change ends the connection. */
+
+void mys_change_user(struct px_session *s, const uint8_t *p, size_t n)
+{
+    struct px_my_session *m = mys(s);
+    struct my_change_user cu;
+    struct my_response old;
+    if (my_change_user_parse(p, n, m->st.caps, &cu) < 0 ||
+        my_response_parse(m->hello.data, m->hello.len, &old) < 0) {
+        mys_fail(s, PX_ERR_PROTOCOL, ER_MALFORMED, 1, "malformed COM_CHANGE_USER");
+        return;
+    }
+    if (cu.user.len >= FERRY_NAME_MAX || cu.database.len >= FERRY_NAME_MAX) {
+        mys_fail(s, PX_ERR_AUTH_FAILED, ER_ACCESS_DENIED, 1, "Access denied: name too long");
+        return;
+    }
+    struct my_response r = {
+        .caps = (old.caps & ~MY_CLIENT_CONNECT_WITH_DB) |
+                (cu.database.len ? MY_CLIENT_CONNECT_WITH_DB : 0),
+        .max_packet = old.max_packet,
+        .charset = cu.charset ? (uint8_t)cu.charset : old.charset,
+        .user = cu.user,
+        .auth_response = cu.auth_response,
+        .has_database = cu.database.len > 0,
+        .database = cu.database,
+        .auth_plugin = cu.auth_plugin,
+        .attrs = (old.caps & MY_CLIENT_CONNECT_ATTRS) ? cu.attrs : (struct ferry_slice){0},
+    };
+    struct ferry_wbuf hello;
+    ferry_wbuf_init(&hello, 0);
+    my_response_build(&hello, 0, &r);
+    struct my_login *l = login_new();
+    if (hello.failed || !l) {
+        ferry_wbuf_free(&hello);
+        free(l);
+        px_session_close(s, FERRY_LOG_ERROR, "out of memory for COM_CHANGE_USER");
+        return;
+    }
+    snprintf(s->user, sizeof s->user, "%.*s", (int)cu.user.len, (const char *)cu.user.p);
+    snprintf(s->database, sizeof s->database, "%.*s", (int)cu.database.len,
+             (const char *)cu.database.p);
+    mys_login_free(m);
+    m->login = l;
+    l->greeting_sent = true;
+    l->client_caps = m->st.caps;
+    memcpy(l->scramble, m->scramble, MY_SCRAMBLE_LEN);
+    m->changing_user = true;
+    m->hs_next = 1;             /* the command was sequence 0 */
+    m->client_turn = false;
+    ferry_log(FERRY_LOG_INFO, "session.change_user", "listener=%s session=%llu user=%s",
+              s->pl->name, (unsigned long long)s->id, s->user);
+    /* the new response: the rewritten one, without its packet header */
+    ferry_wbuf_reset(&m->hello);
+    ferry_wbuf_put(&m->hello, hello.data + MY_HDR_LEN, hello.len - MY_HDR_LEN);
+    ferry_wbuf_free(&hello);
+    if (my_response_parse(m->hello.data, m->hello.len, &r) < 0) {
+        px_session_close(s, FERRY_LOG_ERROR, "COM_CHANGE_USER could not be rewritten");
+        return;
+    }
+    check_client(s, r.auth_plugin, r.auth_response);
+}
+
+enum px_scan mys_change_user_packet(struct px_session *s, const uint8_t *data, size_t n)
+{
+    struct my_login *l = mys(s)->login;
+    if (!l || l->verified)
+        return PX_SCAN_PARK;    /* logging in anew: the client's next command waits */
+    ferry_wbuf_put(&l->cin, data, n);
+    client_advance(s);
+    return PX_SCAN_DROP;
 }

@@ -295,3 +295,33 @@ def test_backend_tls_failures_are_clear(ferry_factory, tls_mariadb, mariadb_pair
     conn = my_connect(ferry)
     assert ssl_cipher(conn) == ""
     conn.close()
+
+
+def test_change_user_is_checked_by_ferry(ferry_factory, mariadb_pair, sha2_user):
+    """COM_CHANGE_USER in terminated mode: ferry checks the new user's answer
+    (switching it to that user's plugin), the session continues as that user
+    on a fresh backend login; a wrong password ends the connection with 1045."""
+    import MySQLdb
+    ferry = ferry_factory(make_config(terminated(mariadb_pair, [*users(), sha2_user]), workers=1))
+    host, port = ferry.listener_addr("my")
+    conn = MySQLdb.connect(host=host, port=port, user=TEST_USER, passwd=TEST_PASSWORD,
+                           db=TEST_DB, connect_timeout=10)
+    cur = conn.cursor()
+    cur.execute("SELECT CONNECTION_ID()")
+    backend_before = cur.fetchone()[0]
+    # to the sha2 user (ferry switches the client to caching_sha2_password;
+    # not cached yet: full authentication, which libmariadb does over RSA
+    # only when allowed, so give the user a cached login first)
+    my_connect(ferry, user=SHA2_USER, password=SHA2_PASSWORD).close()
+    conn.change_user(SHA2_USER, SHA2_PASSWORD, "information_schema")
+    cur = conn.cursor()
+    cur.execute("SELECT CURRENT_USER(), DATABASE(), CONNECTION_ID()")
+    user, db, backend_after = cur.fetchone()
+    assert user.startswith(SHA2_USER + "@") and db == "information_schema"
+    assert backend_after != backend_before
+    with pytest.raises(MySQLdb.OperationalError) as e:
+        conn.change_user(TEST_USER, "wrong", TEST_DB)
+    assert e.value.args[0] == 1045
+    with pytest.raises(MySQLdb.OperationalError):
+        conn.cursor().execute("SELECT 1")       # the connection is gone, as with MySQL
+    assert listener_status(ferry, "my")["auth_failures_total"] == 1
