@@ -188,3 +188,24 @@ def test_no_writer_past_hold_timeout_is_a_clear_error(ferry_factory, own_mariadb
     with pytest.raises(pymysql.err.OperationalError) as e:
         my_connect(ferry)
     assert e.value.args[0] == 1053 and "writer" in e.value.args[1], e.value.args
+
+
+def test_split_brain_nothing_lands_on_the_old_writer(ferry_factory, own_mariadb, monkeypatch):
+    """The replica is promoted while the old writer still takes writes (split
+    brain); the operator's switchover makes the replica the writer. Idle
+    sessions move, and nothing written through ferry lands on the old one."""
+    from test_ops import post_json
+    ferry = start(ferry_factory, own_mariadb, monkeypatch)
+    conns = [my_connect(ferry) for _ in range(3)]
+    for c in conns:
+        one(c, "SET time_zone = '+05:00'")
+    own_mariadb.replica.promote()           # the old writer stays writable
+    code, body = post_json(ferry, "/v1/switchover", {"to": "region-b", "listener": "my",
+                                                      "timeout": 15})
+    assert code == 200, body
+    for i, c in enumerate(conns):
+        one(c, "INSERT INTO app.moves VALUES (%s, 'split')", (200 + i,))
+        assert one(c, "SELECT @@server_id, @@time_zone") == (own_mariadb.replica.server_id,
+                                                             "+05:00")
+    assert own_mariadb.primary.query("SELECT count(*) FROM app.moves WHERE v = 'split'") == [(0,)]
+    assert own_mariadb.replica.query("SELECT count(*) FROM app.moves WHERE v = 'split'") == [(3,)]
