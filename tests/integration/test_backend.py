@@ -3,6 +3,7 @@ promptly, the other listener keeps serving, and the listener recovers as soon
 as the backend is back."""
 
 import socket
+import threading
 import time
 
 import psycopg2
@@ -120,26 +121,75 @@ def test_backend_restart_recovers(ferry_factory, pg_pair, mariadb_pair):
     assert ferry.status()["ready"] is True
 
 
-def test_discovered_writer_blip_holds_and_retries(ferry_factory, own_pg):
+class Gate:
+    """A TCP forwarder to a server on a fixed port that a test can shut (new
+    connections refused) and open again; the server itself stays up, so
+    whatever connects after open() finds it ready."""
+
+    def __init__(self, target):
+        self.target = target
+        self.port = free_port()
+        self.listener = None
+        self.open()
+
+    def open(self):
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", self.port))
+        self.listener.listen(64)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def shut(self):
+        self.listener.shutdown(socket.SHUT_RDWR)    # wakes the accept and stops listening
+        self.listener.close()
+
+    def _accept(self, listener):
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a, b):
+        try:
+            while (data := a.recv(65536)):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (a, b):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def test_discovered_writer_blip_holds_and_retries(ferry_factory, pg_pair):
     """A discovered writer that refuses connections but stays the writer
     (discovery keeps it: a blip) does not fail a new client at once: it is
     held and the connect is retried until the writer takes it."""
-    from test_discovery import FAST, pg_discovered, writer_of
+    from test_discovery import FAST, writer_of
     from harness.proc import wait_for
+    gate = Gate((pg_pair.primary.host, pg_pair.primary.port))
     slow = dict(FAST, probe_interval=60, writer_down_after=100)   # discovery will not drop it
-    ferry = ferry_factory(make_config(pg_discovered(own_pg), workers=1, discovery=slow))
+    lcfg = listener("pg", "postgresql", [cluster("region-a", f"127.0.0.1:{gate.port}")],
+                    probe={"user": "ferry_test", "password": "ferry_pw"})
+    ferry = ferry_factory(make_config(lcfg, workers=1, discovery=slow))
     wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a as writer")
-    own_pg.primary.stop(mode="immediate")
-    import threading
+    gate.shut()
     got = []
     t = threading.Thread(target=lambda: got.append(harness.pg.run_query(
         pg_dsn(ferry) + " connect_timeout=30", "SELECT inet_server_port()")))
     t.start()
     wait_for(lambda: ferry.log_text().count("event=backend.connect_failed") >= 2, timeout=10,
              what="a few connect attempts")
-    own_pg.primary.start()
+    gate.open()
     t.join(30)
-    assert got == [[(own_pg.primary.port,)]]
+    assert got == [[(pg_pair.primary.port,)]]
     assert listener_status(ferry, "pg")["clients_held"] == 0
 
 
