@@ -1312,8 +1312,8 @@ static bool my_server_lost(struct px_session *s)
 static void my_writer_moved(struct px_session *s)
 {
     struct px_my_session *m = mys(s);
-    if (m->phase == MS_PLAIN)
-        return;
+    if (m->phase == MS_PLAIN || m->changing_user)
+        return;     /* a COM_CHANGE_USER logs in afresh; s->stale moves it after */
     bool idle = m->phase == MS_COMMAND && my_state_at_safe_point(&m->st) && !mid_packet(&m->c2s);
     ferry_log(FERRY_LOG_INFO, "session.writer_moved", "listener=%s session=%llu from=%s state=%s",
               s->pl->name, (unsigned long long)s->id, s->cluster,

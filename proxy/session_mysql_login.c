@@ -922,8 +922,8 @@ bool mys_login_timer(struct px_session *s)
 bool mys_movable(const struct px_session *s)
 {
     const struct px_my_session *m = mys(s);
-    return m->user && m->phase == MS_COMMAND && !m->unmovable && !m->moving && m->st_init &&
-           my_state_at_safe_point(&m->st) && !m->st.in_trans;
+    return m->user && m->phase == MS_COMMAND && !m->unmovable && !m->moving && !m->login &&
+           m->st_init && my_state_at_safe_point(&m->st) && !m->st.in_trans;
 }
 
 void mys_move_begin(struct px_session *s)
