@@ -470,6 +470,27 @@ ssize_t px_session_read_into(struct px_session *s, struct ferry_wbuf *into, ssiz
     return nread;
 }
 
+bool px_session_client_tls(struct px_session *s, const void *hello, size_t n, uv_read_cb cb)
+{
+    char err[256];
+    s->client.tls = ferry_tls_new(s->lcfg->tls_server_ctx, NULL, err, sizeof err);
+    if (!s->client.tls) {
+        px_session_close(s, FERRY_LOG_ERROR, err);
+        return false;
+    }
+    ferry_tls_set_limit(s->client.tls, s->lcfg->session_buffer);
+    if (n && ferry_tls_feed(s->client.tls, hello, n) != 0) {
+        px_session_close(s, FERRY_LOG_INFO, "TLS from the client failed");
+        return false;
+    }
+    px_conn_stop_reading(&s->client);   /* reads go through the engine from here */
+    if (px_conn_read_start(&s->client, cb) != 0) {
+        px_session_close(s, FERRY_LOG_INFO, "read start failed");
+        return false;
+    }
+    return true;
+}
+
 bool px_session_ask(struct px_session *s, struct px_conn *c, struct ferry_wbuf *b, uv_read_cb cb,
                     uint64_t ms)
 {

@@ -183,6 +183,10 @@ void px_session_count_error(struct px_session *s, enum px_err kind);
 bool px_session_paused(void);
 /* Routes the session, or holds it while there is no writer. */
 void px_session_route(struct px_session *s);
+/* TLS towards the client from now on (the listener's certificate): hello
+ * is ciphertext that already arrived (n may be 0); reads go through the
+ * engine into cb. False: the session is closing. */
+bool px_session_client_tls(struct px_session *s, const void *hello, size_t n, uv_read_cb cb);
 /* A protocol's own exchange: sends b (taking its memory) to c, reads c's
  * answer into cb, and arms the session timer at ms. False: the session is
  * closing (the write or the read failed). */

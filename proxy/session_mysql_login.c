@@ -277,28 +277,17 @@ void mys_login_begin(struct px_session *s)
 
 /* ---- the client's exchange ---- */
 
+/* The client starts its TLS handshake right after the SSLRequest, without
+ * waiting for an answer: what came with it is the ClientHello. */
 static void start_client_tls(struct px_session *s)
 {
     struct px_my_session *m = mys(s);
-    char err[256];
-    s->client.tls = ferry_tls_new(s->lcfg->tls_server_ctx, NULL, err, sizeof err);
-    if (!s->client.tls) {
-        px_session_close(s, FERRY_LOG_ERROR, err);
-        return;
-    }
-    ferry_tls_set_limit(s->client.tls, s->lcfg->session_buffer);
-    m->client_turn = true;
-    /* the client starts its TLS handshake right after the SSLRequest,
-     * without waiting: what came with it is the ClientHello */
     struct my_login *l = m->login;
-    if (l->cin.len && ferry_tls_feed(s->client.tls, l->cin.data, l->cin.len) != 0) {
-        px_session_close(s, FERRY_LOG_INFO, "TLS from the client failed");
-        return;
-    }
-    ferry_wbuf_reset(&l->cin);
-    px_conn_stop_reading(&s->client);   /* reads go through the engine from here */
-    if (px_conn_read_start(&s->client, login_read_client) != 0)
-        px_session_close(s, FERRY_LOG_INFO, "read start failed");
+    m->client_turn = true;
+    struct ferry_wbuf hello = l->cin;   /* taken: plaintext may come back at once */
+    ferry_wbuf_init(&l->cin, hello.max);
+    px_session_client_tls(s, hello.data, hello.len, login_read_client);
+    ferry_wbuf_free(&hello);
 }
 
 static void access_denied(struct px_session *s, bool with_password)
@@ -509,6 +498,8 @@ static void auth_answer(struct px_session *s, const uint8_t *p, size_t n)
 static int take_packet(struct ferry_wbuf *buf, struct ferry_wbuf *pkt, uint8_t *seq)
 {
     struct my_logical lp;
+    if (buf->len == 0)
+        return buf->failed ? -1 : 0;
     int rc = my_logical_decode(buf->data, buf->len, 65536, &lp);
     if (rc == FERRY_NEED_MORE)
         return buf->failed ? -1 : 0;

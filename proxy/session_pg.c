@@ -227,18 +227,9 @@ static void start_tls(struct px_session *s)
         px_session_close(s, FERRY_LOG_INFO, "client write failed");
         return;
     }
-    char err[256];
-    s->client.tls = ferry_tls_new(s->lcfg->tls_server_ctx, NULL, err, sizeof err);
-    if (!s->client.tls) {
-        px_session_close(s, FERRY_LOG_ERROR, err);
-        return;
-    }
-    ferry_tls_set_limit(s->client.tls, s->lcfg->session_buffer);
     ferry_wbuf_reset(&p->startup);      /* what follows is the encrypted startup */
     p->startup_off = 0;
-    px_conn_stop_reading(&s->client);   /* reads go through the engine from here */
-    if (px_conn_read_start(&s->client, on_startup_read) != 0)
-        px_session_close(s, FERRY_LOG_INFO, "read start failed");
+    px_session_client_tls(s, NULL, 0, on_startup_read);
 }
 
 static void on_startup_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
