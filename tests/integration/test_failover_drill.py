@@ -4,16 +4,15 @@ sessions with server-side prepared statements, all through one ferry
 listener with terminated authentication, while the writer moves."""
 
 import json
-import threading
 
 import pytest
 
 import harness
 from harness import make_config
-from harness.drill import PgLoad, check_writes, create_table, log_writes, statements_after
+from harness.drill import (PgLoad, check_writes, create_table, log_writes, statements_after,
+                           switchover)
 from harness.proc import wait_for
 from test_discovery import FAST, pg_discovered, writer_of
-from test_ops import ctl
 
 USER, PASSWORD = harness.pg.TEST_USER, harness.pg.TEST_PASSWORD
 
@@ -55,17 +54,6 @@ def report(name, result, ferry):
                       "window_ms": round(result.window_ms()), "errors": result.errors,
                       "sessions_moved": listener["sessions_moved"],
                       "sessions_move_failed": listener["sessions_move_failed"]}))
-
-
-def switchover(ferry, to):
-    """POST /v1/switchover in the background (it pauses, waits for `to` to
-    be writable, resumes); returns the thread and its result holder."""
-    host, port = ferry.admin_addr()
-    out = {}
-    t = threading.Thread(target=lambda: out.update(res=ctl(
-        "switchover", to, "--admin", f"http://{host}:{port}", "--timeout", "30")))
-    t.start()
-    return t, out
 
 
 @pytest.mark.parametrize("old_writer", ["read-only", "still-writable"])

@@ -16,17 +16,16 @@ writers go on on the new writer. The pair replicates semi-synchronously, so
 even after a crash every acknowledged write must be on the new writer."""
 
 import json
-import threading
 
 import pytest
 
 import harness
 from harness import cluster, listener, make_config, mariadb
+from harness.drill import switchover
 from harness.drill_mysql import (MyLoad, check_writes, create_tables, log_statements,
                                  statements_after)
 from harness.proc import wait_for
 from test_discovery import FAST, writer_of
-from test_ops import ctl
 
 AUTH_MODES = ["passthrough", "terminated"]
 
@@ -106,17 +105,6 @@ def failover_errors(ferry):
 def ferry_errors(result):
     """Errors the load's clients got from ferry itself ("ferry: ...")."""
     return sum("ferry:" in text for _, _, _, text in result.error_log)
-
-
-def switchover(ferry, to):
-    """POST /v1/switchover in the background (it pauses, waits for `to` to
-    be writable, resumes); returns the thread and its result holder."""
-    host, port = ferry.admin_addr()
-    out = {}
-    t = threading.Thread(target=lambda: out.update(res=ctl(
-        "switchover", to, "--admin", f"http://{host}:{port}", "--timeout", "30")))
-    t.start()
-    return t, out
 
 
 def report(name, result, ferry):

@@ -65,6 +65,19 @@ class DrillResult:
         return {k.split(":", 1)[1]: v for k, v in self.errors.items() if k.startswith(kind + ":")}
 
 
+def switchover(ferry, to):
+    """POST /v1/switchover through `ferry ctl` in the background (it pauses,
+    waits for `to` to be writable, resumes); returns the thread and its
+    result holder."""
+    from test_ops import ctl
+    host, port = ferry.admin_addr()
+    out = {}
+    t = threading.Thread(target=lambda: out.update(res=ctl(
+        "switchover", to, "--admin", f"http://{host}:{port}", "--timeout", "30")))
+    t.start()
+    return t, out
+
+
 class Load:
     """What a drill's load has whatever the protocol: its threads, the ids
     it hands out, the acknowledgements and errors it records. Subclasses
@@ -92,6 +105,16 @@ class Load:
         with self.lock:
             self.next_id += 1
             return self.next_id
+
+    def _start_threads(self):
+        """Writers and prepared-statement sessions, each in its thread."""
+        for n in range(self.nwriters):
+            self._thread(self._writer, n)
+        for n in range(self.nprepared):
+            self._thread(self._prepared, n)
+        for t in self.threads:
+            t.start()
+        return self
 
     def _acked(self, i):
         with self.lock:
@@ -177,13 +200,7 @@ class PgLoad(Load):
             conn.autocommit = True
             conn.cursor().execute("SET statement_timeout TO '9s'")
             self.idle.append(conn)
-        for n in range(self.nwriters):
-            self._thread(self._writer, n)
-        for n in range(self.nprepared):
-            self._thread(self._prepared, n)
-        for t in self.threads:
-            t.start()
-        return self
+        return self._start_threads()
 
     def stop(self):
         self._join()

@@ -279,13 +279,7 @@ class MyLoad(Load):
                 cur.execute(f"INSERT INTO {TABLE} (id, writer, server_id) "
                             "VALUES (%s, -1, @@server_id)", (-1 - n,))
             self.txn.append(conn)
-        for n in range(self.nwriters):
-            self._thread(self._writer, n)
-        for n in range(self.nprepared):
-            self._thread(self._prepared, n)
-        for t in self.threads:
-            t.start()
-        return self
+        return self._start_threads()
 
     def stop(self):
         """Stops the threads, then uses every idle and transaction session
