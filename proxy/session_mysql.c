@@ -1001,11 +1001,8 @@ static void auth_packet(struct walk *w, struct my_logical *lp)
     uint8_t head = lp->payload.len ? lp->payload.p[0] : 0xFD;
     if (head == MY_OK) {
         struct my_ok ok;
-        if (my_ok_parse(lp->payload.p, lp->payload.len, m->st.caps, &ok) == 0) {
-            m->st.status = ok.status;
-            m->st.in_trans = (ok.status & MY_STATUS_IN_TRANS) != 0;
-            m->st.autocommit = (ok.status & MY_STATUS_AUTOCOMMIT) != 0;
-        }
+        if (my_ok_parse(lp->payload.p, lp->payload.len, m->st.caps, &ok) == 0)
+            my_state_apply_status(&m->st, ok.status);
         m->phase = MS_COMMAND;
         ferry_log(FERRY_LOG_DEBUG, "session.authenticated", "listener=%s session=%llu "
                   "connection_id=%u backend_id=%u", s->pl->name, (unsigned long long)s->id,

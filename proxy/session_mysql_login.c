@@ -735,11 +735,8 @@ static void backend_logged_in(struct px_session *s, const uint8_t *p, size_t n)
         return;
     }
     struct my_ok ok;
-    if (my_ok_parse(p, n, m->st.caps, &ok) == 0) {
-        m->st.status = ok.status;
-        m->st.in_trans = (ok.status & MY_STATUS_IN_TRANS) != 0;
-        m->st.autocommit = (ok.status & MY_STATUS_AUTOCOMMIT) != 0;
-    }
+    if (my_ok_parse(p, n, m->st.caps, &ok) == 0)
+        my_state_apply_status(&m->st, ok.status);
     struct ferry_wbuf out;
     ferry_wbuf_init(&out, 0);
     frame(&out, m->hs_next, p, n);

@@ -286,7 +286,7 @@ int my_state_client_packet(struct my_state *st, const struct my_logical *pkt)
 
 /* ---- server responses --------------------------------------------------- */
 
-static void apply_status(struct my_state *st, uint16_t status)
+void my_state_apply_status(struct my_state *st, uint16_t status)
 {
     st->status = status;
     st->in_trans = (status & MY_STATUS_IN_TRANS) != 0;
@@ -325,7 +325,7 @@ static bool apply_ok(struct my_state *st, const uint8_t *p, size_t n)
     if ((st->cmd == MY_COM_INIT_DB || st->cmd == MY_COM_CHANGE_USER) &&
         !set_schema(st, (const uint8_t *)st->pending, st->pending_len))
         return false;
-    apply_status(st, ok.status);
+    my_state_apply_status(st, ok.status);
     return apply_tracking(st, ok.session_state);
 }
 
@@ -439,7 +439,7 @@ static int on_rows(struct my_state *st, const struct my_logical *pkt)
         return 0;
     if ((st->caps & MY_CLIENT_DEPRECATE_EOF) && !apply_ok(st, pkt->payload.p, pkt->payload.len))
         return FERRY_BAD_MSG;
-    apply_status(st, status);
+    my_state_apply_status(st, status);
     if (st->phase == MY_PH_FIELDS)
         return finish(st);
     return end_of_result(st, status);
@@ -450,7 +450,7 @@ static int on_defs_eof(struct my_state *st, const struct my_logical *pkt)
     struct my_eof eof;
     if (my_eof_parse(pkt->payload.p, pkt->payload.len, &eof) < 0)
         return FERRY_BAD_MSG;
-    apply_status(st, eof.status);
+    my_state_apply_status(st, eof.status);
     return end_of_block(st);
 }
 
@@ -462,7 +462,7 @@ static int on_ok_reply(struct my_state *st, const struct my_logical *pkt)
         return finish(st);
     struct my_eof eof;
     if (my_eof_parse(p, n, &eof) == 0) {
-        apply_status(st, eof.status);
+        my_state_apply_status(st, eof.status);
         return finish(st);
     }
     return FERRY_BAD_MSG;

@@ -110,6 +110,10 @@ int my_state_server_packet(struct my_state *st, const struct my_logical *pkt);
 /* No transaction open and no command in flight. */
 bool my_state_at_safe_point(const struct my_state *st);
 
+/* Takes the server status flags of an OK ferry read outside the tracker
+ * (the login's): status, transaction and autocommit. */
+void my_state_apply_status(struct my_state *st, uint16_t status);
+
 /* Borrowed pointer valid until the next state call; NULL if unknown. */
 const struct my_stmt *my_state_stmt_find(const struct my_state *st, uint32_t ferry_id);
 
