@@ -78,6 +78,7 @@ static struct disc_core *core_new(uv_loop_t *loop, struct ferry_config *cfg,
         l->n = lcfg->nclusters < DISC_MAX_CLUSTERS ? lcfg->nclusters : DISC_MAX_CLUSTERS;
         l->cl = calloc(l->n, sizeof *l->cl);
         disc_decision_init(&l->decision, l->n);
+        l->candidate = -1;
         for (size_t j = 0; j < l->n && l->cl; j++) {
             struct disc_cluster_view *v = &l->cl[j];
             v->owner = l;
@@ -93,6 +94,7 @@ static struct disc_core *core_new(uv_loop_t *loop, struct ferry_config *cfg,
                 l->decision = old->decision;
                 l->changed_wall_ms = old->changed_wall_ms;
                 l->lost_ms = old->lost_ms;
+                l->candidate = old->candidate;
                 memcpy(l->failover_buckets, old->failover_buckets, sizeof l->failover_buckets);
                 l->failover_count = old->failover_count;
                 l->failover_sum = old->failover_sum;
@@ -208,6 +210,12 @@ static struct ferry_topology *snapshot(struct disc_core *c)
             snprintf(e->writer_cluster, sizeof e->writer_cluster, "%s", l->names[e->writer]);
             e->writer_endpoint = l->lcfg->clusters[e->writer].endpoint;
         }
+        e->candidate = l->candidate;
+        if (e->candidate >= 0) {
+            snprintf(e->candidate_cluster, sizeof e->candidate_cluster, "%s",
+                     l->names[e->candidate]);
+            e->candidate_endpoint = l->lcfg->clusters[e->candidate].endpoint;
+        }
     }
     return t;
 }
@@ -247,6 +255,11 @@ static void core_decide(struct disc_core *c)
         if (next.changed) {
             record_change(c, l, from);
             changed = true;
+        }
+        int candidate = disc_candidate(&next, now, &p);
+        if (candidate != l->candidate) {
+            l->candidate = candidate;
+            changed = true;     /* published: waiting sessions may log in there */
         }
         if (split_news)
             ferry_log(FERRY_LOG_ERROR, "topology.split_brain", "listener=%s reason=\"%s\"",
@@ -359,6 +372,8 @@ static json_t *listener_json(const struct disc_listener *l)
                      "split_brain", dd->split_brain, "changed_at", disc_iso_time(l->changed_wall_ms),
                      "clusters", clusters, "failover_seconds", "buckets", buckets, "count",
                      (json_int_t)l->failover_count, "sum", l->failover_sum);
+    json_object_set_new(out, "candidate",
+                        l->candidate >= 0 ? json_string(l->names[l->candidate]) : json_null());
     json_object_set_new(out, "last_failover_seconds",
                         l->failover_count ? json_real(l->failover_last) : json_null());
     return out;

@@ -51,6 +51,7 @@ struct disc_listener {
     struct disc_decision decision;
     uint64_t changed_wall_ms;
     uint64_t lost_ms;                   /* loop time the last writer was lost (0: has one) */
+    int candidate;                      /* disc_candidate() as last published, -1 none */
     /* failover duration: from losing a writer to having the next one */
     uint64_t failover_buckets[FAILOVER_NBUCKETS];
     uint64_t failover_count;

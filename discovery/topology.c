@@ -10,6 +10,8 @@ struct ferry_topology *ferry_topology_new(size_t n)
     if (t) {
         t->refs = 1;
         t->n = n;
+        for (size_t i = 0; i < n; i++)
+            t->listeners[i].writer = t->listeners[i].candidate = -1;
     }
     return t;
 }

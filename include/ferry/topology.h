@@ -23,6 +23,11 @@ struct ferry_topology_listener {
     uint64_t changed_ms;                /* wall clock (ms since epoch) of the last change */
     bool split_brain;
     char reason[FERRY_REASON_MAX];
+    /* while there is no writer: the cluster likely to be promoted (-1: none
+     * known); sessions may log in there ahead of time (proxy/session.c) */
+    int candidate;
+    char candidate_cluster[FERRY_NAME_MAX];
+    struct ferry_hostport candidate_endpoint;
 };
 
 struct ferry_topology {
@@ -32,7 +37,7 @@ struct ferry_topology {
     struct ferry_topology_listener listeners[]; /* n entries */
 };
 
-struct ferry_topology *ferry_topology_new(size_t n);   /* refs = 1, zeroed */
+struct ferry_topology *ferry_topology_new(size_t n);   /* refs = 1, zeroed, no writers */
 struct ferry_topology *ferry_topology_ref(struct ferry_topology *t);
 void ferry_topology_unref(struct ferry_topology *t);   /* NULL ignored */
 

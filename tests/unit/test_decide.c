@@ -20,6 +20,7 @@ struct step {
     const char *reason;     /* substring, NULL: don't check */
     int split;              /* -1: don't check */
     unsigned advance_ms;    /* 0: 1000 */
+    char candidate;         /* disc_candidate(): 'A'.. or '-'; 0: don't check */
 };
 
 struct tcase {
@@ -27,8 +28,9 @@ struct tcase {
     struct step steps[12];
 };
 
-#define S(p, a, w, g, r, sb) {p, a, w, g, r, sb, 0}
-#define END {NULL, NULL, 0, 0, NULL, 0, 0}
+#define S(p, a, w, g, r, sb) {p, a, w, g, r, sb, 0, 0}
+#define C(p, w, cand) {p, NULL, w, -1, NULL, -1, 0, cand}    /* checks the candidate */
+#define END {NULL, NULL, 0, 0, NULL, 0, 0, 0}
 
 static const struct tcase cases[] = {
     {"first round picks the only writable", {S("WR", NULL, 'A', 1, "A is the only writable cluster", 0), END}},
@@ -114,6 +116,16 @@ static const struct tcase cases[] = {
      {S("WR", NULL, 'A', 1, NULL, 0), S(">AWR", NULL, 'A', 1, NULL, 0), S("RW", NULL, 'B', 2, NULL, 0), END}},
     {"AWS writer among failing candidates is not enough",
      {S("FW", "w-", 'B', 1, NULL, 0), END}},
+    {"candidate: the replica while a planned switchover has no writer",
+     {C("WR", 'A', '-'), C("RR", '-', 'B'), C("RW", 'B', '-'), END}},
+    {"candidate: none while the writer is only in doubt, the replica once it is dropped",
+     {C("WR", 'A', '-'), C("FR", 'A', '-'), C("FR", 'A', '-'), C("FR", '-', 'B'), END}},
+    {"candidate: none when the replica is failing too",
+     {C("WR", 'A', '-'), C("RF", '-', '-'), C("RR", '-', 'B'), END}},
+    {"candidate: none among several replicas",
+     {C("WRR", 'A', '-'), C("RRR", '-', '-'), END}},
+    {"candidate: the operator's switchover target among several",
+     {C("WRR", 'A', '-'), C("RRR", '-', '-'), C(">CRRR", '-', 'C'), C("RRW", 'C', '-'), END}},
 };
 
 static const char *const names[] = {"A", "B", "C", "D"};
@@ -155,6 +167,15 @@ static void run_case(const struct tcase *tc)
                     st->generation, st->split, st->reason ? st->reason : "");
             unit_failed_asserts++;
             return;
+        }
+        if (st->candidate) {
+            int cand = disc_candidate(&next, now, &p);
+            if (cand != (st->candidate == '-' ? -1 : st->candidate - 'A')) {
+                fprintf(stderr, "  case \"%s\" step %d (%s): candidate %c, want %c\n", tc->name, i,
+                        st->probes, cand < 0 ? '-' : 'A' + cand, st->candidate);
+                unit_failed_asserts++;
+                return;
+            }
         }
         ASSERT_EQ_INT(next.changed, next.writer != prev.writer);
         prev = next;
