@@ -151,6 +151,7 @@ struct px_counters px_listener_totals(const struct px_listener *pl)
         sum.bytes_from_clients += PX_STAT_GET(c->bytes_from_clients);
         sum.bytes_from_servers += PX_STAT_GET(c->bytes_from_servers);
         sum.held += PX_STAT_GET(c->held);
+        sum.waiting_to_move += PX_STAT_GET(c->waiting_to_move);
         sum.queries += PX_STAT_GET(c->queries);
         sum.transactions += PX_STAT_GET(c->transactions);
         sum.hold_timeouts += PX_STAT_GET(c->hold_timeouts);

@@ -56,6 +56,8 @@ static void listener_metrics(FILE *f)
          "Commands completed (PostgreSQL: ReadyForQuery; MySQL: a command's whole response)."},
         {"ferry_transactions_total", "counter", "Transactions ended (protocol-aware listeners)."},
         {"ferry_backend_connections", "gauge", "Backend connections open now."},
+        {"ferry_sessions_waiting_to_move", "gauge",
+         "Idle sessions whose writer moved, without a backend until used or moved in the background."},
     };
     /* px_counters is cache-line aligned: calloc does not promise that */
     size_t bytes = (px_proc.nlisteners ? px_proc.nlisteners : 1) * sizeof(struct px_counters);
@@ -114,6 +116,10 @@ static void listener_metrics(FILE *f)
             case 7:
                 fprintf(f, "ferry_backend_connections{listener=\"%s\"} %llu\n", l,
                         (unsigned long long)c->backends);
+                break;
+            case 8:
+                fprintf(f, "ferry_sessions_waiting_to_move{listener=\"%s\"} %llu\n", l,
+                        (unsigned long long)c->waiting_to_move);
                 break;
             }
         }

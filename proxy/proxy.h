@@ -31,6 +31,7 @@ struct px_counters {
     uint64_t bytes_from_clients;
     uint64_t bytes_from_servers;
     uint64_t held;                  /* clients waiting for a writer now */
+    uint64_t waiting_to_move;       /* idle sessions without a backend, moving when used */
     uint64_t queries;               /* PG: ReadyForQuery seen; MySQL: command responses */
     uint64_t transactions;          /* transactions ended (PG: T/E -> I; MySQL: IN_TRANS cleared) */
     uint64_t hold_timeouts;         /* clients that gave up waiting (got an error) */
@@ -122,6 +123,13 @@ struct px_worker {
     struct ferry_list accepting;    /* px_accepting */
     struct ferry_list sessions;     /* px_session */
     struct ferry_list held;         /* px_session waiting for a writer (also in sessions) */
+    struct ferry_list to_move;      /* idle px_session whose move waits (also in sessions) */
+    uv_timer_t move_timer;          /* starts waiting moves (session.c) */
+    unsigned nto_move;
+    bool moves_blocked;             /* no waiting move could be routed: wait for a topology */
+    uint64_t moves_retry_at;        /* a waiting move failed to connect: none before this */
+    unsigned logins_waited_on;      /* backend logins under way that a client waits for */
+    unsigned background_moves;      /* moves of idle sessions under way */
     struct ferry_topology *topology;/* owned ref: latest snapshot, NULL before the first */
     unsigned nsessions;
     bool draining;
@@ -144,6 +152,7 @@ void px_session_close_all(struct px_worker *w, const char *reason);
 void px_chunk_pool_free(struct px_worker *w);   /* after the loop has stopped */
 void px_session_release_held(struct px_worker *w); /* route held sessions again */
 void px_session_topology_changed(struct px_worker *w); /* fence sessions on an old writer */
+void px_session_moves_init(struct px_worker *w);    /* before the loop runs */
 /* worker.c: called by session.c when a session has been freed */
 void px_worker_session_ended(struct px_worker *w);
 
@@ -172,6 +181,11 @@ extern struct px_process px_proc;
  * beyond the caller's reference to them. */
 const struct ferry_hostport *px_route(const struct ferry_listener_cfg *lcfg,
                                       const struct ferry_topology *topo, const char **cluster);
+/* While a discovered listener has no writer: the cluster likely to be
+ * promoted (NULL: none known), where waiting sessions may log in early. */
+const struct ferry_hostport *px_route_candidate(const struct ferry_listener_cfg *lcfg,
+                                                const struct ferry_topology *topo,
+                                                const char **cluster);
 
 /* Errors ferry itself sends to a client before any server has spoken,
  * in the listener's protocol. */

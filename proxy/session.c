@@ -87,6 +87,9 @@ static void unhold(struct px_session *s)
     }
 }
 
+static void unqueue_move(struct px_session *s);
+static void login_set(struct px_session *s, enum px_login kind);
+
 static void session_free(struct px_session *s)
 {
     struct px_worker *w = s->owner;
@@ -94,6 +97,8 @@ static void session_free(struct px_session *s)
         free((char *)s->endpoint);
     ferry_list_remove(&s->link);
     unhold(s);
+    unqueue_move(s);
+    login_set(s, PX_LOGIN_NONE);
     w->nsessions--;
     if (s->counted) {
         __atomic_sub_fetch(&s->pl->clients, 1, __ATOMIC_RELAXED);
@@ -154,6 +159,8 @@ void px_session_close(struct px_session *s, enum ferry_log_level lvl, const char
 }
 
 static void hold(struct px_session *s);
+static void wait_again(struct px_session *s, bool background);
+static void queue_move(struct px_session *s);
 
 static void on_server_dropped(uv_handle_t *h)
 {
@@ -164,6 +171,8 @@ static void on_server_dropped(uv_handle_t *h)
     }
     if (s->closing)
         return;
+    bool background = s->login == PX_LOGIN_BACKGROUND;
+    login_set(s, PX_LOGIN_NONE);
     ferry_tls_free(s->server.tls);
     if (s->server.counted)
         PX_STAT_ADD(px_session_stats(s)->backends, -1);
@@ -171,7 +180,11 @@ static void on_server_dropped(uv_handle_t *h)
     s->client.paused = false;
     if (s->hold_after_drop) {
         s->hold_after_drop = false;
-        hold(s);    /* the next topology routes it again */
+        wait_again(s, background);  /* the next topology routes it again */
+        return;
+    }
+    if (s->move_waiting) {
+        queue_move(s);
         return;
     }
     px_session_route(s);
@@ -188,6 +201,19 @@ void px_session_reconnect(struct px_session *s)
     s->server.tcp.data = s;
     s->pending_closes++;
     uv_close((uv_handle_t *)&s->server.tcp, on_server_dropped);
+}
+
+void px_session_move(struct px_session *s)
+{
+    bool drop_due = s->server.open;     /* then on_server_dropped goes on */
+    s->move_waiting = !s->parked;       /* a request waits: no waiting in the queue */
+    px_session_reconnect(s);
+    if (drop_due)
+        return;
+    if (s->move_waiting)
+        queue_move(s);
+    else
+        px_session_route(s);
 }
 
 void px_session_close_all(struct px_worker *w, const char *reason)
@@ -383,6 +409,12 @@ static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chu
 /* Waits for a writer (or a resume). One wait lasts hold_timeout in all,
  * however often a connect attempt in between fails and holds again. */
 static bool route_and_connect(struct px_session *s);
+static bool connect_now(struct px_session *s, enum px_login kind);
+static void try_prelogin(struct px_session *s);
+static bool route_to(struct px_session *s, const char *cluster, const struct ferry_hostport *ep);
+static void set_topo_gen(struct px_session *s);
+static void prelogin_failed(struct px_session *s, const char *error);
+static bool prelogin_settle(struct px_session *s);
 
 enum { RETRY_CONNECT_MS = 250 };    /* a held session's next try at an unreachable writer */
 
@@ -397,7 +429,236 @@ static void hold(struct px_session *s)
         PX_STAT_ADD(px_session_stats(s)->held, 1);
     }
     uint64_t left = s->hold_until > now ? s->hold_until - now : 0;
-    px_session_arm_timer(s, s->retry_soon && left > RETRY_CONNECT_MS ? RETRY_CONNECT_MS : left);
+    bool retry = s->retry_soon && !s->server.open && left > RETRY_CONNECT_MS;
+    px_session_arm_timer(s, retry ? RETRY_CONNECT_MS : left);
+    try_prelogin(s);
+}
+
+/* ---- moving idle sessions ----
+ * A writer that moves leaves every idle session of a terminated-auth
+ * listener without a backend at once. Logging them all into the new writer
+ * at that moment puts a login storm in front of the clients that are
+ * waiting (held new clients, requests parked on a move): in the drill, ten
+ * idle moves next to six reconnecting writers made the writers wait for the
+ * idle sessions, and writes resumed ~0.8 s after the switch instead of as
+ * soon as the six logins were done. So an idle session's move waits in
+ * w->to_move: it starts when its client sends a request (park: then it is as
+ * urgent as a new client), or in the background once no login a client
+ * waits for is under way on this worker, BACKGROUND_MOVES at a time. A
+ * background move that cannot connect waits in the queue again, and the
+ * queue rests RETRY_CONNECT_MS (or until the next topology). A waiting idle
+ * session has no hold timer: it did nothing, so nothing of it times out;
+ * hold_timeout counts from its next request. Counting is per worker (no
+ * cross-thread traffic); each worker's own logins decide its moves. */
+
+enum { BACKGROUND_MOVES = 2 };
+
+static unsigned *login_counter(struct px_worker *w, unsigned kind)
+{
+    return kind == PX_LOGIN_WAITED_ON    ? &w->logins_waited_on
+           : kind == PX_LOGIN_BACKGROUND ? &w->background_moves
+                                         : NULL;
+}
+
+static void schedule_moves(struct px_worker *w, uint64_t ms);
+
+/* s's backend login counts as kind from now on (PX_LOGIN_NONE: it is over,
+ * one way or the other). */
+static void login_set(struct px_session *s, enum px_login kind)
+{
+    struct px_worker *w = s->owner;
+    unsigned *was = login_counter(w, s->login), *now = login_counter(w, kind);
+    if (was == now)
+        return;
+    if (was)
+        (*was)--;
+    if (now)
+        (*now)++;
+    s->login = (uint8_t)kind;
+    if (was)
+        schedule_moves(w, 0);   /* a slot may have opened */
+}
+
+/* Routes and connects s, its login counted as kind; false: no route now. */
+static bool connect_now(struct px_session *s, enum px_login kind)
+{
+    unqueue_move(s);    /* whatever path connects it, it waits no more */
+    login_set(s, kind);
+    if (route_and_connect(s))
+        return true;
+    login_set(s, PX_LOGIN_NONE);
+    return false;
+}
+
+static bool move_queued(const struct px_session *s)
+{
+    return s->move_link.next != &s->move_link;
+}
+
+/* s waits for its move (its old backend is gone); no timer runs for it. */
+static void queue_move(struct px_session *s)
+{
+    struct px_worker *w = s->owner;
+    s->move_waiting = true;
+    uv_timer_stop(&s->timer);
+    if (!move_queued(s)) {
+        ferry_list_insert_tail(&w->to_move, &s->move_link);
+        w->nto_move++;
+        PX_STAT_ADD(px_session_stats(s)->waiting_to_move, 1);
+    }
+    w->moves_blocked = false;
+    schedule_moves(w, 0);
+}
+
+static void unqueue_move(struct px_session *s)
+{
+    s->move_waiting = false;
+    if (move_queued(s)) {
+        ferry_list_remove(&s->move_link);
+        s->owner->nto_move--;
+        PX_STAT_ADD(px_session_stats(s)->waiting_to_move, -1);
+    }
+}
+
+/* A connect failed and the session may wait: a background move queues
+ * again (the queue rests, so an unreachable writer is not hammered); what
+ * a client waits for is held (and retried on its own timer). */
+static void wait_again(struct px_session *s, bool background)
+{
+    if (background && !s->parked) {
+        s->owner->moves_retry_at = px_now_ms() + RETRY_CONNECT_MS;
+        queue_move(s);
+        return;
+    }
+    hold(s);
+}
+
+static void start_waiting_moves(uv_timer_t *t)
+{
+    struct px_worker *w = t->data;
+    uint64_t now = px_now_ms();
+    if (now < w->moves_retry_at) {
+        schedule_moves(w, w->moves_retry_at - now);
+        return;
+    }
+    /* each waiting session is looked at once: those whose listener has no
+     * writer now (or while paused) go back to the end of the queue */
+    unsigned tried = 0, started = 0, n = w->nto_move;
+    while (tried < n && w->logins_waited_on == 0 && w->background_moves < BACKGROUND_MOVES &&
+           !ferry_list_empty(&w->to_move) && px_now_ms() >= w->moves_retry_at) {
+        struct px_session *s = ferry_container_of(w->to_move.next, struct px_session, move_link);
+        unqueue_move(s);
+        tried++;
+        if (s->server.open || s->gai || s->closing || s->failing)
+            continue;   /* connecting already (cannot happen: connect_now unqueues) */
+        if (connect_now(s, PX_LOGIN_BACKGROUND)) {
+            started++;
+        } else {
+            s->move_waiting = true;
+            ferry_list_insert_tail(&w->to_move, &s->move_link);
+            w->nto_move++;
+            PX_STAT_ADD(px_session_stats(s)->waiting_to_move, 1);
+        }
+    }
+    if (tried == n && started == 0)
+        w->moves_blocked = true;    /* nothing routable: the next topology looks again */
+}
+
+/* Looks at the waiting moves in ms (0: once this loop iteration is done,
+ * so a burst of changes is looked at once). */
+static void schedule_moves(struct px_worker *w, uint64_t ms)
+{
+    if (ferry_list_empty(&w->to_move) || w->moves_blocked)
+        return;
+    if (ms && uv_is_active((uv_handle_t *)&w->move_timer))
+        return;     /* due sooner already */
+    uv_timer_start(&w->move_timer, start_waiting_moves, ms, 0);
+}
+
+/* ---- logging in ahead of a promotion ----
+ * libpq's multi-host failover keeps trying every host while there is no
+ * writer, so its connection to the replica being promoted is often logged
+ * in by the time the promotion ends. A proxy that starts its logins when it
+ * sees the promotion adds a whole login to the window: ~30 ms on an idle
+ * server here, 200-500 ms on one that takes every reconnecting client at
+ * once (the drill). So a session that waits for a writer, and whose
+ * protocol logs in by itself (terminated auth: can_prelogin), logs into the
+ * candidate discovery names while there is no writer (the one healthy
+ * replica, px_route_candidate). Nothing of the client's goes there: the
+ * login (and for a move the session's SETs and prepared statements, which a
+ * hot standby takes) ends with the session still held. When the candidate
+ * becomes the writer the relay starts at once; when another cluster does,
+ * the session moves there like any idle session; when the login fails, the
+ * session waits as before (one try per topology snapshot). */
+
+static void try_prelogin(struct px_session *s)
+{
+    struct px_worker *w = s->owner;
+    if (s->server.open || s->gai || s->closing || s->failing || !w->topology ||
+        s->prelogin_serial == w->topology->serial || !s->proto || !s->proto->can_prelogin ||
+        !s->proto->can_prelogin(s) || px_session_paused())
+        return;
+    const char *cluster = NULL;
+    const struct ferry_hostport *ep = px_route_candidate(s->lcfg, w->topology, &cluster);
+    if (!ep)
+        return;
+    s->prelogin_serial = w->topology->serial;
+    s->prelogin = true;
+    s->prelogin_ready = false;
+    route_to(s, cluster, ep);
+}
+
+static void prelogin_failed(struct px_session *s, const char *error)
+{
+    ferry_log(FERRY_LOG_INFO, "session.prelogin_failed",
+              "listener=%s session=%llu cluster=%s backend=%s error=\"%s\"", s->pl->name,
+              (unsigned long long)s->id, s->cluster, s->endpoint, error);
+    s->prelogin = s->prelogin_ready = false;
+    uv_timer_stop(&s->timer);
+    if (s->server.open && !uv_is_closing((uv_handle_t *)&s->server.tcp)) {
+        s->hold_after_drop = true;      /* and held again once it is gone */
+        px_session_reconnect(s);
+    } else {
+        hold(s);
+    }
+}
+
+/* The login ahead of a promotion is done (or was, and the topology
+ * changed): true when the relay starts now (the candidate is the writer);
+ * otherwise the session waits on, or moves to the cluster that was
+ * promoted instead. */
+static bool prelogin_settle(struct px_session *s)
+{
+    const char *cluster = NULL;
+    const struct ferry_hostport *ep = px_route(s->lcfg, s->owner->topology, &cluster);
+    if (!ep) {
+        if (!s->prelogin_ready) {
+            s->prelogin_ready = true;
+            ferry_log(FERRY_LOG_DEBUG, "session.ready_ahead_of_promotion",
+                      "listener=%s session=%llu cluster=%s", s->pl->name,
+                      (unsigned long long)s->id, s->cluster);
+        }
+        hold(s);    /* hold_timeout still counts */
+        return false;
+    }
+    s->prelogin = s->prelogin_ready = false;
+    unhold(s);
+    char text[FERRY_HOST_MAX + 16];
+    ferry_hostport_format(ep, text, sizeof text);
+    if (strcmp(cluster, s->cluster) == 0 && strcmp(text, s->endpoint) == 0) {
+        set_topo_gen(s);
+        return true;
+    }
+    uv_timer_stop(&s->timer);
+    s->proto->writer_moved(s);
+    return false;
+}
+
+void px_session_moves_init(struct px_worker *w)
+{
+    ferry_list_init(&w->to_move);
+    uv_timer_init(&w->loop, &w->move_timer);
+    w->move_timer.data = w;
 }
 
 /* The protocol said the client's next request must wait (pause): keep the
@@ -408,9 +669,20 @@ static void park(struct px_session *s, struct px_chunk *ch, size_t n)
     ch->len = n;
     s->parked = ch;
     px_conn_stop_reading(&s->client);
-    hold(s);
     ferry_log(FERRY_LOG_DEBUG, "session.parked", "listener=%s session=%llu", s->pl->name,
               (unsigned long long)s->id);
+    /* A move under way or waiting is now what a client waits for. */
+    if (s->login == PX_LOGIN_BACKGROUND)
+        login_set(s, PX_LOGIN_WAITED_ON);
+    if (s->move_waiting) {
+        bool dropping = s->server.open;     /* its old backend: on_server_dropped routes it */
+        unqueue_move(s);
+        if (!dropping) {
+            px_session_route(s);
+            return;
+        }
+    }
+    hold(s);
 }
 
 /* Released: the kept request goes through the protocol again (which may
@@ -419,6 +691,9 @@ static void unpark(struct px_session *s);
 
 void px_session_start_relay(struct px_session *s)
 {
+    if (s->prelogin && !prelogin_settle(s))
+        return;
+    login_set(s, PX_LOGIN_NONE);
     s->relaying = true;
     s->retry_connect = s->retry_soon = false;
     s->hold_until = 0;
@@ -772,6 +1047,11 @@ void px_session_fail(struct px_session *s, enum px_err kind, const char *text)
 
 void px_session_backend_failed(struct px_session *s, const char *error)
 {
+    if (s->prelogin) {
+        prelogin_failed(s, error);
+        return;
+    }
+    bool background = s->login == PX_LOGIN_BACKGROUND;
     PX_STAT_ADD(px_session_stats(s)->backend_connect_failed, 1);
     /* Live traffic found the writer unreachable: look now, not at the next tick. */
     px_session_probe_now(s);
@@ -788,7 +1068,8 @@ void px_session_backend_failed(struct px_session *s, const char *error)
             s->hold_after_drop = true;
             px_session_reconnect(s);
         } else {
-            hold(s);
+            login_set(s, PX_LOGIN_NONE);
+            wait_again(s, background);
         }
         return;
     }
@@ -817,22 +1098,31 @@ static void on_timer(uv_timer_t *t)
     struct px_session *s = t->data;
     if (s->proto && s->proto->timer && s->proto->timer(s))
         return;
-    if (s->held && s->retry_soon && px_now_ms() < s->hold_until && !s->server.open) {
+    char error[64];
+    snprintf(error, sizeof error, "timed out after %gs", s->lcfg->connect_timeout);
+    if (s->prelogin && !s->prelogin_ready) {
+        px_session_backend_failed(s, error);    /* the candidate: the session waits on */
+        return;
+    }
+    uint64_t now = px_now_ms();
+    if (s->held && s->retry_soon && now < s->hold_until && !s->server.open) {
         /* the writer refused or timed out: discovery has been asked to look,
          * and may well keep it (a blip); try it again meanwhile */
         s->retry_soon = false;
-        if (route_and_connect(s))
+        if (connect_now(s, PX_LOGIN_WAITED_ON))
             unhold(s);
         else
             hold(s);
+        return;
+    }
+    if (s->held && now < s->hold_until) {
+        hold(s);    /* a retry tick while logged in ahead of a promotion */
         return;
     }
     if (s->held) {
         hold_expired(s);
         return;
     }
-    char error[64];
-    snprintf(error, sizeof error, "timed out after %gs", s->lcfg->connect_timeout);
     px_session_backend_failed(s, error);
 }
 
@@ -930,14 +1220,10 @@ static void start_backend(struct px_session *s, const struct ferry_hostport *ep)
 
 /* Routes s and starts connecting; false (nothing started) when there is no
  * writer to route to. */
-static bool route_and_connect(struct px_session *s)
+/* Connects s to ep of cluster (the route's or a candidate's); false: out of
+ * memory for the endpoint's name. */
+static bool route_to(struct px_session *s, const char *cluster, const struct ferry_hostport *ep)
 {
-    if (px_session_paused())
-        return false;   /* POST /v1/pause: hold like a failover window */
-    const char *cluster = NULL;
-    const struct ferry_hostport *ep = px_route(s->lcfg, s->owner->topology, &cluster);
-    if (!ep)
-        return false;
     snprintf(s->cluster, sizeof s->cluster, "%s", cluster);
     char text[FERRY_HOST_MAX + 16];
     ferry_hostport_format(ep, text, sizeof text);
@@ -949,13 +1235,30 @@ static bool route_and_connect(struct px_session *s)
             free((char *)s->endpoint);
         s->endpoint = copy;
     }
-    const struct ferry_topology_listener *t = ferry_topology_find(s->owner->topology, s->lcfg->name);
-    s->topo_gen = t ? t->generation : 0;
-    ferry_log(FERRY_LOG_DEBUG, "session.routed", "listener=%s session=%llu cluster=%s backend=%s",
-              s->pl->name, (unsigned long long)s->id, s->cluster, s->endpoint);
+    ferry_log(FERRY_LOG_DEBUG, "session.routed", "listener=%s session=%llu cluster=%s backend=%s%s",
+              s->pl->name, (unsigned long long)s->id, s->cluster, s->endpoint,
+              s->prelogin ? " ahead_of_promotion=yes" : "");
     uv_timer_start(&s->timer, on_timer, (uint64_t)(s->lcfg->connect_timeout * 1000.0), 0);
     start_backend(s, ep);
     return true;
+}
+
+static void set_topo_gen(struct px_session *s)
+{
+    const struct ferry_topology_listener *t = ferry_topology_find(s->owner->topology, s->lcfg->name);
+    s->topo_gen = t ? t->generation : 0;
+}
+
+static bool route_and_connect(struct px_session *s)
+{
+    if (px_session_paused())
+        return false;   /* POST /v1/pause: hold like a failover window */
+    const char *cluster = NULL;
+    const struct ferry_hostport *ep = px_route(s->lcfg, s->owner->topology, &cluster);
+    if (!ep)
+        return false;
+    set_topo_gen(s);
+    return route_to(s, cluster, ep);
 }
 
 /* ---- accept ---- */
@@ -1068,6 +1371,7 @@ void px_session_accept(struct px_accepting *a)
     s->server = (struct px_conn){.owner = s, .peer = &s->client, .name = "server"};
     ferry_list_insert_tail(&w->sessions, &s->link);
     ferry_list_init(&s->held_link);
+    ferry_list_init(&s->move_link);
     w->nsessions++;
     if (s->counted) {
         PX_STAT_ADD(px_session_stats(s)->active, 1);
@@ -1113,7 +1417,7 @@ void px_session_route(struct px_session *s)
      * getting an error; a static route has nothing to wait for. */
     if (s->lcfg->probe_enabled && !s->relaying)
         s->retry_connect = true;
-    if (!route_and_connect(s)) {
+    if (!connect_now(s, PX_LOGIN_WAITED_ON)) {
         /* No writer now: wait for one instead of failing (the failover window). */
         hold(s);
         ferry_log(FERRY_LOG_DEBUG, "session.held", "listener=%s session=%llu hold_timeout=%g",
@@ -1131,8 +1435,8 @@ void px_session_topology_changed(struct px_worker *w)
         struct px_session *s = ferry_container_of(it, struct px_session, link);
         it = it->next;
         if (!s->proto || !s->proto->writer_moved || !s->lcfg->probe_enabled || !s->connected ||
-            s->closing || s->failing || s->stale)
-            continue;
+            s->closing || s->failing || s->stale || s->prelogin)
+            continue;   /* (a login ahead of a promotion: px_session_release_held) */
         const struct ferry_topology_listener *t = ferry_topology_find(w->topology, s->lcfg->name);
         if (t && t->generation == s->topo_gen)
             continue;
@@ -1155,13 +1459,23 @@ void px_session_release_held(struct px_worker *w)
             unpark(s);  /* may end s; `it` was taken before */
             continue;
         }
+        if (s->prelogin) {
+            /* one still logging in decides when its login is done */
+            if (s->prelogin_ready && prelogin_settle(s))
+                px_session_start_relay(s);
+            continue;
+        }
         if (s->server.open)
             continue;   /* connecting, logging in, or dropping its old backend: it
                            goes on by itself (a second connect would reuse the handle) */
-        if (!route_and_connect(s))
+        if (!connect_now(s, PX_LOGIN_WAITED_ON))
             continue;
         unhold(s);
     }
+    /* a new writer (or the end of a pause): waiting moves may start again */
+    w->moves_blocked = false;
+    w->moves_retry_at = 0;
+    schedule_moves(w, 0);
 }
 
 bool px_session_paused(void)

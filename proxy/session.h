@@ -51,6 +51,15 @@ enum px_scan {
                            more, and scan it again when released */
 };
 
+/* A backend connect and login under way, as the worker counts it
+ * (px_session.login): waiting moves start only while no login that a
+ * client waits for is under way. */
+enum px_login {
+    PX_LOGIN_NONE,
+    PX_LOGIN_WAITED_ON,     /* a new client, a held or parked request */
+    PX_LOGIN_BACKGROUND,    /* an idle session's move that no request waits for yet */
+};
+
 /* What a protocol adds to the relay. Every hook is optional. */
 struct px_proto {
     /* Accepted (counted or not): the protocol starts its client phase, or
@@ -76,6 +85,9 @@ struct px_proto {
     bool (*timer)(struct px_session *s);
     /* The listener's writer moved since s was routed. */
     void (*writer_moved)(struct px_session *s);
+    /* s can log into a backend by itself (terminated auth), so it may do
+     * so ahead of a promotion (see session.c). */
+    bool (*can_prelogin)(const struct px_session *s);
     /* Adds protocol fields to a /v1/sessions entry. */
     void (*describe)(const struct px_session *s, json_t *entry);
     /* Frees protocol state (the session is going away). */
@@ -142,6 +154,15 @@ struct px_session {
     bool hold_after_drop;                   /* scratch: the dropped backend was unreachable */
     bool retry_soon;                        /* held after a failed connect: try the writer
                                                again shortly, not only on a new topology */
+    bool move_waiting;                      /* an idle session's move waits for its client or
+                                               a quiet moment (in owner->to_move once its
+                                               old backend is gone) */
+    uint8_t login;                          /* enum px_login: the backend connect and login
+                                               under way, as the worker counts it */
+    bool prelogin;                          /* connected to the candidate while there is no
+                                               writer: logging in ahead of its promotion */
+    bool prelogin_ready;                    /* ... and logged in: waits for the topology */
+    uint64_t prelogin_serial;               /* topology snapshot of the last such attempt */
     uint64_t hold_until;                    /* when this wait for a writer gives up; 0 = none */
     uint64_t topo_gen;                      /* writer generation the session was routed with */
     struct sockaddr_storage server_addr;    /* where the backend connection went */
@@ -158,6 +179,7 @@ struct px_session {
     uint64_t bytes_from_server;
     struct ferry_list link;                 /* in owner->sessions */
     struct ferry_list held_link;            /* in owner->held while held */
+    struct ferry_list move_link;            /* in owner->to_move while its move waits */
     union {
         struct px_pg_session pg;
         struct px_my_session *my;           /* owned (session_mysql.c) */
@@ -207,6 +229,12 @@ void px_session_backend_failed(struct px_session *s, const char *error);
  * writer of now, or held until there is one); the client side stays. The
  * protocol's connected hook runs again on the new connection. */
 void px_session_reconnect(struct px_session *s);
+/* An idle session's move to the writer of now: drops the backend connection
+ * like px_session_reconnect, but connects again only when the client sends
+ * a request (the protocol parks it) or, before that, when no login a client
+ * waits for is under way on this worker (see "moving idle sessions" in
+ * session.c). */
+void px_session_move(struct px_session *s);
 /* Starts reading conn into cb (decrypting first when conn has TLS;
  * plaintext the engine still holds is handed to cb at once). 0 or a libuv
  * error. */

@@ -932,7 +932,7 @@ void mys_move_begin(struct px_session *s)
     s->retry_connect = true;    /* an unreachable writer holds the session, not fails it */
     ferry_log(FERRY_LOG_INFO, "session.moving", "listener=%s session=%llu from=%s", s->pl->name,
               (unsigned long long)s->id, s->cluster);
-    px_session_reconnect(s);
+    px_session_move(s);
 }
 
 static void move_failed(struct px_session *s, const char *why)

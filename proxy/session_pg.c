@@ -763,6 +763,11 @@ static void login_lost(struct px_session *s, const char *why)
 
 static void login_failed(struct px_session *s, const char *why)
 {
+    if (s->prelogin) {      /* ahead of a promotion: the session waits on */
+        login_free(pgs(s));
+        px_session_backend_failed(s, why);
+        return;
+    }
     if (pgs(s)->client_ready) {     /* moving: the client is still fine */
         move_failed(s, why);
         return;
@@ -841,6 +846,29 @@ static bool login_answer(struct px_session *s, const uint8_t *body, size_t n)
 
 static enum px_scan pg_scan(struct px_session *s, struct px_conn *src, uint8_t *data, size_t n);
 
+/* A login ahead of a promotion got the standby's in_hot_standby = on; the
+ * client's requests go to that server only once it is the writer, where it
+ * is off (and libpq's target_session_attrs=read-write would refuse "on"). */
+static void as_promoted(struct ferry_wbuf *msgs)
+{
+    static const char standby[] = "in_hot_standby\0on";   /* with both NULs: sizeof */
+    struct ferry_wbuf out;
+    ferry_wbuf_init(&out, msgs->len + 8);
+    for (size_t off = 0; off + PG_HEADER_LEN <= msgs->len;) {
+        size_t total = 1 + ferry_get_u32be(msgs->data + off + 1);
+        if (total > msgs->len - off)
+            total = msgs->len - off;    /* (framed by login_advance: cannot happen) */
+        if (msgs->data[off] == 'S' && total - PG_HEADER_LEN == sizeof standby &&
+            memcmp(msgs->data + off + PG_HEADER_LEN, standby, sizeof standby) == 0)
+            pg_build_parameter_status(&out, "in_hot_standby", "off");
+        else
+            ferry_wbuf_put(&out, msgs->data + off, total);
+        off += total;
+    }
+    ferry_wbuf_free(msgs);
+    *msgs = out;
+}
+
 /* Logged in (ReadyForQuery seen): what followed AuthenticationOk goes to
  * the client, then the relay starts. */
 static void login_done(struct px_session *s, size_t from, size_t to)
@@ -857,6 +885,8 @@ static void login_done(struct px_session *s, size_t from, size_t to)
         px_session_close(s, FERRY_LOG_WARN, "the server spoke out of turn after login");
         return;
     }
+    if (s->prelogin)
+        as_promoted(&out);
     if (out.failed || pg_scan(s, &s->server, out.data, out.len) != PX_SCAN_RELAY) {
         ferry_wbuf_free(&out);
         return;
@@ -899,7 +929,8 @@ static void login_advance(struct px_session *s)
             error_sqlstate(body, (uint32_t)n, state);
             /* shutting down, starting up, connection trouble: not this
              * session's fault; a session that may wait, waits for the next writer */
-            if (s->retry_connect && (strncmp(state, "57", 2) == 0 || strncmp(state, "08", 2) == 0)) {
+            if (s->prelogin || (s->retry_connect && (strncmp(state, "57", 2) == 0 ||
+                                                     strncmp(state, "08", 2) == 0))) {
                 login_lost(s, "the server refused the login while it is not serving");
                 return;
             }
@@ -1110,6 +1141,12 @@ static void build_set(struct ferry_wbuf *out, const char *name, const char *valu
 static void move_failed(struct px_session *s, const char *why)
 {
     struct px_pg_session *p = pgs(s);
+    if (s->prelogin) {      /* ahead of a promotion: the move waits on */
+        p->restoring = false;
+        login_free(p);
+        px_session_backend_failed(s, why);
+        return;
+    }
     ferry_log(FERRY_LOG_WARN, "session.move_failed", "listener=%s session=%llu to=%s reason=\"%s\"",
               s->pl->name, (unsigned long long)s->id, s->cluster, why);
     PX_STAT_ADD(px_session_stats(s)->moves_failed, 1);
@@ -1231,7 +1268,7 @@ static void move_begin(struct px_session *s)
     ferry_log(FERRY_LOG_INFO, "session.moving", "listener=%s session=%llu from=%s", s->pl->name,
               (unsigned long long)s->id, s->cluster);
     login_free(p);
-    px_session_reconnect(s);
+    px_session_move(s);
 }
 
 /* The StartupMessage (and anything the client sent after it) goes first. */
@@ -1252,7 +1289,7 @@ static void backend_tls_failed(struct px_session *s, const char *why, bool reach
 {
     char text[FERRY_HOST_MAX + FERRY_NAME_MAX + 400];
     px_conn_stop_reading(&s->server);
-    if (!reachable) {
+    if (!reachable || s->prelogin) {
         snprintf(text, sizeof text, "no answer to TLS negotiation: %s", why);
         px_session_backend_failed(s, text);
         return;
@@ -1377,6 +1414,11 @@ static bool pg_server_lost(struct px_session *s)
  * "reconnect"; ones inside a transaction are closed when the transaction
  * ends or fenced at their next statement. (Moving them without an error
  * needs ferry-terminated authentication.) */
+static bool pg_can_prelogin(const struct px_session *s)
+{
+    return s->u.pg.user && s->u.pg.startup_done;
+}
+
 static void pg_writer_moved(struct px_session *s)
 {
     struct px_pg_session *p = pgs(s);
@@ -1434,6 +1476,7 @@ const struct px_proto px_proto_pg = {
     .server_lost = pg_server_lost,
     .timer = pg_timer,
     .writer_moved = pg_writer_moved,
+    .can_prelogin = pg_can_prelogin,
     .describe = pg_describe,
     .free = pg_free,
 };

@@ -110,6 +110,7 @@ static void maybe_finish_drain(struct px_worker *w)
         pthread_mutex_unlock(&w->lock);
         uv_close((uv_handle_t *)&w->wakeup, NULL);
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
+        uv_close((uv_handle_t *)&w->move_timer, NULL);
     }
 }
 
@@ -218,6 +219,7 @@ int px_worker_start(struct px_worker *w, unsigned index)
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
+    px_session_moves_init(w);
     return pthread_create(&w->thread, NULL, worker_main, w) == 0 ? 0 : UV_EAGAIN;
 }
 

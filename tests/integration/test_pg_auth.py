@@ -15,7 +15,7 @@ import harness
 from fronts import pg_listener
 from harness import make_config
 from harness.proc import wait_for
-from test_discovery import FAST, pg_discovered, writer_of
+from test_discovery import FAST, discovery_of, pg_discovered, writer_of
 from test_failover_sessions import switch_to_b
 
 USER, PASSWORD = harness.pg.TEST_USER, harness.pg.TEST_PASSWORD
@@ -260,6 +260,133 @@ def test_idle_session_survives_a_crash_and_waits_for_the_new_writer(ferry_factor
     assert result == {"row": (42, own_pg.replica.port, "UTC")}
     conn.close()
     assert ferry.status()["listeners"][0]["sessions_moved"] == 1
+
+
+def test_idle_sessions_move_after_the_logins_clients_wait_for(ferry_factory, own_pg):
+    """After a crash, idle sessions wait for their move without a backend
+    and without a hold timer (nothing of theirs times out: hold_timeout is 4 s
+    here and the outage lasts longer); the client that is waiting (a new
+    connection) logs in before any idle session moves (here ahead of the
+    promotion), and then every idle session moves by itself and works."""
+    ferry = terminated_discovered(ferry_factory, own_pg, workers=1, hold_timeout=4)
+    host, port = ferry.listener_addr("pg")
+    idle = [psycopg.connect(harness.pg.dsn(host, port), autocommit=True) for _ in range(4)]
+    for i, c in enumerate(idle):
+        c.execute(f"SET application_name TO 'idle{i}'")
+    own_pg.primary.stop(mode="immediate")
+    wait_for(lambda: writer_of(ferry, "pg") is None, timeout=10, what="the writer to be dropped")
+    wait_for(lambda: listener(ferry)["sessions_waiting_to_move"] == 4, timeout=10,
+             what="the idle sessions to wait for their move")
+    time.sleep(4.5)                     # longer than hold_timeout: they are not held
+    assert listener(ferry)["clients_held"] == 0
+    result = {}
+
+    def new_client():
+        try:
+            with psycopg.connect(harness.pg.dsn(host, port), autocommit=True) as c:
+                result["port"] = c.execute("SELECT inet_server_port()").fetchone()[0]
+        except Exception as e:  # noqa: BLE001 - asserted below
+            result["error"] = e
+
+    t = threading.Thread(target=new_client)
+    t.start()
+    wait_for(lambda: listener(ferry)["clients_held"] == 1, timeout=10, what="the new client held")
+    own_pg.replica.promote()
+    t.join(30)
+    assert result == {"port": own_pg.replica.port}
+    wait_for(lambda: listener(ferry)["sessions_moved"] == 4, timeout=15,
+             what="the idle sessions to move in the background")
+    log = ferry.log_text()
+    first_move = log.index("event=session.moved")
+    assert log.index("event=session.logged_in", log.index("to=none")) < first_move
+    for i, c in enumerate(idle):
+        assert c.execute("SELECT inet_server_port(), current_setting('application_name')"
+                         ).fetchone() == (own_pg.replica.port, f"idle{i}")
+        c.close()
+    assert listener(ferry)["sessions_waiting_to_move"] == 0
+    assert listener(ferry)["failover_errors_total"] == 0
+
+
+def test_held_client_logs_in_ahead_of_the_promotion(ferry_factory, own_pg):
+    """While there is no writer, a held client of a terminated listener is
+    logged into the replica discovery expects to be promoted (its only
+    healthy one), so the login is done when the promotion is: its statement
+    runs there once it is the writer, and never before (an INSERT sent to
+    the standby would fail with 25006). The client is told in_hot_standby =
+    off: it talks to that server only as the writer."""
+    ferry = terminated_discovered(ferry_factory, own_pg, workers=1)
+    own_pg.primary.query("CREATE TABLE early (note text); GRANT ALL ON early TO ferry_test",
+                         dbname="app")
+    own_pg.wait_replicated()
+    host, port = ferry.listener_addr("pg")
+    own_pg.primary.stop(mode="immediate")
+    wait_for(lambda: writer_of(ferry, "pg") is None, timeout=10, what="the writer to be dropped")
+    assert discovery_of(ferry, "pg")["candidate"] == "region-b"
+    result = {}
+
+    def client():
+        try:
+            with psycopg.connect(harness.pg.dsn(host, port), autocommit=True,
+                                 application_name="early") as c:
+                result["hot_standby"] = c.info.parameter_status("in_hot_standby")
+                c.execute("INSERT INTO early VALUES ('held')")
+                result["port"] = c.execute("SELECT inet_server_port()").fetchone()[0]
+        except Exception as e:  # noqa: BLE001 - asserted below
+            result["error"] = e
+
+    t = threading.Thread(target=client)
+    t.start()
+    wait_for(lambda: "event=session.ready_ahead_of_promotion" in ferry.log_text(), timeout=10,
+             what="the held client to log into the replica")
+    assert listener(ferry)["clients_held"] == 1
+    assert own_pg.replica.query(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'early'")[0][0] == 1
+    assert own_pg.replica.query("SELECT count(*) FROM early", dbname="app") == [(0,)]
+    own_pg.replica.promote()
+    t.join(30)
+    assert result == {"hot_standby": "off", "port": own_pg.replica.port}
+    assert own_pg.replica.query("SELECT note FROM early", dbname="app") == [("held",)]
+    assert discovery_of(ferry, "pg")["candidate"] is None
+
+
+def test_logged_in_ahead_on_a_cluster_that_is_not_promoted_moves_to_the_one_that_is(
+        ferry_factory, own_pg):
+    """The writer turns read-only (a switchover begins), a held client logs
+    into the replica ahead of its promotion, then the switchover is called
+    off and the old writer takes writes again: the client's session moves
+    to it (its statement runs there, never on the replica)."""
+    ferry = terminated_discovered(ferry_factory, own_pg, workers=1)
+    a = own_pg.primary
+    a.query("CREATE TABLE called_off (note text); GRANT ALL ON called_off TO ferry_test",
+            dbname="app")
+    host, port = ferry.listener_addr("pg")
+    a.query("ALTER SYSTEM SET default_transaction_read_only = on")
+    a.query("SELECT pg_reload_conf()")
+    wait_for(lambda: writer_of(ferry, "pg") is None, timeout=10, what="the writer to be dropped")
+    result = {}
+
+    def client():
+        try:
+            with psycopg.connect(harness.pg.dsn(host, port), autocommit=True) as c:
+                c.execute("INSERT INTO called_off VALUES ('kept')")
+                result["port"] = c.execute("SELECT inet_server_port()").fetchone()[0]
+        except Exception as e:  # noqa: BLE001 - asserted below
+            result["error"] = e
+
+    t = threading.Thread(target=client)
+    t.start()
+    wait_for(lambda: "event=session.ready_ahead_of_promotion" in ferry.log_text(), timeout=10,
+             what="the held client to log into the replica")
+    a.query("ALTER SYSTEM RESET default_transaction_read_only")
+    a.query("SELECT pg_reload_conf()")
+    t.join(30)
+    assert result == {"port": a.port}
+    assert a.query("SELECT note FROM called_off", dbname="app") == [("kept",)]
+    assert listener(ferry)["sessions_moved"] == 1
+
+
+def listener(ferry):
+    return ferry.status()["listeners"][0]
 
 
 def test_held_move_gives_up_after_hold_timeout(ferry_factory, own_pg):
