@@ -267,7 +267,7 @@ def drill_once(kind, p, workdir, log):
                                              log_offset, p),
             lambda conns: _check_idle(conns, pair.replica.port), log)
         _ferry_sessions(ferry, out)
-        for target in LISTENERS:
+        for target in (t for t in LISTENERS if t in out):
             log(f"  {target}: ferry's session moves {out[target].get('ferry_sessions')}")
         out["_events"] = {k: round(v - t0, 3) for k, v in events.items()}
         out["_t0_unix"] = t0
