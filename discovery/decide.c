@@ -183,8 +183,8 @@ void disc_decide(const struct disc_decision *prev, const struct disc_obs *obs,
 
 int disc_candidate(const struct disc_decision *d, uint64_t now, const struct disc_params *p)
 {
-    if (d->writer >= 0)
-        return -1;
+    if (d->writer >= 0 && d->c[d->writer].failures == 0)
+        return -1;      /* a healthy writer: nobody waits */
     int want = d->requested;
     if (want >= 0 && (size_t)want < d->n && d->c[want].failures == 0 &&
         !is_stale(&d->c[want], now, p))
@@ -192,7 +192,7 @@ int disc_candidate(const struct disc_decision *d, uint64_t now, const struct dis
     int pick = -1;
     for (size_t i = 0; i < d->n; i++) {
         const struct disc_cluster *c = &d->c[i];
-        if ((int)i == d->last_writer || c->fenced || c->failures || is_stale(c, now, p))
+        if ((int)i == d->writer || (int)i == d->last_writer || c->fenced || c->failures || is_stale(c, now, p))
             continue;
         if (pick >= 0)
             return -1;      /* several: which one is promoted is anybody's guess */

@@ -61,11 +61,13 @@ void disc_decide(const struct disc_decision *prev, const struct disc_obs *obs,
                  const char *const *names, uint64_t now_ms, const struct disc_params *p,
                  struct disc_decision *next);
 
-/* While there is no writer: the cluster most likely to become it, so that
- * sessions waiting for a writer can log in there ahead of its promotion
- * (they send it nothing until it is the writer). The operator's switchover
- * target if healthy, else the one healthy, unfenced cluster other than the
- * last writer; -1 when there is a writer, or none or several such. */
+/* While there is no writer, or the writer's last probe failed (a crash is
+ * confirmed only after writer_down_after failures): the cluster most likely
+ * to become the writer, so that sessions waiting for one can log in there
+ * ahead of its promotion (they send it nothing until it is the writer). The
+ * operator's switchover target if healthy, else the one healthy, unfenced
+ * cluster other than the (last) writer; -1 when the writer is healthy, or
+ * there are none or several such. */
 int disc_candidate(const struct disc_decision *d, uint64_t now_ms, const struct disc_params *p);
 
 #endif

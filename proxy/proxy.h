@@ -181,8 +181,9 @@ extern struct px_process px_proc;
  * beyond the caller's reference to them. */
 const struct ferry_hostport *px_route(const struct ferry_listener_cfg *lcfg,
                                       const struct ferry_topology *topo, const char **cluster);
-/* While a discovered listener has no writer: the cluster likely to be
- * promoted (NULL: none known), where waiting sessions may log in early. */
+/* While a discovered listener has no writer, or its writer is in doubt: the
+ * cluster likely to be promoted (NULL: none known), where waiting sessions
+ * may log in early. */
 const struct ferry_hostport *px_route_candidate(const struct ferry_listener_cfg *lcfg,
                                                 const struct ferry_topology *topo,
                                                 const char **cluster);

@@ -41,7 +41,7 @@ const struct ferry_hostport *px_route_candidate(const struct ferry_listener_cfg 
 {
     const struct ferry_topology_listener *t =
         lcfg->probe_enabled ? ferry_topology_find(topo, lcfg->name) : NULL;
-    if (!t || t->writer >= 0 || t->candidate < 0 || (size_t)t->candidate >= lcfg->nclusters)
+    if (!t || t->candidate < 0 || (size_t)t->candidate >= lcfg->nclusters)
         return NULL;
     return matching(lcfg, t->candidate, t->candidate_cluster, &t->candidate_endpoint, cluster);
 }

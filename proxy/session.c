@@ -623,15 +623,27 @@ static void prelogin_failed(struct px_session *s, const char *error)
     }
 }
 
+static bool same_endpoint(const struct px_session *s, const char *cluster,
+                          const struct ferry_hostport *ep)
+{
+    char text[FERRY_HOST_MAX + 16];
+    ferry_hostport_format(ep, text, sizeof text);
+    return strcmp(cluster, s->cluster) == 0 && strcmp(text, s->endpoint) == 0;
+}
+
 /* The login ahead of a promotion is done (or was, and the topology
  * changed): true when the relay starts now (the candidate is the writer);
- * otherwise the session waits on, or moves to the cluster that was
- * promoted instead. */
+ * otherwise the session waits on (no writer, or one in doubt while this is
+ * still the candidate), or moves to the writer that is not this cluster (the
+ * one promoted instead, or the writer in doubt that answered again). */
 static bool prelogin_settle(struct px_session *s)
 {
-    const char *cluster = NULL;
-    const struct ferry_hostport *ep = px_route(s->lcfg, s->owner->topology, &cluster);
-    if (!ep) {
+    const struct ferry_topology *topo = s->owner->topology;
+    const char *cluster = NULL, *candidate = NULL;
+    const struct ferry_hostport *writer = px_route(s->lcfg, topo, &cluster);
+    const struct ferry_hostport *next = px_route_candidate(s->lcfg, topo, &candidate);
+    bool is_writer = writer && same_endpoint(s, cluster, writer);
+    if (!is_writer && (!writer || (next && same_endpoint(s, candidate, next)))) {
         if (!s->prelogin_ready) {
             s->prelogin_ready = true;
             ferry_log(FERRY_LOG_DEBUG, "session.ready_ahead_of_promotion",
@@ -643,9 +655,7 @@ static bool prelogin_settle(struct px_session *s)
     }
     s->prelogin = s->prelogin_ready = false;
     unhold(s);
-    char text[FERRY_HOST_MAX + 16];
-    ferry_hostport_format(ep, text, sizeof text);
-    if (strcmp(cluster, s->cluster) == 0 && strcmp(text, s->endpoint) == 0) {
+    if (is_writer) {
         set_topo_gen(s);
         return true;
     }

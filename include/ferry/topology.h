@@ -23,8 +23,9 @@ struct ferry_topology_listener {
     uint64_t changed_ms;                /* wall clock (ms since epoch) of the last change */
     bool split_brain;
     char reason[FERRY_REASON_MAX];
-    /* while there is no writer: the cluster likely to be promoted (-1: none
-     * known); sessions may log in there ahead of time (proxy/session.c) */
+    /* while there is no writer, or the writer is in doubt: the cluster likely
+     * to be promoted (-1: none known); sessions waiting for a writer may log
+     * in there ahead of time (proxy/session.c) */
     int candidate;
     char candidate_cluster[FERRY_NAME_MAX];
     struct ferry_hostport candidate_endpoint;
