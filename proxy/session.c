@@ -583,13 +583,14 @@ static void schedule_moves(struct px_worker *w, uint64_t ms)
  * server here, 200-500 ms on one that takes every reconnecting client at
  * once (the drill). So a session that waits for a writer, and whose
  * protocol logs in by itself (terminated auth: can_prelogin), logs into the
- * candidate discovery names while there is no writer (the one healthy
- * replica, px_route_candidate). Nothing of the client's goes there: the
- * login (and for a move the session's SETs and prepared statements, which a
- * hot standby takes) ends with the session still held. When the candidate
- * becomes the writer the relay starts at once; when another cluster does,
- * the session moves there like any idle session; when the login fails, the
- * session waits as before (one try per topology snapshot). */
+ * candidate discovery names while there is no writer or the writer is in
+ * doubt (the one healthy replica, px_route_candidate). Nothing of the
+ * client's goes there: the login (and for a move the session's SETs and
+ * prepared statements, which a hot standby takes) ends with the session
+ * still held. When the candidate becomes the writer the relay starts at
+ * once; when another cluster becomes (or stays) the writer, the session
+ * moves there like any idle session; when the login fails, the session
+ * waits as before (one try per topology snapshot). */
 
 static void try_prelogin(struct px_session *s)
 {

@@ -1410,15 +1410,17 @@ static bool pg_server_lost(struct px_session *s)
     return true;
 }
 
-/* Idle sessions are closed now with an error that pools treat as
- * "reconnect"; ones inside a transaction are closed when the transaction
- * ends or fenced at their next statement. (Moving them without an error
- * needs ferry-terminated authentication.) */
+/* Terminated auth: ferry can log into a backend on the session's behalf
+ * (session.c logs in ahead of a promotion). */
 static bool pg_can_prelogin(const struct px_session *s)
 {
     return s->u.pg.user && s->u.pg.startup_done;
 }
 
+/* Idle sessions are closed now with an error that pools treat as
+ * "reconnect"; ones inside a transaction are closed when the transaction
+ * ends or fenced at their next statement. (Moving them without an error
+ * needs ferry-terminated authentication.) */
 static void pg_writer_moved(struct px_session *s)
 {
     struct px_pg_session *p = pgs(s);
