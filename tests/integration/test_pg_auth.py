@@ -279,21 +279,11 @@ def test_idle_sessions_move_after_the_logins_clients_wait_for(ferry_factory, own
              what="the idle sessions to wait for their move")
     time.sleep(4.5)                     # longer than hold_timeout: they are not held
     assert listener(ferry)["clients_held"] == 0
-    result = {}
-
-    def new_client():
-        try:
-            with psycopg.connect(harness.pg.dsn(host, port), autocommit=True) as c:
-                result["port"] = c.execute("SELECT inet_server_port()").fetchone()[0]
-        except Exception as e:  # noqa: BLE001 - asserted below
-            result["error"] = e
-
-    t = threading.Thread(target=new_client)
-    t.start()
+    t, result = client_in_thread(host, port)
     wait_for(lambda: listener(ferry)["clients_held"] == 1, timeout=10, what="the new client held")
     own_pg.replica.promote()
     t.join(30)
-    assert result == {"port": own_pg.replica.port}
+    assert result == {"hot_standby": "off", "port": own_pg.replica.port}
     wait_for(lambda: listener(ferry)["sessions_moved"] == 4, timeout=15,
              what="the idle sessions to move in the background")
     log = ferry.log_text()
@@ -322,20 +312,8 @@ def test_held_client_logs_in_ahead_of_the_promotion(ferry_factory, own_pg):
     own_pg.primary.stop(mode="immediate")
     wait_for(lambda: writer_of(ferry, "pg") is None, timeout=10, what="the writer to be dropped")
     assert discovery_of(ferry, "pg")["candidate"] == "region-b"
-    result = {}
-
-    def client():
-        try:
-            with psycopg.connect(harness.pg.dsn(host, port), autocommit=True,
-                                 application_name="early") as c:
-                result["hot_standby"] = c.info.parameter_status("in_hot_standby")
-                c.execute("INSERT INTO early VALUES ('held')")
-                result["port"] = c.execute("SELECT inet_server_port()").fetchone()[0]
-        except Exception as e:  # noqa: BLE001 - asserted below
-            result["error"] = e
-
-    t = threading.Thread(target=client)
-    t.start()
+    t, result = client_in_thread(host, port, "INSERT INTO early VALUES ('held')",
+                                 application_name="early")
     wait_for(lambda: "event=session.ready_ahead_of_promotion" in ferry.log_text(), timeout=10,
              what="the held client to log into the replica")
     assert listener(ferry)["clients_held"] == 1
@@ -363,30 +341,40 @@ def test_logged_in_ahead_on_a_cluster_that_is_not_promoted_moves_to_the_one_that
     a.query("ALTER SYSTEM SET default_transaction_read_only = on")
     a.query("SELECT pg_reload_conf()")
     wait_for(lambda: writer_of(ferry, "pg") is None, timeout=10, what="the writer to be dropped")
-    result = {}
-
-    def client():
-        try:
-            with psycopg.connect(harness.pg.dsn(host, port), autocommit=True) as c:
-                c.execute("INSERT INTO called_off VALUES ('kept')")
-                result["port"] = c.execute("SELECT inet_server_port()").fetchone()[0]
-        except Exception as e:  # noqa: BLE001 - asserted below
-            result["error"] = e
-
-    t = threading.Thread(target=client)
-    t.start()
+    t, result = client_in_thread(host, port, "INSERT INTO called_off VALUES ('kept')")
     wait_for(lambda: "event=session.ready_ahead_of_promotion" in ferry.log_text(), timeout=10,
              what="the held client to log into the replica")
     a.query("ALTER SYSTEM RESET default_transaction_read_only")
     a.query("SELECT pg_reload_conf()")
     t.join(30)
-    assert result == {"port": a.port}
+    assert result == {"hot_standby": "off", "port": a.port}
     assert a.query("SELECT note FROM called_off", dbname="app") == [("kept",)]
     assert listener(ferry)["sessions_moved"] == 1
 
 
 def listener(ferry):
     return ferry.status()["listeners"][0]
+
+
+def client_in_thread(host, port, statement=None, **connect_kw):
+    """A client in a thread: connects (autocommit), runs statement, asks the
+    server's port. Returns (thread, result); result gets "hot_standby" (as
+    reported at login) and "port", or "error"."""
+    result = {}
+
+    def run():
+        try:
+            with psycopg.connect(harness.pg.dsn(host, port), autocommit=True, **connect_kw) as c:
+                result["hot_standby"] = c.info.parameter_status("in_hot_standby")
+                if statement:
+                    c.execute(statement)
+                result["port"] = c.execute("SELECT inet_server_port()").fetchone()[0]
+        except Exception as e:  # noqa: BLE001 - the caller asserts on result
+            result["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, result
 
 
 def test_held_move_gives_up_after_hold_timeout(ferry_factory, own_pg):
