@@ -495,19 +495,23 @@ static bool move_queued(const struct px_session *s)
     return s->move_link.next != &s->move_link;
 }
 
+static void enqueue_move(struct px_session *s)
+{
+    s->move_waiting = true;
+    if (!move_queued(s)) {
+        ferry_list_insert_tail(&s->owner->to_move, &s->move_link);
+        s->owner->nto_move++;
+        PX_STAT_ADD(px_session_stats(s)->waiting_to_move, 1);
+    }
+}
+
 /* s waits for its move (its old backend is gone); no timer runs for it. */
 static void queue_move(struct px_session *s)
 {
-    struct px_worker *w = s->owner;
-    s->move_waiting = true;
     uv_timer_stop(&s->timer);
-    if (!move_queued(s)) {
-        ferry_list_insert_tail(&w->to_move, &s->move_link);
-        w->nto_move++;
-        PX_STAT_ADD(px_session_stats(s)->waiting_to_move, 1);
-    }
-    w->moves_blocked = false;
-    schedule_moves(w, 0);
+    enqueue_move(s);
+    s->owner->moves_blocked = false;
+    schedule_moves(s->owner, 0);
 }
 
 static void unqueue_move(struct px_session *s)
@@ -533,6 +537,20 @@ static void wait_again(struct px_session *s, bool background)
     hold(s);
 }
 
+/* The backend failed and the session may wait: once the backend is gone
+ * (on_server_dropped, or now if there is none) it waits again. */
+static void drop_and_wait(struct px_session *s)
+{
+    if (s->server.open && !uv_is_closing((uv_handle_t *)&s->server.tcp)) {
+        s->hold_after_drop = true;
+        px_session_reconnect(s);
+        return;
+    }
+    bool background = s->login == PX_LOGIN_BACKGROUND;
+    login_set(s, PX_LOGIN_NONE);
+    wait_again(s, background);
+}
+
 static void start_waiting_moves(uv_timer_t *t)
 {
     struct px_worker *w = t->data;
@@ -551,14 +569,10 @@ static void start_waiting_moves(uv_timer_t *t)
         tried++;
         if (s->server.open || s->gai || s->closing || s->failing)
             continue;   /* connecting already (cannot happen: connect_now unqueues) */
-        if (connect_now(s, PX_LOGIN_BACKGROUND)) {
+        if (connect_now(s, PX_LOGIN_BACKGROUND))
             started++;
-        } else {
-            s->move_waiting = true;
-            ferry_list_insert_tail(&w->to_move, &s->move_link);
-            w->nto_move++;
-            PX_STAT_ADD(px_session_stats(s)->waiting_to_move, 1);
-        }
+        else
+            enqueue_move(s);    /* at the end: no route for it now */
     }
     if (tried == n && started == 0)
         w->moves_blocked = true;    /* nothing routable: the next topology looks again */
@@ -616,12 +630,7 @@ static void prelogin_failed(struct px_session *s, const char *error)
               (unsigned long long)s->id, s->cluster, s->endpoint, error);
     s->prelogin = s->prelogin_ready = false;
     uv_timer_stop(&s->timer);
-    if (s->server.open && !uv_is_closing((uv_handle_t *)&s->server.tcp)) {
-        s->hold_after_drop = true;      /* and held again once it is gone */
-        px_session_reconnect(s);
-    } else {
-        hold(s);
-    }
+    drop_and_wait(s);
 }
 
 static bool same_endpoint(const struct px_session *s, const char *cluster,
@@ -1062,7 +1071,6 @@ void px_session_backend_failed(struct px_session *s, const char *error)
         prelogin_failed(s, error);
         return;
     }
-    bool background = s->login == PX_LOGIN_BACKGROUND;
     PX_STAT_ADD(px_session_stats(s)->backend_connect_failed, 1);
     /* Live traffic found the writer unreachable: look now, not at the next tick. */
     px_session_probe_now(s);
@@ -1075,13 +1083,7 @@ void px_session_backend_failed(struct px_session *s, const char *error)
         s->retry_soon = true;
         s->connected = false;
         uv_timer_stop(&s->timer);
-        if (s->server.open && !uv_is_closing((uv_handle_t *)&s->server.tcp)) {
-            s->hold_after_drop = true;
-            px_session_reconnect(s);
-        } else {
-            login_set(s, PX_LOGIN_NONE);
-            wait_again(s, background);
-        }
+        drop_and_wait(s);
         return;
     }
     char text[400];
