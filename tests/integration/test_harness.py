@@ -198,3 +198,30 @@ def test_mariadb_switchover_and_back_then_crash():
         started = time.monotonic()
         b.query("INSERT INTO app.crash VALUES ('alone')")   # no replica: no wait
         assert time.monotonic() - started < 2
+
+
+def test_private_hosts_resolve_only_inside_and_follow_changes(tmp_path):
+    """A name in a PrivateHosts file resolves for a wrapped command only, and
+    a change (including removal) is seen by the next lookup."""
+    import subprocess
+    from harness import PrivateHosts
+    from harness.hosts import available
+    if available():
+        pytest.skip(available())
+    hosts = PrivateHosts(tmp_path)
+    name = "w.cluster-test.eu-west-1.rds.example.test"
+
+    def lookup():
+        r = subprocess.run([*hosts.wrap(), "getent", "hosts", name], capture_output=True,
+                           text=True, timeout=10)
+        return r.stdout.split()[0] if r.returncode == 0 else None
+
+    assert lookup() is None
+    hosts.set(name, "127.0.3.7")
+    assert lookup() == "127.0.3.7"
+    hosts.set(name, "127.0.3.8")
+    assert lookup() == "127.0.3.8"
+    outside = subprocess.run(["getent", "hosts", name], capture_output=True, timeout=10)
+    assert outside.returncode != 0
+    hosts.set(name, None)
+    assert lookup() is None

@@ -8,6 +8,7 @@ bounded; see proc.py for how.
 """
 
 from .ferry import Ferry, check, cluster, ferry_bin, listener, make_config, require_binary
+from .hosts import PrivateHosts, next_address
 from .mariadb import MariaDBPair, MariaDBServer
 from .netcut import NetCut
 from .pg import PgPair, PgServer
@@ -15,5 +16,5 @@ from .ports import free_port
 from .proc import HarnessError
 
 __all__ = ["Ferry", "check", "cluster", "ferry_bin", "listener", "make_config",
-           "require_binary", "MariaDBPair", "MariaDBServer", "NetCut", "PgPair", "PgServer",
+           "require_binary", "MariaDBPair", "MariaDBServer", "NetCut", "PrivateHosts", "next_address", "PgPair", "PgServer",
            "free_port", "HarnessError"]

@@ -109,8 +109,10 @@ class Ferry:
 
     READY_TIMEOUT = 10
 
-    def __init__(self, config, tmpdir, name="ferry"):
+    def __init__(self, config, tmpdir, name="ferry", argv_prefix=()):
+        """argv_prefix: a command ferry runs under (e.g. hosts.PrivateHosts.wrap())."""
         self.config = config
+        self.argv_prefix = list(argv_prefix)
         self.name = name
         self.config_path = os.path.join(str(tmpdir), f"{name}.json")
         self.log_path = os.path.join(str(tmpdir), f"{name}.log")
@@ -142,7 +144,7 @@ class Ferry:
         exits or is not ready within timeout seconds."""
         if self.is_running():
             raise proc.HarnessError(f"{self!r} is already running")
-        self.proc = proc.Proc([require_binary(), "run", "-c", self.config_path], self.log_path,
+        self.proc = proc.Proc([*self.argv_prefix, require_binary(), "run", "-c", self.config_path], self.log_path,
                               env=dict(os.environ), death_signal=signal.SIGKILL)
         if self.admin_addr():
             what = f"{self!r} GET /readyz to return 200"
