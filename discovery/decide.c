@@ -27,6 +27,7 @@ static void fold(struct disc_cluster *c, const struct disc_obs *o, uint64_t now)
     switch (o->probe) {
     case DISC_PROBE_OK:
         c->failures = 0;
+        c->inactive = 0;
         c->seen_ok = true;
         c->writable = o->writable;
         c->last_ok_ms = now;
@@ -35,6 +36,10 @@ static void fold(struct disc_cluster *c, const struct disc_obs *o, uint64_t now)
         break;
     case DISC_PROBE_FAILED:
         c->failures++;
+        c->inactive = 0;
+        break;
+    case DISC_PROBE_INACTIVE:
+        c->inactive++;          /* not a failure: see decide.h */
         break;
     case DISC_PROBE_NONE:
         break;
@@ -49,7 +54,7 @@ static bool is_stale(const struct disc_cluster *c, uint64_t now, const struct di
 /* Healthy and writable right now: the last probe succeeded and said so. */
 static bool writable_now(const struct disc_cluster *c, uint64_t now, const struct disc_params *p)
 {
-    return c->failures == 0 && c->writable && !is_stale(c, now, p);
+    return c->failures == 0 && c->inactive == 0 && c->writable && !is_stale(c, now, p);
 }
 
 static bool aws_says_writer(const struct disc_obs *o, uint64_t now, const struct disc_params *p)
@@ -63,6 +68,11 @@ static const char *writer_lost(const struct disc_cluster *c, uint64_t now,
 {
     if (c->failures >= p->writer_down_after) {
         snprintf(buf, len, "unreachable for %u consecutive probes", c->failures);
+        return buf;
+    }
+    if (c->inactive >= p->writer_down_after) {
+        snprintf(buf, len, "writer endpoint inactive (does not resolve) for %u consecutive probes",
+                 c->inactive);
         return buf;
     }
     if (is_stale(c, now, p)) {
@@ -183,16 +193,17 @@ void disc_decide(const struct disc_decision *prev, const struct disc_obs *obs,
 
 int disc_candidate(const struct disc_decision *d, uint64_t now, const struct disc_params *p)
 {
-    if (d->writer >= 0 && d->c[d->writer].failures == 0)
+    if (d->writer >= 0 && d->c[d->writer].failures == 0 && d->c[d->writer].inactive == 0)
         return -1;      /* a healthy writer: nobody waits */
     int want = d->requested;
-    if (want >= 0 && (size_t)want < d->n && d->c[want].failures == 0 &&
+    if (want >= 0 && (size_t)want < d->n && d->c[want].failures == 0 && d->c[want].inactive == 0 &&
         !is_stale(&d->c[want], now, p))
         return want;
     int pick = -1;
     for (size_t i = 0; i < d->n; i++) {
         const struct disc_cluster *c = &d->c[i];
-        if ((int)i == d->writer || (int)i == d->last_writer || c->fenced || c->failures || is_stale(c, now, p))
+        if ((int)i == d->writer || (int)i == d->last_writer || c->fenced || c->failures ||
+            c->inactive || is_stale(c, now, p))
             continue;
         if (pick >= 0)
             return -1;      /* several: which one is promoted is anybody's guess */

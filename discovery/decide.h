@@ -13,7 +13,12 @@
 #define DISC_MAX_CLUSTERS 16
 #define DISC_REASON_MAX 200
 
-enum disc_probe_outcome { DISC_PROBE_NONE, DISC_PROBE_OK, DISC_PROBE_FAILED };
+/* INACTIVE: the cluster's writer endpoint does not resolve and nothing else
+ * of the cluster answered. An Aurora secondary's writer endpoint is
+ * inactive until that cluster is promoted: a state, not a failure, so it
+ * costs no failure count (only a writer whose endpoint goes inactive is
+ * dropped, after writer_down_after such rounds). */
+enum disc_probe_outcome { DISC_PROBE_NONE, DISC_PROBE_OK, DISC_PROBE_FAILED, DISC_PROBE_INACTIVE };
 enum disc_aws_role { DISC_AWS_UNKNOWN, DISC_AWS_WRITER, DISC_AWS_READER };
 
 /* What discovery saw of one cluster since the last decision. */
@@ -27,6 +32,7 @@ struct disc_obs {
 /* What decide() remembers of one cluster between decisions. */
 struct disc_cluster {
     unsigned failures;          /* consecutive failed probes */
+    unsigned inactive;          /* consecutive rounds with the writer endpoint inactive */
     bool seen_ok;               /* at least one probe succeeded */
     bool writable;              /* last successful probe said writable */
     bool fenced;                /* was the writer and lost it: not eligible until seen read-only */

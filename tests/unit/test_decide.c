@@ -1,7 +1,7 @@
 /* decide() tables. Each case is a script of probe rounds, one second apart
  * unless a step says otherwise; per round, one letter per cluster:
  *   W = probe OK, writable   R = probe OK, read-only   F = probe failed
- *   - = no probe finished
+ *   I = writer endpoint inactive (does not resolve)   - = no probe finished
  * and optionally AWS's view per cluster: w = writer, r = reader, - = unknown,
  * s = "writer" but an hour old. After each round the expected writer (letter
  * or '-'), generation, split-brain flag and a reason substring are checked.
@@ -116,6 +116,19 @@ static const struct tcase cases[] = {
      {S("WR", NULL, 'A', 1, NULL, 0), S(">AWR", NULL, 'A', 1, NULL, 0), S("RW", NULL, 'B', 2, NULL, 0), END}},
     {"AWS writer among failing candidates is not enough",
      {S("FW", "w-", 'B', 1, NULL, 0), END}},
+    {"inactive secondaries cost nothing and are never picked",
+     {S("WI", NULL, 'A', 1, "A is the only writable cluster", 0), S("WI", NULL, 'A', 1, NULL, 0),
+      S("WI", NULL, 'A', 1, NULL, 0), S("WI", NULL, 'A', 1, NULL, 0), S("WI", NULL, 'A', 1, NULL, 0),
+      S("WI", NULL, 'A', 1, NULL, 0), S("WI", NULL, 'A', 1, NULL, 0), END}},
+    {"a writer whose endpoint goes inactive is dropped after writer_down_after rounds",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("IR", NULL, 'A', 1, NULL, 0), S("IR", NULL, 'A', 1, NULL, 0),
+      S("IR", NULL, '-', 2, "A writer endpoint inactive (does not resolve) for 3 consecutive probes", 0),
+      END}},
+    {"promoted secondary used the round its endpoint resolves",
+     {S("WI", NULL, 'A', 1, NULL, 0), S("RI", NULL, '-', 2, "A reports read-only", 0),
+      S("IW", NULL, 'B', 3, "B is the only writable cluster", 0), END}},
+    {"candidate: an inactive secondary is nobody's candidate",
+     {C("WI", 'A', '-'), C("FI", 'A', '-'), C("RI", '-', '-'), END}},
     {"candidate: the replica while a planned switchover has no writer",
      {C("WR", 'A', '-'), C("RR", '-', 'B'), C("RW", 'B', '-'), END}},
     {"candidate: the replica while the writer is in doubt and once it is dropped",
@@ -151,7 +164,10 @@ static void run_case(const struct tcase *tc)
         memset(obs, 0, sizeof obs);
         for (size_t k = 0; k < n; k++) {
             char c = probes[k];
-            obs[k].probe = c == '-' ? DISC_PROBE_NONE : c == 'F' ? DISC_PROBE_FAILED : DISC_PROBE_OK;
+            obs[k].probe = c == '-'   ? DISC_PROBE_NONE
+                           : c == 'F' ? DISC_PROBE_FAILED
+                           : c == 'I' ? DISC_PROBE_INACTIVE
+                                      : DISC_PROBE_OK;
             obs[k].writable = c == 'W';
             char a = st->aws ? st->aws[k] : '-';
             obs[k].aws = a == 'w' || a == 's' ? DISC_AWS_WRITER : a == 'r' ? DISC_AWS_READER : DISC_AWS_UNKNOWN;
