@@ -8,12 +8,14 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "client.h"
 #include "ferry/log.h"
 #include "internal.h"
 
 #define POLL_SOON_MIN_MS 2000   /* "probes disagree" polls: at most one per 2 s */
+#define FAILOVER_POLL_MS 3000   /* while RDS reports a failover in progress (aws.md §14: 2-5 s) */
 
 static bool aws_enabled(const struct disc_listener *l)
 {
@@ -40,8 +42,9 @@ static struct disc_cluster_view *cluster_by_id(struct disc_listener *l, const ch
 {
     for (size_t j = 0; j < l->n; j++) {
         const struct ferry_cluster_cfg *cc = &l->lcfg->clusters[j];
-        if (strcmp(cc->db_cluster_identifier, id) == 0 && (!cc->region[0] || !region[0] ||
-                                                          strcmp(cc->region, region) == 0))
+        /* AWS identifiers are case-insensitive (RDS stores them lower case) */
+        if (strcasecmp(cc->db_cluster_identifier, id) == 0 &&
+            (!cc->region[0] || !region[0] || strcasecmp(cc->region, region) == 0))
             return &l->cl[j];
     }
     return NULL;
@@ -76,6 +79,8 @@ static void record_error(struct disc_listener *l, const struct aws_status *st, b
         l->aws_region_next++;
 }
 
+static void on_aws_timer(uv_timer_t *t);
+
 static void on_global_clusters(const struct aws_status *st, const struct aws_global_clusters *gc,
                                void *ud)
 {
@@ -89,8 +94,12 @@ static void on_global_clusters(const struct aws_status *st, const struct aws_glo
     }
     const struct aws_global_cluster *g = NULL;
     for (size_t i = 0; i < gc->n; i++)
-        if (strcmp(gc->items[i].id, l->lcfg->aws_global_cluster) == 0)
+        if (strcasecmp(gc->items[i].id, l->lcfg->aws_global_cluster) == 0)
             g = &gc->items[i];
+    /* A failover or switchover in progress: FailoverState, or the global
+     * cluster's own Status while RDS has not filled FailoverState in. */
+    bool moving = g && (g->failover.present || strcasecmp(g->status, "switching-over") == 0 ||
+                        strcasecmp(g->status, "failing-over") == 0);
     uint64_t now = uv_now(l->owner->loop), wall = disc_wall_ms();
     disc_lock(l->owner);
     l->aws_ok_total++;
@@ -110,16 +119,26 @@ static void on_global_clusters(const struct aws_status *st, const struct aws_glo
             if (!v)
                 continue;
             /* While RDS reports a failover in progress its IsWriter is in
-             * flux: record the roles as unknown rather than stale. */
-            v->obs.aws = g->failover.present ? DISC_AWS_UNKNOWN
-                         : mem->is_writer    ? DISC_AWS_WRITER
-                                             : DISC_AWS_READER;
+             * flux: record the roles as unknown rather than stale, and
+             * which side of the move each cluster is on (decide.c rule 3). */
+            v->obs.aws = moving           ? DISC_AWS_UNKNOWN
+                         : mem->is_writer ? DISC_AWS_WRITER
+                                          : DISC_AWS_READER;
+            v->obs.aws_failover = DISC_AWS_NO_FAILOVER;
+            if (g->failover.present && strcasecmp(mem->cluster_arn, g->failover.from_arn) == 0)
+                v->obs.aws_failover = DISC_AWS_FAILOVER_FROM;
+            else if (g->failover.present && strcasecmp(mem->cluster_arn, g->failover.to_arn) == 0)
+                v->obs.aws_failover = DISC_AWS_FAILOVER_TO;
+            v->obs.aws_data_loss = g->failover.present && g->failover.data_loss_allowed;
             v->obs.aws_at_ms = now;
             v->aws_wall_ms = wall;
             snprintf(v->aws_sync, sizeof v->aws_sync, "%.31s", mem->sync_status);
         }
     }
     disc_unlock(l->owner);
+    if (moving && l->owner->aws_timers)     /* follow the move closely while it lasts */
+        uv_timer_start(&l->owner->aws_timer, on_aws_timer, FAILOVER_POLL_MS,
+                       (uint64_t)(l->owner->cfg->aws.poll_interval * 1000.0));
 }
 
 static void poll_global(struct disc_core *c)

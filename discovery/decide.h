@@ -20,12 +20,18 @@
  * dropped, after writer_down_after such rounds). */
 enum disc_probe_outcome { DISC_PROBE_NONE, DISC_PROBE_OK, DISC_PROBE_FAILED, DISC_PROBE_INACTIVE };
 enum disc_aws_role { DISC_AWS_UNKNOWN, DISC_AWS_WRITER, DISC_AWS_READER };
+/* A cluster's part in a failover or switchover RDS reports in progress
+ * (DescribeGlobalClusters FailoverState). */
+enum disc_aws_failover { DISC_AWS_NO_FAILOVER, DISC_AWS_FAILOVER_FROM, DISC_AWS_FAILOVER_TO };
 
 /* What discovery saw of one cluster since the last decision. */
 struct disc_obs {
     enum disc_probe_outcome probe;      /* NONE: no probe finished since the last decision */
     bool writable;              /* probe OK: accepts writes (not in recovery, not read-only) */
+    uint32_t timeline;          /* probe OK, PostgreSQL primary: its timeline (0 = unknown) */
     enum disc_aws_role aws;     /* RDS DescribeGlobalClusters IsWriter, if known */
+    enum disc_aws_failover aws_failover; /* FailoverState From / To this cluster */
+    bool aws_data_loss;         /* FailoverState IsDataLossAllowed (a failover, not a switchover) */
     uint64_t aws_at_ms;         /* when AWS said so (0 = never) */
 };
 
@@ -35,7 +41,12 @@ struct disc_cluster {
     unsigned inactive;          /* consecutive rounds with the writer endpoint inactive */
     bool seen_ok;               /* at least one probe succeeded */
     bool writable;              /* last successful probe said writable */
-    bool fenced;                /* was the writer and lost it: not eligible until seen read-only */
+    bool fenced;                /* lost the writer role while still writable: not eligible
+                                   until seen read-only, re-promoted (newer timeline) or named
+                                   writer by AWS with no failover in progress */
+    bool promoted;              /* this round: seen read-only before, writable now */
+    uint32_t timeline;          /* last timeline seen (0 = unknown) */
+    uint32_t fenced_timeline;   /* timeline when fenced */
     uint64_t last_ok_ms;        /* time of the last successful probe */
 };
 
@@ -51,6 +62,11 @@ struct disc_decision {
     int requested;              /* operator switchover target, -1 = none; set by the caller,
                                    cleared once it is the writer */
     uint64_t generation;        /* +1 on every writer change */
+    uint64_t changed_ms;        /* time of the last writer change (0 = none yet) */
+    int failover_to;            /* AWS reports a failover / switchover to this cluster, -1 none */
+    bool cut_old;               /* the last change took the role from a writer that still
+                                   accepted writes: sessions must be cut from it at once
+                                   (kept until the next change) */
     bool split_brain;           /* more than one cluster writable right now */
     bool changed;               /* the writer differs from the previous decision */
     char reason[DISC_REASON_MAX];
@@ -68,12 +84,13 @@ void disc_decide(const struct disc_decision *prev, const struct disc_obs *obs,
                  struct disc_decision *next);
 
 /* While there is no writer, or the writer's last probe failed (a crash is
- * confirmed only after writer_down_after failures): the cluster most likely
- * to become the writer, so that sessions waiting for one can log in there
- * ahead of its promotion (they send it nothing until it is the writer). The
- * operator's switchover target if healthy, else the one healthy, unfenced
- * cluster other than the (last) writer; -1 when the writer is healthy, or
- * there are none or several such. */
+ * confirmed only after writer_down_after failures), or AWS reports a
+ * failover in progress: the cluster most likely to become the writer, so
+ * that sessions waiting for one can log in there ahead of its promotion
+ * (they send it nothing until it is the writer). The operator's switchover
+ * target if healthy, else AWS's failover target if healthy, else the one
+ * healthy, unfenced cluster other than the (last) writer; -1 when the writer
+ * is healthy, or there are none or several such. */
 int disc_candidate(const struct disc_decision *d, uint64_t now_ms, const struct disc_params *p);
 
 #endif

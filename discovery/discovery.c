@@ -99,6 +99,7 @@ static struct disc_core *core_new(uv_loop_t *loop, struct ferry_config *cfg,
                 l->failover_count = old->failover_count;
                 l->failover_sum = old->failover_sum;
                 l->failover_last = old->failover_last;
+                l->fenced_writable_total = old->fenced_writable_total;
             }
         }
     }
@@ -205,6 +206,7 @@ static struct ferry_topology *snapshot(struct disc_core *c)
         e->generation = l->decision.generation;
         e->changed_ms = l->changed_wall_ms;
         e->split_brain = l->decision.split_brain;
+        e->cut_old = l->decision.cut_old;
         snprintf(e->reason, sizeof e->reason, "%s", l->decision.reason);
         if (e->writer >= 0) {
             snprintf(e->writer_cluster, sizeof e->writer_cluster, "%s", l->names[e->writer]);
@@ -255,6 +257,15 @@ static void core_decide(struct disc_core *c)
         if (next.changed) {
             record_change(c, l, from);
             changed = true;
+            if (next.cut_old && from >= 0) {
+                l->fenced_writable_total++;
+                ferry_log(FERRY_LOG_ERROR, "topology.writable_writer_fenced",
+                          "listener=%s fenced=%s writer=%s action=\"sessions cut from %s: nothing "
+                          "more is relayed there and nothing in flight there is acknowledged\" "
+                          "reason=\"%s\"", l->lcfg->name, l->names[from],
+                          next.writer >= 0 ? l->names[next.writer] : "none", l->names[from],
+                          next.reason);
+            }
         }
         int candidate = disc_candidate(&next, now, &p);
         if (candidate != l->candidate) {
@@ -296,6 +307,7 @@ static void on_probe_result(struct disc_probe *p, const struct disc_probe_result
     v->probes_total++;
     v->failures_total += !r->ok;
     v->obs.writable = r->writable;
+    v->obs.timeline = r->ok ? r->timeline : 0;
     disc_unlock(c);
     if (!r->ok && ferry_log_enabled(FERRY_LOG_DEBUG))
         ferry_log(FERRY_LOG_DEBUG, "probe.failed", "listener=%s cluster=%s error=\"%s\"",
@@ -358,6 +370,9 @@ static json_t *listener_json(const struct disc_listener *l)
             "aurora", v->has_last && v->last.aurora, "observed_at", disc_iso_time(v->last_wall_ms),
             "probes_total", (json_int_t)v->probes_total,
             "probe_failures_total", (json_int_t)v->failures_total));
+        if (dd->c[j].timeline)
+            json_object_set_new(json_array_get(clusters, j), "timeline",
+                                json_integer(dd->c[j].timeline));
         json_t *aws = disc_aws_cluster_json(v);
         if (aws)
             json_object_set_new(json_array_get(clusters, j), "aws", aws);
@@ -374,6 +389,8 @@ static json_t *listener_json(const struct disc_listener *l)
                      (json_int_t)l->failover_count, "sum", l->failover_sum);
     json_object_set_new(out, "candidate",
                         l->candidate >= 0 ? json_string(l->names[l->candidate]) : json_null());
+    json_object_set_new(out, "writable_writer_fenced_total",
+                        json_integer((json_int_t)l->fenced_writable_total));
     json_object_set_new(out, "last_failover_seconds",
                         l->failover_count ? json_real(l->failover_last) : json_null());
     return out;

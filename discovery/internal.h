@@ -57,6 +57,7 @@ struct disc_listener {
     uint64_t failover_count;
     double failover_sum;
     double failover_last;               /* seconds the last failover took (if failover_count) */
+    uint64_t fenced_writable_total;     /* writers that lost the role while still writable */
     /* AWS */
     bool aws_busy;                      /* a DescribeGlobalClusters is in flight */
     bool lag_busy;

@@ -19,6 +19,9 @@ struct disc_probe_result {
     bool ok;                    /* connected and got an answer */
     bool writable;              /* ok: the server accepts writes */
     bool aurora;                /* ok: Aurora status functions/tables exist */
+    bool replicating;           /* ok: still applying a replication stream (MariaDB), so not
+                                   the writer whatever read_only says */
+    uint32_t timeline;          /* ok, PostgreSQL not in recovery: its timeline (0 unknown) */
     char detail[160];           /* ok: what the server said; else why it failed */
     double latency_ms;
 };

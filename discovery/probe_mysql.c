@@ -1,8 +1,13 @@
 /* MySQL/MariaDB probe engine on MariaDB Connector/C's non-blocking API
  * (mysql_*_start / mysql_*_cont), driven by the probe driver. Writable =
- * neither read_only nor innodb_read_only (Aurora readers set the latter).
+ * neither read_only nor innodb_read_only (Aurora readers set the latter),
+ * and, on MariaDB, no replication SQL thread running: a server that still
+ * applies its primary's stream has not been promoted, whatever read_only
+ * says (replicas are often left with read_only off). Slaves_running is a
+ * status variable: it needs no privilege.
  */
 #include <mysql.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -11,11 +16,17 @@
 
 enum { MY_IDLE, MY_CONNECTING, MY_QUERYING, MY_STORING };
 
-static const char *const QUERY_FIRST =
-    "SELECT @@global.read_only, @@global.innodb_read_only, "
-    "(SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'information_schema' "
-    "AND TABLE_NAME = 'REPLICA_HOST_STATUS')";
-static const char *const QUERY = "SELECT @@global.read_only, @@global.innodb_read_only, 0";
+#define SELECT_RO "SELECT @@global.read_only, @@global.innodb_read_only, "
+#define AURORA_COL                                                                              \
+    "(SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'information_schema' " \
+    "AND TABLE_NAME = 'REPLICA_HOST_STATUS'), "
+#define MARIADB_REPLICATING \
+    "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'SLAVES_RUNNING')"
+/* [mariadb][first query on the connection] */
+static const char *const QUERIES[2][2] = {
+    {SELECT_RO "0, NULL", SELECT_RO AURORA_COL "NULL"},
+    {SELECT_RO "0, " MARIADB_REPLICATING, SELECT_RO AURORA_COL MARIADB_REPLICATING},
+};
 
 static int fail(struct disc_probe_result *r, const char *what, MYSQL *m)
 {
@@ -77,7 +88,9 @@ static int start_connect(struct disc_probe *p, struct disc_probe_result *r, int 
 
 static int start_query(struct disc_probe *p, struct disc_probe_result *r, int *fd)
 {
-    const char *q = p->aurora_checked ? QUERY : QUERY_FIRST;
+    const char *info = mysql_get_server_info(p->conn);
+    bool mariadb = info && strstr(info, "MariaDB");
+    const char *q = QUERIES[mariadb][!p->aurora_checked];
     int err = 0;
     int st = mysql_real_query_start(&err, p->conn, q, (unsigned long)strlen(q));
     p->phase = MY_QUERYING;
@@ -92,7 +105,7 @@ static int stored(struct disc_probe *p, struct disc_probe_result *r, MYSQL_RES *
     if (!res)
         return fail(r, "query", p->conn);
     MYSQL_ROW row = mysql_fetch_row(res);
-    if (!row || mysql_num_fields(res) != 3 || !row[0] || !row[1]) {
+    if (!row || mysql_num_fields(res) != 4 || !row[0] || !row[1]) {
         mysql_free_result(res);
         snprintf(r->detail, sizeof r->detail, "query: unexpected result");
         return -1;
@@ -103,8 +116,13 @@ static int stored(struct disc_probe *p, struct disc_probe_result *r, MYSQL_RES *
     }
     r->ok = true;
     r->aurora = p->aurora;
-    r->writable = strcmp(row[0], "0") == 0 && strcmp(row[1], "0") == 0;
-    snprintf(r->detail, sizeof r->detail, "read_only=%s innodb_read_only=%s", row[0], row[1]);
+    r->replicating = row[3] && strcmp(row[3], "0") != 0;
+    r->writable = strcmp(row[0], "0") == 0 && strcmp(row[1], "0") == 0 && !r->replicating;
+    snprintf(r->detail, sizeof r->detail, "read_only=%.8s innodb_read_only=%.8s%s%.8s", row[0],
+             row[1], r->replicating ? " replicating (Slaves_running=" : "",
+             r->replicating ? row[3] : "");
+    if (r->replicating)
+        strncat(r->detail, ")", sizeof r->detail - strlen(r->detail) - 1);
     mysql_free_result(res);
     return 0;
 }

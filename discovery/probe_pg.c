@@ -4,6 +4,7 @@
  */
 #include <libpq-fe.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "probe.h"
@@ -11,12 +12,17 @@
 enum { PG_IDLE, PG_CONNECTING, PG_FLUSHING, PG_READING };
 
 /* The first query on a connection also asks whether Aurora's global
- * database status function exists; later ones skip that. */
+ * database status function exists; later ones skip that. A primary also
+ * names its current WAL file, whose first 8 hex digits are its timeline: a
+ * promoted standby starts a newer one, which tells a promoted cluster from
+ * the primary it left when both accept writes (needs no privilege). */
+#define QUERY_TIMELINE \
+    "CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END"
 static const char *const QUERY_FIRST =
     "SELECT pg_is_in_recovery(), current_setting('transaction_read_only'), "
-    "to_regproc('aurora_global_db_instance_status') IS NOT NULL";
+    "to_regproc('aurora_global_db_instance_status') IS NOT NULL, " QUERY_TIMELINE;
 static const char *const QUERY =
-    "SELECT pg_is_in_recovery(), current_setting('transaction_read_only'), NULL";
+    "SELECT pg_is_in_recovery(), current_setting('transaction_read_only'), NULL, " QUERY_TIMELINE;
 
 static int fail(struct disc_probe_result *r, const char *what, PGconn *c)
 {
@@ -65,8 +71,18 @@ static void read_row(struct disc_probe *p, struct disc_probe_result *r, PGresult
     r->ok = true;
     r->aurora = p->aurora;
     r->writable = strcmp(recovery, "f") == 0 && strcmp(ro, "off") == 0;
-    snprintf(r->detail, sizeof r->detail, "in_recovery=%s transaction_read_only=%s",
-             strcmp(recovery, "t") == 0 ? "true" : "false", ro);
+    const char *wal = PQgetvalue(res, 0, 3);
+    char tl[9] = "";
+    if (!PQgetisnull(res, 0, 3) && strlen(wal) >= 8 && strspn(wal, "0123456789ABCDEFabcdef") >= 8) {
+        memcpy(tl, wal, 8);
+        r->timeline = (uint32_t)strtoul(tl, NULL, 16);
+    }
+    if (r->timeline)
+        snprintf(r->detail, sizeof r->detail, "in_recovery=%s transaction_read_only=%s timeline=%u",
+                 strcmp(recovery, "t") == 0 ? "true" : "false", ro, r->timeline);
+    else
+        snprintf(r->detail, sizeof r->detail, "in_recovery=%s transaction_read_only=%s",
+                 strcmp(recovery, "t") == 0 ? "true" : "false", ro);
 }
 
 static int pg_step(struct disc_probe *p, struct disc_probe_result *r, int *fd)
@@ -109,7 +125,7 @@ static int pg_step(struct disc_probe *p, struct disc_probe_result *r, int *fd)
                 p->phase = PG_IDLE;
                 return r->ok ? 0 : fail(r, "query", c);
             }
-            if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) == 3)
+            if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) == 4)
                 read_row(p, r, res);
             PQclear(res);
         }

@@ -138,6 +138,19 @@ static void discovery_metrics(FILE *f, json_t *st)
         fprintf(f, "ferry_topology_generation{listener=\"%s\"} %lld\n",
                 json_string_value(json_object_get(l, "name")),
                 (long long)json_integer_value(json_object_get(l, "generation")));
+    help(f, "ferry_split_brain", "gauge",
+         "1 while more than one cluster of a listener accepts writes (alert on it).");
+    json_array_foreach(ls, i, l)
+        fprintf(f, "ferry_split_brain{listener=\"%s\"} %d\n",
+                json_string_value(json_object_get(l, "name")),
+                json_is_true(json_object_get(l, "split_brain")));
+    help(f, "ferry_writable_writer_fenced_total", "counter",
+         "Writers that lost the role while still accepting writes (a promotion, AWS or the "
+         "operator named another); their sessions were cut at once.");
+    json_array_foreach(ls, i, l)
+        fprintf(f, "ferry_writable_writer_fenced_total{listener=\"%s\"} %lld\n",
+                json_string_value(json_object_get(l, "name")),
+                (long long)json_integer_value(json_object_get(l, "writable_writer_fenced_total")));
     help(f, "ferry_writer", "gauge", "1 for the cluster that is the writer of a listener.");
     json_array_foreach(ls, i, l) {
         const char *w = json_string_value(json_object_get(l, "writer"));

@@ -670,7 +670,7 @@ static bool prelogin_settle(struct px_session *s)
         return true;
     }
     uv_timer_stop(&s->timer);
-    s->proto->writer_moved(s);
+    s->proto->writer_moved(s, false);    /* an early login: nothing was relayed */
     return false;
 }
 
@@ -1454,7 +1454,7 @@ void px_session_topology_changed(struct px_worker *w)
         if (t && t->generation == s->topo_gen)
             continue;
         s->stale = true;
-        s->proto->writer_moved(s);
+        s->proto->writer_moved(s, t && t->cut_old);
     }
 }
 

@@ -83,8 +83,10 @@ struct px_proto {
     /* The connect/startup timer fired before the session was routed:
      * true when handled. */
     bool (*timer)(struct px_session *s);
-    /* The listener's writer moved since s was routed. */
-    void (*writer_moved)(struct px_session *s);
+    /* The listener's writer moved since s was routed. cut: the old writer
+     * still accepted writes when it lost the role (a split brain): nothing
+     * in flight there may be acknowledged to the client. */
+    void (*writer_moved)(struct px_session *s, bool cut);
     /* s can log into a backend by itself (terminated auth), so it may do
      * so ahead of a promotion (see session.c). */
     bool (*can_prelogin)(const struct px_session *s);

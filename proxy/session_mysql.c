@@ -1306,7 +1306,7 @@ static bool my_server_lost(struct px_session *s)
 
 /* Idle sessions are cut from the old writer now and told at their next
  * command; busy ones at their next command (see fence). */
-static void my_writer_moved(struct px_session *s)
+static void my_writer_moved(struct px_session *s, bool cut)
 {
     struct px_my_session *m = mys(s);
     if (m->phase == MS_PLAIN || m->changing_user)
@@ -1330,6 +1330,14 @@ static void my_writer_moved(struct px_session *s)
         m->fenced = true;
         m->txn_lost = false;
         cut_server(s);
+    } else if (cut && m->st.phase != MY_PH_IDLE && m->st.phase != MY_PH_CLOSED) {
+        /* the old writer would acknowledge a write the new one never sees;
+         * a closed connection is MySQL's "outcome unknown" (client's 2013) */
+        px_conn_stop_reading(&s->server);
+        px_session_count_error(s, PX_ERR_OUTCOME_UNKNOWN);
+        px_session_close(s, FERRY_LOG_INFO, "the writer moved to a promoted cluster while a "
+                         "command was in flight on the old one, which still accepted writes; "
+                         "ferry cut it off: its outcome is unknown (client sees 2013)");
     }
 }
 

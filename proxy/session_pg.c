@@ -1421,7 +1421,7 @@ static bool pg_can_prelogin(const struct px_session *s)
  * "reconnect"; ones inside a transaction are closed when the transaction
  * ends or fenced at their next statement. (Moving them without an error
  * needs ferry-terminated authentication.) */
-static void pg_writer_moved(struct px_session *s)
+static void pg_writer_moved(struct px_session *s, bool cut)
 {
     struct px_pg_session *p = pgs(s);
     bool idle = p->txn == 'I' && !p->inflight;
@@ -1437,6 +1437,13 @@ static void pg_writer_moved(struct px_session *s)
         px_session_writer_moved_text(s, text, sizeof text, false);
         px_conn_stop_reading(&s->server);
         px_session_fail(s, PX_ERR_WRITER_MOVED, text);
+    } else if (cut && p->inflight) {
+        /* the old writer would acknowledge a write the new one never sees */
+        px_conn_stop_reading(&s->server);
+        px_session_fail(s, PX_ERR_OUTCOME_UNKNOWN,
+                        "the writer moved to a promoted cluster while a statement was in flight "
+                        "on the old one, which still accepted writes; ferry cut it off: its "
+                        "outcome is unknown");
     }
 }
 

@@ -22,6 +22,8 @@ struct ferry_topology_listener {
     uint64_t generation;                /* this listener's writer generation */
     uint64_t changed_ms;                /* wall clock (ms since epoch) of the last change */
     bool split_brain;
+    bool cut_old;                       /* the previous writer still accepted writes when it
+                                           lost the role: sessions are cut from it at once */
     char reason[FERRY_REASON_MAX];
     /* while there is no writer, or the writer is in doubt: the cluster likely
      * to be promoted (-1: none known); sessions waiting for a writer may log

@@ -230,22 +230,32 @@ def test_planned_switchover_endpoint(ferry_factory, own_pg):
     assert post_json(ferry, "/v1/switchover", {"to": "region-z"})[0] == 404
     assert post_json(ferry, "/v1/switchover", None)[0] == 400
 
-    # The operator promotes region-b; region-a still accepts writes.
+    # The operator promotes region-b; region-a still accepts writes. A
+    # promotion wins: keeping region-a would lose every write made there.
     own_pg.replica.promote()
-    wait_for(lambda: discovery_of(ferry, "pg")["split_brain"], timeout=10, what="split brain seen")
-    assert writer_of(ferry, "pg") == "region-a"          # ferry does not guess
-    host, port = ferry.admin_addr()
-    res = ctl("switchover", "region-b", "--admin", f"http://{host}:{port}", "--timeout", "20")
-    assert res.returncode == 0, res.stderr
-    assert "region-b is the writer of 1 listener" in res.stdout
-    assert writer_of(ferry, "pg") == "region-b"
+    wait_for(lambda: writer_of(ferry, "pg") == "region-b", timeout=10, what="the promotion followed")
     assert pg_port_via(ferry) == own_pg.replica.port
     last = ferry.status()["discovery"]["history"][-1]
     assert (last["from"], last["to"]) == ("region-a", "region-b")
-    assert last["reason"] == "switchover to region-b requested by the operator"
+    assert "region-b promoted while region-a still accepts writes" in last["reason"]
     # the old writer is fenced: it stays out even though it is writable
-    a = [c for c in discovery_of(ferry, "pg")["clusters"] if c["name"] == "region-a"][0]
+    d = discovery_of(ferry, "pg")
+    a = [c for c in d["clusters"] if c["name"] == "region-a"][0]
     assert a["state"] == "writable" and a["fenced"] is True
+    assert d["split_brain"] is True and d["writable_writer_fenced_total"] == 1
+    metrics = ferry.http_get("/metrics")[1]
+    assert 'ferry_split_brain{listener="pg"} 1' in metrics
+    assert 'ferry_writable_writer_fenced_total{listener="pg"} 1' in metrics
+    assert "event=topology.writable_writer_fenced listener=pg fenced=region-a writer=region-b" \
+        in ferry.log_text()
+    # the operator can still move the role back by hand (it releases the fence)
+    host, port = ferry.admin_addr()
+    res = ctl("switchover", "region-a", "--admin", f"http://{host}:{port}", "--timeout", "20")
+    assert res.returncode == 0, res.stderr
+    assert "region-a is the writer of 1 listener" in res.stdout
+    assert pg_port_via(ferry) == own_pg.primary.port
+    last = ferry.status()["discovery"]["history"][-1]
+    assert last["reason"] == "switchover to region-a requested by the operator"
 
 
 def test_network_partition_drops_the_writer_and_heals(ferry_factory, pg_pair):

@@ -51,7 +51,10 @@ def test_aws_settles_split_brain(ferry_factory, own_pg, fake_aws, aws_env):
     entry = discovery_of(ferry, "pg")
     change = ferry.status()["discovery"]["history"][-1]
     assert change["to"] == "region-b"
-    assert "AWS names region-b writer and a probe confirms it" in change["reason"]
+    # whichever comes first: the promoted replica's newer timeline (the first
+    # probe round) or AWS (the first DescribeGlobalClusters); they agree
+    assert ("AWS names region-b writer and a probe confirms it" in change["reason"] or
+            "region-b is on the newest timeline (2)" in change["reason"]), change["reason"]
     roles = {c["name"]: c["aws"]["role"] for c in entry["clusters"]}
     assert roles == {"region-a": "reader", "region-b": "writer"}
     assert entry["split_brain"] is True
