@@ -1,21 +1,24 @@
 /* AWS signals for discovery: RDS DescribeGlobalClusters says which member
- * cluster is the writer (decide() uses it to settle a split brain, never to
- * pick a writer the probes have not confirmed), CloudWatch's
+ * cluster is the writer and whether a failover is in progress (decide()
+ * rules 3 and 4; never a writer the probes have not confirmed), CloudWatch's
  * AuroraGlobalDBReplicationLag says how far each secondary is behind (absent
- * for the primary: a signal, not an error). Polled sparingly (the RDS API
- * budget is shared by the whole account), sooner when the probes disagree.
- * Any AWS failure is recorded and logged; discovery goes on with the probes.
+ * for the primary: a signal, not an error). One schedule per global cluster
+ * (aws_schedule.h): a slow jittered heartbeat, sooner on suspicion or while
+ * a failover is in progress, backing off when throttled, since the RDS API
+ * budget is the whole fleet's. Any AWS failure is recorded and logged;
+ * discovery goes on with the probes.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include <unistd.h>
+
 #include "client.h"
 #include "ferry/log.h"
 #include "internal.h"
 
-#define POLL_SOON_MIN_MS 2000   /* "probes disagree" polls: at most one per 2 s */
-#define FAILOVER_POLL_MS 3000   /* while RDS reports a failover in progress (aws.md §14: 2-5 s) */
+#define AWS_TICK_MS 250         /* how often the schedules are looked at (no call by itself) */
 
 static bool aws_enabled(const struct disc_listener *l)
 {
@@ -25,7 +28,7 @@ static bool aws_enabled(const struct disc_listener *l)
 /* The region to ask: the configured default first, then each member
  * cluster's region in turn after transport failures (a regional outage must
  * not blind us when another member region can answer). */
-static const char *next_region(struct disc_listener *l)
+static const char *next_region(struct disc_listener *l, unsigned rotate)
 {
     const char *regions[DISC_MAX_CLUSTERS + 1];
     size_t n = 0;
@@ -34,7 +37,7 @@ static const char *next_region(struct disc_listener *l)
     for (size_t j = 0; j < l->n; j++)
         if (l->lcfg->clusters[j].region[0])
             regions[n++] = l->lcfg->clusters[j].region;
-    return n ? regions[l->aws_region_next % n] : NULL;
+    return n ? regions[rotate % n] : NULL;
 }
 
 static struct disc_cluster_view *cluster_by_id(struct disc_listener *l, const char *id,
@@ -75,82 +78,120 @@ static void record_error(struct disc_listener *l, const struct aws_status *st, b
                   "action_taken=\"discovery goes on with SQL probes\"",
                   l->lcfg->name, st->action, aws_err_class_name(st->cls), st->error.http_status,
                   st->region ? st->region : "?", st->attempts);
-    if (st->cls == AWS_ERR_TRANSPORT || st->cls == AWS_ERR_TRANSIENT)
-        l->aws_region_next++;
 }
 
-static void on_aws_timer(uv_timer_t *t);
-
-static void on_global_clusters(const struct aws_status *st, const struct aws_global_clusters *gc,
-                               void *ud)
+static struct disc_listener *group_listener(struct disc_aws_group *g, size_t *i)
 {
-    struct disc_listener *l = ud;
-    l->aws_busy = false;
-    if (st->cls == AWS_ERR_CANCELLED)
-        return;
-    if (st->cls != AWS_OK) {
-        record_error(l, st, false);
-        return;
-    }
-    const struct aws_global_cluster *g = NULL;
-    for (size_t i = 0; i < gc->n; i++)
-        if (strcasecmp(gc->items[i].id, l->lcfg->aws_global_cluster) == 0)
-            g = &gc->items[i];
-    /* A failover or switchover in progress: FailoverState, or the global
-     * cluster's own Status while RDS has not filled FailoverState in. */
-    bool moving = g && (g->failover.present || strcasecmp(g->status, "switching-over") == 0 ||
-                        strcasecmp(g->status, "failing-over") == 0);
-    uint64_t now = uv_now(l->owner->loop), wall = disc_wall_ms();
-    disc_lock(l->owner);
+    struct disc_core *c = g->core;
+    for (; *i < c->nls; (*i)++)
+        if (c->ls[*i].aws_group == (int)(g - c->aws_groups))
+            return &c->ls[(*i)++];
+    return NULL;
+}
+
+/* One listener's view of a reply (its clusters, its failover text). */
+static void apply_global_cluster(struct disc_listener *l, const struct aws_global_cluster *g,
+                                 bool moving, uint64_t now, uint64_t wall)
+{
     l->aws_ok_total++;
     l->aws_error[0] = '\0';
     l->aws_failover[0] = '\0';
     if (!g) {
         snprintf(l->aws_error, sizeof l->aws_error, "global cluster %s not in the reply",
                  l->lcfg->aws_global_cluster);
-    } else {
-        if (g->failover.present)
-            snprintf(l->aws_failover, sizeof l->aws_failover, "%.32s from %.300s to %.300s (%s)",
-                     g->failover.status, g->failover.from_arn, g->failover.to_arn,
-                     g->failover.data_loss_allowed ? "failover" : "switchover");
-        for (size_t m = 0; m < g->nmembers; m++) {
-            const struct aws_global_member *mem = &g->members[m];
-            struct disc_cluster_view *v = cluster_by_id(l, mem->cluster_id, mem->region);
-            if (!v)
-                continue;
-            /* While RDS reports a failover in progress its IsWriter is in
-             * flux: record the roles as unknown rather than stale, and
-             * which side of the move each cluster is on (decide.c rule 3). */
-            v->obs.aws = moving           ? DISC_AWS_UNKNOWN
-                         : mem->is_writer ? DISC_AWS_WRITER
-                                          : DISC_AWS_READER;
-            v->obs.aws_failover = DISC_AWS_NO_FAILOVER;
-            if (g->failover.present && strcasecmp(mem->cluster_arn, g->failover.from_arn) == 0)
-                v->obs.aws_failover = DISC_AWS_FAILOVER_FROM;
-            else if (g->failover.present && strcasecmp(mem->cluster_arn, g->failover.to_arn) == 0)
-                v->obs.aws_failover = DISC_AWS_FAILOVER_TO;
-            v->obs.aws_data_loss = g->failover.present && g->failover.data_loss_allowed;
-            v->obs.aws_at_ms = now;
-            v->aws_wall_ms = wall;
-            snprintf(v->aws_sync, sizeof v->aws_sync, "%.31s", mem->sync_status);
-        }
+        return;
     }
-    disc_unlock(l->owner);
-    if (moving && l->owner->aws_timers)     /* follow the move closely while it lasts */
-        uv_timer_start(&l->owner->aws_timer, on_aws_timer, FAILOVER_POLL_MS,
-                       (uint64_t)(l->owner->cfg->aws.poll_interval * 1000.0));
+    if (g->failover.present)
+        snprintf(l->aws_failover, sizeof l->aws_failover, "%.32s from %.300s to %.300s (%s)",
+                 g->failover.status, g->failover.from_arn, g->failover.to_arn,
+                 g->failover.data_loss_allowed ? "failover" : "switchover");
+    else if (moving)
+        snprintf(l->aws_failover, sizeof l->aws_failover, "%.32s", g->status);
+    for (size_t m = 0; m < g->nmembers; m++) {
+        const struct aws_global_member *mem = &g->members[m];
+        struct disc_cluster_view *v = cluster_by_id(l, mem->cluster_id, mem->region);
+        if (!v)
+            continue;
+        /* While RDS reports a failover in progress its IsWriter is in
+         * flux: record the roles as unknown rather than stale, and
+         * which side of the move each cluster is on (decide.c rule 3). */
+        v->obs.aws = moving           ? DISC_AWS_UNKNOWN
+                     : mem->is_writer ? DISC_AWS_WRITER
+                                      : DISC_AWS_READER;
+        v->obs.aws_failover = DISC_AWS_NO_FAILOVER;
+        if (g->failover.present && strcasecmp(mem->cluster_arn, g->failover.from_arn) == 0)
+            v->obs.aws_failover = DISC_AWS_FAILOVER_FROM;
+        else if (g->failover.present && strcasecmp(mem->cluster_arn, g->failover.to_arn) == 0)
+            v->obs.aws_failover = DISC_AWS_FAILOVER_TO;
+        v->obs.aws_data_loss = g->failover.present && g->failover.data_loss_allowed;
+        v->obs.aws_at_ms = now;
+        v->aws_wall_ms = wall;
+        snprintf(v->aws_sync, sizeof v->aws_sync, "%.31s", mem->sync_status);
+    }
+}
+
+static void on_global_clusters(const struct aws_status *st, const struct aws_global_clusters *gc,
+                               void *ud)
+{
+    struct disc_aws_group *grp = ud;
+    aws_sched_finished(&grp->sched, st->cls == AWS_ERR_THROTTLED);
+    if (st->cls == AWS_ERR_CANCELLED)
+        return;
+    size_t it = 0;
+    struct disc_listener *l;
+    if (st->cls != AWS_OK) {
+        if (st->cls == AWS_ERR_TRANSPORT || st->cls == AWS_ERR_TRANSIENT)
+            grp->region_next++;
+        while ((l = group_listener(grp, &it)))
+            record_error(l, st, false);
+        return;
+    }
+    const struct aws_global_cluster *g = NULL;
+    for (size_t i = 0; i < gc->n; i++)
+        if (strcasecmp(gc->items[i].id, grp->id) == 0)
+            g = &gc->items[i];
+    /* A failover or switchover in progress: FailoverState, or the global
+     * cluster's own Status while RDS has not filled FailoverState in. */
+    grp->moving = g && (g->failover.present || strcasecmp(g->status, "switching-over") == 0 ||
+                        strcasecmp(g->status, "failing-over") == 0);
+    uint64_t now = uv_now(grp->core->loop), wall = disc_wall_ms();
+    disc_lock(grp->core);
+    while ((l = group_listener(grp, &it)))
+        apply_global_cluster(l, g, grp->moving, now, wall);
+    disc_unlock(grp->core);
+}
+
+/* How soon a group wants AWS's word: a failover in progress, or a listener
+ * whose writer is in doubt, missing or not alone in accepting writes. */
+static enum aws_urgency urgency(struct disc_aws_group *g)
+{
+    if (g->moving)
+        return AWS_URGENCY_MOVING;
+    size_t it = 0;
+    struct disc_listener *l;
+    while ((l = group_listener(g, &it))) {
+        const struct disc_decision *d = &l->decision;
+        if (d->split_brain || d->writer < 0 || d->c[d->writer].failures || d->c[d->writer].inactive)
+            return AWS_URGENCY_SUSPICION;
+    }
+    return AWS_URGENCY_HEARTBEAT;
 }
 
 static void poll_global(struct disc_core *c)
 {
-    for (size_t i = 0; i < c->nls; i++) {
-        struct disc_listener *l = &c->ls[i];
-        if (!aws_enabled(l) || l->aws_busy)
+    uint64_t now = uv_now(c->loop);
+    for (size_t k = 0; k < c->n_aws_groups; k++) {
+        struct disc_aws_group *g = &c->aws_groups[k];
+        if (now < aws_sched_due(&g->sched, urgency(g)))
             continue;
-        l->aws_polled_ms = uv_now(c->loop);
-        if (aws_describe_global_clusters(c->aws, next_region(l), l->lcfg->aws_global_cluster,
-                                         on_global_clusters, l) == 0)
-            l->aws_busy = true;
+        size_t it = 0;
+        struct disc_listener *l = group_listener(g, &it);
+        if (!l)
+            continue;
+        aws_sched_started(&g->sched, now);
+        if (aws_describe_global_clusters(c->aws, next_region(l, g->region_next), g->id,
+                                         on_global_clusters, g) != 0)
+            aws_sched_finished(&g->sched, false);
     }
 }
 
@@ -231,6 +272,32 @@ static void on_aws_timer(uv_timer_t *t)
     poll_global(t->data);
 }
 
+/* One group per distinct global cluster (identifiers case-insensitive). */
+static bool make_groups(struct disc_core *c)
+{
+    c->aws_groups = calloc(c->nls ? c->nls : 1, sizeof *c->aws_groups);
+    if (!c->aws_groups)
+        return false;
+    uint64_t seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull ^ uv_hrtime();
+    uint64_t heartbeat = (uint64_t)(c->cfg->aws.poll_interval * 1000.0);
+    for (size_t i = 0; i < c->nls; i++) {
+        struct disc_listener *l = &c->ls[i];
+        if (!aws_enabled(l))
+            continue;
+        size_t k = 0;
+        while (k < c->n_aws_groups && strcasecmp(c->aws_groups[k].id, l->lcfg->aws_global_cluster))
+            k++;
+        if (k == c->n_aws_groups) {
+            struct disc_aws_group *g = &c->aws_groups[c->n_aws_groups++];
+            snprintf(g->id, sizeof g->id, "%s", l->lcfg->aws_global_cluster);
+            g->core = c;
+            aws_sched_init(&g->sched, heartbeat, seed + k, uv_now(c->loop));
+        }
+        l->aws_group = (int)k;
+    }
+    return true;
+}
+
 static void on_lag_timer(uv_timer_t *t)
 {
     poll_lag(t->data);
@@ -254,7 +321,7 @@ void disc_aws_start(struct disc_core *c)
         .cred_source = (enum aws_cred_source)a->credentials,
     };
     c->aws = aws_client_new(c->loop, &ac);
-    if (!c->aws) {
+    if (!c->aws || !make_groups(c)) {
         ferry_log(FERRY_LOG_ERROR, "aws.start_failed", "error=\"out of memory\"");
         return;
     }
@@ -263,23 +330,15 @@ void disc_aws_start(struct disc_core *c)
     c->aws_timer.data = c->lag_timer.data = c;
     c->aws_timers = true;
     c->open_handles += 2;
-    uint64_t poll = (uint64_t)(a->poll_interval * 1000.0), lag = (uint64_t)(a->lag_poll_interval * 1000.0);
-    uv_timer_start(&c->aws_timer, on_aws_timer, 0, poll);
+    uint64_t lag = (uint64_t)(a->lag_poll_interval * 1000.0);
+    uv_timer_start(&c->aws_timer, on_aws_timer, 0, AWS_TICK_MS);
     uv_timer_start(&c->lag_timer, on_lag_timer, 0, lag);
 }
 
 void disc_aws_poll_soon(struct disc_core *c)
 {
-    if (!c->aws)
-        return;
-    uint64_t now = uv_now(c->loop);
-    for (size_t i = 0; i < c->nls; i++) {
-        struct disc_listener *l = &c->ls[i];
-        if (aws_enabled(l) && !l->aws_busy && now - l->aws_polled_ms >= POLL_SOON_MIN_MS) {
-            poll_global(c);
-            return;
-        }
-    }
+    if (c->aws)
+        poll_global(c);     /* the schedules say whether a call is due */
 }
 
 static void on_timer_closed(uv_handle_t *h)
@@ -321,11 +380,21 @@ json_t *disc_aws_listener_json(const struct disc_listener *l)
 {
     if (!aws_enabled(l))
         return NULL;
-    return json_pack("{s:s, s:s?, s:s?, s:I, s:I, s:I, s:I}", "global_cluster",
+    const struct aws_sched *sc = l->aws_group >= 0 && l->owner->aws_groups
+                                     ? &l->owner->aws_groups[l->aws_group].sched
+                                     : NULL;
+    json_t *out = json_pack("{s:s, s:s?, s:s?, s:I, s:I, s:I, s:I}", "global_cluster",
                      l->lcfg->aws_global_cluster, "last_error", l->aws_error[0] ? l->aws_error : NULL,
                      "failover", l->aws_failover[0] ? l->aws_failover : NULL,
                      "describe_global_clusters_ok_total", (json_int_t)l->aws_ok_total,
                      "describe_global_clusters_errors_total", (json_int_t)l->aws_errors_total,
                      "get_metric_data_ok_total", (json_int_t)l->lag_ok_total,
                      "get_metric_data_errors_total", (json_int_t)l->lag_errors_total);
+    if (out && sc) {
+        /* the shared schedule of this listener's global cluster */
+        json_object_set_new(out, "describe_global_clusters_throttled_total",
+                            json_integer((json_int_t)sc->throttled));
+        json_object_set_new(out, "poll_backoff_ms", json_integer((json_int_t)sc->backoff_ms));
+    }
+    return out;
 }

@@ -79,6 +79,7 @@ static struct disc_core *core_new(uv_loop_t *loop, struct ferry_config *cfg,
         l->cl = calloc(l->n, sizeof *l->cl);
         disc_decision_init(&l->decision, l->n);
         l->candidate = -1;
+        l->aws_group = -1;
         for (size_t j = 0; j < l->n && l->cl; j++) {
             struct disc_cluster_view *v = &l->cl[j];
             v->owner = l;
@@ -111,6 +112,7 @@ static void core_free(struct disc_core *c)
     for (size_t i = 0; i < c->nls; i++)
         free(c->ls[i].cl);
     free(c->ls);
+    free(c->aws_groups);
     ferry_config_unref(c->cfg);
     free(c);
 }

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "aws_schedule.h"
 #include "decide.h"
 #include "ferry/discovery.h"
 #include "probe.h"
@@ -59,10 +60,8 @@ struct disc_listener {
     double failover_last;               /* seconds the last failover took (if failover_count) */
     uint64_t fenced_writable_total;     /* writers that lost the role while still writable */
     /* AWS */
-    bool aws_busy;                      /* a DescribeGlobalClusters is in flight */
+    int aws_group;                      /* index in owner->aws_groups, -1 = no AWS signals */
     bool lag_busy;
-    unsigned aws_region_next;           /* rotates through member regions on transport errors */
-    uint64_t aws_polled_ms;             /* loop time of the last poll start */
     char aws_error[200];                /* last failure, "" after a success */
     char aws_failover[700];             /* FailoverState as RDS reports it, "" if none */
     uint64_t aws_ok_total, aws_errors_total, lag_ok_total, lag_errors_total;
@@ -77,6 +76,16 @@ struct disc_history {
     char reason[DISC_REASON_MAX];
 };
 
+/* One DescribeGlobalClusters schedule per global cluster, however many
+ * listeners use it: the RDS budget is the fleet's (aws_schedule.h). */
+struct disc_aws_group {
+    char id[FERRY_NAME_MAX];            /* GlobalClusterIdentifier */
+    struct disc_core *core;
+    struct aws_sched sched;
+    unsigned region_next;               /* rotates through member regions on transport errors */
+    bool moving;                        /* the last reply reported a failover in progress */
+};
+
 /* One config's worth of probes and decisions, on one loop. */
 struct disc_core {
     uv_loop_t *loop;
@@ -86,7 +95,9 @@ struct disc_core {
     unsigned outstanding;               /* probes of the current round still running */
     unsigned open_handles;              /* probes and timers not yet closed (teardown) */
     struct aws_client *aws;             /* owned; NULL without AWS signals */
-    uv_timer_t aws_timer;               /* DescribeGlobalClusters every aws.poll_interval */
+    struct disc_aws_group *aws_groups;  /* owned, n_aws_groups entries */
+    size_t n_aws_groups;
+    uv_timer_t aws_timer;               /* checks every group's schedule (AWS_TICK_MS) */
     uv_timer_t lag_timer;               /* GetMetricData every aws.lag_poll_interval */
     bool aws_timers;                    /* the two timers are initialised */
     bool published;                     /* a first snapshot went out */

@@ -663,7 +663,7 @@ static void parse_aws(struct cfg_ctx *c, json_t *root, struct ferry_aws_cfg *a)
     static const char *const ekeys[] = {"rds", "monitoring", "sts", "imds", NULL};
     static const char *const sources[] = {"chain", "static", "env", "web_identity", "container",
                                           "imds", NULL};
-    a->poll_interval = 10;
+    a->poll_interval = 300;   /* the fleet shares the RDS budget: aws_schedule.h */
     a->lag_poll_interval = 60;
     json_t *v = json_object_get(root, "aws");
     if (!v)

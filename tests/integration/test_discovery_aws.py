@@ -4,6 +4,7 @@ probes cannot, CloudWatch lag is reported, and AWS failures never stop
 discovery from working on the probes."""
 
 import json
+import time
 
 import pytest
 
@@ -105,3 +106,67 @@ def test_aws_config_errors(tmp_path, pg_pair):
     code, out, err = harness.check(dict(make_config(aws_listener(pg_pair)),
                                         aws={"credentials": "static"}))
     assert code == 2 and "aws.credentials: \"static\" is not one of" in err
+
+
+def test_one_describe_global_clusters_per_poll_for_several_listeners(ferry_factory, pg_pair,
+                                                                      fake_aws, aws_env):
+    """The RDS budget is the fleet's: two listeners of one global cluster
+    share one schedule and one call per poll."""
+    second = aws_listener(pg_pair)
+    second["name"] = "pg2"
+    second["bind"] = f"127.0.0.1:{harness.free_port()}"
+    config = aws_config(pg_pair, fake_aws, poll_interval=1)
+    config["listeners"].append(second)
+    ferry = ferry_factory(config)
+    for name in ("pg", "pg2"):
+        wait_for(lambda: discovery_of(ferry, name)["clusters"][0]["aws"]["role"] == "writer",
+                 timeout=15, what=f"AWS roles on listener {name}")
+    fake_aws.clear_requests()
+    time.sleep(4)
+    calls = len(fake_aws.requests_for(action="DescribeGlobalClusters"))
+    assert 2 <= calls <= 6, calls      # a heartbeat of 1 s ± 20 %, not one call per listener
+    assert discovery_of(ferry, "pg")["aws"]["describe_global_clusters_throttled_total"] == 0
+
+
+def test_aws_switchover_in_progress_holds_then_follows_the_target(ferry_factory, own_pg, fake_aws,
+                                                                  aws_env):
+    """FailoverState (a switchover): the From cluster takes no new work at
+    once, even while it still accepts writes; the To cluster is the
+    candidate, and the writer as soon as a probe finds it writable."""
+    ferry = ferry_factory(aws_config(own_pg, fake_aws))
+    wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a")
+    fake_aws.set_failover("switching-over", "ferry-primary", "ferry-secondary", data_loss=False)
+    wait_for(lambda: writer_of(ferry, "pg") is None, timeout=15, what="region-a fenced for new work")
+    d = discovery_of(ferry, "pg")
+    assert d["candidate"] == "region-b"
+    assert "AWS reports a switchover from region-a to region-b in progress" in d["reason"]
+    assert [c["fenced"] for c in d["clusters"]] == [True, False]
+    own_pg.replica.promote()
+    wait_for(lambda: writer_of(ferry, "pg") == "region-b", timeout=15, what="the target taken")
+    assert "switchover to region-b in progress and a probe finds it writable" in \
+        ferry.status()["discovery"]["history"][-1]["reason"]
+    assert pg_port_via(ferry) == own_pg.replica.port
+    fake_aws.set_failover(None, None, None)
+    fake_aws.set_writer("ferry-secondary")
+    time.sleep(2)
+    assert writer_of(ferry, "pg") == "region-b"
+
+
+def test_aws_failover_with_data_loss_waits_for_aws_to_name_the_writer(ferry_factory, own_pg,
+                                                                      fake_aws, aws_env):
+    ferry = ferry_factory(aws_config(own_pg, fake_aws))
+    wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a")
+    fake_aws.set_failover("failing-over", "ferry-primary", "ferry-secondary", data_loss=True)
+    wait_for(lambda: writer_of(ferry, "pg") is None, timeout=15, what="writes held")
+    own_pg.replica.promote()
+    wait_for(lambda: [c["state"] for c in discovery_of(ferry, "pg")["clusters"]] ==
+             ["writable", "writable"], timeout=10, what="the promotion seen")
+    time.sleep(1)       # promoted and writable, but AWS has not confirmed it yet
+    d = discovery_of(ferry, "pg")
+    assert d["writer"] is None and d["candidate"] == "region-b"
+    assert "holding writes until AWS names the new writer" in d["reason"]
+    fake_aws.set_failover(None, None, None)
+    fake_aws.set_writer("ferry-secondary")
+    wait_for(lambda: writer_of(ferry, "pg") == "region-b", timeout=15, what="AWS's confirmation")
+    assert "AWS names region-b writer and a probe confirms it" in \
+        ferry.status()["discovery"]["history"][-1]["reason"]
