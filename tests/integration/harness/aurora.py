@@ -120,7 +120,10 @@ What is modelled, and how (quotes are AWS's documentation; reference/aws.md
                          writes are gone; AWS's snapshot of them is not
                          modelled) and streams again; then connected.
   pause=seconds on each keeps FailoverState / pending-resync visible that
-  long before the work starts, for tests that watch the operation run.
+  long before the work starts, for tests that watch the operation run. The
+  operations may run in any thread (a test's watcher thread): servers are
+  always started from one long-lived launcher thread, since the kernel's
+  death signal (proc.py) follows the thread that started a process.
 
 * The fake AWS: FakeAWS(source=standin) answers DescribeGlobalClusters
   (members with IsWriter, Readers, SynchronizationStatus; global Endpoint;
@@ -169,6 +172,7 @@ Use with ferry:
         g.switchover("eu-west-1")
 """
 
+import concurrent.futures
 import hashlib
 import os
 import pwd
@@ -187,6 +191,8 @@ from .pki import make_pki, openssl
 from .ports import free_port
 
 RUN_AS = "postgres" if proc.is_root() else None
+_LAUNCHER = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                  thread_name_prefix="aurora-launcher")
 DOMAIN = "rds.example.test"
 MASTER = "MASTER_SESSION_ID"
 
@@ -327,6 +333,12 @@ class AuroraInstance(PgServer):
 
     def __repr__(self):
         return f"<AuroraInstance {self.instance_id} {self.host}:{self.port}>"
+
+    def start(self, timeout=None):
+        """Started from one long-lived thread: the kernel sends the death
+        signal (PR_SET_PDEATHSIG, proc.py) when the creating *thread* ends,
+        and tests run operations in short-lived threads to watch them."""
+        return _LAUNCHER.submit(PgServer.start, self, timeout).result()
 
     def argv(self):
         argv = [pg_bin("postgres"), "-D", self.datadir, "-p", str(self.port),
