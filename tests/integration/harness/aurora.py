@@ -39,8 +39,8 @@ What is modelled, and how (quotes are AWS's documentation; reference/aws.md
   primary's writer") follows the writer at the promotion.
 
 * Aurora's SQL functions, with the names and columns AWS documents, in every
-  database listed in `databases` (default `postgres` and `app`), schema
-  public, SECURITY DEFINER so an unprivileged probe user sees real LSNs.
+  database listed in `databases` (default `postgres` and `app`; databases
+  created later do not have them), schema public, SECURITY DEFINER so an unprivileged probe user sees real LSNs.
   Column lists from the Aurora User Guide pages "aurora_global_db_instance_status",
   "aurora_global_db_status" and "aurora_replica_status"
   (docs.aws.amazon.com/AmazonRDS/latest/AuroraUserGuide/<name>.html),
@@ -73,9 +73,11 @@ What is modelled, and how (quotes are AWS's documentation; reference/aws.md
   instances). After a failover the stand-in rewrites the tables on the new
   writer. An old primary left running (split brain) keeps its old tables:
   it still names itself the writer, as an isolated Aurora primary would.
-  LSNs are real: pg_lsn - '0/0' as bigint. On the writer every row comes
-  from pg_stat_replication (flush / write / replay LSN, replay_lag in ms,
-  backend_xmin as feedback_xmin with epoch 0); on a reader its own row comes
+  LSNs are real: pg_lsn - '0/0' as bigint. On the writer its own row is
+  pg_current_wal_flush_lsn() and every other row comes from
+  pg_stat_replication (flush / write / replay LSN, replay_lag in ms,
+  backend_xmin as feedback_xmin with epoch 0: NULL unless settings= turns
+  hot_standby_feedback on); on a reader its own row comes
   from pg_last_wal_receive_lsn() / pg_last_wal_replay_lsn() and the
   writer's row is what this reader received; other readers' LSNs are NULL
   there (Aurora fills them from its storage layer, which has no counterpart
