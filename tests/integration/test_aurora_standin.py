@@ -293,6 +293,13 @@ def test_switchover(hosts):
             wait_for(lambda inst=inst: inst.query("SELECT x FROM after_switch", dbname="app")
                      == [(42,)], timeout=10, what=f"{inst!r} to replicate from the new writer")
 
+        # and back
+        assert g.switchover(PRIMARY) is old
+        assert [i.instance_id for i in g.instances() if writable(i)] == ["g1-use1-1"]
+        for inst in g.instances():
+            assert master_of(inst) == [("g1-use1-1", PRIMARY)]
+        assert probe(fake, "global", "g1")[0]["writer"] == "g1-use1"
+
 
 def test_failover_split_brain_then_rejoin(hosts):
     with global_db(hosts) as (g, fake):
@@ -353,6 +360,16 @@ def test_region_outage_failover(hosts):
         g.rejoin(PRIMARY)
         assert not writable(old) and master_of(old) == [("g1-euw1-1", SECONDARY)]
         assert sync_status(fake, "g1-use1") == "connected"
+
+        # a secondary's outage: its reader endpoint resolves but nothing answers
+        g.isolate_region(PRIMARY)
+        assert resolve(hosts, pri.reader_name) == old.host
+        with pytest.raises(psycopg2.OperationalError):
+            old.query("SELECT 1", timeout=2)
+        assert writable(new)
+        g.rejoin(PRIMARY)
+        assert psql(hosts, g, pri.reader_name, "SELECT aurora_db_instance_identifier()") == \
+            [["g1-use1-1"]]
 
 
 def test_tls_only_instances(hosts):
