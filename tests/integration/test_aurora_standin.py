@@ -244,7 +244,7 @@ def test_names_functions_and_aws_view(hosts):
 
 
 def test_switchover(hosts):
-    with global_db(hosts, writer_dns_delay=3.0, demoted_writer_linger=3.0) as (g, fake):
+    with global_db(hosts, writer_dns_delay=5.0, demoted_writer_linger=5.0) as (g, fake):
         pri, sec = g.cluster(PRIMARY), g.cluster(SECONDARY)
         old, new = pri.instances[0], sec.instances[0]
         join = run_in_thread(g.switchover, SECONDARY, pause=1.0)
