@@ -86,9 +86,10 @@ What is modelled, and how (quotes are AWS's documentation; reference/aws.md
   Not documented by AWS, so chosen here: a secondary cluster's
   aurora_replica_status() has no MASTER_SESSION_ID row.
 
-* Operations, each ending in the documented state (every one returns after
-  the names, the functions on every reachable instance and the AWS view
-  agree):
+* Operations, each ending in the documented state (every one returns once
+  the functions on every instance that follows the writer show the new
+  topology and the AWS view has moved; names move at once or after the
+  delays above):
     switchover(region)   "Secondaries are synchronised first, so RPO is 0;
                          the old primary is demoted to a read-only secondary":
                          the old writer turns read-only
