@@ -19,6 +19,12 @@ From pytest:
 
 Standalone: `python3 tests/fakes/fake_aws.py --port 8999` and script it over
 HTTP: GET /_fake/requests, POST /_fake/control {"op": "set_writer", "args": [...]}.
+
+Driven by a topology instead: FakeAWS(source=obj) serves whatever
+obj.aws_view() returns at each request (the Aurora stand-in,
+tests/integration/harness/aurora.py, is such a source); see FakeAWS.view()
+for the shape. set_writer / set_failover then refuse (the topology is the
+source's); set_lag still overrides a cluster's lag series.
 """
 
 import argparse
@@ -88,8 +94,12 @@ class Member:
 class FakeAWS:
     """The fake's state and its HTTP server. All mutators are thread-safe."""
 
-    def __init__(self, host="127.0.0.1", port=0):
+    def __init__(self, host="127.0.0.1", port=0, source=None):
+        """source: an object whose aws_view() gives the topology to serve
+        (see view()); None: the scripted state below."""
         self.host, self.port = host, port
+        self.source = source
+        self._lag_set = set()                 # clusters whose lag set_lag() overrode
         self.lock = threading.RLock()
         self.global_id = "ferry-global"
         self.members = [Member("ferry-primary", "us-east-1", writer=True),
@@ -138,7 +148,12 @@ class FakeAWS:
 
     # ---- scripting -------------------------------------------------------
 
+    def _scripted(self, what):
+        if self.source is not None:
+            raise ValueError(f"{what}: the topology comes from {self.source!r}")
+
     def set_writer(self, cluster_id):
+        self._scripted("set_writer")
         with self.lock:
             for m in self.members:
                 m.writer = m.cluster_id == cluster_id
@@ -147,8 +162,10 @@ class FakeAWS:
         """Newest first; no values = the series is absent (as for a primary)."""
         with self.lock:
             self.lag[cluster_id] = list(values)
+            self._lag_set.add(cluster_id)
 
     def set_failover(self, status, from_id, to_id, data_loss=False):
+        self._scripted("set_failover")
         with self.lock:
             self.failover = None if status is None else {
                 "status": status, "from": from_id, "to": to_id, "data_loss": data_loss}
@@ -191,6 +208,44 @@ class FakeAWS:
         if op not in allowed:
             raise ValueError(f"unknown op {op!r}")
         return getattr(self, op)(*args)
+
+    def view(self):
+        """The topology every RDS and CloudWatch answer is built from:
+
+            {"global_id", "status", "engine", "engine_version",
+             "endpoint": global writer endpoint,
+             "members": [{"cluster_id", "region", "writer": IsWriter,
+                          "sync_status", "status", "endpoint": None to omit it,
+                          "reader_endpoint", "port",
+                          "instances": [(DBInstanceIdentifier, IsClusterWriter)]}],
+             "failover": None or {"status", "from", "to", "data_loss"},
+             "lag": {cluster_id: [ms, newest first]}}
+
+        From the source when there is one, else from the scripted state."""
+        if self.source is not None:
+            view = self.source.aws_view()
+            with self.lock:
+                view["lag"] = dict(view.get("lag", {}),
+                                   **{k: list(self.lag[k]) for k in self._lag_set})
+            return view
+        with self.lock:
+            members = []
+            for m in self.members:
+                h = hashlib.sha1(m.cluster_id.encode()).hexdigest()[:12]
+                members.append({
+                    "cluster_id": m.cluster_id, "region": m.region, "writer": m.writer,
+                    "sync_status": m.sync_status, "status": m.status,
+                    "endpoint": f"{m.cluster_id}.cluster-{h}.{m.region}.rds.amazonaws.com",
+                    "reader_endpoint": f"{m.cluster_id}.cluster-ro-{h}.{m.region}.rds.amazonaws.com",
+                    "port": 5432,
+                    "instances": [(f"{m.cluster_id}-{i}", i == 1) for i in (1, 2)]})
+            return {"global_id": self.global_id,
+                    "status": "failing-over" if self.failover else "available",
+                    "engine": self.members[0].engine, "engine_version": "15.4",
+                    "endpoint": f"{self.global_id}.global-abc123.global.rds.amazonaws.com",
+                    "members": members,
+                    "failover": dict(self.failover) if self.failover else None,
+                    "lag": {k: list(v) for k, v in self.lag.items()}}
 
     def _take_fault(self, target):
         with self.lock:
@@ -380,69 +435,74 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---- RDS ------------------------------------------------------------
 
-    def _member_xml(self, m, members):
-        readers = "".join(f"<member>{o.arn}</member>" for o in members if o is not m) if m.writer else ""
-        wf = "" if m.writer else "<GlobalWriteForwardingStatus>disabled</GlobalWriteForwardingStatus>"
-        return (f"<GlobalClusterMember><DBClusterArn>{m.arn}</DBClusterArn>"
-                f"<Readers>{readers}</Readers><IsWriter>{'true' if m.writer else 'false'}</IsWriter>"
-                f"{wf}<SynchronizationStatus>{m.sync_status}</SynchronizationStatus>"
+    def _member_xml(self, m, view):
+        arn = cluster_arn(m["region"], m["cluster_id"])
+        readers = "".join(f"<member>{cluster_arn(o['region'], o['cluster_id'])}</member>"
+                          for o in view["members"] if o is not m) if m["writer"] else ""
+        wf = "" if m["writer"] else "<GlobalWriteForwardingStatus>disabled</GlobalWriteForwardingStatus>"
+        return (f"<GlobalClusterMember><DBClusterArn>{arn}</DBClusterArn>"
+                f"<Readers>{readers}</Readers><IsWriter>{'true' if m['writer'] else 'false'}</IsWriter>"
+                f"{wf}<SynchronizationStatus>{m['sync_status']}</SynchronizationStatus>"
                 f"</GlobalClusterMember>")
 
     def _DescribeGlobalClusters(self, form, ns):
-        f = self.fake
-        with f.lock:
-            wanted = form.get("GlobalClusterIdentifier")
-            if wanted and wanted != f.global_id:
-                return None
-            members = "".join(self._member_xml(m, f.members) for m in f.members)
-            failover = ""
-            if f.failover:
-                byid = {m.cluster_id: m for m in f.members}
-                failover = (f"<FailoverState><Status>{f.failover['status']}</Status>"
-                            f"<FromDbClusterArn>{byid[f.failover['from']].arn}</FromDbClusterArn>"
-                            f"<ToDbClusterArn>{byid[f.failover['to']].arn}</ToDbClusterArn>"
-                            f"<IsDataLossAllowed>{'true' if f.failover['data_loss'] else 'false'}"
-                            f"</IsDataLossAllowed></FailoverState>")
-            status = "failing-over" if f.failover else "available"
-            return (f'<DescribeGlobalClustersResponse xmlns="{ns}"><DescribeGlobalClustersResult>'
-                    f"<GlobalClusters><GlobalClusterMember>"
-                    f"<GlobalClusterIdentifier>{f.global_id}</GlobalClusterIdentifier>"
-                    f"<GlobalClusterResourceId>cluster-0a1b2c3d4e5f6a7b</GlobalClusterResourceId>"
-                    f"<GlobalClusterArn>arn:aws:rds::{ACCOUNT}:global-cluster:{f.global_id}"
-                    f"</GlobalClusterArn><Status>{status}</Status>"
-                    f"<Engine>{f.members[0].engine}</Engine><EngineVersion>15.4</EngineVersion>"
-                    f"<StorageEncrypted>true</StorageEncrypted><DeletionProtection>false"
-                    f"</DeletionProtection><GlobalClusterMembers>{members}</GlobalClusterMembers>"
-                    f"{failover}<Endpoint>{f.global_id}.global-abc123.global.rds.amazonaws.com"
-                    f"</Endpoint></GlobalClusterMember></GlobalClusters>"
-                    f"</DescribeGlobalClustersResult><ResponseMetadata><RequestId>"
-                    f"{self._request_id}</RequestId></ResponseMetadata>"
-                    f"</DescribeGlobalClustersResponse>")
+        v = self.fake.view()
+        wanted = form.get("GlobalClusterIdentifier")
+        if wanted and wanted != v["global_id"]:
+            return None
+        gid = v["global_id"]
+        members = "".join(self._member_xml(m, v) for m in v["members"])
+        failover = ""
+        fs = v["failover"]
+        if fs:
+            byid = {m["cluster_id"]: m for m in v["members"]}
+            arn = lambda cid: cluster_arn(byid[cid]["region"], cid)  # noqa: E731
+            failover = (f"<FailoverState><Status>{fs['status']}</Status>"
+                        f"<FromDbClusterArn>{arn(fs['from'])}</FromDbClusterArn>"
+                        f"<ToDbClusterArn>{arn(fs['to'])}</ToDbClusterArn>"
+                        f"<IsDataLossAllowed>{'true' if fs['data_loss'] else 'false'}"
+                        f"</IsDataLossAllowed></FailoverState>")
+        return (f'<DescribeGlobalClustersResponse xmlns="{ns}"><DescribeGlobalClustersResult>'
+                f"<GlobalClusters><GlobalClusterMember>"
+                f"<GlobalClusterIdentifier>{gid}</GlobalClusterIdentifier>"
+                f"<GlobalClusterResourceId>cluster-0a1b2c3d4e5f6a7b</GlobalClusterResourceId>"
+                f"<GlobalClusterArn>arn:aws:rds::{ACCOUNT}:global-cluster:{gid}"
+                f"</GlobalClusterArn><Status>{v['status']}</Status>"
+                f"<Engine>{v['engine']}</Engine><EngineVersion>{v['engine_version']}</EngineVersion>"
+                f"<StorageEncrypted>true</StorageEncrypted><DeletionProtection>false"
+                f"</DeletionProtection><GlobalClusterMembers>{members}</GlobalClusterMembers>"
+                f"{failover}<Endpoint>{v['endpoint']}"
+                f"</Endpoint></GlobalClusterMember></GlobalClusters>"
+                f"</DescribeGlobalClustersResult><ResponseMetadata><RequestId>"
+                f"{self._request_id}</RequestId></ResponseMetadata>"
+                f"</DescribeGlobalClustersResponse>")
 
     def _DescribeDBClusters(self, form, ns):
-        f = self.fake
+        v = self.fake.view()
         wanted = form.get("DBClusterIdentifier")
         out = []
-        with f.lock:
-            for m in f.members:
-                if wanted and wanted not in (m.cluster_id, m.arn):
-                    continue
-                h = hashlib.sha1(m.cluster_id.encode()).hexdigest()[:12]
-                inst = "".join(
-                    f"<DBClusterMember><DBInstanceIdentifier>{m.cluster_id}-{i}</DBInstanceIdentifier>"
-                    f"<IsClusterWriter>{'true' if i == 1 else 'false'}</IsClusterWriter>"
-                    f"<DBClusterParameterGroupStatus>in-sync</DBClusterParameterGroupStatus>"
-                    f"<PromotionTier>{i}</PromotionTier></DBClusterMember>" for i in (1, 2))
-                out.append(
-                    f"<DBCluster><DBClusterIdentifier>{m.cluster_id}</DBClusterIdentifier>"
-                    f"<DBClusterArn>{m.arn}</DBClusterArn><Status>{m.status}</Status>"
-                    f"<Endpoint>{m.cluster_id}.cluster-{h}.{m.region}.rds.amazonaws.com</Endpoint>"
-                    f"<ReaderEndpoint>{m.cluster_id}.cluster-ro-{h}.{m.region}.rds.amazonaws.com"
-                    f"</ReaderEndpoint><MultiAZ>true</MultiAZ><Engine>{m.engine}</Engine>"
-                    f"<EngineVersion>15.4</EngineVersion><Port>5432</Port>"
-                    f"<GlobalClusterIdentifier>{f.global_id}</GlobalClusterIdentifier>"
-                    f"<IAMDatabaseAuthenticationEnabled>false</IAMDatabaseAuthenticationEnabled>"
-                    f"<DBClusterMembers>{inst}</DBClusterMembers></DBCluster>")
+        for m in v["members"]:
+            cid = m["cluster_id"]
+            arn = cluster_arn(m["region"], cid)
+            if wanted and wanted not in (cid, arn):
+                continue
+            inst = "".join(
+                f"<DBClusterMember><DBInstanceIdentifier>{iid}</DBInstanceIdentifier>"
+                f"<IsClusterWriter>{'true' if is_writer else 'false'}</IsClusterWriter>"
+                f"<DBClusterParameterGroupStatus>in-sync</DBClusterParameterGroupStatus>"
+                f"<PromotionTier>{n}</PromotionTier></DBClusterMember>"
+                for n, (iid, is_writer) in enumerate(m["instances"], 1))
+            endpoint = f"<Endpoint>{m['endpoint']}</Endpoint>" if m["endpoint"] else ""
+            out.append(
+                f"<DBCluster><DBClusterIdentifier>{cid}</DBClusterIdentifier>"
+                f"<DBClusterArn>{arn}</DBClusterArn><Status>{m['status']}</Status>"
+                f"{endpoint}"
+                f"<ReaderEndpoint>{m['reader_endpoint']}"
+                f"</ReaderEndpoint><MultiAZ>true</MultiAZ><Engine>{v['engine']}</Engine>"
+                f"<EngineVersion>{v['engine_version']}</EngineVersion><Port>{m['port']}</Port>"
+                f"<GlobalClusterIdentifier>{v['global_id']}</GlobalClusterIdentifier>"
+                f"<IAMDatabaseAuthenticationEnabled>false</IAMDatabaseAuthenticationEnabled>"
+                f"<DBClusterMembers>{inst}</DBClusterMembers></DBCluster>")
         return (f'<DescribeDBClustersResponse xmlns="{ns}"><DescribeDBClustersResult>'
                 f"<DBClusters>{''.join(out)}</DBClusters></DescribeDBClustersResult>"
                 f"<ResponseMetadata><RequestId>{self._request_id}</RequestId></ResponseMetadata>"
@@ -456,15 +516,15 @@ class _Handler(BaseHTTPRequestHandler):
             tzinfo=datetime.timezone.utc).timestamp()
         newest = (int(min(end, time.time())) // 60 - 1) * 60    # last complete minute
         results = []
+        view = f.view()
         n = 1
         while f"MetricDataQueries.member.{n}.Id" in form:
             p = f"MetricDataQueries.member.{n}."
             qid = form[p + "Id"]
             cluster = form.get(p + "MetricStat.Metric.Dimensions.member.1.Value", "")
-            with f.lock:
-                values = list(f.lag.get(cluster, []))
-                if any(m.cluster_id == cluster and m.writer for m in f.members):
-                    values = []                # the primary publishes nothing
+            values = list(view["lag"].get(cluster, []))
+            if any(m["cluster_id"] == cluster and m["writer"] for m in view["members"]):
+                values = []                    # the primary publishes nothing
             ts = "".join(f"<member>{iso(newest - 60 * i)}</member>" for i in range(len(values)))
             vs = "".join(f"<member>{v}</member>" for v in values)
             results.append(f"<member><Id>{escape(qid)}</Id><Label>"
