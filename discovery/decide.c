@@ -10,8 +10,9 @@
  *    its From cluster takes no new work; the To cluster becomes the writer
  *    once a probe finds it writable (a switchover), or only once AWS names it
  *    writer with the failover over (a failover that allows data loss).
- * 4. AWS (fresh, no failover, newer than our last change) names another
- *    cluster writer and a probe finds it writable: it becomes the writer.
+ * 4. Aurora's topology (read this round, every instance agreeing) or AWS
+ *    (fresh, no failover, newer than our last change) names another cluster
+ *    writer and a probe finds it writable: it becomes the writer.
  * 5. A promotion wins over the current writer, whether it still accepts
  *    writes (keeping it is how a split brain loses every write made after
  *    the promotion) or is in doubt (no need to wait out writer_down_after).
@@ -205,19 +206,20 @@ static bool follow_aws_failover(const struct disc_decision *prev, const struct d
 }
 
 /* Rule 4. */
-static bool follow_aws_writer(const struct disc_decision *prev, const struct disc_obs *obs,
-                              const char *const *names, uint64_t now, const struct disc_params *p,
-                              struct disc_decision *next)
+static bool follow_named_writer(const struct disc_decision *prev, const struct disc_obs *obs,
+                                const char *const *names, uint64_t now,
+                                const struct disc_params *p, struct disc_decision *next)
 {
     for (size_t i = 0; i < next->n; i++) {
-        if ((int)i == prev->writer || !aws_says_writer(&obs[i], now, p) ||
-            obs[i].aws_at_ms <= prev->changed_ms || !writable_now(&next->c[i], now, p))
+        bool topo = obs[i].topo == DISC_AWS_WRITER;
+        bool aws = aws_says_writer(&obs[i], now, p) && obs[i].aws_at_ms > prev->changed_ms;
+        if ((int)i == prev->writer || !(topo || aws) || !writable_now(&next->c[i], now, p))
             continue;
         bool old_writable = prev->writer >= 0 && writable_now(&next->c[prev->writer], now, p);
         set_writer(next, prev, (int)i, now);
-        snprintf(next->reason, sizeof next->reason, "AWS names %s writer and a probe confirms it%s%s%s",
-                 names[i], old_writable ? "; " : "", old_writable ? names[prev->writer] : "",
-                 old_writable ? " still accepts writes: fenced" : "");
+        snprintf(next->reason, sizeof next->reason, "%s names %s writer and a probe confirms it%s%s%s",
+                 topo ? "the Aurora topology" : "AWS", names[i], old_writable ? "; " : "",
+                 old_writable ? names[prev->writer] : "", old_writable ? " still accepts writes: fenced" : "");
         return true;
     }
     return false;
@@ -244,7 +246,7 @@ static bool follow_promotion(const struct disc_decision *prev, const struct disc
             continue;
         npromoted++;
         pick = (int)i;
-        if (aws_says_writer(&obs[i], now, p))
+        if (aws_says_writer(&obs[i], now, p) || obs[i].topo == DISC_AWS_WRITER)
             aws_pick = (int)i;
     }
     if (npromoted == 0)
@@ -302,7 +304,7 @@ void disc_decide(const struct disc_decision *prev, const struct disc_obs *obs,
         next->requested = -1;
 
     if (follow_aws_failover(prev, obs, names, now, p, next) ||
-        follow_aws_writer(prev, obs, names, now, p, next) ||
+        follow_named_writer(prev, obs, names, now, p, next) ||
         follow_promotion(prev, obs, names, now, p, next))
         return;
 
@@ -334,7 +336,7 @@ void disc_decide(const struct disc_decision *prev, const struct disc_obs *obs,
             continue;
         candidates++;
         pick = (int)i;
-        if (aws_says_writer(&obs[i], now, p))
+        if (aws_says_writer(&obs[i], now, p) || obs[i].topo == DISC_AWS_WRITER)
             aws_pick = (int)i;
         if (!c->timeline || (tl_pick >= 0 && c->timeline == tl_best))
             tl_tie = true;
@@ -349,8 +351,8 @@ void disc_decide(const struct disc_decision *prev, const struct disc_obs *obs,
     } else if (candidates > 1 && aws_pick >= 0) {
         w = aws_pick;
         snprintf(next->reason, sizeof next->reason,
-                 "%s%s%d clusters writable; AWS names %s writer and a probe confirms it", lost, sep,
-                 candidates, names[w]);
+                 "%s%s%d clusters writable; %s names %s writer and a probe confirms it", lost, sep,
+                 candidates, obs[w].topo == DISC_AWS_WRITER ? "the Aurora topology" : "AWS", names[w]);
     } else if (candidates > 1 && tl_pick >= 0 && !tl_tie) {
         w = tl_pick;
         snprintf(next->reason, sizeof next->reason,

@@ -29,6 +29,9 @@ struct disc_obs {
     enum disc_probe_outcome probe;      /* NONE: no probe finished since the last decision */
     bool writable;              /* probe OK: accepts writes (not in recovery, not read-only) */
     uint32_t timeline;          /* probe OK, PostgreSQL primary: its timeline (0 = unknown) */
+    enum disc_aws_role topo;    /* Aurora's own global topology (aurora_global_db_instance_status,
+                                   read this round, every instance that answered agreeing):
+                                   WRITER for the cluster in the global writer's region */
     enum disc_aws_role aws;     /* RDS DescribeGlobalClusters IsWriter, if known */
     enum disc_aws_failover aws_failover; /* FailoverState From / To this cluster */
     bool aws_data_loss;         /* FailoverState IsDataLossAllowed (a failover, not a switchover) */

@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <uv.h>
 
@@ -238,6 +239,30 @@ static bool in_doubt(const struct disc_listener *l, uint64_t wall_now, double ho
            wall_now - l->changed_wall_ms < (uint64_t)(hold_timeout * 1000.0);
 }
 
+/* The global writer's region as Aurora reports it this round, if every
+ * instance that answered with a topology names the same one ("" if none or
+ * they disagree: an isolated old primary still names itself, and then
+ * Aurora's word settles nothing). */
+static void topology_writer_region(const struct disc_listener *l, char *out, size_t len)
+{
+    out[0] = '\0';
+    for (size_t j = 0; j < l->n; j++) {
+        const struct disc_cluster_view *v = &l->cl[j];
+        if (v->obs.probe != DISC_PROBE_OK || !v->last.ok)
+            continue;
+        for (size_t k = 0; k < v->last.ntopo; k++) {
+            const struct disc_topo_member *m = &v->last.topo[k];
+            if (!m->writer || !m->region[0])
+                continue;
+            if (out[0] && strcasecmp(out, m->region) != 0) {
+                out[0] = '\0';
+                return;
+            }
+            snprintf(out, len, "%s", m->region);
+        }
+    }
+}
+
 static void core_decide(struct disc_core *c)
 {
     struct disc_params p = params_of(c->cfg);
@@ -247,8 +272,14 @@ static void core_decide(struct disc_core *c)
     for (size_t i = 0; i < c->nls; i++) {
         struct disc_listener *l = &c->ls[i];
         struct disc_obs obs[DISC_MAX_CLUSTERS];
+        char topo_region[32];
+        topology_writer_region(l, topo_region, sizeof topo_region);
         for (size_t j = 0; j < l->n; j++) {
             obs[j] = l->cl[j].obs;
+            const char *region = l->lcfg->clusters[j].region;
+            obs[j].topo = !topo_region[0] || !region[0]             ? DISC_AWS_UNKNOWN
+                          : strcasecmp(region, topo_region) == 0 ? DISC_AWS_WRITER
+                                                                   : DISC_AWS_READER;
             l->cl[j].obs.probe = DISC_PROBE_NONE;
         }
         struct disc_decision next;
@@ -375,6 +406,18 @@ static json_t *listener_json(const struct disc_listener *l)
         if (dd->c[j].timeline)
             json_object_set_new(json_array_get(clusters, j), "timeline",
                                 json_integer(dd->c[j].timeline));
+        if (v->has_last && v->last.ok && v->last.ntopo) {
+            /* the global topology as this cluster's instance reports it */
+            json_t *members = json_array();
+            for (size_t k = 0; k < v->last.ntopo; k++) {
+                const struct disc_topo_member *m = &v->last.topo[k];
+                json_array_append_new(members, json_pack(
+                    "{s:s, s:s, s:s, s:o}", "server_id", m->server_id, "region", m->region, "role",
+                    m->writer ? "writer" : "reader", "visibility_lag_ms",
+                    m->lag_ms >= 0 ? json_real(m->lag_ms) : json_null()));
+            }
+            json_object_set_new(json_array_get(clusters, j), "aurora_topology", members);
+        }
         json_t *aws = disc_aws_cluster_json(v);
         if (aws)
             json_object_set_new(json_array_get(clusters, j), "aws", aws);

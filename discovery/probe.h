@@ -15,6 +15,16 @@
 
 struct disc_probe;
 
+/* One instance of an Aurora global database, as Aurora itself reports it
+ * (aurora_global_db_instance_status()). */
+#define DISC_TOPO_MAX 16
+struct disc_topo_member {
+    char server_id[64];         /* the DB instance identifier */
+    char region[32];            /* aws_region */
+    bool writer;                /* session_id = 'MASTER_SESSION_ID': the global writer */
+    double lag_ms;              /* visibility_lag_in_msec; < 0 unknown */
+};
+
 struct disc_probe_result {
     bool ok;                    /* connected and got an answer */
     bool writable;              /* ok: the server accepts writes */
@@ -22,6 +32,8 @@ struct disc_probe_result {
     bool replicating;           /* ok: still applying a replication stream (MariaDB), so not
                                    the writer whatever read_only says */
     uint32_t timeline;          /* ok, PostgreSQL not in recovery: its timeline (0 unknown) */
+    size_t ntopo;               /* ok, Aurora: the global topology as this instance sees it */
+    struct disc_topo_member topo[DISC_TOPO_MAX];
     char detail[160];           /* ok: what the server said; else why it failed */
     double latency_ms;
 };

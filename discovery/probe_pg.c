@@ -23,6 +23,15 @@ static const char *const QUERY_FIRST =
     "to_regproc('aurora_global_db_instance_status') IS NOT NULL, " QUERY_TIMELINE;
 static const char *const QUERY =
     "SELECT pg_is_in_recovery(), current_setting('transaction_read_only'), NULL, " QUERY_TIMELINE;
+/* On Aurora, every later round also reads the global topology, which any
+ * instance of any region reports: who the global writer is
+ * (MASTER_SESSION_ID), in which region, and each instance's lag. A second
+ * statement of the same Query: if it fails (a grant missing), the first
+ * result still counts and the topology is simply unknown. */
+static const char *const QUERY_AURORA =
+    "SELECT pg_is_in_recovery(), current_setting('transaction_read_only'), NULL, " QUERY_TIMELINE
+    "; SELECT 'topology', server_id, session_id = 'MASTER_SESSION_ID', aws_region, "
+    "visibility_lag_in_msec FROM aurora_global_db_instance_status()";
 
 static int fail(struct disc_probe_result *r, const char *what, PGconn *c)
 {
@@ -53,7 +62,8 @@ static int start_connect(struct disc_probe *p, struct disc_probe_result *r, int 
 static int send_query(struct disc_probe *p, struct disc_probe_result *r, int *fd)
 {
     PGconn *c = p->conn;
-    if (PQsetnonblocking(c, 1) != 0 || !PQsendQuery(c, p->aurora_checked ? QUERY : QUERY_FIRST))
+    const char *q = !p->aurora_checked ? QUERY_FIRST : p->aurora ? QUERY_AURORA : QUERY;
+    if (PQsetnonblocking(c, 1) != 0 || !PQsendQuery(c, q))
         return fail(r, "query", c);
     p->phase = PG_FLUSHING;
     *fd = PQsocket(c);
@@ -83,6 +93,19 @@ static void read_row(struct disc_probe *p, struct disc_probe_result *r, PGresult
     else
         snprintf(r->detail, sizeof r->detail, "in_recovery=%s transaction_read_only=%s",
                  strcmp(recovery, "t") == 0 ? "true" : "false", ro);
+}
+
+static void read_topology(struct disc_probe_result *r, PGresult *res)
+{
+    int n = PQntuples(res);
+    r->ntopo = 0;
+    for (int i = 0; i < n && r->ntopo < DISC_TOPO_MAX; i++) {
+        struct disc_topo_member *m = &r->topo[r->ntopo++];
+        snprintf(m->server_id, sizeof m->server_id, "%s", PQgetvalue(res, i, 1));
+        m->writer = strcmp(PQgetvalue(res, i, 2), "t") == 0;
+        snprintf(m->region, sizeof m->region, "%s", PQgetvalue(res, i, 3));
+        m->lag_ms = PQgetisnull(res, i, 4) ? -1.0 : strtod(PQgetvalue(res, i, 4), NULL);
+    }
 }
 
 static int pg_step(struct disc_probe *p, struct disc_probe_result *r, int *fd)
@@ -127,6 +150,8 @@ static int pg_step(struct disc_probe *p, struct disc_probe_result *r, int *fd)
             }
             if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) == 4)
                 read_row(p, r, res);
+            else if (PQresultStatus(res) == PGRES_TUPLES_OK && PQnfields(res) == 5 && r->ok)
+                read_topology(r, res);
             PQclear(res);
         }
         *fd = PQsocket(c);

@@ -5,7 +5,8 @@
  * and optionally AWS's view per cluster: w = writer, r = reader, - = unknown,
  * s = "writer" but an hour old; f / t = From / To of a switchover in
  * progress (FailoverState), F / T = From / To of a failover (data loss
- * allowed); and optionally each cluster's timeline as a digit (0 = unknown). After each round the expected writer (letter
+ * allowed), g = Aurora's own topology names it the global writer; and
+ * optionally each cluster's timeline as a digit (0 = unknown). After each round the expected writer (letter
  * or '-'), generation, split-brain flag and a reason substring are checked.
  */
 #include <stdio.h>
@@ -195,6 +196,18 @@ static const struct tcase cases[] = {
       S("FR", "FT", '-', 2, "AWS reports a failover from A to B in progress: holding writes until AWS names the new writer", 0),
       S("FW", "FT", '-', 2, NULL, 0), S("WW", "FT", '-', 2, NULL, 1),
       S("WW", "rw", 'B', 3, "AWS names B writer and a probe confirms it", 1), END}},
+    /* Aurora's topology (aurora_global_db_instance_status, every instance agreeing) */
+    {"both writable at start: the Aurora topology names the writer",
+     {S("WW", "g-", 'A', 1, "the Aurora topology names A writer and a probe confirms it", 1), END}},
+    {"the Aurora topology naming another writable cluster moves the writer and fences the old one",
+     {S("WF", NULL, 'A', 1, NULL, 0),
+      S("WW", "-g", 'B', 2, "the Aurora topology names B writer and a probe confirms it; A still accepts writes: fenced", 1),
+      S("WW", "-g", 'B', 2, "split brain: B stays writer", 1), END}},
+    {"the Aurora topology naming a read-only cluster changes nothing",
+     {S("WR", "-g", 'A', 1, NULL, 0), S("WR", "-g", 'A', 1, NULL, 0), END}},
+    {"the Aurora topology releases a fence",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("WW", NULL, 'B', 2, NULL, 1), S("WR", NULL, '-', 3, NULL, 0),
+      S("WR", "g-", 'A', 4, "the Aurora topology names A writer", 0), END}},
     {"candidate: AWS's failover target",
      {CA("WRR", "wrr", 'A', '-'), CA("WRR", "frt", '-', 'C'), CA("RRW", "frt", 'C', '-'), END}},
     {"candidate: the replica while a planned switchover has no writer",
@@ -243,6 +256,9 @@ static void run_case(const struct tcase *tc)
                                   : a == 't' || a == 'T' ? DISC_AWS_FAILOVER_TO
                                                          : DISC_AWS_NO_FAILOVER;
             obs[k].aws_data_loss = a == 'F' || a == 'T';
+            obs[k].topo = a == 'g' ? DISC_AWS_WRITER : DISC_AWS_UNKNOWN;
+            if (a == 'g')
+                obs[k].aws_at_ms = 0;
             obs[k].timeline = st->timelines ? (uint32_t)(st->timelines[k] - '0') : 0;
             obs[k].aws_at_ms = a == '-' ? 0 : a == 's' ? now - 3600 * 1000 : now - 500;
         }
