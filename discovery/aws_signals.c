@@ -166,13 +166,13 @@ static void on_global_clusters(const struct aws_status *st, const struct aws_glo
 static enum aws_urgency urgency(struct disc_aws_group *g)
 {
     if (g->moving)
-        return AWS_URGENCY_MOVING;
+        return AWS_URGENCY_URGENT;
     size_t it = 0;
     struct disc_listener *l;
     while ((l = group_listener(g, &it))) {
         const struct disc_decision *d = &l->decision;
         if (d->split_brain || d->writer < 0 || d->c[d->writer].failures || d->c[d->writer].inactive)
-            return AWS_URGENCY_SUSPICION;
+            return AWS_URGENCY_URGENT;
     }
     return AWS_URGENCY_HEARTBEAT;
 }
@@ -182,7 +182,8 @@ static void poll_global(struct disc_core *c)
     uint64_t now = uv_now(c->loop);
     for (size_t k = 0; k < c->n_aws_groups; k++) {
         struct disc_aws_group *g = &c->aws_groups[k];
-        if (now < aws_sched_due(&g->sched, urgency(g)))
+        aws_sched_urgency(&g->sched, urgency(g), now);
+        if (now < aws_sched_due(&g->sched))
             continue;
         size_t it = 0;
         struct disc_listener *l = group_listener(g, &it);
@@ -280,6 +281,7 @@ static bool make_groups(struct disc_core *c)
         return false;
     uint64_t seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull ^ uv_hrtime();
     uint64_t heartbeat = (uint64_t)(c->cfg->aws.poll_interval * 1000.0);
+    uint64_t urgent = (uint64_t)(c->cfg->aws.urgent_poll_interval * 1000.0);
     for (size_t i = 0; i < c->nls; i++) {
         struct disc_listener *l = &c->ls[i];
         if (!aws_enabled(l))
@@ -291,7 +293,7 @@ static bool make_groups(struct disc_core *c)
             struct disc_aws_group *g = &c->aws_groups[c->n_aws_groups++];
             snprintf(g->id, sizeof g->id, "%s", l->lcfg->aws_global_cluster);
             g->core = c;
-            aws_sched_init(&g->sched, heartbeat, seed + k, uv_now(c->loop));
+            aws_sched_init(&g->sched, heartbeat, urgent, seed + k, uv_now(c->loop));
         }
         l->aws_group = (int)k;
     }

@@ -658,12 +658,14 @@ static void get_owned_string(struct cfg_ctx *c, json_t *obj, const char *k, cons
 
 static void parse_aws(struct cfg_ctx *c, json_t *root, struct ferry_aws_cfg *a)
 {
-    static const char *const keys[] = {"region", "poll_interval", "lag_poll_interval",
+    static const char *const keys[] = {"region", "poll_interval", "urgent_poll_interval",
+                                       "lag_poll_interval",
                                        "endpoints", "ca_file", "credentials", NULL};
     static const char *const ekeys[] = {"rds", "monitoring", "sts", "imds", NULL};
     static const char *const sources[] = {"chain", "static", "env", "web_identity", "container",
                                           "imds", NULL};
     a->poll_interval = 300;   /* the fleet shares the RDS budget: aws_schedule.h */
+    a->urgent_poll_interval = 60;   /* sized for a fleet of 1,000: aws_schedule.h */
     a->lag_poll_interval = 60;
     json_t *v = json_object_get(root, "aws");
     if (!v)
@@ -675,6 +677,8 @@ static void parse_aws(struct cfg_ctx *c, json_t *root, struct ferry_aws_cfg *a)
     check_keys(c, "aws", v, keys);
     get_owned_string(c, v, "region", "aws.region", &a->region);
     get_seconds(c, v, "poll_interval", "aws.poll_interval", 1, 3600, &a->poll_interval);
+    get_seconds(c, v, "urgent_poll_interval", "aws.urgent_poll_interval", 1, 3600,
+                &a->urgent_poll_interval);
     get_seconds(c, v, "lag_poll_interval", "aws.lag_poll_interval", 1, 3600, &a->lag_poll_interval);
     get_owned_string(c, v, "ca_file", "aws.ca_file", &a->ca_file);
     const char *src = NULL;

@@ -96,7 +96,9 @@ struct ferry_discovery_cfg {
 /* AWS access for the discovery signals (top-level "aws"). Strings owned. */
 struct ferry_aws_cfg {
     char *region;                       /* NULL = AWS_REGION / AWS_DEFAULT_REGION */
-    double poll_interval;               /* DescribeGlobalClusters, seconds */
+    double poll_interval;               /* DescribeGlobalClusters heartbeat, seconds */
+    double urgent_poll_interval;        /* ... while probes cannot settle the writer or a
+                                           failover is in progress, seconds */
     double lag_poll_interval;           /* GetMetricData, seconds */
     char *rds_endpoint;                 /* NULL = https://rds.<region>.amazonaws.com */
     char *monitoring_endpoint;
