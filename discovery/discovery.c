@@ -297,9 +297,11 @@ static void on_probe_result(struct disc_probe *p, const struct disc_probe_result
     v->failures_total += !r->ok;
     v->obs.writable = r->writable;
     disc_unlock(c);
-    if (!r->ok && ferry_log_enabled(FERRY_LOG_DEBUG))
-        ferry_log(FERRY_LOG_DEBUG, "probe.failed", "listener=%s cluster=%s error=\"%s\"",
-                  p->listener, p->cluster, r->detail);
+    if (!r->ok && ferry_log_enabled(FERRY_LOG_DEBUG)) {
+        char detail[sizeof r->detail * 2];
+        ferry_log(FERRY_LOG_DEBUG, "probe.failed", "listener=%s cluster=%s error=%s", p->listener,
+                  p->cluster, ferry_log_quote(r->detail, detail, sizeof detail));
+    }
     if (--c->outstanding == 0)
         core_decide(c);
 }
