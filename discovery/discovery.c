@@ -284,6 +284,23 @@ static void core_decide(struct disc_core *c)
     }
 }
 
+/* An inactive endpoint is logged when it begins and when it ends, not every
+ * round. The name is quoted: it comes from config. */
+static void log_state_change(struct disc_cluster_view *v, const struct disc_probe *p,
+                             const struct disc_probe_result *r)
+{
+    char ep[FERRY_HOST_MAX * 2];
+    ferry_log_quote(p->endpoint.host, ep, sizeof ep);
+    if (r->inactive && !v->logged_inactive)
+        ferry_log(FERRY_LOG_INFO, "probe.endpoint_inactive",
+                  "listener=%s cluster=%s endpoint=%s reason=\"does not resolve\"", p->listener,
+                  p->cluster, ep);
+    else if (!r->inactive && v->logged_inactive)
+        ferry_log(FERRY_LOG_INFO, "probe.endpoint_active", "listener=%s cluster=%s endpoint=%s",
+                  p->listener, p->cluster, ep);
+    v->logged_inactive = r->inactive;
+}
+
 static void on_probe_result(struct disc_probe *p, const struct disc_probe_result *r, void *ud)
 {
     struct disc_cluster_view *v = ud;
@@ -292,11 +309,12 @@ static void on_probe_result(struct disc_probe *p, const struct disc_probe_result
     v->last = *r;
     v->has_last = true;
     v->last_wall_ms = disc_wall_ms();
-    v->obs.probe = r->ok ? DISC_PROBE_OK : DISC_PROBE_FAILED;
+    v->obs.probe = r->ok ? DISC_PROBE_OK : r->inactive ? DISC_PROBE_INACTIVE : DISC_PROBE_FAILED;
     v->probes_total++;
-    v->failures_total += !r->ok;
+    v->failures_total += !r->ok && !r->inactive;
     v->obs.writable = r->writable;
     disc_unlock(c);
+    log_state_change(v, p, r);
     if (!r->ok && ferry_log_enabled(FERRY_LOG_DEBUG)) {
         char detail[sizeof r->detail * 2];
         ferry_log(FERRY_LOG_DEBUG, "probe.failed", "listener=%s cluster=%s error=%s", p->listener,
@@ -339,6 +357,8 @@ static const char *cluster_state(const struct disc_cluster_view *v)
 {
     if (!v->has_last)
         return "unknown";
+    if (v->last.inactive)
+        return "inactive";
     if (!v->last.ok)
         return "unreachable";
     return v->last.writable ? "writable" : "read-only";

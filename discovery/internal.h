@@ -33,7 +33,8 @@ struct disc_cluster_view {
     uint64_t last_wall_ms;
     bool has_last;
     uint64_t probes_total;
-    uint64_t failures_total;
+    uint64_t failures_total;            /* failed probes (an inactive endpoint is none) */
+    bool logged_inactive;               /* probe.endpoint_inactive logged, not yet _active */
     /* AWS (obs.aws / obs.aws_at_ms hold the role for decide()) */
     uint64_t aws_wall_ms;               /* when RDS last named its role */
     char aws_sync[32];                  /* SynchronizationStatus, e.g. pending-resync */

@@ -1,9 +1,12 @@
-/* The probe driver shared by every engine: runs an engine's step function on
- * socket readiness, enforces the deadline, and turns any failure into a
- * dropped connection and a FAILED result (see probe.h).
+/* The probe driver shared by every engine: resolves the endpoint's name on
+ * the libuv threadpool (a name that does not exist is an inactive endpoint,
+ * not a failure), runs an engine's step function on socket readiness,
+ * enforces the deadline, and turns any failure into a dropped connection and
+ * a FAILED result (see probe.h).
  */
 #include "probe.h"
 
+#include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -82,8 +85,90 @@ static void on_deadline(uv_timer_t *t)
     struct disc_probe *p = t->data;
     if (!p->running)
         return;
-    snprintf(p->result.detail, sizeof p->result.detail, "timed out after %gs", p->timeout);
+    if (p->resolving) {
+        /* the threadpool may be stuck on a slow resolver: cancel if still
+         * queued; a lookup already running is left to finish (the next run
+         * waits for it rather than piling up another) */
+        uv_cancel((uv_req_t *)&p->gai);
+        snprintf(p->result.detail, sizeof p->result.detail,
+                 "timed out after %gs resolving the endpoint's name", p->timeout);
+    } else {
+        snprintf(p->result.detail, sizeof p->result.detail, "timed out after %gs", p->timeout);
+    }
     finish(p, true);
+}
+
+static void close_done(struct disc_probe *p);
+
+/* The run's target address is known: a connection to another address (the
+ * name moved, as a cluster endpoint does on failover) is dropped first. */
+static void target_known(struct disc_probe *p)
+{
+    if (p->conn && strcmp(p->conn_addr, p->addr) != 0) {
+        forget_poll(p);
+        p->engine->drop(p);
+    }
+    if (!p->conn)
+        memcpy(p->conn_addr, p->addr, sizeof p->conn_addr);
+    advance(p);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct disc_probe *p = req->data;
+    p->resolving = false;
+    if (p->closing || !p->running) {
+        uv_freeaddrinfo(res);
+        if (p->closing && p->deadline_closed)
+            close_done(p);
+        return;
+    }
+    if (status == UV_EAI_NONAME || status == UV_EAI_NODATA) {
+        /* NXDOMAIN (or a name with no address): an Aurora secondary's
+         * writer endpoint until that cluster is promoted */
+        p->result.inactive = true;
+        snprintf(p->result.detail, sizeof p->result.detail,
+                 "writer endpoint %.200s does not resolve", p->endpoint.host);
+        finish(p, true);
+    } else if (status < 0 || !res) {
+        snprintf(p->result.detail, sizeof p->result.detail, "resolve %.160s: %s", p->endpoint.host,
+                 status < 0 ? uv_strerror(status) : "no address");
+        finish(p, true);
+    } else {
+        /* the first address, as sessions connect to (proxy/session.c) */
+        int rc = res->ai_family == AF_INET6
+                     ? uv_ip6_name((struct sockaddr_in6 *)res->ai_addr, p->addr, sizeof p->addr)
+                     : uv_ip4_name((struct sockaddr_in *)res->ai_addr, p->addr, sizeof p->addr);
+        uv_freeaddrinfo(res);
+        if (rc != 0) {
+            snprintf(p->result.detail, sizeof p->result.detail, "resolve %.160s: %s",
+                     p->endpoint.host, uv_strerror(rc));
+            finish(p, true);
+            return;
+        }
+        target_known(p);
+        return;
+    }
+    uv_freeaddrinfo(res);
+}
+
+/* Looks the endpoint's name up afresh (no caching across runs), or waits
+ * for a lookup a timed-out run left in flight. */
+static void resolve(struct disc_probe *p)
+{
+    if (p->resolving)
+        return;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV};
+    p->gai.data = p;
+    int rc = uv_getaddrinfo(p->loop, &p->gai, on_resolved, p->endpoint.host, NULL, &hints);
+    if (rc != 0) {
+        snprintf(p->result.detail, sizeof p->result.detail, "resolve %.160s: %s", p->endpoint.host,
+                 uv_strerror(rc));
+        finish(p, true);
+        return;
+    }
+    p->resolving = true;
 }
 
 int disc_probe_init(struct disc_probe *p, uv_loop_t *loop, const struct disc_engine *engine,
@@ -96,6 +181,10 @@ int disc_probe_init(struct disc_probe *p, uv_loop_t *loop, const struct disc_eng
     snprintf(p->listener, sizeof p->listener, "%s", listener);
     snprintf(p->cluster, sizeof p->cluster, "%s", cluster->name);
     p->endpoint = cluster->endpoint;
+    struct sockaddr_in6 sa6;
+    struct sockaddr_in sa4;
+    p->literal = uv_ip4_addr(p->endpoint.host, 0, &sa4) == 0 ||
+                 uv_ip6_addr(p->endpoint.host, 0, &sa6) == 0;
     snprintf(p->user, sizeof p->user, "%s", lcfg->probe_user);
     snprintf(p->database, sizeof p->database, "%s", lcfg->probe_database);
     p->password = lcfg->probe_password ? strdup(lcfg->probe_password) : NULL;
@@ -117,19 +206,35 @@ int disc_probe_run(struct disc_probe *p, disc_probe_cb cb, void *ud)
     memset(&p->result, 0, sizeof p->result);
     p->ready_events = 0;
     uv_timer_start(&p->deadline, on_deadline, (uint64_t)(p->timeout * 1000.0), 0);
-    advance(p);
+    if (p->literal) {
+        size_t n = strlen(p->endpoint.host);   /* an address: fits */
+        if (n >= sizeof p->addr)
+            n = sizeof p->addr - 1;
+        memcpy(p->addr, p->endpoint.host, n);
+        p->addr[n] = '\0';
+        target_known(p);
+    } else {
+        resolve(p);
+    }
     return 0;
 }
 
-static void on_deadline_closed(uv_handle_t *h)
+static void close_done(struct disc_probe *p)
 {
-    struct disc_probe *p = h->data;
     if (p->password) {
         memset(p->password, 0, strlen(p->password));
         free(p->password);
         p->password = NULL;
     }
     p->close_cb(p);
+}
+
+static void on_deadline_closed(uv_handle_t *h)
+{
+    struct disc_probe *p = h->data;
+    p->deadline_closed = true;
+    if (!p->resolving)      /* else on_resolved finishes the close */
+        close_done(p);
 }
 
 void disc_probe_close(struct disc_probe *p, void (*close_cb)(struct disc_probe *p))
@@ -139,5 +244,7 @@ void disc_probe_close(struct disc_probe *p, void (*close_cb)(struct disc_probe *
     forget_poll(p);
     p->engine->drop(p);
     p->close_cb = close_cb;
+    if (p->resolving)
+        uv_cancel((uv_req_t *)&p->gai);     /* its callback still runs (UV_EAI_CANCELED) */
     uv_close((uv_handle_t *)&p->deadline, on_deadline_closed);
 }

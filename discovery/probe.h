@@ -1,14 +1,17 @@
-/* SQL probes: one per (listener, cluster). A probe connects (reusing its
- * connection while it stays healthy), asks whether the server accepts
- * writes, and reports one result per run. Everything is non-blocking on the
- * discovery loop; every run has a deadline, and any error or timeout throws
- * the connection away so a dead server can never wedge the monitor.
+/* SQL probes: one per (listener, cluster). A probe resolves the endpoint's
+ * name (uv_getaddrinfo, every run), connects to the first address (reusing
+ * its connection while it stays healthy and the name still points there),
+ * asks whether the server accepts writes, and reports one result per run.
+ * Everything is non-blocking on the discovery loop; every run has a deadline, and any
+ * error or timeout throws the connection away so a dead server can never
+ * wedge the monitor.
  */
 #ifndef FERRY_PROBE_H
 #define FERRY_PROBE_H
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <netinet/in.h>
 #include <uv.h>
 
 #include "ferry/config.h"
@@ -19,7 +22,10 @@ struct disc_probe_result {
     bool ok;                    /* connected and got an answer */
     bool writable;              /* ok: the server accepts writes */
     bool aurora;                /* ok: Aurora status functions/tables exist */
-    char detail[160];           /* ok: what the server said; else why it failed */
+    bool inactive;              /* !ok: the endpoint's name does not exist (NXDOMAIN):
+                                   an Aurora secondary's writer endpoint. A state,
+                                   not a failure */
+    char detail[256];           /* ok: what the server said; else why it failed */
     double latency_ms;
 };
 
@@ -44,13 +50,18 @@ struct disc_probe {
     char listener[FERRY_NAME_MAX];
     char cluster[FERRY_NAME_MAX];
     struct ferry_hostport endpoint;
+    bool literal;               /* endpoint.host is an IP address: no lookup */
     char user[FERRY_NAME_MAX];
     char *password;             /* owned copy; never logged */
     char database[FERRY_NAME_MAX];
     double timeout;             /* seconds */
 
+    /* this run's target: the endpoint's first address */
+    char addr[INET6_ADDRSTRLEN];
+
     /* engine state */
     void *conn;                 /* PGconn* / MYSQL* ; NULL = not connected */
+    char conn_addr[INET6_ADDRSTRLEN];   /* the address conn is connected to */
     int phase;                  /* engine-defined */
     bool aurora_checked;
     bool aurora;
@@ -59,6 +70,9 @@ struct disc_probe {
     /* driver state */
     bool running;
     bool closing;
+    bool resolving;             /* gai is in flight (it may outlive a timed-out run) */
+    bool deadline_closed;       /* closing: the timer has closed (close_cb waits for gai) */
+    uv_getaddrinfo_t gai;
     uint64_t started_ns;
     uv_poll_t *poll;            /* owned; re-created when the socket changes */
     int poll_fd;

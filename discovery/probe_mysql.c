@@ -1,6 +1,9 @@
 /* MySQL/MariaDB probe engine on MariaDB Connector/C's non-blocking API
  * (mysql_*_start / mysql_*_cont), driven by the probe driver. Writable =
  * neither read_only nor innodb_read_only (Aurora readers set the latter).
+ * It connects to the address the driver resolved: given a name,
+ * Connector/C would resolve it itself with a blocking getaddrinfo() on the
+ * discovery loop.
  */
 #include <mysql.h>
 #include <stdio.h>
@@ -68,7 +71,7 @@ static int start_connect(struct disc_probe *p, struct disc_probe_result *r, int 
     mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &timeout);
     mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &timeout);
     MYSQL *ret = NULL;
-    int st = mysql_real_connect_start(&ret, m, p->endpoint.host, p->user, p->password,
+    int st = mysql_real_connect_start(&ret, m, p->addr, p->user, p->password,
                                       p->database[0] ? p->database : NULL, p->endpoint.port,
                                       NULL, 0);
     p->phase = MY_CONNECTING;

@@ -1,6 +1,7 @@
 /* PostgreSQL probe engine: libpq's non-blocking connect (PQconnectStartParams
  * + PQconnectPoll) and query (PQsendQuery + PQconsumeInput), driven by the
  * probe driver. Writable = not in recovery and transactions not read-only.
+ * It connects to the address the driver resolved (hostaddr).
  */
 #include <libpq-fe.h>
 #include <stdio.h>
@@ -31,10 +32,12 @@ static int start_connect(struct disc_probe *p, struct disc_probe_result *r, int 
     char port[8], timeout[16];
     snprintf(port, sizeof port, "%u", p->endpoint.port);
     snprintf(timeout, sizeof timeout, "%d", (int)(p->timeout + 0.999));
-    const char *keys[] = {"host", "port", "user", "password", "dbname", "application_name",
-                          "connect_timeout", NULL};
-    const char *vals[] = {p->endpoint.host, port, p->user, p->password ? p->password : "",
-                          p->database, "ferry-probe", timeout, NULL};
+    /* the address the driver resolved; host stays the endpoint's name */
+    const char *keys[] = {"host", "hostaddr", "port", "user", "password", "dbname",
+                          "application_name", "connect_timeout", NULL};
+    const char *vals[] = {p->endpoint.host, p->addr, port, p->user,
+                          p->password ? p->password : "", p->database, "ferry-probe", timeout,
+                          NULL};
     PGconn *c = PQconnectStartParams(keys, vals, 0);
     p->conn = c;
     if (!c || PQstatus(c) == CONNECTION_BAD)
