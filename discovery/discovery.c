@@ -284,12 +284,13 @@ static void core_decide(struct disc_core *c)
     }
 }
 
-/* An inactive endpoint is logged when it begins and when it ends, not every
- * round. The name is quoted: it comes from config. */
+/* An inactive endpoint and a TLS failure are logged when they begin and
+ * when they end (a TLS failure also when its reason changes), not every
+ * round. Names and details are quoted: they come from config and servers. */
 static void log_state_change(struct disc_cluster_view *v, const struct disc_probe *p,
                              const struct disc_probe_result *r)
 {
-    char ep[FERRY_HOST_MAX * 2];
+    char ep[FERRY_HOST_MAX * 2], detail[sizeof r->detail * 2];
     ferry_log_quote(p->endpoint.host, ep, sizeof ep);
     if (r->inactive && !v->logged_inactive)
         ferry_log(FERRY_LOG_INFO, "probe.endpoint_inactive",
@@ -299,6 +300,17 @@ static void log_state_change(struct disc_cluster_view *v, const struct disc_prob
         ferry_log(FERRY_LOG_INFO, "probe.endpoint_active", "listener=%s cluster=%s endpoint=%s",
                   p->listener, p->cluster, ep);
     v->logged_inactive = r->inactive;
+
+    if (r->tls_failed && (!v->logged_tls || strcmp(v->logged_tls_detail, r->detail) != 0)) {
+        ferry_log(FERRY_LOG_WARN, "probe.tls_failed", "listener=%s cluster=%s endpoint=%s error=%s",
+                  p->listener, p->cluster, ep, ferry_log_quote(r->detail, detail, sizeof detail));
+        snprintf(v->logged_tls_detail, sizeof v->logged_tls_detail, "%s", r->detail);
+        v->logged_tls = true;
+    } else if (r->ok && v->logged_tls) {
+        ferry_log(FERRY_LOG_INFO, "probe.tls_ok", "listener=%s cluster=%s endpoint=%s",
+                  p->listener, p->cluster, ep);
+        v->logged_tls = false;
+    }
 }
 
 static void on_probe_result(struct disc_probe *p, const struct disc_probe_result *r, void *ud)
@@ -309,6 +321,7 @@ static void on_probe_result(struct disc_probe *p, const struct disc_probe_result
     v->last = *r;
     v->has_last = true;
     v->last_wall_ms = disc_wall_ms();
+    /* tls-failed is a failed probe for decide(); only its status differs */
     v->obs.probe = r->ok ? DISC_PROBE_OK : r->inactive ? DISC_PROBE_INACTIVE : DISC_PROBE_FAILED;
     v->probes_total++;
     v->failures_total += !r->ok && !r->inactive;
@@ -359,6 +372,8 @@ static const char *cluster_state(const struct disc_cluster_view *v)
         return "unknown";
     if (v->last.inactive)
         return "inactive";
+    if (v->last.tls_failed)
+        return "tls-failed";
     if (!v->last.ok)
         return "unreachable";
     return v->last.writable ? "writable" : "read-only";

@@ -185,6 +185,18 @@ int disc_probe_init(struct disc_probe *p, uv_loop_t *loop, const struct disc_eng
     struct sockaddr_in sa4;
     p->literal = uv_ip4_addr(p->endpoint.host, 0, &sa4) == 0 ||
                  uv_ip6_addr(p->endpoint.host, 0, &sa6) == 0;
+    /* config.c stores libpq's names, whatever the protocol (proxy/tls.c is
+     * not linked into discovery, so they are matched here) */
+    static const char *const modes[] = {
+        [FERRY_TLS_DISABLE] = "disable", [FERRY_TLS_PREFER] = "prefer",
+        [FERRY_TLS_REQUIRE] = "require", [FERRY_TLS_VERIFY_CA] = "verify-ca",
+        [FERRY_TLS_VERIFY_FULL] = "verify-full"};
+    p->tls_mode = FERRY_TLS_PREFER;
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
+        if (strcmp(lcfg->backend_tls_mode, modes[i]) == 0)
+            p->tls_mode = (enum ferry_tls_mode)i;
+    snprintf(p->tls_mode_name, sizeof p->tls_mode_name, "%s", modes[p->tls_mode]);
+    p->tls_ca_file = lcfg->backend_tls_ca_file ? strdup(lcfg->backend_tls_ca_file) : NULL;
     snprintf(p->user, sizeof p->user, "%s", lcfg->probe_user);
     snprintf(p->database, sizeof p->database, "%s", lcfg->probe_database);
     p->password = lcfg->probe_password ? strdup(lcfg->probe_password) : NULL;
@@ -205,6 +217,7 @@ int disc_probe_run(struct disc_probe *p, disc_probe_cb cb, void *ud)
     p->started_ns = uv_hrtime();
     memset(&p->result, 0, sizeof p->result);
     p->ready_events = 0;
+    p->attempts = 0;
     uv_timer_start(&p->deadline, on_deadline, (uint64_t)(p->timeout * 1000.0), 0);
     if (p->literal) {
         size_t n = strlen(p->endpoint.host);   /* an address: fits */
@@ -226,6 +239,8 @@ static void close_done(struct disc_probe *p)
         free(p->password);
         p->password = NULL;
     }
+    free(p->tls_ca_file);
+    p->tls_ca_file = NULL;
     p->close_cb(p);
 }
 

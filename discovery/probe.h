@@ -2,7 +2,8 @@
  * name (uv_getaddrinfo, every run), connects to the first address (reusing
  * its connection while it stays healthy and the name still points there),
  * asks whether the server accepts writes, and reports one result per run.
- * Everything is non-blocking on the discovery loop; every run has a deadline, and any
+ * TLS follows the listener's backend_tls, as sessions do. Everything is
+ * non-blocking on the discovery loop; every run has a deadline, and any
  * error or timeout throws the connection away so a dead server can never
  * wedge the monitor.
  */
@@ -15,8 +16,15 @@
 #include <uv.h>
 
 #include "ferry/config.h"
+#include "ferry/tls.h"
 
 struct disc_probe;
+
+/* The trust store of a verify mode without backend_tls.ca_file. Sessions
+ * load OpenSSL's default paths (proxy/tls.c); on Debian its default file,
+ * /usr/lib/ssl/cert.pem, is a link to this bundle. libpq 15 has no
+ * sslrootcert=system, and Connector/C verifies a chain only with a CA set. */
+#define DISC_SYSTEM_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
 
 struct disc_probe_result {
     bool ok;                    /* connected and got an answer */
@@ -25,6 +33,8 @@ struct disc_probe_result {
     bool inactive;              /* !ok: the endpoint's name does not exist (NXDOMAIN):
                                    an Aurora secondary's writer endpoint. A state,
                                    not a failure */
+    bool tls_failed;            /* !ok: the TLS handshake or a check backend_tls
+                                   asks for failed (detail names the check) */
     char detail[256];           /* ok: what the server said; else why it failed */
     double latency_ms;
 };
@@ -51,18 +61,26 @@ struct disc_probe {
     char cluster[FERRY_NAME_MAX];
     struct ferry_hostport endpoint;
     bool literal;               /* endpoint.host is an IP address: no lookup */
+    enum ferry_tls_mode tls_mode;   /* the listener's backend_tls.mode */
+    char tls_mode_name[16];     /* the same as libpq's sslmode */
+    char *tls_ca_file;          /* owned copy of backend_tls.ca_file; NULL = system bundle */
     char user[FERRY_NAME_MAX];
     char *password;             /* owned copy; never logged */
     char database[FERRY_NAME_MAX];
     double timeout;             /* seconds */
 
-    /* this run's target: the endpoint's first address */
+    /* this run's target: the endpoint's first address (the name itself
+     * stays the TLS identity) */
     char addr[INET6_ADDRSTRLEN];
 
     /* engine state */
     void *conn;                 /* PGconn* / MYSQL* ; NULL = not connected */
     char conn_addr[INET6_ADDRSTRLEN];   /* the address conn is connected to */
     int phase;                  /* engine-defined */
+    int attempts;               /* engine-defined: connects started in this run */
+    bool tls_named;             /* engine-defined: the TLS identity was set in time */
+    void *tls_hooked;           /* engine-defined: the TLS object a hook was put on */
+    long tls_verify_error;      /* engine-defined: X509 error the handshake saw (0 = none) */
     bool aurora_checked;
     bool aurora;
     void *scratch;              /* engine-defined (e.g. a MYSQL_RES) */
