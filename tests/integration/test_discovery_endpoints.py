@@ -123,6 +123,30 @@ def test_unresolvable_endpoint_is_inactive_until_it_resolves(ferry_factory, own_
     assert port == own_pg.replica.port
 
 
+def test_writer_whose_endpoint_goes_inactive_is_dropped(ferry_factory, pg_pair, tmp_path):
+    """The writer's own endpoint stops resolving (its cluster was demoted):
+    dropped after writer_down_after rounds, as inactive, not as failures."""
+    hosts = PrivateHosts(tmp_path)
+    hosts.set(NAME_A, pg_pair.primary.host)
+    hosts.set(NAME_B, pg_pair.replica.host)
+    cfg = make_config(pg_by_name(pg_pair, NAME_A, NAME_B), workers=1, discovery=FAST)
+    ferry = start_ferry(ferry_factory, cfg, hosts)
+    wait_for(lambda: discovery_of(ferry, "pg")["writer"] == "region-a", timeout=15,
+             what="region-a as writer")
+    hosts.set(NAME_A, None)
+    wait_for(lambda: discovery_of(ferry, "pg")["writer"] is None, timeout=15, what="no writer")
+    entry = discovery_of(ferry, "pg")
+    assert "writer endpoint inactive (does not resolve) for 2 consecutive probes" in \
+        entry["reason"], entry["reason"]
+    a = clusters_of(ferry, "pg")["region-a"]
+    assert a["state"] == "inactive" and a["consecutive_failures"] == 0, a
+    # the name comes back before anyone else took over: the writer resumes
+    hosts.set(NAME_A, pg_pair.primary.host)
+    wait_for(lambda: discovery_of(ferry, "pg")["writer"] == "region-a", timeout=15,
+             what="region-a as writer again")
+    assert log_count(ferry, "event=probe.endpoint_active listener=pg cluster=region-a") == 1
+
+
 def test_a_name_that_fails_otherwise_is_a_failure_not_inactive(ferry_factory, pg_pair, tmp_path):
     """Only a name that does not exist is inactive: a refused connection to a
     name that resolves counts as a failed probe."""
