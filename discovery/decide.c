@@ -49,6 +49,18 @@ static void fold(struct disc_cluster *c, const struct disc_obs *o, uint64_t now)
     c->promoted = false;
     switch (o->probe) {
     case DISC_PROBE_OK:
+        if (o->via_reader) {
+            /* healthy, but its writer endpoint is inactive: not writable
+             * now (inactive), and nothing said about the writer it may
+             * still have: `writable` keeps what the writer endpoint last
+             * said (a fence stays; a later writable probe of a cluster
+             * never seen writable is a promotion) */
+            c->failures = 0;
+            c->inactive++;
+            c->seen_ok = true;
+            c->last_ok_ms = now;
+            break;
+        }
         c->promoted = c->seen_ok && !c->writable && o->writable;
         c->failures = 0;
         c->inactive = 0;
@@ -113,7 +125,7 @@ static const char *writer_lost(const struct disc_cluster *c, uint64_t now,
                  (unsigned long long)(now - c->last_ok_ms));
         return buf;
     }
-    if (c->failures == 0 && !c->writable)
+    if (c->failures == 0 && c->inactive == 0 && !c->writable)
         return "reports read-only";
     return NULL;
 }
@@ -129,7 +141,7 @@ static void set_writer(struct disc_decision *next, const struct disc_decision *p
      * writer that still answers (a writer that only stopped answering may
      * come back as the writer when nobody else took over). */
     if (old >= 0 && old != w && next->c[old].writable &&
-        (w >= 0 || next->c[old].failures == 0)) {
+        (w >= 0 || (next->c[old].failures == 0 && next->c[old].inactive == 0))) {
         if (!next->c[old].fenced)
             next->c[old].fenced_timeline = next->c[old].timeline;
         next->c[old].fenced = true;

@@ -28,6 +28,9 @@ enum disc_aws_failover { DISC_AWS_NO_FAILOVER, DISC_AWS_FAILOVER_FROM, DISC_AWS_
 struct disc_obs {
     enum disc_probe_outcome probe;      /* NONE: no probe finished since the last decision */
     bool writable;              /* probe OK: accepts writes (not in recovery, not read-only) */
+    bool via_reader;            /* probe OK, but of the reader endpoint: the writer endpoint does
+                                   not resolve (inactive). The cluster is healthy; its writer
+                                   was not seen (no fence is released by it) */
     uint32_t timeline;          /* probe OK, PostgreSQL primary: its timeline (0 = unknown) */
     enum disc_aws_role topo;    /* Aurora's own global topology (aurora_global_db_instance_status,
                                    read this round, every instance that answered agreeing):

@@ -328,6 +328,35 @@ static void core_decide(struct disc_core *c)
     }
 }
 
+/* An inactive endpoint and a TLS failure are logged when they begin and
+ * when they end (a TLS failure also when its reason changes), not every
+ * round. Names and details are quoted: they come from config and servers. */
+static void log_state_change(struct disc_cluster_view *v, const struct disc_probe *p,
+                             const struct disc_probe_result *r)
+{
+    char ep[FERRY_HOST_MAX * 2], detail[sizeof r->detail * 2];
+    ferry_log_quote(p->writer_ep.host, ep, sizeof ep);
+    if (r->inactive && !v->logged_inactive)
+        ferry_log(FERRY_LOG_INFO, "probe.endpoint_inactive",
+                  "listener=%s cluster=%s endpoint=%s reason=\"does not resolve\"", p->listener,
+                  p->cluster, ep);
+    else if (!r->inactive && v->logged_inactive)
+        ferry_log(FERRY_LOG_INFO, "probe.endpoint_active", "listener=%s cluster=%s endpoint=%s",
+                  p->listener, p->cluster, ep);
+    v->logged_inactive = r->inactive;
+
+    if (r->tls_failed && (!v->logged_tls || strcmp(v->logged_tls_detail, r->detail) != 0)) {
+        ferry_log(FERRY_LOG_WARN, "probe.tls_failed", "listener=%s cluster=%s endpoint=%s error=%s",
+                  p->listener, p->cluster, ep, ferry_log_quote(r->detail, detail, sizeof detail));
+        snprintf(v->logged_tls_detail, sizeof v->logged_tls_detail, "%s", r->detail);
+        v->logged_tls = true;
+    } else if (r->ok && v->logged_tls) {
+        ferry_log(FERRY_LOG_INFO, "probe.tls_ok", "listener=%s cluster=%s endpoint=%s",
+                  p->listener, p->cluster, ep);
+        v->logged_tls = false;
+    }
+}
+
 static void on_probe_result(struct disc_probe *p, const struct disc_probe_result *r, void *ud)
 {
     struct disc_cluster_view *v = ud;
@@ -336,15 +365,20 @@ static void on_probe_result(struct disc_probe *p, const struct disc_probe_result
     v->last = *r;
     v->has_last = true;
     v->last_wall_ms = disc_wall_ms();
-    v->obs.probe = r->ok ? DISC_PROBE_OK : DISC_PROBE_FAILED;
+    /* tls-failed is a failed probe for decide(); only its status differs */
+    v->obs.probe = r->ok ? DISC_PROBE_OK : r->inactive ? DISC_PROBE_INACTIVE : DISC_PROBE_FAILED;
     v->probes_total++;
-    v->failures_total += !r->ok;
+    v->failures_total += !r->ok && !r->inactive;
     v->obs.writable = r->writable;
+    v->obs.via_reader = r->ok && r->inactive;
     v->obs.timeline = r->ok ? r->timeline : 0;
     disc_unlock(c);
-    if (!r->ok && ferry_log_enabled(FERRY_LOG_DEBUG))
-        ferry_log(FERRY_LOG_DEBUG, "probe.failed", "listener=%s cluster=%s error=\"%s\"",
-                  p->listener, p->cluster, r->detail);
+    log_state_change(v, p, r);
+    if (!r->ok && ferry_log_enabled(FERRY_LOG_DEBUG)) {
+        char detail[sizeof r->detail * 2];
+        ferry_log(FERRY_LOG_DEBUG, "probe.failed", "listener=%s cluster=%s error=%s", p->listener,
+                  p->cluster, ferry_log_quote(r->detail, detail, sizeof detail));
+    }
     if (--c->outstanding == 0)
         core_decide(c);
 }
@@ -382,6 +416,10 @@ static const char *cluster_state(const struct disc_cluster_view *v)
 {
     if (!v->has_last)
         return "unknown";
+    if (v->last.inactive)
+        return "inactive";
+    if (v->last.tls_failed)
+        return "tls-failed";
     if (!v->last.ok)
         return "unreachable";
     return v->last.writable ? "writable" : "read-only";
@@ -403,6 +441,8 @@ static json_t *listener_json(const struct disc_listener *l)
             "aurora", v->has_last && v->last.aurora, "observed_at", disc_iso_time(v->last_wall_ms),
             "probes_total", (json_int_t)v->probes_total,
             "probe_failures_total", (json_int_t)v->failures_total));
+        if (v->has_last && v->last.ok && v->last.inactive)     /* seen through the reader endpoint */
+            json_object_set_new(json_array_get(clusters, j), "via", json_string("reader_endpoint"));
         if (dd->c[j].timeline)
             json_object_set_new(json_array_get(clusters, j), "timeline",
                                 json_integer(dd->c[j].timeline));

@@ -34,7 +34,10 @@ struct disc_cluster_view {
     uint64_t last_wall_ms;
     bool has_last;
     uint64_t probes_total;
-    uint64_t failures_total;
+    uint64_t failures_total;            /* failed probes (an inactive endpoint is none) */
+    bool logged_inactive;               /* probe.endpoint_inactive logged, not yet _active */
+    bool logged_tls;                    /* probe.tls_failed logged, not yet tls_ok */
+    char logged_tls_detail[sizeof ((struct disc_probe_result *)0)->detail];
     /* AWS (obs.aws / obs.aws_at_ms hold the role for decide()) */
     uint64_t aws_wall_ms;               /* when RDS last named its role */
     char aws_sync[32];                  /* SynchronizationStatus, e.g. pending-resync */

@@ -1,17 +1,22 @@
-/* SQL probes: one per (listener, cluster). A probe connects (reusing its
- * connection while it stays healthy), asks whether the server accepts
- * writes, and reports one result per run. Everything is non-blocking on the
- * discovery loop; every run has a deadline, and any error or timeout throws
- * the connection away so a dead server can never wedge the monitor.
+/* SQL probes: one per (listener, cluster). A probe resolves the endpoint's
+ * name (uv_getaddrinfo, every run), connects to the first address (reusing
+ * its connection while it stays healthy and the name still points there),
+ * asks whether the server accepts writes, and reports one result per run.
+ * TLS follows the listener's backend_tls, as sessions do. Everything is
+ * non-blocking on the discovery loop; every run has a deadline, and any
+ * error or timeout throws the connection away so a dead server can never
+ * wedge the monitor.
  */
 #ifndef FERRY_PROBE_H
 #define FERRY_PROBE_H
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <netinet/in.h>
 #include <uv.h>
 
 #include "ferry/config.h"
+#include "ferry/tls.h"
 
 struct disc_probe;
 
@@ -25,6 +30,12 @@ struct disc_topo_member {
     double lag_ms;              /* visibility_lag_in_msec; < 0 unknown */
 };
 
+/* The trust store of a verify mode without backend_tls.ca_file. Sessions
+ * load OpenSSL's default paths (proxy/tls.c); on Debian its default file,
+ * /usr/lib/ssl/cert.pem, is a link to this bundle. libpq 15 has no
+ * sslrootcert=system, and Connector/C verifies a chain only with a CA set. */
+#define DISC_SYSTEM_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
+
 struct disc_probe_result {
     bool ok;                    /* connected and got an answer */
     bool writable;              /* ok: the server accepts writes */
@@ -34,7 +45,12 @@ struct disc_probe_result {
     uint32_t timeline;          /* ok, PostgreSQL not in recovery: its timeline (0 unknown) */
     size_t ntopo;               /* ok, Aurora: the global topology as this instance sees it */
     struct disc_topo_member topo[DISC_TOPO_MAX];
-    char detail[160];           /* ok: what the server said; else why it failed */
+    bool inactive;              /* the writer endpoint's name does not exist (NXDOMAIN):
+                                   an Aurora secondary's writer endpoint. A state, not a
+                                   failure. ok too: the reader endpoint answered */
+    bool tls_failed;            /* !ok: the TLS handshake or a check backend_tls
+                                   asks for failed (detail names the check) */
+    char detail[256];           /* ok: what the server said; else why it failed */
     double latency_ms;
 };
 
@@ -58,15 +74,31 @@ struct disc_probe {
     const struct disc_engine *engine;
     char listener[FERRY_NAME_MAX];
     char cluster[FERRY_NAME_MAX];
-    struct ferry_hostport endpoint;
+    struct ferry_hostport writer_ep;    /* the cluster's (writer) endpoint */
+    struct ferry_hostport reader_ep;    /* its reader endpoint; host "" = none */
+    struct ferry_hostport endpoint;     /* this run's target: writer_ep, or reader_ep while
+                                           the writer endpoint does not resolve */
+    bool via_reader;            /* this run fell back to the reader endpoint */
+    enum ferry_tls_mode tls_mode;   /* the listener's backend_tls.mode */
+    char tls_mode_name[16];     /* the same as libpq's sslmode */
+    char *tls_ca_file;          /* owned copy of backend_tls.ca_file; NULL = system bundle */
     char user[FERRY_NAME_MAX];
     char *password;             /* owned copy; never logged */
     char database[FERRY_NAME_MAX];
     double timeout;             /* seconds */
 
+    /* this run's target: the endpoint's first address (the name itself
+     * stays the TLS identity) */
+    char addr[INET6_ADDRSTRLEN];
+
     /* engine state */
     void *conn;                 /* PGconn* / MYSQL* ; NULL = not connected */
+    char conn_addr[INET6_ADDRSTRLEN];   /* the address conn is connected to */
     int phase;                  /* engine-defined */
+    int attempts;               /* engine-defined: connects started in this run */
+    bool tls_named;             /* engine-defined: the TLS identity was set in time */
+    void *tls_hooked;           /* engine-defined: the TLS object a hook was put on */
+    long tls_verify_error;      /* engine-defined: X509 error the handshake saw (0 = none) */
     bool aurora_checked;
     bool aurora;
     void *scratch;              /* engine-defined (e.g. a MYSQL_RES) */
@@ -74,6 +106,9 @@ struct disc_probe {
     /* driver state */
     bool running;
     bool closing;
+    bool resolving;             /* gai is in flight (it may outlive a timed-out run) */
+    bool deadline_closed;       /* closing: the timer has closed (close_cb waits for gai) */
+    uv_getaddrinfo_t gai;
     uint64_t started_ns;
     uv_poll_t *poll;            /* owned; re-created when the socket changes */
     int poll_fd;

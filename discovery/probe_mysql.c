@@ -5,10 +5,34 @@
  * applies its primary's stream has not been promoted, whatever read_only
  * says (replicas are often left with read_only off). Slaves_running is a
  * status variable: it needs no privilege.
+ *
+ * It connects to the address the driver resolved: given a name,
+ * Connector/C would resolve it itself with a blocking getaddrinfo() on the
+ * discovery loop. TLS follows backend_tls with Connector/C 3.3's options:
+ * required = MYSQL_OPT_SSL_ENFORCE; verify_ca adds MYSQL_OPT_SSL_CA (the
+ * chain is verified in the handshake); verify_identity adds
+ * MYSQL_OPT_SSL_VERIFY_SERVER_CERT, whose host name check uses the MYSQL
+ * handle's host, the address. Connector/C has no option for a separate
+ * verification name, so the engine puts the endpoint's name into
+ * mysql->host (a public field) right after the SSLRequest is written
+ * (on_write below): Connector/C has set it from the greeting by then, and
+ * the TLS handshake, where the certificate is checked, comes next. A
+ * connect that ended without that (it cannot with Connector/C 3.3) is
+ * tried once more, then fails the probe, rather than trust a check against
+ * the address. Connector/C 3.3 goes on in plaintext when a server offers
+ * no TLS in required and verify_ca; the engine then fails the probe after
+ * the login. Its TLS handshake holds the loop for its round trips (see
+ * io_wait), at most until the probe's deadline.
  */
+#include <errmsg.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <mysql.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -32,6 +56,102 @@ static int fail(struct disc_probe_result *r, const char *what, MYSQL *m)
 {
     snprintf(r->detail, sizeof r->detail, "%s: %.120s", what, m ? mysql_error(m) : "out of memory");
     return -1;
+}
+
+/* The TLS failure Connector/C reported, named as the check that failed. */
+static int tls_fail(struct disc_probe *p, struct disc_probe_result *r, const char *why)
+{
+    r->tls_failed = true;
+    if (strncmp(why, "TLS/SSL error: ", 15) == 0)
+        why += 15;
+    if (strcmp(why, "Validation of SSL server certificate failed") == 0)
+        snprintf(r->detail, sizeof r->detail,
+                 "TLS: server certificate does not match host name %.180s", p->endpoint.host);
+    else if (strncmp(why, "error:", 6) == 0 || strstr(why, "SSL is required"))
+        snprintf(r->detail, sizeof r->detail, "TLS: %.200s", why);
+    else    /* X509_verify_cert_error_string() of the chain check */
+        snprintf(r->detail, sizeof r->detail, "TLS: certificate verify failed: %.200s", why);
+    return -1;
+}
+
+static int connect_failed(struct disc_probe *p, struct disc_probe_result *r)
+{
+    const char *why = mysql_error(p->conn);
+    const char *prefix = "SSL connection error: ";
+    if (strncmp(why, prefix, strlen(prefix)) == 0)
+        why += strlen(prefix);
+    return tls_fail(p, r, why);
+}
+
+/* Exported by libmariadb 3 (libmariadb_3 symbol version) for its plugins,
+ * declared only in its internal headers: a function called after every
+ * read and write on every connection of the process (mode 1 = write). */
+int ma_pvio_register_callback(my_bool register_callback,
+                              void (*callback_function)(int mode, MYSQL *mysql,
+                                                        const unsigned char *buffer,
+                                                        size_t length));
+
+/* The probe inside a Connector/C call on this thread (the callbacks below
+ * have no user pointer). */
+static __thread struct disc_probe *in_call;
+
+/* Just before the TLS handshake. Connector/C writes the SSLRequest, then
+ * starts TLS in the same call; by then it has set mysql->host (from the
+ * greeting) and turned the socket back to blocking (it reads with
+ * MSG_DONTWAIT itself, but OpenSSL, which gets the socket, would block the
+ * loop in read()). So after that write: non-blocking again, and for
+ * verify_identity the endpoint's name as the host its check reads. */
+static void on_write(int mode, MYSQL *m, const unsigned char *buffer, size_t length)
+{
+    (void)buffer;
+    (void)length;
+    struct disc_probe *p = in_call;
+    if (mode != 1 || !p || p->conn != m || p->tls_mode < FERRY_TLS_REQUIRE ||
+        mysql_get_ssl_cipher(m))  /* TLS is up already */
+        return;
+    int fd = mysql_get_socket(m);
+    int fl = fd >= 0 ? fcntl(fd, F_GETFL) : -1;
+    if (fl >= 0 && !(fl & O_NONBLOCK))
+        (void)fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    if (p->tls_named || !m->host)
+        return;
+    char *name = strdup(p->endpoint.host);
+    if (!name)
+        return;
+    free(m->host);  /* Connector/C's strdup; mysql_close() frees ours */
+    m->host = name;
+    p->tls_named = true;
+}
+
+/* Connector/C 3.3 runs the TLS handshake inside one _start/_cont call,
+ * with poll() between handshake steps, even in its non-blocking API; this
+ * hook replaces that poll(). Connector/C passes connect_timeout, which it
+ * keeps in seconds, as milliseconds; the wait is bounded by the probe's own
+ * deadline instead. The handshake still holds the discovery loop for its
+ * round trips: a known limit. */
+static int io_wait(my_socket fd, my_bool is_read, int timeout_ms)
+{
+    (void)timeout_ms;
+    struct disc_probe *p = in_call;
+    int ms = 1000;
+    if (p) {
+        uint64_t now = uv_hrtime(), end = p->started_ns + (uint64_t)(p->timeout * 1e9);
+        ms = now >= end ? 0 : (int)((end - now) / 1000000) + 1;
+    }
+    /* is_read as Connector/C passes it (TRUE for both of SSL_connect's waits) */
+    struct pollfd pfd = {.fd = fd, .events = is_read ? POLLIN : POLLOUT};
+    int rc;
+    do
+        rc = poll(&pfd, 1, ms);
+    while (rc < 0 && errno == EINTR);
+    return rc;
+}
+
+static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
+
+static void hooks_init(void)
+{
+    ma_pvio_register_callback(1, on_write);
 }
 
 /* What the connector waits for, as uv poll events (a pure timeout wait is
@@ -59,11 +179,32 @@ static int ready_status(const struct disc_probe *p)
 
 static int start_query(struct disc_probe *p, struct disc_probe_result *r, int *fd);
 static int start_store(struct disc_probe *p, struct disc_probe_result *r, int *fd);
+static int start_connect(struct disc_probe *p, struct disc_probe_result *r, int *fd);
+static void my_drop(struct disc_probe *p);
 
 static int connected(struct disc_probe *p, struct disc_probe_result *r, int *fd, MYSQL *ret)
 {
-    if (!ret)
+    if (!ret && mysql_errno(p->conn) != CR_SSL_CONNECTION_ERROR)
         return fail(r, "connect", p->conn);
+    if (!p->tls_named) {
+        /* the certificate may have been checked against the address */
+        if (p->attempts < 2) {
+            my_drop(p);
+            return start_connect(p, r, fd);
+        }
+        r->tls_failed = true;
+        snprintf(r->detail, sizeof r->detail,
+                 "TLS: the handshake ended before the host name %.160s could be set for its check",
+                 p->endpoint.host);
+        return -1;
+    }
+    if (!ret)
+        return connect_failed(p, r);    /* a TLS failure */
+    if (p->tls_mode >= FERRY_TLS_REQUIRE && !mysql_get_ssl_cipher(p->conn)) {
+        r->tls_failed = true;
+        snprintf(r->detail, sizeof r->detail, "TLS: the server does not accept TLS");
+        return -1;
+    }
     return start_query(p, r, fd);
 }
 
@@ -73,16 +214,30 @@ static int start_connect(struct disc_probe *p, struct disc_probe_result *r, int 
     if (!m)
         return fail(r, "connect", NULL);
     p->conn = m;
+    p->attempts++;
     unsigned timeout = (unsigned)(p->timeout + 0.999);
     mysql_options(m, MYSQL_OPT_NONBLOCK, 0);
     mysql_options(m, MYSQL_OPT_CONNECT_TIMEOUT, &timeout);
     mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &timeout);
     mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &timeout);
+    pthread_once(&hooks_once, hooks_init);
+    mysql_optionsv(m, MARIADB_OPT_IO_WAIT, io_wait);
+    /* preferred and disabled: plaintext, as before (Connector/C 3.3 has no
+     * "TLS if offered": any TLS option asks for TLS) */
+    my_bool on = 1;
+    if (p->tls_mode >= FERRY_TLS_REQUIRE)
+        mysql_options(m, MYSQL_OPT_SSL_ENFORCE, &on);
+    if (p->tls_mode >= FERRY_TLS_VERIFY_CA)
+        mysql_options(m, MYSQL_OPT_SSL_CA, p->tls_ca_file ? p->tls_ca_file : DISC_SYSTEM_CA_BUNDLE);
+    if (p->tls_mode == FERRY_TLS_VERIFY_FULL)
+        mysql_options(m, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &on);
+    /* an address endpoint is its own name */
+    p->tls_named = p->tls_mode != FERRY_TLS_VERIFY_FULL || strcmp(p->addr, p->endpoint.host) == 0;
     MYSQL *ret = NULL;
-    int st = mysql_real_connect_start(&ret, m, p->endpoint.host, p->user, p->password,
+    p->phase = MY_CONNECTING;
+    int st = mysql_real_connect_start(&ret, m, p->addr, p->user, p->password,
                                       p->database[0] ? p->database : NULL, p->endpoint.port,
                                       NULL, 0);
-    p->phase = MY_CONNECTING;
     return st ? wait_for(p, st, fd) : connected(p, r, fd, ret);
 }
 
@@ -135,7 +290,7 @@ static int start_store(struct disc_probe *p, struct disc_probe_result *r, int *f
     return st ? wait_for(p, st, fd) : stored(p, r, res);
 }
 
-static int my_step(struct disc_probe *p, struct disc_probe_result *r, int *fd)
+static int my_step_in(struct disc_probe *p, struct disc_probe_result *r, int *fd)
 {
     int st, err = 0;
     MYSQL *ret = NULL;
@@ -157,6 +312,14 @@ static int my_step(struct disc_probe *p, struct disc_probe_result *r, int *fd)
     }
     snprintf(r->detail, sizeof r->detail, "internal: bad phase %d", p->phase);
     return -1;
+}
+
+static int my_step(struct disc_probe *p, struct disc_probe_result *r, int *fd)
+{
+    in_call = p;
+    int events = my_step_in(p, r, fd);
+    in_call = NULL;
+    return events;
 }
 
 static void my_drop(struct disc_probe *p)

@@ -1,8 +1,14 @@
 /* PostgreSQL probe engine: libpq's non-blocking connect (PQconnectStartParams
  * + PQconnectPoll) and query (PQsendQuery + PQconsumeInput), driven by the
  * probe driver. Writable = not in recovery and transactions not read-only.
+ * TLS: libpq's sslmode is backend_tls.mode (the same names); it connects to
+ * the resolved address (hostaddr) and checks the certificate against the
+ * endpoint's name (host).
  */
 #include <libpq-fe.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,8 +43,66 @@ static int fail(struct disc_probe_result *r, const char *what, PGconn *c)
 {
     const char *msg = c ? PQerrorMessage(c) : "out of memory";
     size_t n = strcspn(msg, "\n");
-    snprintf(r->detail, sizeof r->detail, "%s: %.*s", what, (int)(n > 120 ? 120 : n), msg);
+    snprintf(r->detail, sizeof r->detail, "%s: %.*s", what, (int)(n > 200 ? 200 : n), msg);
     return -1;
+}
+
+/* A failure while libpq was in its TLS phase (SSLRequest answer, handshake,
+ * certificate and host name checks). libpq 15 says only "certificate verify
+ * failed"; the reason comes from the verify callback below. */
+static int tls_fail(struct disc_probe *p, struct disc_probe_result *r, PGconn *c)
+{
+    r->tls_failed = true;
+    if (p->tls_verify_error != X509_V_OK) {
+        snprintf(r->detail, sizeof r->detail, "TLS: certificate verify failed: %s",
+                 X509_verify_cert_error_string(p->tls_verify_error));
+        return -1;
+    }
+    /* 'connection to server at "10.0.0.1", port 5432 failed: <what>' */
+    const char *msg = PQerrorMessage(c);
+    const char *what = strstr(msg, " failed: ");
+    what = what ? what + 9 : msg;
+    size_t n = strcspn(what, "\n");
+    snprintf(r->detail, sizeof r->detail, "TLS: %.*s", (int)(n > 240 ? 240 : n), what);
+    return -1;
+}
+
+static int verify_index = -1;
+static pthread_once_t verify_once = PTHREAD_ONCE_INIT;
+
+static void verify_index_init(void)
+{
+    verify_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+/* Notes why the chain failed, and changes nothing: libpq's own callback
+ * also returns ok as is. */
+static int verify_cb(int ok, X509_STORE_CTX *ctx)
+{
+    if (!ok) {
+        SSL *ssl = X509_STORE_CTX_get_ex_data(ctx, SSL_get_ex_data_X509_STORE_CTX_idx());
+        struct disc_probe *p = ssl ? SSL_get_ex_data(ssl, verify_index) : NULL;
+        if (p && p->tls_verify_error == X509_V_OK)
+            p->tls_verify_error = X509_STORE_CTX_get_error(ctx);
+    }
+    return ok;
+}
+
+/* Once libpq has made its SSL object (it waits for the server's reply to
+ * its ClientHello), hook the verify callback onto it. A server answering
+ * within the same call as the ClientHello left would only cost the reason. */
+static void hook_tls(struct disc_probe *p, PGconn *c)
+{
+    if (p->tls_mode < FERRY_TLS_VERIFY_CA)
+        return;
+    SSL *ssl = PQsslStruct(c, "OpenSSL");
+    if (!ssl || ssl == p->tls_hooked)
+        return;
+    pthread_once(&verify_once, verify_index_init);
+    if (verify_index < 0 || !SSL_set_ex_data(ssl, verify_index, p))
+        return;
+    SSL_set_verify(ssl, SSL_get_verify_mode(ssl), verify_cb);
+    p->tls_hooked = ssl;
 }
 
 static int start_connect(struct disc_probe *p, struct disc_probe_result *r, int *fd)
@@ -46,10 +110,20 @@ static int start_connect(struct disc_probe *p, struct disc_probe_result *r, int 
     char port[8], timeout[16];
     snprintf(port, sizeof port, "%u", p->endpoint.port);
     snprintf(timeout, sizeof timeout, "%d", (int)(p->timeout + 0.999));
-    const char *keys[] = {"host", "port", "user", "password", "dbname", "application_name",
-                          "connect_timeout", NULL};
-    const char *vals[] = {p->endpoint.host, port, p->user, p->password ? p->password : "",
-                          p->database, "ferry-probe", timeout, NULL};
+    /* Verify modes check against backend_tls.ca_file or the system bundle.
+     * Without verification (prefer, require) sslrootcert names a file that
+     * cannot exist: else a ~/.postgresql/root.crt would make libpq verify
+     * where sessions do not. */
+    const char *rootcert = p->tls_mode >= FERRY_TLS_VERIFY_CA
+                               ? (p->tls_ca_file ? p->tls_ca_file : DISC_SYSTEM_CA_BUNDLE)
+                               : "/dev/null/no-root-cert";
+    const char *keys[] = {"host", "hostaddr", "port", "user", "password", "dbname",
+                          "application_name", "connect_timeout", "sslmode", "sslrootcert", NULL};
+    const char *vals[] = {p->endpoint.host, p->addr, port, p->user,
+                          p->password ? p->password : "", p->database, "ferry-probe", timeout,
+                          p->tls_mode_name, rootcert, NULL};
+    p->tls_hooked = NULL;
+    p->tls_verify_error = X509_V_OK;
     PGconn *c = PQconnectStartParams(keys, vals, 0);
     p->conn = c;
     if (!c || PQstatus(c) == CONNECTION_BAD)
@@ -114,19 +188,23 @@ static int pg_step(struct disc_probe *p, struct disc_probe_result *r, int *fd)
     switch (p->phase) {
     case PG_IDLE:
         return c ? send_query(p, r, fd) : start_connect(p, r, fd);
-    case PG_CONNECTING:
+    case PG_CONNECTING: {
+        bool in_tls = PQstatus(c) == CONNECTION_SSL_STARTUP;
         switch (PQconnectPoll(c)) {
         case PGRES_POLLING_FAILED:
-            return fail(r, "connect", c);
+            return in_tls ? tls_fail(p, r, c) : fail(r, "connect", c);
         case PGRES_POLLING_READING:
+            hook_tls(p, c);
             *fd = PQsocket(c);
             return UV_READABLE;
         case PGRES_POLLING_WRITING:
+            hook_tls(p, c);
             *fd = PQsocket(c);
             return UV_WRITABLE;
         default:
             return send_query(p, r, fd);
         }
+    }
     case PG_FLUSHING: {
         if ((p->ready_events & UV_READABLE) && !PQconsumeInput(c))
             return fail(r, "query", c);
@@ -166,6 +244,7 @@ static void pg_drop(struct disc_probe *p)
     if (p->conn)
         PQfinish(p->conn);
     p->conn = NULL;
+    p->tls_hooked = NULL;
     p->phase = PG_IDLE;
     p->aurora_checked = false;
 }

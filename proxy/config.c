@@ -296,7 +296,7 @@ static void get_name(struct cfg_ctx *c, json_t *obj, const char *where, char out
 static void parse_cluster(struct cfg_ctx *c, json_t *v, const char *where, struct ferry_cluster_cfg *cl)
 {
     static const char *const keys[] = {"name", "region", "db_cluster_identifier", "endpoint",
-                                       "writer", NULL};
+                                       "reader_endpoint", "writer", NULL};
     char key[KEY_MAX];
     if (!json_is_object(v)) {
         cfg_fail(c, where, "expected an object, got %s", json_type_name(v));
@@ -322,6 +322,8 @@ static void parse_cluster(struct cfg_ctx *c, json_t *v, const char *where, struc
     }
     subkey(key, where, ".endpoint");
     get_hostport(c, v, "endpoint", key, &cl->endpoint, true);
+    subkey(key, where, ".reader_endpoint");
+    get_hostport(c, v, "reader_endpoint", key, &cl->reader_endpoint, false);
     subkey(key, where, ".writer");
     get_bool(c, v, "writer", key, &cl->writer);
 }

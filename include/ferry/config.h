@@ -30,7 +30,11 @@ struct ferry_cluster_cfg {
     char name[FERRY_NAME_MAX];
     char region[FERRY_NAME_MAX];        /* optional, "" if not given */
     char db_cluster_identifier[FERRY_NAME_MAX]; /* optional: AWS DBClusterIdentifier */
-    struct ferry_hostport endpoint;
+    struct ferry_hostport endpoint;     /* the writer (cluster) endpoint: clients go here */
+    struct ferry_hostport reader_endpoint; /* optional (host "" = none): probed while the
+                                           writer endpoint does not resolve (an Aurora
+                                           secondary), so its health and Aurora's topology
+                                           are still seen */
     bool writer;                        /* static route until discovery lands */
 };
 

@@ -1,5 +1,7 @@
 """ferry's discovery on the Aurora PostgreSQL Global Database stand-in
-(harness/aurora.py), with SQL probes alone (no AWS): the global topology
+(harness/aurora.py), with SQL probes alone (no AWS): a secondary whose
+writer endpoint does not resolve is inactive and seen through its reader
+endpoint; the global topology
 Aurora publishes (aurora_global_db_instance_status) in /v1/status and in
 decide(), a managed switchover followed through the writer endpoint names,
 and a failover that leaves the old primary writable (split brain) followed
@@ -55,6 +57,13 @@ def test_status_shows_the_global_topology_and_a_switchover_is_followed(aurora):
     assert topology(ferry, PRIMARY) == {"g1-use1-1": (PRIMARY, "writer"),
                                         "g1-use1-2": (PRIMARY, "reader"),
                                         "g1-euw1-1": (SECONDARY, "reader")}
+    # the secondary's writer endpoint does not resolve: inactive, not a
+    # failure, and seen (healthy, with the topology) through its reader endpoint
+    wait_for(lambda: topology(ferry, SECONDARY), timeout=10, what="the secondary's topology")
+    sec = [c for c in discovery_of(ferry, "pg")["clusters"] if c["name"] == SECONDARY][0]
+    assert sec["state"] == "inactive" and sec["via"] == "reader_endpoint"
+    assert sec["consecutive_failures"] == 0 and sec["probe_failures_total"] == 0
+    assert topology(ferry, SECONDARY)["g1-use1-1"] == (PRIMARY, "writer")
     assert instance_via(ferry) == "g1-use1-1"
     g.switchover(SECONDARY)
     wait_for(lambda: writer_of(ferry, "pg") == SECONDARY, timeout=30, what="the switchover followed")
@@ -68,16 +77,20 @@ def test_status_shows_the_global_topology_and_a_switchover_is_followed(aurora):
 
 def test_failover_leaving_the_old_primary_writable_is_followed_and_fenced(aurora):
     """A failover with data loss while the old primary region still runs and
-    takes writes: each side's topology names itself (Aurora's word settles
-    nothing, and ferry ignores it), the promoted cluster's newer timeline
-    and the promotion win, and the old writer is fenced."""
+    takes writes: each side's topology names itself (while both answer,
+    Aurora's word settles nothing), the promotion (or the promoted side's
+    topology, in a round where only it answered) wins, and the old writer
+    is fenced."""
     g, ferry = aurora
     g.failover(SECONDARY, allow_data_loss=True, old_primary="writable")
     wait_for(lambda: writer_of(ferry, "pg") == SECONDARY, timeout=30, what="the failover followed")
     d = discovery_of(ferry, "pg")
     old = [c for c in d["clusters"] if c["name"] == PRIMARY][0]
-    assert old["state"] == "writable" and old["fenced"] is True
-    assert topology(ferry, PRIMARY).get("g1-use1-1") == (PRIMARY, "writer")   # it still says so
+    # its writer endpoint stops resolving (the stand-in, as Aurora, repoints
+    # the names): seen through its reader endpoint, and still fenced
+    assert old["state"] in ("writable", "inactive") and old["fenced"] is True
+    wait_for(lambda: topology(ferry, PRIMARY).get("g1-use1-1") == (PRIMARY, "writer"),
+             timeout=10, what="the old region still naming its own writer")
     last = ferry.status()["discovery"]["history"][-1]
-    assert last["to"] == SECONDARY and "Aurora topology" not in last["reason"]
+    assert last["to"] == SECONDARY and "eu-west-1" in last["reason"]
     assert instance_via(ferry) == "g1-euw1-1"

@@ -49,6 +49,8 @@ def test_aws_settles_split_brain(ferry_factory, own_pg, fake_aws, aws_env):
     ferry = ferry_factory(aws_config(own_pg, fake_aws))
     wait_for(lambda: writer_of(ferry, "pg") == "region-b", timeout=15,
              what="AWS to settle the split brain on region-b")
+    wait_for(lambda: discovery_of(ferry, "pg")["clusters"][1]["aws"]["role"] == "writer",
+             timeout=15, what="AWS's roles (the first poll comes within a heartbeat)")
     entry = discovery_of(ferry, "pg")
     change = ferry.status()["discovery"]["history"][-1]
     assert change["to"] == "region-b"
@@ -70,6 +72,8 @@ def test_lag_and_aws_counters(ferry_factory, pg_pair, fake_aws, aws_env):
     ferry = ferry_factory(aws_config(pg_pair, fake_aws))
     wait_for(lambda: discovery_of(ferry, "pg")["clusters"][1]["aws"]["replication_lag_ms"] == 250.0,
              timeout=15, what="the secondary's lag")
+    wait_for(lambda: discovery_of(ferry, "pg")["aws"]["describe_global_clusters_ok_total"] >= 1,
+             timeout=15, what="a DescribeGlobalClusters answer")
     entry = discovery_of(ferry, "pg")
     assert entry["clusters"][0]["aws"]["replication_lag_ms"] is None
     assert entry["writer"] == "region-a"

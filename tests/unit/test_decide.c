@@ -2,6 +2,7 @@
  * unless a step says otherwise; per round, one letter per cluster:
  *   W = probe OK, writable   R = probe OK, read-only   F = probe failed
  *   I = writer endpoint inactive (does not resolve)   - = no probe finished
+ *   r = writer endpoint inactive, the reader endpoint answered (read-only)
  * and optionally AWS's view per cluster: w = writer, r = reader, - = unknown,
  * s = "writer" but an hour old; f / t = From / To of a switchover in
  * progress (FailoverState), F / T = From / To of a failover (data loss
@@ -150,6 +151,19 @@ static const struct tcase cases[] = {
     {"promoted secondary used the round its endpoint resolves",
      {S("WI", NULL, 'A', 1, NULL, 0), S("RI", NULL, '-', 2, "A reports read-only", 0),
       S("IW", NULL, 'B', 3, "B is the only writable cluster", 0), END}},
+    {"a secondary seen through its reader endpoint: promoted the round its writer endpoint answers writable",
+     {S("Wr", NULL, 'A', 1, NULL, 0), S("Wr", NULL, 'A', 1, NULL, 0),
+      S("WW", NULL, 'B', 2, "B promoted while A still accepts writes (split brain): A fenced", 1), END}},
+    {"a writer whose endpoint goes inactive while its reader answers waits out writer_down_after",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("rR", NULL, 'A', 1, NULL, 0), S("rR", NULL, 'A', 1, NULL, 0),
+      S("rR", NULL, '-', 2, "A writer endpoint inactive (does not resolve) for 3 consecutive probes", 0),
+      END}},
+    {"the reader of a fenced old primary does not release its fence",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("WW", NULL, 'B', 2, NULL, 1), S("rW", NULL, 'B', 2, NULL, 0),
+      S("WR", NULL, '-', 3, "B reports read-only; no other writable cluster", 0), END}},
+    {"an inactive writer dropped with nobody else resumes when its name returns",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("IR", NULL, 'A', 1, NULL, 0), S("IR", NULL, 'A', 1, NULL, 0),
+      S("IR", NULL, '-', 2, NULL, 0), S("WR", NULL, 'A', 3, "A is the only writable cluster", 0), END}},
     {"candidate: an inactive secondary is nobody's candidate",
      {C("WI", 'A', '-'), C("FI", 'A', '-'), C("RI", '-', '-'), END}},
     /* timelines (PostgreSQL): a promoted standby starts a newer one */
@@ -249,6 +263,7 @@ static void run_case(const struct tcase *tc)
                            : c == 'F' ? DISC_PROBE_FAILED
                            : c == 'I' ? DISC_PROBE_INACTIVE
                                       : DISC_PROBE_OK;
+            obs[k].via_reader = c == 'r';
             obs[k].writable = c == 'W';
             char a = st->aws ? st->aws[k] : '-';
             obs[k].aws = a == 'w' || a == 's' ? DISC_AWS_WRITER : a == 'r' ? DISC_AWS_READER : DISC_AWS_UNKNOWN;

@@ -583,10 +583,11 @@ class AuroraGlobalPg:
 
     def ferry_clusters(self):
         """Cluster entries for a ferry listener: one per region, named after
-        the region, its writer (cluster) endpoint name, region and
-        db_cluster_identifier. Reader endpoints: cluster(region).reader_name
-        (ferry has no key for them yet)."""
+        the region, its writer (cluster) endpoint name, its reader endpoint
+        name (probed while the writer endpoint does not resolve), region and
+        db_cluster_identifier."""
         return [{"name": c.region, "endpoint": f"{c.writer_name}:{self.port}",
+                 "reader_endpoint": f"{c.reader_name}:{self.port}",
                  "region": c.region, "db_cluster_identifier": c.cluster_id}
                 for c in self.clusters]
 

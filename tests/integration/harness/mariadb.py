@@ -210,11 +210,13 @@ class MariaDBPair(Pair):
     TMP_PREFIX = "ferry-mariadb-"
     PROBE_TABLE = "ferry_harness.probe"
 
-    def __init__(self, *, tls=False, semi_sync=False):
-        """tls: both servers serve TLS with a certificate from a test CA;
-        semi_sync: semi-synchronous replication (see SEMI_SYNC_OPTIONS)."""
+    def __init__(self, *, tls=False, semi_sync=False, tls_names=()):
+        """tls: both servers serve TLS with a certificate from a test CA
+        (for localhost, 127.0.0.1 and tls_names); semi_sync: semi-synchronous
+        replication (see SEMI_SYNC_OPTIONS)."""
         super().__init__()
         self.tls = tls
+        self.tls_names = tuple(tls_names)
         self.semi_sync = semi_sync
         self.pki = None     # directory of harness/pki.py's files when tls
 
@@ -226,7 +228,7 @@ class MariaDBPair(Pair):
     def _setup(self):
         tls = None
         if self.tls:
-            self.pki = pki.make_pki(os.path.join(self.basedir, "pki"))
+            self.pki = pki.make_pki(os.path.join(self.basedir, "pki"), names=self.tls_names)
             tls = tuple(str(self.pki / name) for name in ("ca.pem", "server.pem", "server.key"))
         options = SEMI_SYNC_OPTIONS if self.semi_sync else []
         self.primary = MariaDBServer("primary", self.basedir, server_id=1, tls=tls,

@@ -19,9 +19,9 @@ def openssl(*args, cwd):
                    stdin=subprocess.DEVNULL)
 
 
-def make_pki(directory):
+def make_pki(directory, names=()):
     """Creates the files above in directory (made if missing); returns it
-    as a Path."""
+    as a Path. names: further DNS names the server certificate carries."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
@@ -31,7 +31,8 @@ def make_pki(directory):
             "-subj", "/CN=some other CA", cwd=d)
     openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
             cwd=d)
-    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    san = ",".join(["DNS:localhost", *(f"DNS:{name}" for name in names), "IP:127.0.0.1"])
+    (d / "san.ext").write_text(f"subjectAltName={san}\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
             "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
     for name in FILES:
