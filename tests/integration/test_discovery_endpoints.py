@@ -8,11 +8,7 @@ ferry runs under harness.PrivateHosts (its own /etc/hosts), so the tests
 decide which names resolve, and when."""
 
 import json
-import os
-import pwd
-import shutil
 import subprocess
-import tempfile
 import time
 
 import psycopg2
@@ -285,26 +281,9 @@ def tls_only_pg(tmp_path_factory):
     """A PostgreSQL pair with ssl=on and only hostssl lines in pg_hba.conf;
     its certificate names NAME_A, NAME_B, localhost and 127.0.0.1."""
     pki_dir = make_pki(tmp_path_factory.mktemp("pgpki"), names=(NAME_A, NAME_B))
-    d = tempfile.mkdtemp(prefix="ferry-pgtls-")
-    os.chmod(d, 0o755)
-    for name in ("server.pem", "server.key"):
-        shutil.copy(pki_dir / name, d)
-        if os.geteuid() == 0:   # the server runs as postgres and insists on owning its key
-            pw = pwd.getpwnam("postgres")
-            os.chown(os.path.join(d, name), pw.pw_uid, pw.pw_gid)
-    os.chmod(os.path.join(d, "server.key"), 0o600)
-    pair = harness.PgPair(settings={"ssl": "on", "ssl_cert_file": os.path.join(d, "server.pem"),
-                                    "ssl_key_file": os.path.join(d, "server.key")}).start()
-    try:
-        for server in (pair.primary, pair.replica):
-            with open(os.path.join(server.datadir, "pg_hba.conf"), "w") as f:
-                f.write(TLS_ONLY_HBA)       # overwrite keeps postgres as the owner
-            server.query("SELECT pg_reload_conf()")     # libpq prefers TLS: still served
+    with harness.pg.tls_pair(pki_dir, hba=TLS_ONLY_HBA) as pair:    # libpq prefers TLS: still served
         pair.pki = pki_dir
         yield pair
-    finally:
-        pair.stop()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def pg_tls_listener(pair, backend_tls, name_a=NAME_A):

@@ -65,10 +65,10 @@ def pair():
         yield p
 
 
-def start(ferry_factory, pair, auth):
-    """ferry with a discovered mysql listener in auth mode (probes log in as
-    ferry_probe, so the general log's ferry_test lines are ferry's clients
-    alone), and the drill's tables, on both servers."""
+def mysql_ferry(ferry_factory, pair, auth):
+    """ferry with a discovered mysql listener "my" over the pair in auth mode
+    (probes log in as ferry_probe, so the general log's ferry_test lines are
+    ferry's clients alone), once it has found the primary."""
     lcfg = listener("my", "mysql", [cluster("region-a", pair.primary),
                                     cluster("region-b", pair.replica)],
                     probe={"user": mariadb.PROBE_USER, "password": mariadb.PROBE_PASSWORD})
@@ -77,6 +77,12 @@ def start(ferry_factory, pair, auth):
             {"name": mariadb.TEST_USER, "password": mariadb.TEST_PASSWORD}]}
     ferry = ferry_factory(make_config(lcfg, workers=2, discovery=FAST))
     wait_for(lambda: writer_of(ferry, "my") == "region-a", timeout=10, what="region-a as writer")
+    return ferry
+
+
+def start(ferry_factory, pair, auth):
+    """mysql_ferry(), and the drill's tables on both servers."""
+    ferry = mysql_ferry(ferry_factory, pair, auth)
     create_tables(pair.primary)
     pair.catch_up(pair.replica, pair.primary)
     for server in pair.servers():

@@ -133,25 +133,8 @@ def test_unusable_certificate_is_a_config_error(tmp_path, pki, pg_pair):
 @pytest.fixture(scope="module")
 def tls_pg(pki):
     """A PostgreSQL pair serving TLS with the test CA's certificate."""
-    import os
-    import pwd
-    import shutil
-    import tempfile
-    d = tempfile.mkdtemp(prefix="ferry-pgtls-")
-    os.chmod(d, 0o755)
-    for name in ("server.pem", "server.key"):
-        shutil.copy(pki / name, d)
-        if os.geteuid() == 0:   # the server runs as postgres and insists on owning its key
-            pw = pwd.getpwnam("postgres")
-            os.chown(os.path.join(d, name), pw.pw_uid, pw.pw_gid)
-    os.chmod(os.path.join(d, "server.key"), 0o600)
-    pair = harness.PgPair(settings={"ssl": "on", "ssl_cert_file": os.path.join(d, "server.pem"),
-                                    "ssl_key_file": os.path.join(d, "server.key")}).start()
-    try:
+    with harness.pg.tls_pair(pki) as pair:
         yield pair
-    finally:
-        pair.stop()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def backend_ssl(ferry):

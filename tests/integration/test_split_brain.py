@@ -19,13 +19,12 @@ the servers' log timestamps, on a machine shared with other jobs.
 """
 
 import datetime
-import threading
 import time
 
 import pytest
 
 import harness
-from harness import cluster, listener, make_config, mariadb
+from harness import make_config
 from harness.drill import PgLoad, create_table, log_writes, statements_after
 from harness.drill_mysql import MyLoad, check_writes as my_check_writes, create_tables
 from harness.drill_mysql import log_statements, statements_after as my_statements_after
@@ -78,7 +77,7 @@ def test_pg_split_brain_under_load_loses_nothing_after_the_promotion(ferry_facto
     assert "region-a" in [c["name"] for c in discovery_of(ferry, "pg")["clusters"]
                           if c["fenced"] and c["state"] == "writable"]
     # writes resumed on the promoted cluster
-    on_b = {r[0] for r in own_pg.replica.query(f"SELECT id FROM drill_acks",
+    on_b = {r[0] for r in own_pg.replica.query("SELECT id FROM drill_acks",
                                               dbname=harness.pg.TEST_DB)}
     resumed = result.acked_after(t_switch + TOLERANCE)
     assert len(resumed) >= 200 - n and set(resumed) <= on_b
@@ -128,15 +127,8 @@ def test_pg_statement_in_flight_on_the_old_writer_is_cut_not_acknowledged(ferry_
 # ---- MariaDB ----
 
 def my_ferry(ferry_factory, pair, auth):
-    lcfg = listener("my", "mysql", [cluster("region-a", pair.primary),
-                                    cluster("region-b", pair.replica)],
-                    probe={"user": mariadb.PROBE_USER, "password": mariadb.PROBE_PASSWORD})
-    if auth == "terminated":
-        lcfg["auth"] = {"mode": "terminated", "users": [
-            {"name": mariadb.TEST_USER, "password": mariadb.TEST_PASSWORD}]}
-    ferry = ferry_factory(make_config(lcfg, workers=2, discovery=FAST))
-    wait_for(lambda: writer_of(ferry, "my") == "region-a", timeout=10, what="region-a as writer")
-    return ferry
+    from test_mysql_failover_drill import mysql_ferry
+    return mysql_ferry(ferry_factory, pair, auth)
 
 
 @pytest.mark.parametrize("auth", ["passthrough", "terminated"])

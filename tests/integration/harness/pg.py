@@ -7,8 +7,12 @@ PostgreSQL refuses to run as root, so as root every server-side program runs
 as the `postgres` system user.
 """
 
+import contextlib
 import os
+import pwd
+import shutil
 import signal
+import tempfile
 
 import psycopg2
 
@@ -185,3 +189,30 @@ class PgPair(Pair):
                 "SELECT 1 FROM pg_stat_replication WHERE application_name = %s "
                 "AND state = 'streaming'", (self.replica.name,)),
             timeout=timeout, what=f"{self.replica!r} to stream from {self.primary!r}")
+
+
+@contextlib.contextmanager
+def tls_pair(pki_dir, hba=None):
+    """A PgPair serving TLS with pki_dir's server.pem/server.key (copied
+    where the server, run as postgres, may own its key); hba: a pg_hba.conf
+    text to put in force on both servers (e.g. hostssl lines only)."""
+    d = tempfile.mkdtemp(prefix="ferry-pgtls-")
+    os.chmod(d, 0o755)
+    for name in ("server.pem", "server.key"):
+        shutil.copy(os.path.join(str(pki_dir), name), d)
+        if os.geteuid() == 0:   # the server runs as postgres and insists on owning its key
+            pw = pwd.getpwnam("postgres")
+            os.chown(os.path.join(d, name), pw.pw_uid, pw.pw_gid)
+    os.chmod(os.path.join(d, "server.key"), 0o600)
+    pair = PgPair(settings={"ssl": "on", "ssl_cert_file": os.path.join(d, "server.pem"),
+                            "ssl_key_file": os.path.join(d, "server.key")}).start()
+    try:
+        if hba is not None:
+            for server in (pair.primary, pair.replica):
+                with open(os.path.join(server.datadir, "pg_hba.conf"), "w") as f:
+                    f.write(hba)        # overwrite keeps postgres as the owner
+                server.query("SELECT pg_reload_conf()")
+        yield pair
+    finally:
+        pair.stop()
+        shutil.rmtree(d, ignore_errors=True)
