@@ -96,6 +96,8 @@ static void apply_global_cluster(struct disc_listener *l, const struct aws_globa
     l->aws_ok_total++;
     l->aws_error[0] = '\0';
     l->aws_failover[0] = '\0';
+    if (g)
+        snprintf(l->gw_learned, sizeof l->gw_learned, "%s", g->endpoint);
     if (!g) {
         snprintf(l->aws_error, sizeof l->aws_error, "global cluster %s not in the reply",
                  l->lcfg->aws_global_cluster);

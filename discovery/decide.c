@@ -23,8 +23,10 @@
  *    stale_after_ms. Another writable cluster that nothing above explains is
  *    a split brain: keep the writer and flag it.
  * 7. Without a writer, pick the one healthy, writable, unfenced cluster; if
- *    several, the one AWS names writer (fresh data only), else the one on the
- *    newest timeline, else hold.
+ *    several, the one AWS or Aurora's topology names writer, else the one
+ *    Aurora's global writer endpoint points at (DNS may lag a move, so it
+ *    only ever breaks such a tie), else the one on the newest timeline,
+ *    else hold.
  * Whenever the role leaves a cluster that is still writable, that cluster is
  * fenced and the decision says so (cut_old), so sessions are cut from it.
  */
@@ -339,7 +341,7 @@ void disc_decide(const struct disc_decision *prev, const struct disc_obs *obs,
     }
 
     /* Choose among healthy, writable, unfenced clusters. */
-    int pick = -1, candidates = 0, aws_pick = -1, tl_pick = -1;
+    int pick = -1, candidates = 0, aws_pick = -1, tl_pick = -1, gw_pick = -1, ngw = 0;
     uint32_t tl_best = 0;
     bool tl_tie = false;
     for (size_t i = 0; i < next->n; i++) {
@@ -350,6 +352,8 @@ void disc_decide(const struct disc_decision *prev, const struct disc_obs *obs,
         pick = (int)i;
         if (aws_says_writer(&obs[i], now, p) || obs[i].topo == DISC_AWS_WRITER)
             aws_pick = (int)i;
+        if (obs[i].global_endpoint)
+            gw_pick = (int)i, ngw++;
         if (!c->timeline || (tl_pick >= 0 && c->timeline == tl_best))
             tl_tie = true;
         else if (c->timeline > tl_best)
@@ -365,6 +369,11 @@ void disc_decide(const struct disc_decision *prev, const struct disc_obs *obs,
         snprintf(next->reason, sizeof next->reason,
                  "%s%s%d clusters writable; %s names %s writer and a probe confirms it", lost, sep,
                  candidates, obs[w].topo == DISC_AWS_WRITER ? "the Aurora topology" : "AWS", names[w]);
+    } else if (candidates > 1 && ngw == 1) {
+        w = gw_pick;
+        snprintf(next->reason, sizeof next->reason,
+                 "%s%s%d clusters writable; the global writer endpoint points at %s", lost, sep,
+                 candidates, names[w]);
     } else if (candidates > 1 && tl_pick >= 0 && !tl_tie) {
         w = tl_pick;
         snprintf(next->reason, sizeof next->reason,

@@ -35,6 +35,8 @@ struct disc_obs {
     enum disc_aws_role topo;    /* Aurora's own global topology (aurora_global_db_instance_status,
                                    read this round, every instance that answered agreeing):
                                    WRITER for the cluster in the global writer's region */
+    bool global_endpoint;       /* Aurora's global writer endpoint resolves to this cluster's
+                                   writer endpoint (it only confirms: see decide.c rule 7) */
     enum disc_aws_role aws;     /* RDS DescribeGlobalClusters IsWriter, if known */
     enum disc_aws_failover aws_failover; /* FailoverState From / To this cluster */
     bool aws_data_loss;         /* FailoverState IsDataLossAllowed (a failover, not a switchover) */

@@ -130,10 +130,71 @@ static void on_probe_closed(struct disc_probe *p)
     disc_core_handle_closed(v->owner->owner);
 }
 
+/* ---- Aurora's global writer endpoint ---- */
+
+/* A lookup may outlive its core (the resolver thread does not know the
+ * core closed): the core forgets it by clearing l. */
+struct disc_gw_lookup {
+    uv_getaddrinfo_t req;
+    struct disc_listener *l;
+    char name[FERRY_HOST_MAX];
+};
+
+static const char *gw_name(const struct disc_listener *l)
+{
+    return l->lcfg->global_writer_endpoint[0] ? l->lcfg->global_writer_endpoint : l->gw_learned;
+}
+
+static void on_gw_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct disc_gw_lookup *g = ferry_container_of(req, struct disc_gw_lookup, req);
+    struct disc_listener *l = g->l;
+    if (l) {
+        disc_lock(l->owner);
+        l->gw_lookup = NULL;
+        l->gw_wall_ms = disc_wall_ms();
+        l->gw_addr[0] = '\0';
+        l->gw_error[0] = '\0';
+        if (status < 0 || !res)
+            snprintf(l->gw_error, sizeof l->gw_error, "%s",
+                     status < 0 ? uv_strerror(status) : "no address");
+        else if (res->ai_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)res->ai_addr, l->gw_addr, sizeof l->gw_addr);
+        else
+            uv_ip4_name((struct sockaddr_in *)res->ai_addr, l->gw_addr, sizeof l->gw_addr);
+        disc_unlock(l->owner);
+    }
+    uv_freeaddrinfo(res);
+    free(g);
+}
+
+/* Looks the global writer endpoint up afresh each round (no caching: where
+ * it points moves with the writer); a lookup still in flight is not doubled. */
+static void gw_lookup_start(struct disc_listener *l)
+{
+    const char *name = gw_name(l);
+    if (!name[0] || l->gw_lookup)
+        return;
+    struct disc_gw_lookup *g = calloc(1, sizeof *g);
+    if (!g)
+        return;
+    g->l = l;
+    snprintf(g->name, sizeof g->name, "%s", name);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    if (uv_getaddrinfo(l->owner->loop, &g->req, on_gw_resolved, g->name, NULL, &hints) != 0) {
+        free(g);
+        return;
+    }
+    l->gw_lookup = g;
+}
+
 /* Closes every probe and the AWS side; the core frees itself when the last
  * handle has closed. */
 static void core_close(struct disc_core *c)
 {
+    for (size_t i = 0; i < c->nls; i++)
+        if (c->ls[i].gw_lookup)
+            c->ls[i].gw_lookup->l = NULL;   /* it frees itself when it ends */
     c->open_handles++;      /* hold: AWS callbacks run (cancelled) inside disc_aws_close */
     disc_aws_close(c);
     for (size_t i = 0; i < c->nls; i++)
@@ -280,6 +341,8 @@ static void core_decide(struct disc_core *c)
             obs[j].topo = !topo_region[0] || !region[0]             ? DISC_AWS_UNKNOWN
                           : strcasecmp(region, topo_region) == 0 ? DISC_AWS_WRITER
                                                                    : DISC_AWS_READER;
+            obs[j].global_endpoint = l->gw_addr[0] && l->cl[j].has_last &&
+                                     strcmp(l->cl[j].last.writer_addr, l->gw_addr) == 0;
             l->cl[j].obs.probe = DISC_PROBE_NONE;
         }
         struct disc_decision next;
@@ -387,6 +450,8 @@ static void on_probe_result(struct disc_probe *p, const struct disc_probe_result
 static void core_round(struct disc_core *c)
 {
     for (size_t i = 0; i < c->nls; i++)
+        gw_lookup_start(&c->ls[i]);
+    for (size_t i = 0; i < c->nls; i++)
         for (size_t j = 0; j < c->ls[i].n; j++) {
             struct disc_cluster_view *v = &c->ls[i].cl[j];
             c->outstanding++;
@@ -474,6 +539,17 @@ static json_t *listener_json(const struct disc_listener *l)
                      (json_int_t)l->failover_count, "sum", l->failover_sum);
     json_object_set_new(out, "candidate",
                         l->candidate >= 0 ? json_string(l->names[l->candidate]) : json_null());
+    if (gw_name(l)[0]) {
+        int points_to = -1;
+        for (size_t j = 0; j < l->n && l->gw_addr[0]; j++)
+            if (l->cl[j].has_last && strcmp(l->cl[j].last.writer_addr, l->gw_addr) == 0)
+                points_to = (int)j;
+        json_object_set_new(out, "global_writer_endpoint", json_pack(
+            "{s:s, s:s?, s:s?, s:s?, s:o}", "name", gw_name(l),
+            "address", l->gw_addr[0] ? l->gw_addr : NULL,
+            "points_to", points_to >= 0 ? l->names[points_to] : NULL,
+            "error", l->gw_error[0] ? l->gw_error : NULL, "observed_at", disc_iso_time(l->gw_wall_ms)));
+    }
     json_object_set_new(out, "writable_writer_fenced_total",
                         json_integer((json_int_t)l->fenced_writable_total));
     json_object_set_new(out, "last_failover_seconds",

@@ -46,6 +46,8 @@ struct disc_cluster_view {
     uint64_t lag_wall_ms;               /* when we read it (0 = never) */
 };
 
+struct disc_gw_lookup;
+
 struct disc_listener {
     struct disc_core *owner;
     const struct ferry_listener_cfg *lcfg;  /* borrowed from owner->cfg */
@@ -62,6 +64,13 @@ struct disc_listener {
     double failover_sum;
     double failover_last;               /* seconds the last failover took (if failover_count) */
     uint64_t fenced_writable_total;     /* writers that lost the role while still writable */
+    /* Aurora's global writer endpoint, looked up every round (a signal
+     * that only confirms: decide.c rule 7) */
+    char gw_learned[FERRY_HOST_MAX];    /* DescribeGlobalClusters' Endpoint ("" = none) */
+    struct disc_gw_lookup *gw_lookup;   /* in flight, NULL = none */
+    char gw_addr[INET6_ADDRSTRLEN];     /* its last answer ("" = none yet / did not resolve) */
+    char gw_error[128];                 /* why the last lookup failed, "" if it did not */
+    uint64_t gw_wall_ms;                /* when the last lookup ended */
     /* AWS */
     int aws_group;                      /* index in owner->aws_groups, -1 = no AWS signals */
     bool lag_busy;

@@ -122,6 +122,8 @@ static void start_target(struct disc_probe *p)
  * name moved, as a cluster endpoint does on failover) is dropped first. */
 static void target_known(struct disc_probe *p)
 {
+    if (!p->via_reader)
+        memcpy(p->result.writer_addr, p->addr, sizeof p->result.writer_addr);
     if (p->conn && strcmp(p->conn_addr, p->addr) != 0) {
         forget_poll(p);
         p->engine->drop(p);

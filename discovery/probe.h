@@ -43,6 +43,7 @@ struct disc_probe_result {
     bool replicating;           /* ok: still applying a replication stream (MariaDB), so not
                                    the writer whatever read_only says */
     uint32_t timeline;          /* ok, PostgreSQL not in recovery: its timeline (0 unknown) */
+    char writer_addr[INET6_ADDRSTRLEN]; /* what the writer endpoint resolved to this run ("") */
     size_t ntopo;               /* ok, Aurora: the global topology as this instance sees it */
     struct disc_topo_member topo[DISC_TOPO_MAX];
     bool inactive;              /* the writer endpoint's name does not exist (NXDOMAIN):

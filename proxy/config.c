@@ -713,7 +713,8 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
 {
     static const char *const keys[] = {"name", "protocol", "bind", "max_client_connections",
                                        "connect_timeout", "session_buffer", "max_message_size", "probe",
-                                       "aws_global_cluster", "clusters", "auth", "tls",
+                                       "aws_global_cluster", "global_writer_endpoint",
+                                       "clusters", "auth", "tls",
                                        "backend_tls", NULL};
     char key[KEY_MAX];
     if (!json_is_object(v)) {
@@ -766,6 +767,16 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
             cfg_fail(c, key, "needs \"probe\": AWS confirms what the probes see, it never decides alone");
         else
             strcpy(l->aws_global_cluster, gid);
+    }
+    const char *gwe = NULL;
+    subkey(key, where, ".global_writer_endpoint");
+    if (get_string(c, v, "global_writer_endpoint", key, &gwe)) {
+        if (!gwe[0] || strlen(gwe) >= FERRY_HOST_MAX || strpbrk(gwe, " :/[]"))
+            cfg_fail(c, key, "\"%s\" must be a host name (no port)", gwe);
+        else if (!l->probe_enabled)
+            cfg_fail(c, key, "needs \"probe\": the global writer endpoint confirms what the probes see");
+        else
+            strcpy(l->global_writer_endpoint, gwe);
     }
 
     subkey(key, where, ".clusters");

@@ -65,6 +65,8 @@ struct ferry_listener_cfg {
     uint32_t max_message_size;          /* PostgreSQL: largest message length accepted */
     bool probe_enabled;                 /* "probe" given: discovery decides the writer */
     char aws_global_cluster[FERRY_NAME_MAX]; /* "" = no AWS signals for this listener */
+    char global_writer_endpoint[FERRY_HOST_MAX]; /* Aurora's global writer endpoint (a name),
+                                           "" = learned from DescribeGlobalClusters, if used */
     char probe_user[FERRY_NAME_MAX];
     char *probe_password;               /* owned; NULL = none. Never log it */
     char probe_database[FERRY_NAME_MAX];

@@ -27,7 +27,8 @@ def aurora(tmp_path, ferry_bin):
     hosts = PrivateHosts(tmp_path)
     with AuroraGlobalPg(hosts) as g:
         config = make_config(g.ferry_listener("pg", aws=False,
-                                              probe={"user": TEST_USER, "password": TEST_PASSWORD}),
+                                              probe={"user": TEST_USER, "password": TEST_PASSWORD},
+                                              global_writer_endpoint=g.global_name),
                              workers=1, discovery=FAST)
         ferry = harness.Ferry(config, tmp_path, argv_prefix=hosts.wrap())
         try:
@@ -65,6 +66,8 @@ def test_status_shows_the_global_topology_and_a_switchover_is_followed(aurora):
     assert sec["consecutive_failures"] == 0 and sec["probe_failures_total"] == 0
     assert topology(ferry, SECONDARY)["g1-use1-1"] == (PRIMARY, "writer")
     assert instance_via(ferry) == "g1-use1-1"
+    gw = discovery_of(ferry, "pg")["global_writer_endpoint"]
+    assert gw["name"] == g.global_name and gw["points_to"] == PRIMARY and gw["error"] is None
     g.switchover(SECONDARY)
     wait_for(lambda: writer_of(ferry, "pg") == SECONDARY, timeout=30, what="the switchover followed")
     wait_for(lambda: topology(ferry, SECONDARY).get("g1-euw1-1") == (SECONDARY, "writer"),
@@ -73,6 +76,8 @@ def test_status_shows_the_global_topology_and_a_switchover_is_followed(aurora):
     assert d["split_brain"] is False
     assert not any(c["fenced"] for c in d["clusters"])     # the old writer was read-only
     assert instance_via(ferry) == "g1-euw1-1"
+    wait_for(lambda: discovery_of(ferry, "pg")["global_writer_endpoint"]["points_to"] == SECONDARY,
+             timeout=10, what="the global writer endpoint to follow")
 
 
 def test_failover_leaving_the_old_primary_writable_is_followed_and_fenced(aurora):

@@ -92,6 +92,19 @@ static void test_discovery_and_probe(void)
     ASSERT_EQ_STR(l->probe_password, "s3cret");
     ASSERT_EQ_STR(l->probe_database, "postgres");
     ASSERT_EQ_STR(l->clusters[0].region, "us-east-1");
+    ASSERT_EQ_STR(l->clusters[0].reader_endpoint.host, "");
+    ASSERT_TRUE(c->aws.poll_interval == 300 && c->aws.urgent_poll_interval == 60);
+    ferry_config_unref(c);
+    c = ferry_config_parse("f.json",
+                           "{" L0 "\"probe\":{\"user\":\"mon\"},"
+                           "\"global_writer_endpoint\":\"g1.global-x.global.rds.example.test\","
+                           "\"clusters\":[{\"name\":\"a\",\"endpoint\":\"w.example.test:1\","
+                           "\"reader_endpoint\":\"r.example.test:2\"}]}]}",
+                           err);
+    ASSERT_TRUE(c != NULL);
+    ASSERT_EQ_STR(c->listeners[0].global_writer_endpoint, "g1.global-x.global.rds.example.test");
+    ASSERT_EQ_STR(c->listeners[0].clusters[0].reader_endpoint.host, "r.example.test");
+    ASSERT_EQ_INT(c->listeners[0].clusters[0].reader_endpoint.port, 2);
     ferry_config_unref(c);
 
     char path[] = "/tmp/ferry-unit-pw-XXXXXX";
@@ -260,6 +273,14 @@ static const struct {
     {"{\"admin\":{\"token_env\":\"FERRY_UNIT_SHORT\"}," L0 CL "}]}",
      "ferry.json: admin: the admin token must be at least 16 characters"},
     {"{\"log_format\":\"xml\"," L0 CL "}]}", "ferry.json: log_format: \"xml\" is not one of text, json"},
+    {"{" L0 "\"probe\":{\"user\":\"u\"},\"global_writer_endpoint\":\"g.example.test:5432\"," CL "}]}",
+     "ferry.json: listeners[0].global_writer_endpoint: \"g.example.test:5432\" must be a host name (no port)"},
+    {"{" L0 "\"global_writer_endpoint\":\"g.example.test\"," CL "}]}",
+     "ferry.json: listeners[0].global_writer_endpoint: needs \"probe\": the global writer endpoint confirms what the probes see"},
+    {"{" L0 "\"probe\":{\"user\":\"u\"},\"clusters\":[{\"name\":\"a\",\"endpoint\":\"h:1\",\"reader_endpoint\":\"r\"}]}]}",
+     "ferry.json: listeners[0].clusters[0].reader_endpoint: \"r\" is not host:port"},
+    {"{\"aws\":{\"urgent_poll_interval\":0}," L0 CL "}]}",
+     "ferry.json: aws.urgent_poll_interval: 0 seconds out of range 1..3600"},
     {"{\"workers\":1,\"workers\":2," L0 CL "}]}",
      "ferry.json:1:22: invalid JSON: duplicate object key near '\"workers\"'"},
 };

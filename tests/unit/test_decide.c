@@ -6,7 +6,8 @@
  * and optionally AWS's view per cluster: w = writer, r = reader, - = unknown,
  * s = "writer" but an hour old; f / t = From / To of a switchover in
  * progress (FailoverState), F / T = From / To of a failover (data loss
- * allowed), g = Aurora's own topology names it the global writer; and
+ * allowed), g = Aurora's own topology names it the global writer, e = the
+ * global writer endpoint resolves to it; and
  * optionally each cluster's timeline as a digit (0 = unknown). After each round the expected writer (letter
  * or '-'), generation, split-brain flag and a reason substring are checked.
  */
@@ -222,6 +223,14 @@ static const struct tcase cases[] = {
     {"the Aurora topology releases a fence",
      {S("WR", NULL, 'A', 1, NULL, 0), S("WW", NULL, 'B', 2, NULL, 1), S("WR", NULL, '-', 3, NULL, 0),
       S("WR", "g-", 'A', 4, "the Aurora topology names A writer", 0), END}},
+    /* Aurora's global writer endpoint: it confirms, never moves a writer */
+    {"both writable at start: the global writer endpoint breaks the tie",
+     {S("WW", "-e", 'B', 1, "2 clusters writable; the global writer endpoint points at B", 1), END}},
+    {"the global writer endpoint pointing elsewhere never moves a writer",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("WW", "-e", 'B', 2, "B promoted", 1),
+      S("WW", "e-", 'B', 2, "split brain: B stays writer", 1), END}},
+    {"the global writer endpoint at a read-only cluster makes no writer",
+     {S("RR", "e-", '-', 0, NULL, 0), END}},
     {"candidate: AWS's failover target",
      {CA("WRR", "wrr", 'A', '-'), CA("WRR", "frt", '-', 'C'), CA("RRW", "frt", 'C', '-'), END}},
     {"candidate: the replica while a planned switchover has no writer",
@@ -272,6 +281,7 @@ static void run_case(const struct tcase *tc)
                                                          : DISC_AWS_NO_FAILOVER;
             obs[k].aws_data_loss = a == 'F' || a == 'T';
             obs[k].topo = a == 'g' ? DISC_AWS_WRITER : DISC_AWS_UNKNOWN;
+            obs[k].global_endpoint = a == 'e';
             if (a == 'g')
                 obs[k].aws_at_ms = 0;
             obs[k].timeline = st->timelines ? (uint32_t)(st->timelines[k] - '0') : 0;
