@@ -49,6 +49,16 @@ void disc_decision_init(struct disc_decision *d, size_t nclusters)
 static void fold(struct disc_cluster *c, const struct disc_obs *o, uint64_t now)
 {
     c->promoted = false;
+    /* Aurora's topology names another writer, and this cluster answered
+     * (its own instance is part of that agreement): it is a secondary now,
+     * whatever its writer endpoint last said. This releases the fence of an
+     * old primary that rejoined as a secondary, whose writer endpoint stays
+     * inactive: it is never seen read-only there. */
+    if (o->probe == DISC_PROBE_OK && o->topo == DISC_AWS_READER) {
+        c->fenced = false;
+        if (o->via_reader)
+            c->writable = false;
+    }
     switch (o->probe) {
     case DISC_PROBE_OK:
         if (o->via_reader) {

@@ -341,6 +341,11 @@ static void core_decide(struct disc_core *c)
             obs[j].topo = !topo_region[0] || !region[0]             ? DISC_AWS_UNKNOWN
                           : strcasecmp(region, topo_region) == 0 ? DISC_AWS_WRITER
                                                                    : DISC_AWS_READER;
+            /* "a reader" counts only where this cluster's own instance was
+             * part of the agreement (decide.c releases a fence on it) */
+            if (obs[j].topo == DISC_AWS_READER &&
+                !(l->cl[j].obs.probe == DISC_PROBE_OK && l->cl[j].last.ntopo))
+                obs[j].topo = DISC_AWS_UNKNOWN;
             obs[j].global_endpoint = l->gw_addr[0] && l->cl[j].has_last &&
                                      strcmp(l->cl[j].last.writer_addr, l->gw_addr) == 0;
             l->cl[j].obs.probe = DISC_PROBE_NONE;

@@ -6,7 +6,8 @@
  * and optionally AWS's view per cluster: w = writer, r = reader, - = unknown,
  * s = "writer" but an hour old; f / t = From / To of a switchover in
  * progress (FailoverState), F / T = From / To of a failover (data loss
- * allowed), g = Aurora's own topology names it the global writer, e = the
+ * allowed), g / h = Aurora's own topology names it the global writer / a
+ * reader (every instance that answered agreeing), e = the
  * global writer endpoint resolves to it; and
  * optionally each cluster's timeline as a digit (0 = unknown). After each round the expected writer (letter
  * or '-'), generation, split-brain flag and a reason substring are checked.
@@ -220,6 +221,13 @@ static const struct tcase cases[] = {
       S("WW", "-g", 'B', 2, "split brain: B stays writer", 1), END}},
     {"the Aurora topology naming a read-only cluster changes nothing",
      {S("WR", "-g", 'A', 1, NULL, 0), S("WR", "-g", 'A', 1, NULL, 0), END}},
+    {"the Aurora topology naming another writer releases the fence of an old primary seen through its reader",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("FW", NULL, 'B', 2, NULL, 0), S("rW", NULL, 'B', 2, NULL, 0),
+      S("rW", "hg", 'B', 2, NULL, 0), S("WF", NULL, 'A', 3, "A promoted while B is not answering", 0),
+      END}},
+    {"the Aurora topology naming it a reader releases no fence when it did not answer",
+     {S("WR", NULL, 'A', 1, NULL, 0), S("FW", NULL, 'B', 2, NULL, 0), S("FW", "hg", 'B', 2, NULL, 0),
+      S("WF", NULL, 'B', 2, NULL, 0), END}},
     {"the Aurora topology releases a fence",
      {S("WR", NULL, 'A', 1, NULL, 0), S("WW", NULL, 'B', 2, NULL, 1), S("WR", NULL, '-', 3, NULL, 0),
       S("WR", "g-", 'A', 4, "the Aurora topology names A writer", 0), END}},
@@ -280,7 +288,7 @@ static void run_case(const struct tcase *tc)
                                   : a == 't' || a == 'T' ? DISC_AWS_FAILOVER_TO
                                                          : DISC_AWS_NO_FAILOVER;
             obs[k].aws_data_loss = a == 'F' || a == 'T';
-            obs[k].topo = a == 'g' ? DISC_AWS_WRITER : DISC_AWS_UNKNOWN;
+            obs[k].topo = a == 'g' ? DISC_AWS_WRITER : a == 'h' ? DISC_AWS_READER : DISC_AWS_UNKNOWN;
             obs[k].global_endpoint = a == 'e';
             if (a == 'g')
                 obs[k].aws_at_ms = 0;
