@@ -256,6 +256,14 @@ static void record_change(struct disc_core *c, struct disc_listener *l, int from
     snprintf(h->reason, sizeof h->reason, "%s", dd->reason);
 }
 
+/* The address cluster j's writer endpoint resolved to when its last probe
+ * answered through it ("" if it did not: sessions then look the name up). */
+static const char *verified_addr(const struct disc_listener *l, int j)
+{
+    const struct disc_cluster_view *v = &l->cl[j];
+    return v->has_last && v->last.ok && !v->last.inactive ? v->last.writer_addr : "";
+}
+
 static struct ferry_topology *snapshot(struct disc_core *c)
 {
     struct ferry_topology *t = ferry_topology_new(c->nls);
@@ -275,12 +283,15 @@ static struct ferry_topology *snapshot(struct disc_core *c)
         if (e->writer >= 0) {
             snprintf(e->writer_cluster, sizeof e->writer_cluster, "%s", l->names[e->writer]);
             e->writer_endpoint = l->lcfg->clusters[e->writer].endpoint;
+            snprintf(e->writer_addr, sizeof e->writer_addr, "%s", verified_addr(l, e->writer));
         }
         e->candidate = l->candidate;
         if (e->candidate >= 0) {
             snprintf(e->candidate_cluster, sizeof e->candidate_cluster, "%s",
                      l->names[e->candidate]);
             e->candidate_endpoint = l->lcfg->clusters[e->candidate].endpoint;
+            snprintf(e->candidate_addr, sizeof e->candidate_addr, "%s",
+                     verified_addr(l, e->candidate));
         }
     }
     return t;
@@ -373,6 +384,18 @@ static void core_decide(struct disc_core *c)
             l->candidate = candidate;
             changed = true;     /* published: waiting sessions may log in there */
         }
+        /* new sessions connect to the writer's address as last verified: a
+         * name that moved (within the cluster) is published at once */
+        const char *addr = next.writer >= 0 ? verified_addr(l, next.writer) : "";
+        if (addr[0] && strcmp(addr, l->writer_addr) != 0) {
+            if (l->writer_addr[0] && next.writer == l->writer_addr_of)
+                ferry_log(FERRY_LOG_INFO, "topology.writer_address_changed",
+                          "listener=%s cluster=%s from=%s to=%s", l->lcfg->name,
+                          l->names[next.writer], l->writer_addr, addr);
+            changed = true;
+        }
+        snprintf(l->writer_addr, sizeof l->writer_addr, "%s", addr);
+        l->writer_addr_of = next.writer;
         if (split_news)
             ferry_log(FERRY_LOG_ERROR, "topology.split_brain", "listener=%s reason=\"%s\"",
                       l->lcfg->name, next.reason);

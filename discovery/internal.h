@@ -58,6 +58,8 @@ struct disc_listener {
     uint64_t changed_wall_ms;
     uint64_t lost_ms;                   /* loop time the last writer was lost (0: has one) */
     int candidate;                      /* disc_candidate() as last published, -1 none */
+    char writer_addr[48];               /* the writer's address as last published ("" none) */
+    int writer_addr_of;                 /* the cluster it belonged to */
     /* failover duration: from losing a writer to having the next one */
     uint64_t failover_buckets[FAILOVER_NBUCKETS];
     uint64_t failover_count;

@@ -187,6 +187,11 @@ const struct ferry_hostport *px_route(const struct ferry_listener_cfg *lcfg,
 const struct ferry_hostport *px_route_candidate(const struct ferry_listener_cfg *lcfg,
                                                 const struct ferry_topology *topo,
                                                 const char **cluster);
+/* The address discovery resolved for the writer (or the candidate) of a
+ * discovered listener in topo, to connect to without a lookup; NULL when
+ * there is none (static routing, literal endpoints, not resolved yet). */
+const char *px_route_address(const struct ferry_listener_cfg *lcfg,
+                             const struct ferry_topology *topo, bool candidate);
 
 /* Errors ferry itself sends to a client before any server has spoken,
  * in the listener's protocol. */

@@ -35,6 +35,17 @@ const struct ferry_hostport *px_route(const struct ferry_listener_cfg *lcfg,
     return matching(lcfg, t->writer, t->writer_cluster, &t->writer_endpoint, cluster);
 }
 
+const char *px_route_address(const struct ferry_listener_cfg *lcfg,
+                             const struct ferry_topology *topo, bool candidate)
+{
+    const struct ferry_topology_listener *t =
+        lcfg->probe_enabled ? ferry_topology_find(topo, lcfg->name) : NULL;
+    if (!t)
+        return NULL;
+    const char *addr = candidate ? t->candidate_addr : t->writer_addr;
+    return addr[0] ? addr : NULL;
+}
+
 const struct ferry_hostport *px_route_candidate(const struct ferry_listener_cfg *lcfg,
                                                 const struct ferry_topology *topo,
                                                 const char **cluster)

@@ -411,7 +411,8 @@ static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chu
 static bool route_and_connect(struct px_session *s);
 static bool connect_now(struct px_session *s, enum px_login kind);
 static void try_prelogin(struct px_session *s);
-static bool route_to(struct px_session *s, const char *cluster, const struct ferry_hostport *ep);
+static bool route_to(struct px_session *s, const char *cluster, const struct ferry_hostport *ep,
+                     const char *addr);
 static void set_topo_gen(struct px_session *s);
 static void prelogin_failed(struct px_session *s, const char *error);
 static bool prelogin_settle(struct px_session *s);
@@ -620,7 +621,7 @@ static void try_prelogin(struct px_session *s)
     s->prelogin_serial = w->topology->serial;
     s->prelogin = true;
     s->prelogin_ready = false;
-    route_to(s, cluster, ep);
+    route_to(s, cluster, ep, px_route_address(s->lcfg, w->topology, true));
 }
 
 static void prelogin_failed(struct px_session *s, const char *error)
@@ -1201,13 +1202,17 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     uv_freeaddrinfo(res);
 }
 
-/* Literal addresses connect at once; names go through the libuv threadpool. */
-static void start_backend(struct px_session *s, const struct ferry_hostport *ep)
+/* Literal addresses connect at once, and so do names discovery resolved for
+ * this route (addr: the address its probe found writable, so a session goes
+ * exactly where the probe looked, and a connection storm costs no lookups);
+ * other names go through the libuv threadpool. */
+static void start_backend(struct px_session *s, const struct ferry_hostport *ep, const char *addr)
 {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
-    if (uv_ip4_addr(ep->host, ep->port, (struct sockaddr_in *)&ss) == 0 ||
-        uv_ip6_addr(ep->host, ep->port, (struct sockaddr_in6 *)&ss) == 0) {
+    const char *host = addr ? addr : ep->host;
+    if (uv_ip4_addr(host, ep->port, (struct sockaddr_in *)&ss) == 0 ||
+        uv_ip6_addr(host, ep->port, (struct sockaddr_in6 *)&ss) == 0) {
         connect_to(s, (struct sockaddr *)&ss);
         return;
     }
@@ -1235,7 +1240,8 @@ static void start_backend(struct px_session *s, const struct ferry_hostport *ep)
  * writer to route to. */
 /* Connects s to ep of cluster (the route's or a candidate's); false: out of
  * memory for the endpoint's name. */
-static bool route_to(struct px_session *s, const char *cluster, const struct ferry_hostport *ep)
+static bool route_to(struct px_session *s, const char *cluster, const struct ferry_hostport *ep,
+                     const char *addr)
 {
     snprintf(s->cluster, sizeof s->cluster, "%s", cluster);
     char text[FERRY_HOST_MAX + 16];
@@ -1252,7 +1258,7 @@ static bool route_to(struct px_session *s, const char *cluster, const struct fer
               s->pl->name, (unsigned long long)s->id, s->cluster, s->endpoint,
               s->prelogin ? " ahead_of_promotion=yes" : "");
     uv_timer_start(&s->timer, on_timer, (uint64_t)(s->lcfg->connect_timeout * 1000.0), 0);
-    start_backend(s, ep);
+    start_backend(s, ep, addr);
     return true;
 }
 
@@ -1271,7 +1277,7 @@ static bool route_and_connect(struct px_session *s)
     if (!ep)
         return false;
     set_topo_gen(s);
-    return route_to(s, cluster, ep);
+    return route_to(s, cluster, ep, px_route_address(s->lcfg, s->owner->topology, false));
 }
 
 /* ---- accept ---- */

@@ -19,6 +19,10 @@ struct ferry_topology_listener {
     int writer;                         /* cluster index in the listener config, -1: none (hold) */
     char writer_cluster[FERRY_NAME_MAX];
     struct ferry_hostport writer_endpoint;
+    char writer_addr[48];               /* the address discovery's last probe of the writer
+                                           endpoint resolved and found writable ("" = none):
+                                           sessions connect there, without a lookup of
+                                           their own; the name stays the TLS identity */
     uint64_t generation;                /* this listener's writer generation */
     uint64_t changed_ms;                /* wall clock (ms since epoch) of the last change */
     bool split_brain;
@@ -31,6 +35,7 @@ struct ferry_topology_listener {
     int candidate;
     char candidate_cluster[FERRY_NAME_MAX];
     struct ferry_hostport candidate_endpoint;
+    char candidate_addr[48];            /* as writer_addr, for the candidate ("" = none) */
 };
 
 struct ferry_topology {

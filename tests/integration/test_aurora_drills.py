@@ -72,7 +72,12 @@ def outage_and_failover(g, ferry, load, old, new):
     t = switched_at(ferry, new)
     load.wait_for_acks(n + 100, timeout=30)
     resumed = load.result.acked_after(t)
-    assert resumed and set(resumed) <= ids_on(g.writer), "writes resumed on the new writer"
+    on_new = ids_on(g.writer)
+    assert resumed, "writes resumed on the new writer"
+    # lost writes are only those of the outage itself (asynchronous
+    # replication: Aurora's RPO), never ones acknowledged after ferry switched
+    late = {i: round(load.result.acked[i] - t, 3) for i in resumed if i not in on_new}
+    assert not late, f"acknowledged after the switch to {new}, missing there: {late}"
     g.rejoin(old)
     wait_for(lambda: [c["state"] for c in ferry.status()["discovery"]["listeners"][0]["clusters"]
                       if c["name"] == old] == ["inactive"], timeout=30,
@@ -90,13 +95,6 @@ def test_region_outage_failover_there_and_back_under_load(aurora, tmp_path):
     result = load.stop()
     assert result.idle_checked == 3, result.error_log       # idle sessions moved twice
     assert result.errors_of("idle") == {}
-    # writes lost are only those of the outages themselves (asynchronous
-    # replication: Aurora's RPO), never ones acknowledged after ferry switched
-    final = ids_on(g.writer)
-    for to in (SECONDARY, PRIMARY):
-        t = switched_at(ferry, to)
-        late = [i for i in result.acked_after(t + 0.05) if i not in final]
-        assert late == [], f"writes acknowledged after the switch to {to} are missing"
     d = ferry.status()["discovery"]["listeners"][0]
     assert d["writer"] == PRIMARY and not any(c["fenced"] for c in d["clusters"])
     assert d["global_writer_endpoint"]["points_to"] == PRIMARY

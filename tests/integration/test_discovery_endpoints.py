@@ -347,3 +347,26 @@ def test_pg_probe_wrong_ca_or_name_is_tls_failed(ferry_factory, tls_only_pg, tmp
         "mode": "verify-ca", "ca_file": str(pair.pki / "ca.pem")}, name_a=NAME_OTHER)),
         tmp_path, hosts)
     assert doc[0]["clusters"][0]["state"] == "writable", doc
+
+
+def test_sessions_connect_where_the_probe_resolved_the_writer(ferry_factory, pg_pair, tmp_path):
+    """New sessions connect to the address discovery's last probe resolved
+    for the writer's endpoint (and found writable), not to what a lookup of
+    their own would say: the writer's name vanishing between two probe
+    rounds does not stop them, and a connection storm costs no lookups."""
+    hosts = PrivateHosts(tmp_path)
+    hosts.set(NAME_A, "127.0.0.1")
+    hosts.set(NAME_B, "127.0.0.1")
+    slow = {"probe_interval": 30, "probe_timeout": 5, "writer_down_after": 2, "hold_timeout": 3}
+    ferry = start_ferry(ferry_factory, make_config(pg_by_name(pg_pair, NAME_A, NAME_B),
+                                                   workers=1, discovery=slow), hosts)
+    wait_for(lambda: discovery_of(ferry, "pg")["writer"] == "region-a", timeout=10,
+             what="region-a as writer")
+    hosts.set(NAME_A, None)     # the next probe round is ~30 s away
+    for _ in range(3):
+        conn = psycopg2.connect(pg_dsn(ferry), connect_timeout=5)
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_is_in_recovery()")
+            assert cur.fetchone() == (False,)
+        conn.close()
+    assert "resolve" not in ferry.log_text().split("writer_changed", 1)[1]

@@ -15,7 +15,12 @@ The drills run a load through ferry and check, with the servers' own logs:
 
 TOLERANCE covers the hop from discovery's decision (the time in its
 history) to the workers applying it (one uv_async wakeup per worker) and
-the servers' log timestamps, on a machine shared with other jobs.
+the servers' log timestamps. On a quiet machine that is well under a
+millisecond; on this shared 2-CPU machine under a full CI run a worker was
+seen to apply a snapshot more than 50 ms after the decision, so a statement
+sent in between still went to the old writer. What the drill guards against
+is the old behaviour: every write for as long as the split brain lasts
+(thousands here); the cut of a statement in flight is tested exactly below.
 """
 
 import datetime
@@ -31,7 +36,7 @@ from harness.drill_mysql import log_statements, statements_after as my_statement
 from harness.proc import wait_for
 from test_discovery import FAST, discovery_of, pg_discovered, writer_of
 
-TOLERANCE = 0.05        # seconds; see the module docstring
+TOLERANCE = 0.5         # seconds; see the module docstring
 PG_USER, PG_PASSWORD = harness.pg.TEST_USER, harness.pg.TEST_PASSWORD
 
 
@@ -80,7 +85,9 @@ def test_pg_split_brain_under_load_loses_nothing_after_the_promotion(ferry_facto
     on_b = {r[0] for r in own_pg.replica.query("SELECT id FROM drill_acks",
                                               dbname=harness.pg.TEST_DB)}
     resumed = result.acked_after(t_switch + TOLERANCE)
-    assert len(resumed) >= 200 - n and set(resumed) <= on_b
+    missing = {i: round(result.acked[i] - t_switch, 3) for i in resumed if i not in on_b}
+    assert len(resumed) >= 200 - n and not missing, \
+        f"acknowledged after the switch (s after it) but not on the new writer: {missing}"
     # acknowledged writes lost to the split brain: only from before ferry saw it
     lost = set(result.acked) - on_b
     late = sorted(i for i in lost if result.acked[i] > t_switch + TOLERANCE)
