@@ -227,7 +227,8 @@ static void on_lag(const struct aws_status *st, const struct aws_lag *lags, size
         if (!v)
             continue;
         v->lag_present = lags[i].present;
-        v->lag_ms = lags[i].lag_ms;
+        v->lag_ms = lags[i].present ? lags[i].lag_ms : 0.0;
+        v->lag_at = lags[i].present ? lags[i].at : 0;
         v->lag_wall_ms = wall;
     }
     disc_unlock(l->owner);
@@ -370,14 +371,23 @@ static const char *role_name(enum disc_aws_role r)
     return r == DISC_AWS_WRITER ? "writer" : r == DISC_AWS_READER ? "reader" : "unknown";
 }
 
+/* The lag as CloudWatch published it: the newest datapoint's value and its
+ * own time (lag_measured_at), when ferry read it (lag_observed_at), how old
+ * the measurement is now and whether that is stale. null while none. */
 json_t *disc_aws_cluster_json(const struct disc_cluster_view *v)
 {
     if (!aws_enabled(v->owner))
         return NULL;
-    json_t *lag = v->lag_wall_ms && v->lag_present ? json_real(v->lag_ms) : json_null();
-    return json_pack("{s:s, s:o, s:s, s:o, s:o}", "role", role_name(v->obs.aws), "observed_at",
-                     disc_iso_time(v->aws_wall_ms), "sync_status", v->aws_sync,
-                     "replication_lag_ms", lag, "lag_observed_at", disc_iso_time(v->lag_wall_ms));
+    bool known = v->lag_wall_ms && v->lag_present;
+    uint64_t measured = known && v->lag_at > 0 ? (uint64_t)v->lag_at * 1000 : 0, now = disc_wall_ms();
+    double age = measured ? (now > measured ? (double)(now - measured) / 1000.0 : 0.0) : 0.0;
+    return json_pack("{s:s, s:o, s:s, s:o, s:o, s:o, s:o, s:o}", "role", role_name(v->obs.aws),
+                     "observed_at", disc_iso_time(v->aws_wall_ms), "sync_status", v->aws_sync,
+                     "replication_lag_ms", known ? json_real(v->lag_ms) : json_null(),
+                     "lag_measured_at", disc_iso_time(measured),
+                     "lag_observed_at", disc_iso_time(v->lag_wall_ms),
+                     "lag_age_seconds", measured ? json_real(age) : json_null(),
+                     "lag_stale", measured ? json_boolean(age * 1000.0 > DISC_LAG_STALE_MS) : json_null());
 }
 
 json_t *disc_aws_listener_json(const struct disc_listener *l)

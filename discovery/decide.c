@@ -59,6 +59,8 @@ static void fold(struct disc_cluster *c, const struct disc_obs *o, uint64_t now)
         if (o->via_reader)
             c->writable = false;
     }
+    c->lag_ms = o->lag_ms;      /* AWS's, whatever the probe did */
+    c->lag_at_ms = o->lag_at_ms;
     switch (o->probe) {
     case DISC_PROBE_OK:
         if (o->via_reader) {
@@ -427,15 +429,22 @@ int disc_candidate(const struct disc_decision *d, uint64_t now, const struct dis
         return want;
     if (failing_over)
         return -1;      /* AWS named a target that is not healthy: wait for it */
-    int pick = -1;
+    int pick = -1, several = 0;
+    bool lag_known = true, tie = false;
     for (size_t i = 0; i < d->n; i++) {
         const struct disc_cluster *c = &d->c[i];
         if ((int)i == d->writer || (int)i == d->last_writer || c->fenced || c->failures ||
             c->inactive || is_stale(c, now, p))
             continue;
-        if (pick >= 0)
-            return -1;      /* several: which one is promoted is anybody's guess */
-        pick = (int)i;
+        several += pick >= 0;
+        /* Several: which one is promoted is anybody's guess, unless AWS
+         * says how far behind each is; the least lagged loses the least
+         * if it is the one promoted (and is AWS's usual pick). */
+        lag_known &= c->lag_at_ms && c->lag_at_ms <= now && now - c->lag_at_ms <= p->lag_stale_after_ms;
+        if (pick >= 0 && c->lag_ms == d->c[pick].lag_ms)
+            tie = true;
+        else if (pick < 0 || c->lag_ms < d->c[pick].lag_ms)
+            pick = (int)i, tie = false;
     }
-    return pick;
+    return several && (!lag_known || tie) ? -1 : pick;
 }

@@ -41,6 +41,9 @@ struct disc_obs {
     enum disc_aws_failover aws_failover; /* FailoverState From / To this cluster */
     bool aws_data_loss;         /* FailoverState IsDataLossAllowed (a failover, not a switchover) */
     uint64_t aws_at_ms;         /* when AWS said so (0 = never) */
+    double lag_ms;              /* CloudWatch AuroraGlobalDBReplicationLag, if lag_at_ms */
+    uint64_t lag_at_ms;         /* when that datapoint was measured, on now_ms's clock (0 = no
+                                   lag known: a primary, or no AWS signals) */
 };
 
 /* What decide() remembers of one cluster between decisions. */
@@ -56,12 +59,15 @@ struct disc_cluster {
     uint32_t timeline;          /* last timeline seen (0 = unknown) */
     uint32_t fenced_timeline;   /* timeline when fenced */
     uint64_t last_ok_ms;        /* time of the last successful probe */
+    double lag_ms;              /* the lag last observed (disc_obs), for disc_candidate() only */
+    uint64_t lag_at_ms;
 };
 
 struct disc_params {
     unsigned writer_down_after; /* consecutive failures that drop the writer (>= 1) */
     uint64_t stale_after_ms;    /* a cluster not probed OK for this long counts as down */
     uint64_t aws_stale_after_ms;/* AWS data older than this is ignored */
+    uint64_t lag_stale_after_ms;/* a lag measured longer ago is not used (0: none is) */
 };
 
 struct disc_decision {
@@ -97,8 +103,11 @@ void disc_decide(const struct disc_decision *prev, const struct disc_obs *obs,
  * that sessions waiting for one can log in there ahead of its promotion
  * (they send it nothing until it is the writer). The operator's switchover
  * target if healthy, else AWS's failover target if healthy, else the one
- * healthy, unfenced cluster other than the (last) writer; -1 when the writer
- * is healthy, or there are none or several such. */
+ * healthy, unfenced cluster other than the (last) writer; among several
+ * such, the one with the least replication lag when every one of them has a
+ * fresh lag (lag_stale_after_ms) and one is strictly least; -1 when the
+ * writer is healthy, or there are none, or several and the lag does not
+ * settle it. */
 int disc_candidate(const struct disc_decision *d, uint64_t now_ms, const struct disc_params *p);
 
 #endif

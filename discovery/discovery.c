@@ -213,6 +213,7 @@ static struct disc_params params_of(const struct ferry_config *cfg)
         /* blind for writer_down_after intervals (plus one probe's time): stop trusting */
         .stale_after_ms = (uint64_t)((dc->writer_down_after * dc->probe_interval + dc->probe_timeout) * 1000.0),
         .aws_stale_after_ms = 120000,
+        .lag_stale_after_ms = DISC_LAG_STALE_MS,
     };
 }
 
@@ -360,6 +361,16 @@ static void core_decide(struct disc_core *c)
             obs[j].global_endpoint = l->gw_addr[0] && l->cl[j].has_last &&
                                      strcmp(l->cl[j].last.writer_addr, l->gw_addr) == 0;
             l->cl[j].obs.probe = DISC_PROBE_NONE;
+            /* CloudWatch's lag for disc_candidate(), its measurement time
+             * moved onto the loop clock decide() runs on */
+            const struct disc_cluster_view *v = &l->cl[j];
+            obs[j].lag_at_ms = 0;
+            if (v->lag_wall_ms && v->lag_present && v->lag_at > 0) {
+                uint64_t wall = disc_wall_ms(), at = (uint64_t)v->lag_at * 1000;
+                uint64_t age = wall > at ? wall - at : 0;
+                obs[j].lag_ms = v->lag_ms;
+                obs[j].lag_at_ms = now > age ? now - age : 1;
+            }
         }
         struct disc_decision next;
         int from = l->decision.writer;

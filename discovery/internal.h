@@ -20,6 +20,10 @@
 struct aws_client;
 
 #define HISTORY_MAX 32
+/* A CloudWatch lag datapoint measured longer ago than this is stale: shown
+ * so (lag_stale), and not used to pick the candidate. AWS publishes one a
+ * minute, queryable a few minutes later (reference/aws.md §12). */
+#define DISC_LAG_STALE_MS (10 * 60 * 1000)
 #define FAILOVER_NBUCKETS 10
 extern const double disc_failover_bounds[FAILOVER_NBUCKETS];
 
@@ -42,7 +46,8 @@ struct disc_cluster_view {
     uint64_t aws_wall_ms;               /* when RDS last named its role */
     char aws_sync[32];                  /* SynchronizationStatus, e.g. pending-resync */
     bool lag_present;                   /* CloudWatch had a datapoint */
-    double lag_ms;
+    double lag_ms;                      /* the newest datapoint's value */
+    int64_t lag_at;                     /* its own timestamp: when AWS measured it, epoch s */
     uint64_t lag_wall_ms;               /* when we read it (0 = never) */
 };
 

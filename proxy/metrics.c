@@ -189,15 +189,25 @@ static void discovery_metrics(FILE *f, json_t *st)
             }
         }
     }
-    help(f, "ferry_replication_lag_seconds", "gauge",
-         "AuroraGlobalDBReplicationLag from CloudWatch (secondaries only; absent for the primary).");
-    json_array_foreach(ls, i, l) {
-        json_array_foreach(json_object_get(l, "clusters"), j, c) {
-            json_t *lag = json_object_get(json_object_get(c, "aws"), "replication_lag_ms");
-            if (json_is_number(lag))
-                fprintf(f, "ferry_replication_lag_seconds{listener=\"%s\",cluster=\"%s\"} %.17g\n",
-                        json_string_value(json_object_get(l, "name")),
-                        json_string_value(json_object_get(c, "name")), json_number_value(lag) / 1000.0);
+    static const char *const lag_metric[][3] = {
+        {"ferry_replication_lag_seconds", "replication_lag_ms",
+         "AuroraGlobalDBReplicationLag from CloudWatch, its newest datapoint (secondaries only; "
+         "absent for the primary)."},
+        {"ferry_replication_lag_age_seconds", "lag_age_seconds",
+         "How long ago CloudWatch measured that datapoint (its own timestamp); over 600 it is "
+         "stale and not used to pick the candidate."},
+    };
+    for (size_t k = 0; k < 2; k++) {
+        help(f, lag_metric[k][0], "gauge", lag_metric[k][2]);
+        json_array_foreach(ls, i, l) {
+            json_array_foreach(json_object_get(l, "clusters"), j, c) {
+                json_t *v = json_object_get(json_object_get(c, "aws"), lag_metric[k][1]);
+                if (json_is_number(v))
+                    fprintf(f, "%s{listener=\"%s\",cluster=\"%s\"} %.17g\n", lag_metric[k][0],
+                            json_string_value(json_object_get(l, "name")),
+                            json_string_value(json_object_get(c, "name")),
+                            json_number_value(v) / (k == 0 ? 1000.0 : 1.0));
+            }
         }
     }
     help(f, "ferry_aws_calls_total", "counter", "AWS API calls by API and outcome.");

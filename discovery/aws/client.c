@@ -25,7 +25,8 @@
 #define DEFAULT_ATTEMPTS 3
 #define DEFAULT_BACKOFF_BASE_MS 1000
 #define DEFAULT_BACKOFF_CAP_MS 20000
-#define DEFAULT_LAG_WINDOW_S 600
+#define DEFAULT_LAG_WINDOW_S 900    /* 15 min: a datapoint past the 10 min staleness mark is still
+                                       seen (and shown stale) rather than vanishing */
 /* Retry budget, SDK "standard" mode (reference §10): a regional brown-out
  * must not be amplified by every caller retrying at full rate. */
 #define RETRY_TOKENS_MAX 500
@@ -476,16 +477,10 @@ static int deliver_lag(struct op *op, const uint8_t *body, size_t len)
         struct aws_lag *l = &lags[i];
         l->cluster_id = op->cluster_ids[i];
         l->status = s ? s->status : "";
-        if (!s || s->n == 0)
-            continue;                   /* absent: primary, or no data yet */
-        size_t newest = 0;              /* by timestamp, whatever ScanBy did */
-        for (size_t k = 1; k < s->n; k++)
-            if (s->timestamps[k] > s->timestamps[newest])
-                newest = k;
-        l->present = true;
-        l->lag_ms = s->values[newest];
-        l->at = s->timestamps[newest];
-        l->npoints = s->n;
+        /* the newest datapoint, with its own timestamp: when AWS measured
+         * the lag, not when we read it. None: primary, or no data yet. */
+        l->npoints = aws_cw_newest(&md, id, &l->lag_ms, &l->at);
+        l->present = l->npoints > 0;
     }
     op->st.more = md.next_token[0] != '\0';
     op->cb.lag(&op->st, lags, op->nclusters, op->ud);

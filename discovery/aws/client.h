@@ -41,7 +41,7 @@ struct aws_client_config {
     unsigned max_attempts;              /* 0 = 3 (SDK standard mode) */
     unsigned backoff_base_ms;           /* 0 = 1000: delay = rand(0,1) * min(base * 2^n, cap) */
     unsigned backoff_cap_ms;            /* 0 = 20000 */
-    unsigned lag_window_s;              /* GetMetricData look-back; 0 = 600 */
+    unsigned lag_window_s;              /* GetMetricData look-back; 0 = 900 */
 };
 
 /* How a call ended. Borrowed for the duration of the callback. */

@@ -12,6 +12,7 @@ From pytest:
     fake = FakeAWS().start()          # or the `fake_aws` fixture in fakes_fixture.py
     fake.set_writer("ferry-secondary")
     fake.set_lag("ferry-secondary", 142.0)
+    fake.set_lag_dimensions("DBClusterIdentifier")   # published under another set
     fake.fail_next("DescribeGlobalClusters", "throttle", times=2)
     ... run the client against fake.url ...
     fake.requests                     # every request, in order (dicts)
@@ -32,6 +33,7 @@ import collections
 import datetime
 import hashlib
 import json
+import re
 import secrets
 import threading
 import time
@@ -71,6 +73,46 @@ FAULT_ERRORS = {
 }
 FAULT_KINDS = set(FAULT_ERRORS) | {"garbage", "truncated", "slow"}
 
+_SEARCH = re.compile(r"""^SEARCH\(\s*'(?P<query>(?:[^'\\]|\\.)*)'\s*,\s*'(?P<stat>\w+)'\s*"""
+                     r"""(?:,\s*(?P<period>\d+)\s*)?\)$""")
+_TERM = re.compile(r"""\s*(?:(?P<key>[A-Za-z][\w/:.-]*)=)?"(?P<value>(?:[^"\\]|\\.)*)"\s*""")
+
+
+def search_matches(expression, metric):
+    """Whether CloudWatch's SEARCH() expression would return `metric`
+    ({"namespace", "metric", "dimensions": {name: value}}). The subset of the
+    search syntax this fake understands: an optional metric schema
+    {Namespace,Dim,...} (the metric must have exactly those dimension names)
+    and exact terms, `"value"` or `Name="value"` with Name one of Namespace,
+    MetricName or a dimension name. Anything else (partial matches, Boolean
+    operators) matches nothing, so a test fails rather than passing by luck."""
+    m = _SEARCH.match(expression.strip())
+    if not m or (m["period"] and int(m["period"]) % 60):
+        return False
+    query = m["query"].strip()
+    if query.startswith("{"):
+        close = query.find("}")
+        if close < 0:
+            return False
+        schema = [x.strip().strip('"') for x in query[1:close].split(",")]
+        if schema[0] != metric["namespace"] or set(schema[1:]) != set(metric["dimensions"]):
+            return False
+        query = query[close + 1:].lstrip(" ,")
+    props = dict(metric["dimensions"], Namespace=metric["namespace"], MetricName=metric["metric"])
+    pos = 0
+    while pos < len(query):
+        t = _TERM.match(query, pos)
+        if not t or t.end() == pos:
+            return False
+        value = re.sub(r"\\(.)", r"\1", t["value"])
+        if t["key"] is None:
+            if value not in props.values() and value not in props:
+                return False
+        elif props.get(t["key"]) != value:
+            return False
+        pos = t.end()
+    return True
+
 
 def iso(ts):
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -106,6 +148,12 @@ class FakeAWS:
                         Member("ferry-secondary", "eu-west-1")]
         self.failover = None                  # dict(status, from_id, to_id, data_loss) or None
         self.lag = {"ferry-secondary": [142.0, 97.5]}   # cluster id -> newest-first values (ms)
+        self.lag_age = {}                     # cluster id -> seconds its newest point is held back
+        # The dimension set AuroraGlobalDBReplicationLag is published under
+        # (the console group the Aurora labs show); set_lag_dimensions()
+        # changes it. SourceRegion's value is the primary's region.
+        self.lag_dimensions = ("DBClusterIdentifier", "SourceRegion")
+        self.metric_queries = []              # per GetMetricData query: {"id", "matched"}
         self.faults = collections.defaultdict(collections.deque)  # action/source -> kinds
         self.slow_seconds = 3.0
         self.expire_next_temporary = False    # next request signed with temporary creds: ExpiredToken
@@ -158,11 +206,44 @@ class FakeAWS:
             for m in self.members:
                 m.writer = m.cluster_id == cluster_id
 
-    def set_lag(self, cluster_id, *values):
-        """Newest first; no values = the series is absent (as for a primary)."""
+    def set_lag(self, cluster_id, *values, age=0):
+        """Newest first, one a minute; no values = the series is absent (as
+        for a primary). age: how many seconds before the last complete
+        minute the newest datapoint was measured (publication stopped)."""
         with self.lock:
             self.lag[cluster_id] = list(values)
+            self.lag_age[cluster_id] = age
             self._lag_set.add(cluster_id)
+
+    def set_lag_dimensions(self, *names):
+        """The dimension set the lag metric is published under, e.g.
+        ("DBClusterIdentifier",) or ("DBClusterIdentifier", "SourceRegion")."""
+        if not set(names) <= {"DBClusterIdentifier", "SourceRegion"} or not names:
+            raise ValueError(f"unsupported dimension set {names!r}")
+        with self.lock:
+            self.lag_dimensions = tuple(names)
+
+    def published_lag_metrics(self, now):
+        """The AuroraGlobalDBReplicationLag metrics CloudWatch holds now:
+        [{"namespace", "metric", "dimensions": {name: value}, "points":
+        [(epoch, ms), newest first]}], one per secondary with a series (a
+        primary publishes nothing)."""
+        view = self.view()
+        primary = next((m["region"] for m in view["members"] if m["writer"]), "")
+        newest = (int(now) // 60 - 1) * 60                     # last complete minute
+        with self.lock:
+            names, ages = self.lag_dimensions, dict(self.lag_age)
+        out = []
+        for m in view["members"]:
+            values = view["lag"].get(m["cluster_id"], [])
+            if m["writer"] or not values:
+                continue
+            values_of = {"DBClusterIdentifier": m["cluster_id"], "SourceRegion": primary}
+            t0 = newest - ages.get(m["cluster_id"], 0) // 60 * 60
+            out.append({"namespace": "AWS/RDS", "metric": "AuroraGlobalDBReplicationLag",
+                        "dimensions": {n: values_of[n] for n in names},
+                        "points": [(t0 - 60 * i, v) for i, v in enumerate(values)]})
+        return out
 
     def set_failover(self, status, from_id, to_id, data_loss=False):
         self._scripted("set_failover")
@@ -203,8 +284,8 @@ class FakeAWS:
 
     def control(self, op, args):
         """The standalone control API: calls one of the scripting methods."""
-        allowed = {"set_writer", "set_lag", "set_failover", "fail_next", "expire_next_token",
-                   "clear_requests"}
+        allowed = {"set_writer", "set_lag", "set_lag_dimensions", "set_failover", "fail_next",
+                   "expire_next_token", "clear_requests"}
         if op not in allowed:
             raise ValueError(f"unknown op {op!r}")
         return getattr(self, op)(*args)
@@ -511,26 +592,45 @@ class _Handler(BaseHTTPRequestHandler):
     # ---- CloudWatch -----------------------------------------------------
 
     def _GetMetricData(self, form, ns):
+        """As CloudWatch answers: a MetricStat query gets data only when its
+        namespace, metric name and dimension set (names and values) equal
+        a published metric's exactly; a SEARCH() expression gets one series
+        per published metric it matches (all under the query's Id). Anything
+        else gets an empty series, StatusCode Complete: no error, no data."""
         f = self.fake
         end = datetime.datetime.strptime(form["EndTime"], "%Y-%m-%dT%H:%M:%SZ").replace(
             tzinfo=datetime.timezone.utc).timestamp()
-        newest = (int(min(end, time.time())) // 60 - 1) * 60    # last complete minute
+        start = datetime.datetime.strptime(form["StartTime"], "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+        published = f.published_lag_metrics(min(end, time.time()))
         results = []
-        view = f.view()
         n = 1
         while f"MetricDataQueries.member.{n}.Id" in form:
             p = f"MetricDataQueries.member.{n}."
             qid = form[p + "Id"]
-            cluster = form.get(p + "MetricStat.Metric.Dimensions.member.1.Value", "")
-            values = list(view["lag"].get(cluster, []))
-            if any(m["cluster_id"] == cluster and m["writer"] for m in view["members"]):
-                values = []                    # the primary publishes nothing
-            ts = "".join(f"<member>{iso(newest - 60 * i)}</member>" for i in range(len(values)))
-            vs = "".join(f"<member>{v}</member>" for v in values)
-            results.append(f"<member><Id>{escape(qid)}</Id><Label>"
-                           f"{escape(form.get(p + 'MetricStat.Metric.MetricName', ''))}</Label>"
-                           f"<Timestamps>{ts}</Timestamps><Values>{vs}</Values>"
-                           f"<StatusCode>Complete</StatusCode></member>")
+            if p + "Expression" in form:
+                matched = [m for m in published if search_matches(form[p + "Expression"], m)]
+            else:
+                dims = {}
+                k = 1
+                while f"{p}MetricStat.Metric.Dimensions.member.{k}.Name" in form:
+                    d = f"{p}MetricStat.Metric.Dimensions.member.{k}."
+                    dims[form[d + "Name"]] = form.get(d + "Value", "")
+                    k += 1
+                matched = [m for m in published
+                           if m["namespace"] == form.get(p + "MetricStat.Metric.Namespace")
+                           and m["metric"] == form.get(p + "MetricStat.Metric.MetricName")
+                           and m["dimensions"] == dims]
+            with f.lock:
+                f.metric_queries.append({"id": qid, "matched": len(matched)})
+            for m in matched or [None]:
+                points = [] if m is None else [(t, v) for t, v in m["points"] if start <= t < end]
+                ts = "".join(f"<member>{iso(t)}</member>" for t, _ in points)
+                vs = "".join(f"<member>{v}</member>" for _, v in points)
+                label = form.get(p + "Label") or (m and " ".join(m["dimensions"].values())) or qid
+                results.append(f"<member><Id>{escape(qid)}</Id><Label>{escape(label)}</Label>"
+                               f"<Timestamps>{ts}</Timestamps><Values>{vs}</Values>"
+                               f"<StatusCode>Complete</StatusCode></member>")
             n += 1
         return (f'<GetMetricDataResponse xmlns="{ns}"><GetMetricDataResult>'
                 f"<MetricDataResults>{''.join(results)}</MetricDataResults><Messages/>"

@@ -77,9 +77,53 @@ def test_replication_lag_present_for_secondary_absent_for_primary(aws_probe, fak
                     "points": 0}
     (req,) = api_requests(fake_aws, "GetMetricData")
     assert (req["region"], req["signing_service"]) == ("eu-west-1", "monitoring")
-    assert req["form"]["MetricDataQueries.member.1.MetricStat.Metric.MetricName"] == \
-        "AuroraGlobalDBReplicationLag"
+    assert req["form"]["MetricDataQueries.member.1.Expression"] == LAG_SEARCH % "ferry-secondary"
     assert req["form"]["StartTime"].endswith(":00Z") and req["form"]["EndTime"].endswith(":00Z")
+
+
+LAG_SEARCH = ("SEARCH('Namespace=\"AWS/RDS\" MetricName=\"AuroraGlobalDBReplicationLag\" "
+              "DBClusterIdentifier=\"%s\"', 'Maximum', 60)")
+
+
+def test_lag_request_is_what_botocore_serializes(aws_probe, fake_aws):
+    """The GetMetricData form ferry sends, decoded, equals botocore's query
+    serialization of the same request (an independent encoder)."""
+    import datetime
+    from botocore import serialize
+    aws_probe("lag", "ferry-secondary", "Ferry-Primary", region="eu-west-1")
+    (req,) = api_requests(fake_aws, "GetMetricData")
+    form = req["form"]
+    when = {k: datetime.datetime.strptime(form[k], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=datetime.timezone.utc) for k in ("StartTime", "EndTime")}
+    assert (when["EndTime"] - when["StartTime"]).total_seconds() == 900   # stale points still seen
+    model = botocore.session.get_session().get_service_model("cloudwatch")
+    expected = serialize.create_serializer("query").serialize_to_request(
+        {"MetricDataQueries": [{"Id": "m0", "Expression": LAG_SEARCH % "ferry-secondary"},
+                               {"Id": "m1", "Expression": LAG_SEARCH % "ferry-primary"}],
+         "ScanBy": "TimestampDescending", **when},
+        model.operation_model("GetMetricData"))["body"]
+    assert form == expected
+
+
+@pytest.mark.parametrize("dimensions", [("DBClusterIdentifier", "SourceRegion"),
+                                        ("DBClusterIdentifier",)])
+def test_lag_found_whatever_dimension_set_it_is_published_under(aws_probe, fake_aws, dimensions):
+    fake_aws.set_lag_dimensions(*dimensions)
+    fake_aws.set_lag("ferry-secondary", 75.0, 60.0)
+    (sec,) = aws_probe("lag", "ferry-secondary", region="eu-west-1").call["result"]
+    assert sec["present"] and sec["lag_ms"] == 75.0 and sec["points"] == 2
+    assert fake_aws.metric_queries == [{"id": "m0", "matched": 1}]
+
+
+def test_lag_datapoint_keeps_its_own_timestamp(aws_probe, fake_aws):
+    """`at` is when CloudWatch measured the lag (the datapoint's timestamp),
+    even when publication stopped minutes ago, not when ferry read it."""
+    import time
+    fake_aws.set_lag("ferry-secondary", 310.0, 200.0, age=12 * 60)
+    (sec,) = aws_probe("lag", "ferry-secondary", region="eu-west-1").call["result"]
+    assert sec["present"] and sec["lag_ms"] == 310.0
+    newest_complete = (int(time.time()) // 60 - 1) * 60
+    assert newest_complete - sec["at"] in (12 * 60, 13 * 60)   # a minute may turn meanwhile
 
 
 # ---- credential sources ---------------------------------------------------
@@ -266,13 +310,37 @@ def test_fake_is_understood_by_botocore(fake_aws):
     import datetime
     now = datetime.datetime.now(datetime.timezone.utc).replace(second=0, microsecond=0)
     cw = session.create_client("cloudwatch", region_name="eu-west-1", **kw)
-    out = cw.get_metric_data(
-        MetricDataQueries=[{"Id": "m0", "MetricStat": {"Metric": {
-            "Namespace": "AWS/RDS", "MetricName": "AuroraGlobalDBReplicationLag",
-            "Dimensions": [{"Name": "DBClusterIdentifier", "Value": "ferry-secondary"}]},
-            "Period": 60, "Stat": "Maximum"}}],
-        StartTime=now - datetime.timedelta(minutes=10), EndTime=now + datetime.timedelta(minutes=1))
-    assert out["MetricDataResults"][0]["Values"] == [142.0, 97.5]
+
+    def lag(*dims, expression=None):
+        query = {"Id": "m0", "Expression": expression} if expression else \
+            {"Id": "m0", "MetricStat": {"Metric": {
+                "Namespace": "AWS/RDS", "MetricName": "AuroraGlobalDBReplicationLag",
+                "Dimensions": [{"Name": n, "Value": v} for n, v in dims]},
+                "Period": 60, "Stat": "Maximum"}}
+        out = cw.get_metric_data(MetricDataQueries=[query],
+                                 StartTime=now - datetime.timedelta(minutes=10),
+                                 EndTime=now + datetime.timedelta(minutes=1))
+        return [(r["Id"], r["Values"], r["StatusCode"]) for r in out["MetricDataResults"]]
+
+    # Published under {DBClusterIdentifier, SourceRegion} (SourceRegion: the
+    # primary's region): a MetricStat gets data for exactly that set, and an
+    # empty, Complete series for any other, as CloudWatch answers.
+    both = [("DBClusterIdentifier", "ferry-secondary"), ("SourceRegion", "us-east-1")]
+    assert lag(*both) == [("m0", [142.0, 97.5], "Complete")]
+    assert lag(*both[:1]) == [("m0", [], "Complete")]                  # the old guess
+    assert lag(*both[1:]) == [("m0", [], "Complete")]
+    assert lag(both[0], ("SourceRegion", "eu-west-1")) == [("m0", [], "Complete")]
+    assert lag(*reversed(both)) == [("m0", [142.0, 97.5], "Complete")]  # a set: order is free
+    # SEARCH: a schema must name the exact set; designators match values exactly
+    assert lag(expression=LAG_SEARCH % "ferry-secondary") == [("m0", [142.0, 97.5], "Complete")]
+    assert lag(expression=LAG_SEARCH % "ferry-primary") == [("m0", [], "Complete")]
+    schema = ("SEARCH('{AWS/RDS,%s} MetricName=\"AuroraGlobalDBReplicationLag\" "
+              "DBClusterIdentifier=\"ferry-secondary\"', 'Maximum', 60)")
+    assert lag(expression=schema % "DBClusterIdentifier,SourceRegion")[0][1] == [142.0, 97.5]
+    assert lag(expression=schema % "DBClusterIdentifier")[0][1] == []
+    fake_aws.set_lag_dimensions("DBClusterIdentifier")
+    assert lag(*both[:1])[0][1] == [142.0, 97.5] and lag(*both)[0][1] == []
+    assert lag(expression=LAG_SEARCH % "ferry-secondary")[0][1] == [142.0, 97.5]
     assert all(r["signature_ok"] for r in fake_aws.requests_for(kind="api"))
     fake_aws.fail_next("DescribeGlobalClusters", "access_denied")
     with pytest.raises(ClientError) as e:

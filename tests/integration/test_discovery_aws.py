@@ -75,14 +75,79 @@ def test_lag_and_aws_counters(ferry_factory, pg_pair, fake_aws, aws_env):
     wait_for(lambda: discovery_of(ferry, "pg")["aws"]["describe_global_clusters_ok_total"] >= 1,
              timeout=15, what="a DescribeGlobalClusters answer")
     entry = discovery_of(ferry, "pg")
-    assert entry["clusters"][0]["aws"]["replication_lag_ms"] is None
+    prim, sec = (c["aws"] for c in entry["clusters"])
+    assert prim["replication_lag_ms"] is None and prim["lag_measured_at"] is None
+    assert prim["lag_stale"] is None and prim["lag_age_seconds"] is None
     assert entry["writer"] == "region-a"
+    # the datapoint's own time (the last complete minute), not when ferry read it
+    assert sec["lag_measured_at"].endswith(":00.000Z") and sec["lag_stale"] is False
+    assert sec["lag_measured_at"] < sec["lag_observed_at"]
+    assert 60 <= sec["lag_age_seconds"] < 200
     m = parse_metrics(ferry.http_get("/metrics")[1])
     assert metric(m, "ferry_replication_lag_seconds", listener="pg", cluster="region-b") == 0.25
+    assert 60 <= metric(m, "ferry_replication_lag_age_seconds", listener="pg",
+                        cluster="region-b") < 200
     assert metric(m, "ferry_aws_calls_total", listener="pg", api="GetMetricData", outcome="ok") >= 1
     assert metric(m, "ferry_aws_calls_total", listener="pg", api="DescribeGlobalClusters",
                   outcome="ok") >= 1
     assert STATIC_SECRET not in ferry.log_text() + json.dumps(ferry.status())
+
+
+@pytest.mark.parametrize("dimensions", [("DBClusterIdentifier", "SourceRegion"),
+                                        ("DBClusterIdentifier",)])
+def test_lag_read_whatever_dimension_set_aws_publishes(ferry_factory, pg_pair, fake_aws, aws_env,
+                                                       dimensions):
+    """The fake answers a query on another dimension set than the published
+    one with an empty series, as CloudWatch does; ferry's SEARCH finds the
+    lag under either set the documentation suggests."""
+    fake_aws.set_lag_dimensions(*dimensions)
+    fake_aws.set_lag("ferry-secondary", 180.0)
+    ferry = ferry_factory(aws_config(pg_pair, fake_aws))
+    wait_for(lambda: discovery_of(ferry, "pg")["clusters"][1]["aws"]["replication_lag_ms"] == 180.0,
+             timeout=15, what="the secondary's lag")
+    assert {"id": "m0", "matched": 1} in fake_aws.metric_queries
+
+
+def test_stale_lag_datapoint_is_shown_stale(ferry_factory, pg_pair, fake_aws, aws_env):
+    """Publication stopped 12 minutes ago: the last datapoint is still shown,
+    with the time AWS measured it, and flagged stale."""
+    fake_aws.set_lag("ferry-secondary", 420.0, age=12 * 60)
+    ferry = ferry_factory(aws_config(pg_pair, fake_aws))
+    wait_for(lambda: discovery_of(ferry, "pg")["clusters"][1]["aws"]["replication_lag_ms"] == 420.0,
+             timeout=15, what="the secondary's lag")
+    sec = discovery_of(ferry, "pg")["clusters"][1]["aws"]
+    assert sec["lag_stale"] is True and 13 * 60 <= sec["lag_age_seconds"] < 15 * 60
+    m = parse_metrics(ferry.http_get("/metrics")[1])
+    assert metric(m, "ferry_replication_lag_age_seconds", listener="pg", cluster="region-b") >= 720
+
+
+def test_least_lagged_secondary_is_the_candidate(ferry_factory, own_pg, fake_aws, aws_env):
+    """Two healthy secondaries once the writer is gone: AWS's lag names the
+    candidate (held clients log in there ahead of the promotion); lag that
+    is stale names none."""
+    import fake_aws as fa
+    fake_aws.members.append(fa.Member("ferry-tertiary", "ap-southeast-2"))
+    third = dict(cluster("region-c", f"localhost:{own_pg.replica.port}"), region="ap-southeast-2",
+                 db_cluster_identifier="ferry-tertiary")
+    config = aws_config(own_pg, fake_aws)
+    config["listeners"][0]["clusters"].append(third)
+    fake_aws.set_lag("ferry-secondary", 900.0)
+    fake_aws.set_lag("ferry-tertiary", 120.0)
+    ferry = ferry_factory(config)
+    wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a")
+    wait_for(lambda: [c["aws"]["replication_lag_ms"] for c in discovery_of(ferry, "pg")["clusters"]]
+             == [None, 900.0, 120.0], timeout=15, what="both secondaries' lag")
+    assert discovery_of(ferry, "pg")["candidate"] is None       # a healthy writer: nobody waits
+    own_pg.primary.stop(mode="immediate")
+    wait_for(lambda: discovery_of(ferry, "pg")["candidate"] == "region-c", timeout=15,
+             what="the least lagged secondary as candidate")
+    fake_aws.set_lag("ferry-tertiary", 2500.0)
+    wait_for(lambda: discovery_of(ferry, "pg")["candidate"] == "region-b", timeout=15,
+             what="the candidate to follow the lag")
+    fake_aws.set_lag("ferry-secondary", 10.0, age=12 * 60)      # stale: lag no longer settles it
+    wait_for(lambda: discovery_of(ferry, "pg")["candidate"] is None, timeout=15,
+             what="no candidate on stale lag")
+    assert writer_of(ferry, "pg") is None
 
 
 @pytest.mark.parametrize("fault", ["access_denied", "garbage", "throttle", "500"])

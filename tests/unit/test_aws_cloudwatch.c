@@ -1,29 +1,34 @@
-/* CloudWatch GetMetricData (query protocol): the lag request body (byte-equal
- * to reference V7 for one query), reply parsing, the absent-series signal,
- * garbage and truncation. */
+/* CloudWatch GetMetricData (query protocol): the lag request body (a SEARCH
+ * expression, byte-equal to botocore's serialization but for "+" / "%20"),
+ * reply parsing, the newest datapoint across a SEARCH's several series, the
+ * absent-series signal, garbage and truncation. */
 #include <string.h>
 
 #include "cloudwatch.h"
 #include "unit.h"
 
-static void test_body_matches_reference_v7(void)
+/* One query: a SEARCH() on the namespace, metric and cluster identifier
+ * (lower-cased), not a MetricStat on a guessed dimension set (cloudwatch.c).
+ * Decoded, this is exactly what botocore's query serializer makes of
+ * {"Id": "lag", "Expression": "SEARCH(...)"} (it writes spaces as "+"). */
+static void test_body_is_a_search_expression(void)
 {
     struct ferry_wbuf b;
     ferry_wbuf_init(&b, 0);
-    const char *ids[] = {"ferry-secondary"}, *qids[] = {"lag"};
+    const char *ids[] = {"Ferry-Secondary"}, *qids[] = {"lag"};
     ASSERT_EQ_INT(aws_cw_metric_data_body(&b, AWS_CW_LAG_METRIC, ids, qids, 1, 60,
                                           1705319400 /* 11:50Z */, 1705320000 /* 12:00Z */, NULL), 0);
     ferry_wbuf_u8(&b, 0);
     ASSERT_EQ_STR((char *)b.data,
         "Action=GetMetricData&Version=2010-08-01&MetricDataQueries.member.1.Id=lag"
-        "&MetricDataQueries.member.1.MetricStat.Metric.Namespace=AWS%2FRDS"
-        "&MetricDataQueries.member.1.MetricStat.Metric.MetricName=AuroraGlobalDBReplicationLag"
-        "&MetricDataQueries.member.1.MetricStat.Metric.Dimensions.member.1.Name=DBClusterIdentifier"
-        "&MetricDataQueries.member.1.MetricStat.Metric.Dimensions.member.1.Value=ferry-secondary"
-        "&MetricDataQueries.member.1.MetricStat.Period=60"
-        "&MetricDataQueries.member.1.MetricStat.Stat=Maximum"
+        "&MetricDataQueries.member.1.Expression=SEARCH%28%27Namespace%3D%22AWS%2FRDS%22"
+        "%20MetricName%3D%22AuroraGlobalDBReplicationLag%22"
+        "%20DBClusterIdentifier%3D%22ferry-secondary%22%27%2C%20%27Maximum%27%2C%2060%29"
         "&StartTime=2024-01-15T11%3A50%3A00Z&EndTime=2024-01-15T12%3A00%3A00Z"
         "&ScanBy=TimestampDescending");
+    /* no MetricStat (and so no dimension set) anywhere */
+    ASSERT_TRUE(strstr((char *)b.data, "MetricStat") == NULL);
+    ASSERT_TRUE(strstr((char *)b.data, "Dimensions") == NULL);
     ferry_wbuf_free(&b);
 }
 
@@ -31,16 +36,31 @@ static void test_body_many_clusters(void)
 {
     struct ferry_wbuf b;
     ferry_wbuf_init(&b, 0);
-    const char *ids[] = {"a", "b"};
+    const char *ids[] = {"a", "b-2"};
     ASSERT_EQ_INT(aws_cw_metric_data_body(&b, AWS_CW_LAG_METRIC, ids, NULL, 2, 60, 0, 60, "tok"), 0);
     ferry_wbuf_u8(&b, 0);
     const char *s = (char *)b.data;
     ASSERT_TRUE(strstr(s, "MetricDataQueries.member.1.Id=m0&") != NULL);
     ASSERT_TRUE(strstr(s, "MetricDataQueries.member.2.Id=m1&") != NULL);
-    ASSERT_TRUE(strstr(s, "member.2.MetricStat.Metric.Dimensions.member.1.Value=b&") != NULL);
+    ASSERT_TRUE(strstr(s, "member.2.Expression=SEARCH%28%27Namespace%3D%22AWS%2FRDS%22%20MetricName"
+                          "%3D%22AuroraGlobalDBReplicationLag%22%20DBClusterIdentifier%3D%22b-2%22") != NULL);
     ASSERT_TRUE(strstr(s, "&NextToken=tok") != NULL);
     ASSERT_EQ_INT(aws_cw_metric_data_body(&b, AWS_CW_LAG_METRIC, ids, NULL, 0, 60, 0, 60, NULL), -1);
     ferry_wbuf_free(&b);
+}
+
+/* Identifiers go into a quoted SEARCH term: anything but an RDS identifier
+ * (letters, digits, hyphens) is refused rather than escaped. */
+static void test_body_refuses_odd_identifiers(void)
+{
+    const char *bad[] = {"", "a\"b", "a'b", "a b", "a(b)", "a\\b", "a=b"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct ferry_wbuf b;
+        ferry_wbuf_init(&b, 0);
+        const char *ids[] = {"ok-1", bad[i]};
+        ASSERT_EQ_INT(aws_cw_metric_data_body(&b, AWS_CW_LAG_METRIC, ids, NULL, 2, 60, 0, 60, NULL), -1);
+        ferry_wbuf_free(&b);
+    }
 }
 
 static const char reply[] =
@@ -94,6 +114,44 @@ static void test_parse_reply(void)
     aws_metric_data_free(&md);
 }
 
+/* A SEARCH returns one series per matching metric, all under the query's
+ * Id: the newest datapoint wins, its own timestamp comes with it, and at
+ * equal times the largest value (the worst lag). */
+static const char search_reply[] =
+    "<GetMetricDataResponse><GetMetricDataResult><MetricDataResults>"
+    "<member><Id>m0</Id><Label>ferry-secondary us-east-1</Label><StatusCode>Complete</StatusCode>"
+    "<Timestamps><member>2024-01-15T11:57:00Z</member><member>2024-01-15T11:58:00Z</member>"
+    "</Timestamps><Values><member>10</member><member>20</member></Values></member>"
+    "<member><Id>m1</Id><Label>other</Label><StatusCode>Complete</StatusCode>"
+    "<Timestamps><member>2024-01-15T12:09:00Z</member></Timestamps>"
+    "<Values><member>999</member></Values></member>"
+    "<member><Id>m0</Id><Label>ferry-secondary</Label><StatusCode>Complete</StatusCode>"
+    "<Timestamps><member>2024-01-15T11:58:00Z</member><member>2024-01-15T11:56:00Z</member>"
+    "</Timestamps><Values><member>35.5</member><member>50</member></Values></member>"
+    "<member><Id>m2</Id><Label>primary</Label><StatusCode>Complete</StatusCode>"
+    "<Timestamps/><Values/></member>"
+    "</MetricDataResults></GetMetricDataResult></GetMetricDataResponse>";
+
+static void test_newest_across_series(void)
+{
+    struct aws_metric_data md;
+    char err[AWS_ERRMSG_MAX];
+    ASSERT_EQ_INT(aws_cw_parse_metric_data(search_reply, strlen(search_reply), &md, err), 0);
+    double v = -1;
+    int64_t at = -1;
+    ASSERT_EQ_INT(aws_cw_newest(&md, "m0", &v, &at), 4);
+    ASSERT_EQ_INT(at, 1705319880);      /* 11:58Z, in both series */
+    ASSERT_TRUE(v == 35.5);
+    ASSERT_EQ_INT(aws_cw_newest(&md, "m1", &v, &at), 1);
+    ASSERT_EQ_INT(at, 1705320540);
+    ASSERT_TRUE(v == 999.0);
+    v = -1, at = -1;
+    ASSERT_EQ_INT(aws_cw_newest(&md, "m2", &v, &at), 0);    /* empty: absent */
+    ASSERT_EQ_INT(aws_cw_newest(&md, "m3", &v, &at), 0);    /* no series at all: absent */
+    ASSERT_TRUE(v == -1 && at == -1);                       /* untouched */
+    aws_metric_data_free(&md);
+}
+
 static void test_rejects(void)
 {
     const char *bad[] = {
@@ -127,9 +185,11 @@ static void test_rejects(void)
 
 int main(void)
 {
-    RUN(test_body_matches_reference_v7);
+    RUN(test_body_is_a_search_expression);
     RUN(test_body_many_clusters);
+    RUN(test_body_refuses_odd_identifiers);
     RUN(test_parse_reply);
+    RUN(test_newest_across_series);
     RUN(test_rejects);
     UNIT_DONE();
 }

@@ -11,6 +11,9 @@
  * global writer endpoint resolves to it; and
  * optionally each cluster's timeline as a digit (0 = unknown). After each round the expected writer (letter
  * or '-'), generation, split-brain flag and a reason substring are checked.
+ * CL() steps also give each cluster's CloudWatch replication lag: a digit =
+ * that many hundred ms, measured a minute ago; s = 100 ms, but measured an
+ * hour ago (stale); - = none (a primary, no AWS signals).
  */
 #include <stdio.h>
 #include <string.h>
@@ -28,6 +31,7 @@ struct step {
     unsigned advance_ms;    /* 0: 1000 */
     char candidate;         /* disc_candidate(): 'A'.. or '-'; 0: don't check */
     const char *timelines;  /* NULL: all unknown */
+    const char *lags;       /* NULL: none known */
 };
 
 struct tcase {
@@ -35,11 +39,12 @@ struct tcase {
     struct step steps[12];
 };
 
-#define S(p, a, w, g, r, sb) {p, a, w, g, r, sb, 0, 0, NULL}
-#define C(p, w, cand) {p, NULL, w, -1, NULL, -1, 0, cand, NULL}    /* checks the candidate */
-#define T(p, a, tl, w, g, r, sb) {p, a, w, g, r, sb, 0, 0, tl}
-#define CA(p, a, w, cand) {p, a, w, -1, NULL, -1, 0, cand, NULL}
-#define END {NULL, NULL, 0, 0, NULL, 0, 0, 0, NULL}
+#define S(p, a, w, g, r, sb) {p, a, w, g, r, sb, 0, 0, NULL, NULL}
+#define C(p, w, cand) {p, NULL, w, -1, NULL, -1, 0, cand, NULL, NULL}    /* checks the candidate */
+#define T(p, a, tl, w, g, r, sb) {p, a, w, g, r, sb, 0, 0, tl, NULL}
+#define CA(p, a, w, cand) {p, a, w, -1, NULL, -1, 0, cand, NULL, NULL}
+#define CL(p, lags, w, cand) {p, NULL, w, -1, NULL, -1, 0, cand, NULL, lags}
+#define END {NULL, NULL, 0, 0, NULL, 0, 0, 0, NULL, NULL}
 
 static const struct tcase cases[] = {
     {"first round picks the only writable", {S("WR", NULL, 'A', 1, "A is the only writable cluster", 0), END}},
@@ -253,13 +258,26 @@ static const struct tcase cases[] = {
      {C("WRR", 'A', '-'), C("RRR", '-', '-'), END}},
     {"candidate: the operator's switchover target among several",
      {C("WRR", 'A', '-'), C("RRR", '-', '-'), C(">CRRR", '-', 'C'), C("RRW", 'C', '-'), END}},
+    /* AWS lag (CloudWatch) picks among several healthy replicas */
+    {"candidate: the least lagged of several replicas",
+     {CL("WRR", "-52", 'A', '-'), CL("FRR", "-52", 'A', 'C'), CL("FRR", "-25", 'A', 'B'), END}},
+    {"candidate: the least lagged once the writer is dropped",
+     {CL("WRRR", "-713", 'A', '-'), CL("RRRR", "-713", '-', 'C'), END}},
+    {"candidate: lag decides only if known for every replica",
+     {CL("WRR", "-5-", 'A', '-'), CL("FRR", "-5-", 'A', '-'), CL("FRR", "-55", 'A', '-'),
+      CL("FRR", "-s1", '-', '-'), CL("FRR", "-21", '-', 'C'), END}},
+    {"candidate: lag does not make a failing or inactive replica the candidate",
+     {CL("WRR", "-91", 'A', '-'), CL("FRF", "-91", 'A', 'B'), CL("FRI", "-91", 'A', 'B'), END}},
+    {"candidate: the operator's target wins over the least lagged",
+     {CL("WRR", "-91", 'A', '-'), CL(">BRRR", "-91", '-', 'B'), END}},
 };
 
 static const char *const names[] = {"A", "B", "C", "D"};
 
 static void run_case(const struct tcase *tc)
 {
-    struct disc_params p = {.writer_down_after = 3, .stale_after_ms = 5000, .aws_stale_after_ms = 60000};
+    struct disc_params p = {.writer_down_after = 3, .stale_after_ms = 5000, .aws_stale_after_ms = 60000,
+                            .lag_stale_after_ms = 600000};
     size_t n = strlen(tc->steps[0].probes);   /* the first step never requests */
     struct disc_decision prev, next;
     disc_decision_init(&prev, n);
@@ -294,6 +312,9 @@ static void run_case(const struct tcase *tc)
                 obs[k].aws_at_ms = 0;
             obs[k].timeline = st->timelines ? (uint32_t)(st->timelines[k] - '0') : 0;
             obs[k].aws_at_ms = a == '-' ? 0 : a == 's' ? now - 3600 * 1000 : now - 500;
+            char l = st->lags && k < strlen(st->lags) ? st->lags[k] : '-';
+            obs[k].lag_ms = l == 's' ? 100.0 : (l - '0') * 100.0;
+            obs[k].lag_at_ms = l == '-' ? 0 : l == 's' ? now - 3600 * 1000 : now - 60 * 1000;
         }
         disc_decide(&prev, obs, names, now, &p, &next);
         int want = st->writer == '-' ? -1 : st->writer - 'A';
