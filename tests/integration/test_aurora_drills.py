@@ -122,3 +122,56 @@ def test_switchover_with_ferry_restarted_in_the_middle(aurora, tmp_path):
     result = load.stop()
     assert result.errors == {}, result.error_log
     assert set(result.acked) <= ids_on(g.writer)
+
+
+def test_failover_with_data_loss_led_by_aws_under_load(aurora, tmp_path, monkeypatch):
+    """With the AWS signals (the fake AWS serving the stand-in's own view):
+    a failover with data loss while the old primary stays up and writable.
+    From the moment ferry reads FailoverState it sends nothing more to the
+    old primary (its From cluster) and holds writes until AWS names the new
+    writer; then writes resume there. Nothing acknowledged after that moment
+    was written on the old primary."""
+    import threading
+    from fakes_fixture import fake_aws_module
+    STATIC_AKID, STATIC_SECRET = fake_aws_module.STATIC_AKID, fake_aws_module.STATIC_SECRET
+    FakeAWS = fake_aws_module.FakeAWS
+    g = aurora
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", STATIC_AKID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", STATIC_SECRET)
+    fake = FakeAWS(source=g).start()
+    try:
+        lcfg = g.ferry_listener("pg", probe={"user": TEST_USER, "password": TEST_PASSWORD})
+        lcfg["auth"] = {"mode": "terminated",
+                        "users": [{"name": TEST_USER, "password": TEST_PASSWORD}]}
+        config = make_config(lcfg, workers=2, discovery=FAST,
+                             aws={"region": PRIMARY, "poll_interval": 1, "urgent_poll_interval": 1,
+                                  "lag_poll_interval": 60, "credentials": "env",
+                                  "endpoints": {"rds": fake.url, "monitoring": fake.url}})
+        ferry = harness.Ferry(config, tmp_path, argv_prefix=g.hosts.wrap()).start()
+        wait_for(lambda: writer_of(ferry, "pg") == PRIMARY, timeout=20, what="the writer")
+        old = g.writer
+        load = load_on(ferry)
+        load.wait_for_acks(100)
+        op = threading.Thread(target=lambda: g.failover(SECONDARY, allow_data_loss=True,
+                                                        old_primary="writable", pause=3.0))
+        op.start()
+        wait_for(lambda: writer_of(ferry, "pg") is None, timeout=15,
+                 what="ferry to read FailoverState and hold writes")
+        held_at = max(h["at"] for h in ferry.status()["discovery"]["history"])
+        t_hold = datetime.datetime.fromisoformat(held_at.replace("Z", "+00:00")).timestamp()
+        op.join(90)
+        wait_for(lambda: writer_of(ferry, "pg") == SECONDARY, timeout=30,
+                 what="AWS to name the new writer")
+        n = len(load.result.acked)
+        load.wait_for_acks(n + 100, timeout=30)
+        result = load.stop()
+        reason = ferry.status()["discovery"]["history"][-1]["reason"]
+        assert "AWS names eu-west-1 writer" in reason or "Aurora topology names eu-west-1" in reason
+        # the old primary, still writable, took nothing acknowledged after the hold
+        on_old = ids_on(old)
+        late = [i for i in result.acked_after(t_hold + 0.5) if i in on_old]
+        assert late == [], f"acknowledged on the old primary after ferry held: {late[:10]}"
+        assert set(result.acked_after(t_hold + 0.5)) <= ids_on(g.writer)
+        assert result.idle_checked == 3, result.error_log
+    finally:
+        fake.stop()
