@@ -595,9 +595,9 @@ def split_brain_section(outdir, sc):
         "promise: zero; in brackets those more than 50 ms after it, the tolerance of "
         "`tests/integration/test_split_brain.py` for the hop from discovery to the workers, "
         "and the latest). *Old writer*: the target role's statements the old writer logged "
-        + ("(general log, µs)" if mysql else "(`log_statement = mod`, ms)")
-        + " after the promotion / after ferry's switch / more than 50 ms after it"
-        + ("" if mysql else " (`log_statement = all` in this drill, so COMMIT counts)") + ".", "",
+        + ("(general log, µs)" if mysql else
+           "(server log with `log_statement = all` in this drill, so BEGIN and COMMIT count; ms)")
+        + " after the promotion / after ferry's switch / more than 50 ms after it.", "",
         "| target | switch | first write on the promoted cluster | goal | acked (after t0) "
         "| lost: total | before t0 | t0 → switch | after switch (> 50 ms; latest) | old writer: after "
         "promotion / switch / switch + 50 ms | errors by class | idle sessions fine |",
