@@ -235,11 +235,12 @@ def _log_time(line):
     return dt.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
-def _old_writer_statements(log_path, offset, user, since):
+def _old_writer_statements(log_path, offset, user, since, samples=3):
     """Per moment in since ({name: unix time}): the statements (INSERT/UPDATE,
-    logged by log_statement = mod as they arrive) and errors the old writer
-    logged for user's sessions at or after it (log lines carry ms)."""
-    out = {name: {"statements": 0, "errors": 0} for name in since}
+    logged by log_statement = mod as they arrive; all with log_statement =
+    all) and errors the old writer logged for user's sessions at or after it
+    (log lines carry ms), and the first few of those lines."""
+    out = {name: {"statements": 0, "errors": 0, "first": []} for name in since}
     tag = f" {user}@{tools.PG_DB} "
     with open(log_path, "rb") as f:
         f.seek(offset)
@@ -255,6 +256,8 @@ def _old_writer_statements(log_path, offset, user, since):
             for name, when in since.items():
                 if t >= when - 0.0005:       # the log has ms resolution
                     out[name][kind] += 1
+                    if len(out[name]["first"]) < samples:
+                        out[name]["first"].append(line.strip()[:200])
     return out
 
 

@@ -330,7 +330,13 @@ def print_result(label, raw, res, codes):
     print(f"[bench {time.strftime('%H:%M:%S')}]   {label}: "
           + (f"window {w:.0f} ms" if w is not None else "NO acknowledged write after t0")
           + f", errors {raw['errors']['total']} {raw['errors'].get(codes, {})}, "
-          f"lost {res['acked_check']['lost']}, old writer: {res['old_writer']}", flush=True)
+          f"lost {res['acked_check']['lost']}, old writer: {_counts(res['old_writer'])}",
+          flush=True)
+
+
+def _counts(old_writer):
+    """the old writer's statement counts without the sample lines"""
+    return {k: {n: c for n, c in v.items() if n != "first"} for k, v in old_writer.items()}
 
 
 # -- the split-brain drill's figures -----------------------------------------
@@ -424,7 +430,7 @@ def print_split_brain(label, raw, res):
           f"{res['acked_check']['acked']}, lost {res['acked_check']['lost']} (before t0 "
           f"{ls['before_t0']}, t0..switch {ls['t0_to_switch']}, after switch "
           f"{ls['after_switch']}), errors {raw['errors']['total']}, old writer: "
-          f"{res['old_writer']}", flush=True)
+          f"{_counts(res['old_writer'])}", flush=True)
 
 
 def _ms(v):

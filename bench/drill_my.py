@@ -190,8 +190,8 @@ def _general_log_rows(server):
 def _old_writer_statements(server, offset, user, since):
     """Per moment in since ({name: unix time}): the statements of user's
     sessions the old writer's general log recorded at or after it: all
-    queries, and of them the writes (INSERT/UPDATE)."""
-    out = {name: {"statements": 0, "writes": 0} for name in since}
+    queries, and of them the writes (INSERT/UPDATE), and the first three."""
+    out = {name: {"statements": 0, "writes": 0, "first": []} for name in since}
     tag = f"{user}["
     for event_time, user_host, _tid, _sid, command, argument in (
             r[:6] for r in _general_log_rows(server)):
@@ -207,6 +207,8 @@ def _old_writer_statements(server, offset, user, since):
             if t >= when:
                 out[name]["statements"] += 1
                 out[name]["writes"] += int(write)
+                if len(out[name]["first"]) < 3:
+                    out[name]["first"].append(f"{event_time} {argument[:160]}")
     return out
 
 

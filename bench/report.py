@@ -625,6 +625,12 @@ def split_brain_section(outdir, sc):
     hist = "; ".join(f"{_since_t0(h.get('at'), info.get('t0_unix'))}{h.get('listener')}: "
                      f"{h.get('from')} → {h.get('to')} ({h.get('reason')})"
                      for h in info.get("ferry_history", []) if h.get("from") != "none")
+    for t in names:
+        first = (sc["targets"].get(t, {}).get("split_brain", {}).get("old_writer", {})
+                 .get("after_switch", {}).get("first"))
+        if first:
+            lines.append(f"- {t}: first statements the old writer logged after ferry's switch: "
+                         + "; ".join(f"`{x}`" for x in first))
     aws = sc["targets"].get("ferry_aws", {}).get("split_brain", {}).get("aws", {})
     counters = aws.get("counters") or {}
     lines += ["", f"- events after t0: {ev}. ferry's writer changes: {hist or 'none'}",
