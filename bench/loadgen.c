@@ -46,7 +46,7 @@ struct opts {
 };
 
 /* one timeline event: a transaction acknowledged (key "") or an error (its
- * class: "connect", "lost" or the SQLSTATE), µs since the run started */
+ * class: "connect", "lost" or the SQLSTATE), µs of wall clock since t0_unix */
 struct tev {
     int64_t t_us;
     int64_t id;                   /* rw mode: the acknowledged write's id; else 0 */
@@ -134,6 +134,17 @@ static long random_key(struct client *c)
 
 /* ---- one client ---------------------------------------------------------- */
 
+/* The wall clock in s. Timeline events are stamped with it, not with the
+ * monotonic clock: the drills set them beside the servers' logs and ferry's
+ * history, which are wall-clock times, and this VM's wall clock is stepped
+ * now and then (37 ms within 8 s once), which the monotonic clock is not. */
+static double wall_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 /* id: the write id an acknowledged rw transaction committed, else 0 */
 static void timeline_note(struct client *c, const char *key, int64_t id)
 {
@@ -151,7 +162,7 @@ static void timeline_note(struct client *c, const char *key, int64_t id)
         tv->cap = cap;
     }
     struct tev *e = &tv->v[tv->n++];
-    e->t_us = (int64_t)(now_ns() - g_t0) / 1000;
+    e->t_us = (int64_t)((wall_s() - g_t0_unix) * 1e6);
     e->id = id;
     snprintf(e->key, sizeof e->key, "%s", key);
 }
@@ -192,7 +203,7 @@ static void dns_log(const char *answer)
         g_dns_log.cap = cap;
     }
     struct dns_lookup *l = &g_dns_log.v[g_dns_log.n++];
-    l->t_us = ((int64_t)now_ns() - (int64_t)g_t0) / 1000;
+    l->t_us = (int64_t)((wall_s() - g_t0_unix) * 1e6);
     snprintf(l->answer, sizeof l->answer, "%s", answer);
     pthread_mutex_unlock(&g_dns_log.mu);
 }
