@@ -450,8 +450,11 @@ def _split_result(target, ld, code, t0, events, old, new, log_offset, p, ferry):
     switched, reason = (common.switch_time(ferry.status()["discovery"]["history"],
                                            SPLIT_LISTENERS[target], "region-b", t0)
                         if target in SPLIT_LISTENERS else (None, None))
-    fig = common.split_brain_figures(common.read_acks(timeline, raw["t0_unix"]), _present(new),
-                                     _present(old), t0, events["writable"], switched)
+    fig = common.split_brain_figures(
+        common.read_acks(timeline, raw["t0_unix"]), _present(new), _present(old), t0,
+        events["writable"], switched,
+        row_time=lambda i: new.query("SELECT extract(epoch FROM at) FROM bench_rw WHERE id = %s",
+                                     (i,), dbname=tools.PG_DB)[0][0])
     since = {"after_t0": t0, "after_promotion": events["writable"]}
     if switched is not None:
         since.update(after_switch=switched, after_switch_50ms=switched + 0.05)

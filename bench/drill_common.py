@@ -374,7 +374,7 @@ def switch_time(history, listener_name, to, t0):
     return None, None
 
 
-def split_brain_figures(acks, on_new, on_old, t0, promoted, switched):
+def split_brain_figures(acks, on_new, on_old, t0, promoted, switched, row_time=None):
     """What a split brain did to one target's writes.
     acks: {id: unix time acknowledged} (read_acks);
     on_new(ids) / on_old(ids): the ids of a chunk the promoted cluster / the
@@ -386,8 +386,11 @@ def split_brain_figures(acks, on_new, on_old, t0, promoted, switched):
     before t0 (replication had not shipped them yet: lost on any path),
     between t0 and ferry's switch, and after the switch (what ferry must keep
     at zero). A write made on the promoted cluster is one it has and the old
-    writer has not (what both have was replicated before the split). Times in
-    ms relative to `promoted`."""
+    writer has not (what both have was replicated before the split);
+    row_time(id), if given, is the unix time the promoted cluster stamped on
+    that row (its `at` column: PostgreSQL's now(), the transaction's start;
+    MariaDB's the INSERT's start), a cross-check of the acknowledgement's
+    time. Times in ms relative to `promoted`."""
     ids = list(acks)
     found = _ids_of(on_new, ids)
     lost = sorted(acks[i] for i in ids if i not in found)
@@ -396,6 +399,8 @@ def split_brain_figures(acks, on_new, on_old, t0, promoted, switched):
     replicated = _ids_of(on_old, after_t0)
     on_new_only = [acks[i] for i in after_t0 if i not in replicated]
     first_new = min(on_new_only) if on_new_only else None
+    first_id = next((i for i in after_t0 if i not in replicated and acks[i] == first_new), None)
+    first_row = float(row_time(first_id)) if row_time and first_id is not None else None
     ms = lambda t: (t - promoted) * 1000 if t is not None else None  # noqa: E731
     return {
         "acked_check": {"acked": len(ids), "found": len(found), "lost": len(lost)},
@@ -410,6 +415,7 @@ def split_brain_figures(acks, on_new, on_old, t0, promoted, switched):
         "t0_ms": ms(t0),
         "switch_ms": ms(switched),
         "first_write_on_promoted_ms": ms(first_new),
+        "first_write_on_promoted_row_ms": ms(first_row),
         "goal_ms": (DISCOVERY["probe_interval"] + 0.1) * 1000}
 
 

@@ -373,8 +373,11 @@ def _split_result(target, ld, code, t0, events, old, new, offset, p, status):
     switched, reason = (common.switch_time(status["discovery"]["history"],
                                            SPLIT_LISTENERS[target], "region-b", t0)
                         if target in SPLIT_LISTENERS else (None, None))
-    fig = common.split_brain_figures(common.read_acks(timeline, raw["t0_unix"]), _present(new),
-                                     _present(old), t0, events["promoted"], switched)
+    fig = common.split_brain_figures(
+        common.read_acks(timeline, raw["t0_unix"]), _present(new), _present(old), t0,
+        events["promoted"], switched,
+        row_time=lambda i: new.query(f"SELECT UNIX_TIMESTAMP(at) FROM {TEST_DB}.bench_rw "
+                                     "WHERE id = %s", (i,))[0][0])
     since = {"after_t0": t0, "after_promotion": events["promoted"]}
     if switched is not None:
         since.update(after_switch=switched, after_switch_50ms=switched + 0.05)

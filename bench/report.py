@@ -588,7 +588,11 @@ def split_brain_section(outdir, sc):
         f"was {_signed(_t0_ms(sc, names))}). *Switch*: ferry's "
         "/v1/status history entry for the change to the promoted cluster. *First write on the "
         "promoted cluster*: the first acknowledged write that the promoted cluster has and the "
-        f"old writer has not (what both have was replicated before the split); the goal is one probe interval + 100 ms = {goal:,.0f} ms. *Lost*: acknowledged "
+        "old writer has not (what both have was replicated before the split), when its "
+        "client got the acknowledgement (in brackets: the time the promoted cluster stamped "
+        "on the row, its `at` column: " + ("the INSERT's start" if mysql else
+                                            "`now()`, the transaction's start")
+        + f"); the goal is one probe interval + 100 ms = {goal:,.0f} ms. *Lost*: acknowledged "
         "writes missing on the promoted cluster, by when they were acknowledged (loadgen's "
         "timeline names each id): before t0 (replication had not shipped them: lost on any "
         "path), from t0 to ferry's switch (the detection window), after the switch (ferry's "
@@ -613,8 +617,10 @@ def split_brain_section(outdir, sc):
         late = ls.get("after_switch")
         owc = " / ".join(fmt(ow[k]["statements"]) if k in ow else "–"
                          for k in ("after_promotion", "after_switch", "after_switch_50ms"))
+        row = r.get("first_write_on_promoted_row_ms")
         lines.append(
-            f"| {t} | {_signed(r.get('switch_ms'))} | {_signed(first)} | {met} "
+            f"| {t} | {_signed(r.get('switch_ms'))} | {_signed(first)}"
+            + (f" (row {_signed(row)})" if row is not None else "") + f" | {met} "
             f"| {fmt(ac.get('acked'))} ({fmt(r.get('acked_after_t0'))}) | {fmt(ac.get('lost'))} "
             f"| {fmt(ls.get('before_t0'))} | {fmt(ls.get('t0_to_switch'))} "
             f"| {fmt(late)}" + (f" ({fmt(ls.get('after_switch_50ms'))}; "
