@@ -27,6 +27,7 @@ from harness import Ferry, MariaDBPair, PgPair, cluster, listener, make_config, 
 
 import conns  # noqa: E402
 import drill  # noqa: E402
+import drill_common  # noqa: E402
 import drill_my  # noqa: E402
 import peers  # noqa: E402
 import profiling  # noqa: E402
@@ -123,6 +124,15 @@ SCENARIOS = [
              "loadgen rw over the MySQL protocol through ferry's discovered MySQL listeners "
              "(passthrough and terminated auth)",
              drill_my.TARGETS),
+    Scenario("split_brain_drill", "none", "split_brain", 6, [],
+             "split-brain drill, PostgreSQL: the replica is promoted under loadgen rw while the "
+             "old writer stays up and writable; ferry (passthrough, terminated auth, passthrough "
+             "with AWS signals from the fake AWS) vs libpq multi-host, which keeps the old "
+             "writer", drill.SPLIT_TARGETS),
+    Scenario("split_brain_drill_mysql", "none", "split_brain_my", 6, [],
+             "split-brain drill, MariaDB: the replica is promoted under loadgen rw while the old "
+             "writer stays up and writable; ferry (passthrough, terminated auth, passthrough with "
+             "AWS signals) vs a client of the old writer's address", drill_my.SPLIT_TARGETS),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 # left out of the default run to keep it near 20 minutes; run them by name
@@ -313,6 +323,10 @@ def run_scenario(env, sc, args):
         return drill.run(sc, env.workdir, log, env.smoke)
     if sc.tool == "drill_my":
         return drill_my.run(sc, env.workdir, log, env.smoke)
+    if sc.tool == "split_brain":
+        return drill.run_split_brain(sc, env.workdir, log, env.smoke)
+    if sc.tool == "split_brain_my":
+        return drill_my.run_split_brain(sc, env.workdir, log, env.smoke)
     if sc.tool == "pg_idle":
         return {"status": "done", "targets": conns.run_pg_idle(sc, env.workdir, WORKERS),
                 "settings": conns.PG_IDLE_SETTINGS}
@@ -572,6 +586,38 @@ def _drill_problems(name, target, r):
     return out
 
 
+def _split_brain_problems(name, target, r):
+    """The split-brain drill's figures are there and consistent (never how
+    fast, nor how much was lost: those are findings for the report)."""
+    kind = drill_common.SPLIT_BRAIN
+    k = r.get(kind)
+    if not k:
+        return [f"{name} {kind} via {target}: no result"]
+    out = []
+    if not k.get("txns") or not k.get("series") or not k.get("events_in_timeline"):
+        out.append(f"{name} via {target}: no load data")
+    a, ls = k.get("acked_check", {}), k.get("lost_split", {})
+    if "lost" not in a or not a.get("acked"):
+        out.append(f"{name} via {target}: acknowledged writes not checked: {a}")
+    elif ls.get("before_t0", 0) + ls.get("t0_to_switch", 0) + (ls.get("after_switch") or 0) \
+            != a["lost"]:
+        out.append(f"{name} via {target}: lost writes {a['lost']} but split {ls}")
+    if not k.get("idle_sessions", {}).get("sessions"):
+        out.append(f"{name} via {target}: idle sessions not checked")
+    ow = k.get("old_writer", {})
+    if "after_promotion" not in ow:
+        out.append(f"{name} via {target}: the old writer's log not read")
+    if target.startswith("ferry"):
+        # ferry must follow the promotion and write there; when is the report's
+        if k.get("switch_ms") is None or ls.get("after_switch") is None \
+                or "after_switch" not in ow:
+            out.append(f"{name} via {target}: ferry never switched to the promoted cluster "
+                       f"(history: {k.get('switch_reason')})")
+        if k.get("first_write_on_promoted_ms") is None:
+            out.append(f"{name} via {target}: no acknowledged write on the promoted cluster")
+    return out
+
+
 def _profile_problems(name, target, r):
     out = []
     if not r.get("baseline", {}).get("txns"):
@@ -616,6 +662,7 @@ def _sink_idle_problems(name, target, r):
 
 SMOKE_CHECKS = {"pgbench": _run_problems, "sysbench": _run_problems, "loadgen": _run_problems,
                 "idle": _idle_problems, "drill": _drill_problems, "drill_my": _drill_problems,
+                "split_brain": _split_brain_problems, "split_brain_my": _split_brain_problems,
                 "storm": _storm_problems, "stream": _stream_problems,
                 "sink_idle": _sink_idle_problems, "pg_idle": _idle_problems,
                 "profile": _profile_problems}

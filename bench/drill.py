@@ -40,6 +40,28 @@ INSERT/UPDATE it received is logged, and every error), the statements that
 reached it after t0. Each target logs in as its own role, so the old
 writer's log tells them apart.
 
+A third kind, split_brain (scenario split_brain_drill, run_split_brain), on
+its own fresh pair:
+
+  split_brain  t0: the replica is promoted (pg_ctl promote) and nothing else:
+           the old writer stays up and writable, as when a failover with data
+           loss leaves the old primary cut off from the control plane but
+           not from its clients. The fake AWS endpoint names the promoted
+           cluster writer the moment the promotion completes.
+
+Its targets: ferry passthrough, ferry terminated, ferry passthrough with AWS
+signals (listener "drill-aws": aws_global_cluster over the fake AWS,
+tests/fakes/fake_aws.py, polled every second), and libpq multi-host, the
+anchor: libpq has no reason to leave a primary that still accepts writes, so
+it shows what a split brain does without ferry. The DNS client is left out:
+a Route53 health check of the old writer still passes, so its record would
+not flip. Per target: when ferry switched (its /v1/status history), the
+first acknowledged write found on the promoted cluster, the acknowledged
+writes missing there split by when they were acknowledged (before t0, from
+t0 to ferry's switch, after it; loadgen's timeline names each acknowledged
+id), and the statements of the target's role the old writer logged after
+the promotion and after ferry's switch.
+
 What this drill does like the MariaDB one (drill_my.py): ferry's discovery
 and listeners, the idle sessions, the loadgen runs and the reading of their
 output, and the cleanup, is in drill_common.py.
@@ -57,10 +79,12 @@ import tools
 import psycopg2
 
 TARGETS = ("ferry", "ferry_terminated", "libpq", "dns")
+SPLIT_TARGETS = ("ferry", "ferry_terminated", "ferry_aws", "libpq")
 KINDS = common.KINDS
 USERS = {"ferry": "drill_ferry", "ferry_terminated": "drill_ferry_t", "libpq": "drill_libpq",
-         "dns": "drill_dns"}
+         "dns": "drill_dns", "ferry_aws": "drill_ferry_aws"}
 LISTENERS = {"ferry": "drill", "ferry_terminated": "drill-t"}
+SPLIT_LISTENERS = dict(LISTENERS, ferry_aws="drill-aws")
 TERMINATED_PASSWORD = "drill_pw"
 DISCOVERY = common.DISCOVERY
 PG_SETTINGS = {"log_statement": "mod", "log_connections": "off", "max_connections": 200,
@@ -80,8 +104,8 @@ def defaults(smoke):
 
 # --------------------------------------------------------------------------
 
-def _setup_pair(rows, workdir, log):
-    pair = PgPair(settings=PG_SETTINGS).start()
+def _setup_pair(rows, workdir, log, settings=PG_SETTINGS):
+    pair = PgPair(settings=settings).start()
     a = pair.primary
     a.query(f"CREATE ROLE {tools.PG_USER} LOGIN")
     a.query(f"CREATE DATABASE {tools.PG_DB} OWNER {tools.PG_USER}")
@@ -96,13 +120,14 @@ def _setup_pair(rows, workdir, log):
     return pair
 
 
-def _start_ferry(pair, workdir, kind):
+def _start_ferry(pair, workdir, kind, aws=None):
     probe = {"user": "ferry_test", "password": "ferry_pw"}
     auth = {"mode": "terminated",
             "users": [{"name": USERS["ferry_terminated"], "password": TERMINATED_PASSWORD,
                        "method": "trust"}]}
-    return common.start_ferry(pair, workdir, f"ferry-drill-{kind}", "postgresql", LISTENERS,
-                              probe, auth, "ferry to pick region-a as the writer")
+    return common.start_ferry(pair, workdir, f"ferry-drill-{kind}", "postgresql",
+                              SPLIT_LISTENERS if aws else LISTENERS, probe, auth,
+                              "ferry to pick region-a as the writer", aws=aws)
 
 
 def write_dns(path, server):
@@ -121,8 +146,8 @@ def _dsn(target, pair, ferry, resolved=False):
         a = pair.primary
         host, port = (a.host, a.port) if resolved else (DNS_NAME, 1)
         return f"host={host} port={port} user={user} dbname={tools.PG_DB} connect_timeout=2"
-    if target in LISTENERS:
-        host, port = ferry.listener_addr(LISTENERS[target])
+    if target in SPLIT_LISTENERS:
+        host, port = ferry.listener_addr(SPLIT_LISTENERS[target])
         return f"host={host} port={port} user={user} dbname={tools.PG_DB} connect_timeout=5"
     a, b = pair.primary, pair.replica
     return (f"host={a.host},{b.host} port={a.port},{b.port} user={user} dbname={tools.PG_DB} "
@@ -145,17 +170,17 @@ def _check_idle(conns, new_writer_port):
         lambda e: e.pgcode or ("lost" if isinstance(e, psycopg2.OperationalError) else "other"))
 
 
-def _ferry_sessions(ferry, out):
+def _ferry_sessions(ferry, out, listeners=LISTENERS):
     """ferry's own count of sessions it moved to the new writer (terminated
     auth) or failed to move, per listener, and why moves failed (its log)."""
-    listeners = {e.get("name"): e for e in ferry.status().get("listeners", [])}
+    by_name = {e.get("name"): e for e in ferry.status().get("listeners", [])}
     reasons = {}
     for line in ferry.log_text().splitlines():
         if "event=session.move_failed" in line and 'reason="' in line:
             why = line.split('reason="', 1)[1].rstrip('"')
             reasons[why] = reasons.get(why, 0) + 1
-    for target, name in LISTENERS.items():
-        e = listeners.get(name, {})
+    for target, name in listeners.items():
+        e = by_name.get(name, {})
         if target in out:
             out[target]["ferry_sessions"] = {
                 "moved": e.get("sessions_moved"), "move_failed": e.get("sessions_move_failed"),
@@ -210,11 +235,12 @@ def _log_time(line):
     return dt.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
-def _old_writer_statements(log_path, offset, user, since):
+def _old_writer_statements(log_path, offset, user, since, samples=3):
     """Per moment in since ({name: unix time}): the statements (INSERT/UPDATE,
-    logged by log_statement = mod as they arrive) and errors the old writer
-    logged for user's sessions at or after it (log lines carry ms)."""
-    out = {name: {"statements": 0, "errors": 0} for name in since}
+    logged by log_statement = mod as they arrive; all with log_statement =
+    all) and errors the old writer logged for user's sessions at or after it
+    (log lines carry ms), and the first few of those lines."""
+    out = {name: {"statements": 0, "errors": 0, "first": []} for name in since}
     tag = f" {user}@{tools.PG_DB} "
     with open(log_path, "rb") as f:
         f.seek(offset)
@@ -230,6 +256,8 @@ def _old_writer_statements(log_path, offset, user, since):
             for name, when in since.items():
                 if t >= when - 0.0005:       # the log has ms resolution
                     out[name][kind] += 1
+                    if len(out[name]["first"]) < samples:
+                        out[name]["first"].append(line.strip()[:200])
     return out
 
 
@@ -323,3 +351,126 @@ def run(sc, workdir, log, smoke):
             r["detection_s"] = common.detection_s(kind)
     return {"status": "done", "targets": targets, "drills": extra, "params": p,
             "discovery": DISCOVERY}
+
+
+# -- the split-brain drill -----------------------------------------------------
+
+def split_defaults(smoke):
+    """clients per target, seconds of load before and after t0, idle sessions"""
+    if smoke:
+        return {"clients": 3, "before_s": 1.5, "after_s": 3.0, "rows": 1000, "idle": 3}
+    return {"clients": 6, "before_s": 3.0, "after_s": 5.0, "rows": 10000, "idle": 10}
+
+
+def _present(server):
+    """present(ids): the ids of a chunk that server's bench_rw has"""
+    return lambda chunk: [r[0] for r in server.query(
+        "SELECT id FROM bench_rw WHERE id = ANY(%s)", (chunk,), dbname=tools.PG_DB)]
+
+
+def _promotion_logged(log_path, offset, wait_s=3.0):
+    """unix time of the promoted server's "archive recovery complete" line
+    in its log from offset: the end of recovery, just before it takes writes
+    (and before it logs "ready to accept connections"), so an early bound.
+    Waits up to wait_s for the line (the drill saw the promotion by polling,
+    the log may lag under load); None if it never came."""
+    deadline = time.time() + wait_s
+    while True:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            for raw in f:
+                line = raw.decode("utf-8", "replace")
+                if "LOG:  archive recovery complete" in line:
+                    return _log_time(line)
+        if time.time() > deadline:
+            return None
+        time.sleep(0.05)
+
+
+def split_brain_once(p, workdir, log):
+    """The replica promoted under load while the writer stays up and
+    writable; {target: result}, plus the events and ferry's history."""
+    kind = common.SPLIT_BRAIN
+    pair = ferry = fake = None
+    loads, idle = {}, {}
+    try:
+        log(f"split_brain_drill: fresh PostgreSQL pair, fake AWS, ferry with discovery {DISCOVERY}")
+        # every statement logged (COMMIT too), to see what reached the old writer
+        pair = _setup_pair(p["rows"], workdir, log, dict(PG_SETTINGS, log_statement="all"))
+        fake = common.start_fake_aws()
+        ferry = _start_ferry(pair, workdir, kind, aws=fake)
+        ids = common.id_bases(SPLIT_TARGETS)
+        for target in SPLIT_TARGETS:         # idle sessions first: the loads start together
+            idle[target] = _open_idle(_dsn(target, pair, ferry), p["idle"])
+        for target in SPLIT_TARGETS:
+            loads[target] = common.start_loadgen(f"drill-{kind}-{target}", "pg",
+                                                 _dsn(target, pair, ferry), p, workdir, ids[target])
+        time.sleep(p["before_s"])
+        old, new = pair.primary, pair.replica
+        log_offset = os.path.getsize(old.log_path)
+        new_offset = os.path.getsize(new.log_path)
+        events = {}
+        t0 = time.time()
+        log("split_brain_drill: t0, the replica is promoted; the writer stays up and writable")
+        new.promote()
+        events["promoted"] = time.time()
+        # the moment it took writes, from its own log (the drill polls: late)
+        events["writable"] = _promotion_logged(new.log_path, new_offset) or events["promoted"]
+        fake.set_writer(common.AWS_IDS["region-b"])
+        events["aws_names_promoted"] = time.time()
+        log("  " + ", ".join(f"{k} +{(v - t0) * 1000:.0f} ms" for k, v in events.items()))
+        out = common.collect(
+            loads, idle, p,
+            lambda target, ld, code: _split_result(target, ld, code, t0, events, old, new,
+                                                   log_offset, p, ferry),
+            lambda conns: _check_idle(conns, new.port), log)
+        _ferry_sessions(ferry, out, SPLIT_LISTENERS)
+        status = ferry.status()
+        aws = next((e for e in status["discovery"]["listeners"]
+                    if e.get("name") == SPLIT_LISTENERS["ferry_aws"]), {})
+        out["ferry_aws"]["aws"] = {"counters": aws.get("aws"),
+                                   "roles": {c["name"]: (c.get("aws") or {}).get("role")
+                                             for c in aws.get("clusters", [])}}
+        out["_events"] = {k: round(v - t0, 3) for k, v in events.items()}
+        out["_t0_unix"] = t0
+        out["_ferry_history"] = status["discovery"]["history"]
+        # still a split brain at the end: the old writer was never demoted
+        out["_old_writer_writable_at_end"] = not old.query("SELECT pg_is_in_recovery()")[0][0]
+        return out
+    finally:
+        common.cleanup(idle, loads, ferry, pair, log, psycopg2.Error)
+        if fake:
+            fake.stop()
+
+
+def _split_result(target, ld, code, t0, events, old, new, log_offset, p, ferry):
+    raw = common.read_loadgen(ld, code, f"split-brain loadgen via {target}")
+    timeline = ld["files"]["timeline"]
+    evs = common.read_timeline(timeline, raw["t0_unix"], t0)
+    switched, reason = (common.switch_time(ferry.status()["discovery"]["history"],
+                                           SPLIT_LISTENERS[target], "region-b", t0)
+                        if target in SPLIT_LISTENERS else (None, None))
+    fig = common.split_brain_figures(
+        common.read_acks(timeline, raw["t0_unix"]), _present(new), _present(old), t0,
+        events["writable"], switched,
+        row_time=lambda i: new.query("SELECT extract(epoch FROM at) FROM bench_rw WHERE id = %s",
+                                     (i,), dbname=tools.PG_DB)[0][0])
+    since = {"after_t0": t0, "after_promotion": events["writable"]}
+    if switched is not None:
+        since.update(after_switch=switched, after_switch_50ms=switched + 0.05)
+    res = common.load_result(
+        raw, evs, t0, events, p, ld, **fig, switch_reason=reason,
+        old_writer=_old_writer_statements(old.log_path, log_offset, USERS[target], since))
+    common.print_split_brain(target, raw, res)
+    return res
+
+
+def run_split_brain(sc, workdir, log, smoke):
+    p = common.params(split_defaults, sc, smoke)
+    out = split_brain_once(p, workdir, log)
+    kind = common.SPLIT_BRAIN
+    return {"status": "done", "targets": {t: {kind: out[t]} for t in SPLIT_TARGETS},
+            "drills": {kind: {"events": out["_events"], "ferry_history": out["_ferry_history"],
+                              "t0_unix": out["_t0_unix"],
+                              "old_writer_writable_at_end": out["_old_writer_writable_at_end"]}},
+            "params": p, "discovery": DISCOVERY, "aws": common.AWS_SETTINGS}

@@ -5,12 +5,17 @@ sessions held across the failover and checked afterwards, one loadgen `rw`
 per target (--timeline, --acked) and the reading of its output (the
 unavailability window, errors after t0, the throughput series), and the
 cleanup. The servers, the failover steps, the DSNs and the old writer's log
-are each drill's own.
+are each drill's own. The split-brain drill (kind "split_brain": the replica
+is promoted while the old writer stays up and writable) also shares ferry's
+AWS-signals listener over the fake AWS endpoint and the reading of what was
+lost before and after ferry switched.
 """
 
+import datetime
 import json
 import os
 import subprocess
+import sys
 import time
 
 from harness import Ferry, cluster, listener, make_config, proc
@@ -18,6 +23,7 @@ from harness import Ferry, cluster, listener, make_config, proc
 import tools
 
 KINDS = ("planned", "crash")
+SPLIT_BRAIN = "split_brain"
 # ferry's discovery in both drills; the detection time follows from it
 DISCOVERY = {"probe_interval": 0.5, "probe_timeout": 1, "writer_down_after": 2,
              "hold_timeout": 30}
@@ -45,19 +51,77 @@ def by_target(kinds, targets):
 
 # -- ferry ------------------------------------------------------------------
 
-def start_ferry(pair, workdir, name, protocol, listeners, probe, auth, what):
+def start_ferry(pair, workdir, name, protocol, listeners, probe, auth, what, aws=None):
     """ferry with discovery over pair (region-a its primary, region-b its
     replica): listeners["ferry"] with passthrough authentication,
-    listeners["ferry_terminated"] with auth; returns once both pick region-a."""
+    listeners["ferry_terminated"] with auth, and with aws (a started FakeAWS)
+    listeners["ferry_aws"], passthrough with AWS signals from it; returns
+    once all pick region-a."""
     clusters = [cluster("region-a", pair.primary), cluster("region-b", pair.replica)]
-    cfg = make_config(listener(listeners["ferry"], protocol, clusters, probe=probe),
-                      listener(listeners["ferry_terminated"], protocol, clusters, probe=probe,
-                               auth=auth),
-                      log_level="info", workers=2, discovery=DISCOVERY)
-    ferry = Ferry(cfg, workdir, name=name).start()
-    proc.wait_for(lambda: writer(ferry, listeners.values()) == "region-a", timeout=20,
-                  what=what)
+    ls = [listener(listeners["ferry"], protocol, clusters, probe=probe),
+          listener(listeners["ferry_terminated"], protocol, clusters, probe=probe, auth=auth)]
+    top = {}
+    if aws is not None:
+        ls.append(listener(listeners["ferry_aws"], protocol, [
+            dict(clusters[0], region="us-east-1", db_cluster_identifier=AWS_IDS["region-a"]),
+            dict(clusters[1], region="eu-west-1", db_cluster_identifier=AWS_IDS["region-b"])],
+            probe=probe, aws_global_cluster=AWS_GLOBAL))
+        top["aws"] = dict(AWS_SETTINGS, credentials="env",
+                          endpoints={"rds": aws.url, "monitoring": aws.url})
+    names = [entry["name"] for entry in ls]
+    cfg = make_config(*ls, log_level="info", workers=2, discovery=DISCOVERY, **top)
+    ferry = Ferry(cfg, workdir, name=name)
+    with _aws_credentials(aws is not None):
+        ferry.start()
+    proc.wait_for(lambda: writer(ferry, names) == "region-a", timeout=20, what=what)
     return ferry
+
+
+# -- AWS signals: the fake AWS endpoint (tests/fakes/fake_aws.py) ------------
+
+AWS_GLOBAL = "ferry-global"
+AWS_IDS = {"region-a": "ferry-primary", "region-b": "ferry-secondary"}
+# polled every second (its minimum), so AWS's word can arrive within the
+# drill; a real fleet polls far less often (README: AWS budget)
+AWS_SETTINGS = {"region": "us-east-1", "poll_interval": 1, "urgent_poll_interval": 1,
+                "lag_poll_interval": 1}
+
+
+def start_fake_aws():
+    """the fake AWS endpoint (RDS and CloudWatch, SigV4 checked), naming
+    region-a's cluster the writer"""
+    fakes = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "tests", "fakes")
+    if fakes not in sys.path:
+        sys.path.insert(0, fakes)
+    import fake_aws
+    fake = fake_aws.FakeAWS().start()
+    fake.set_writer(AWS_IDS["region-a"])
+    return fake
+
+
+class _aws_credentials:
+    """ferry's environment while it starts: the fake's static key (ferry
+    reads it with credentials "env"), nothing else of AWS_*"""
+
+    def __init__(self, on):
+        self.on, self.saved = on, {}
+
+    def __enter__(self):
+        if not self.on:
+            return self
+        import fake_aws
+        keys = [k for k in os.environ if k.startswith("AWS_")]
+        self.saved = {k: os.environ.pop(k) for k in keys}
+        os.environ["AWS_ACCESS_KEY_ID"] = fake_aws.STATIC_AKID
+        os.environ["AWS_SECRET_ACCESS_KEY"] = fake_aws.STATIC_SECRET
+        return self
+
+    def __exit__(self, *exc):
+        if self.on:
+            for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                os.environ.pop(k, None)
+            os.environ.update(self.saved)
 
 
 def writer(ferry, names):
@@ -266,4 +330,114 @@ def print_result(label, raw, res, codes):
     print(f"[bench {time.strftime('%H:%M:%S')}]   {label}: "
           + (f"window {w:.0f} ms" if w is not None else "NO acknowledged write after t0")
           + f", errors {raw['errors']['total']} {raw['errors'].get(codes, {})}, "
-          f"lost {res['acked_check']['lost']}, old writer: {res['old_writer']}", flush=True)
+          f"lost {res['acked_check']['lost']}, old writer: {_counts(res['old_writer'])}",
+          flush=True)
+
+
+def _counts(old_writer):
+    """the old writer's statement counts without the sample lines"""
+    return {k: {n: c for n, c in v.items() if n != "first"} for k, v in old_writer.items()}
+
+
+# -- the split-brain drill's figures -----------------------------------------
+
+def read_acks(path, t0_unix):
+    """{write id: unix time acknowledged} from a loadgen `rw` --timeline
+    ("MS ok ID" lines; t0_unix: the run's origin from its JSON)"""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] == "ok":
+                out[int(parts[2])] = t0_unix + float(parts[0]) / 1e3
+    return out
+
+
+def iso_epoch(at):
+    """unix time of ferry's "2026-12-03T17:06:28.123Z", None if not one"""
+    try:
+        return datetime.datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def switch_time(history, listener_name, to, t0):
+    """(unix time, reason) of ferry's first change of listener_name's writer
+    to `to` at or after t0 (its /v1/status history, ms resolution), or
+    (None, None)"""
+    for h in history:
+        t = iso_epoch(h.get("at"))
+        if h.get("listener") == listener_name and h.get("to") == to and t is not None \
+                and t >= t0 - 0.001:
+            return t, h.get("reason")
+    return None, None
+
+
+def split_brain_figures(acks, on_new, on_old, t0, promoted, switched, row_time=None):
+    """What a split brain did to one target's writes.
+    acks: {id: unix time acknowledged} (read_acks);
+    on_new(ids) / on_old(ids): the ids of a chunk the promoted cluster / the
+    old writer has;
+    t0: the drill's promotion call; promoted: the moment the promoted
+    cluster took writes; switched: when ferry made it the writer (None: the
+    target has no such moment, as libpq).
+    Lost = acknowledged but missing on the promoted cluster: acknowledged
+    before t0 (replication had not shipped them yet: lost on any path),
+    between t0 and ferry's switch, and after the switch (what ferry must keep
+    at zero). A write made on the promoted cluster is one it has and the old
+    writer has not (what both have was replicated before the split);
+    row_time(id), if given, is the unix time the promoted cluster stamped on
+    that row (its `at` column: PostgreSQL's now(), the transaction's start;
+    MariaDB's the INSERT's start), a cross-check of the acknowledgement's
+    time. Times in ms relative to `promoted`."""
+    ids = list(acks)
+    found = _ids_of(on_new, ids)
+    lost = sorted(acks[i] for i in ids if i not in found)
+    late = [t - switched for t in lost if switched is not None and t > switched]
+    after_t0 = [i for i in found if acks[i] > t0]
+    replicated = _ids_of(on_old, after_t0)
+    on_new_only = [acks[i] for i in after_t0 if i not in replicated]
+    first_new = min(on_new_only) if on_new_only else None
+    first_id = next((i for i in after_t0 if i not in replicated and acks[i] == first_new), None)
+    first_row = float(row_time(first_id)) if row_time and first_id is not None else None
+    ms = lambda t: (t - promoted) * 1000 if t is not None else None  # noqa: E731
+    return {
+        "acked_check": {"acked": len(ids), "found": len(found), "lost": len(lost)},
+        "acked_after_t0": sum(1 for t in acks.values() if t > t0),
+        "acked_on_promoted_only": len(on_new_only),
+        "lost_split": {
+            "before_t0": sum(1 for t in lost if t <= t0),
+            "t0_to_switch": sum(1 for t in lost if t > t0 and (switched is None or t <= switched)),
+            "after_switch": len(late) if switched is not None else None,
+            "after_switch_50ms": sum(1 for d in late if d > 0.05) if switched is not None else None,
+            "after_switch_latest_ms": max(late) * 1000 if late else None},
+        "t0_ms": ms(t0),
+        "switch_ms": ms(switched),
+        "first_write_on_promoted_ms": ms(first_new),
+        "first_write_on_promoted_row_ms": ms(first_row),
+        "goal_ms": (DISCOVERY["probe_interval"] + 0.1) * 1000}
+
+
+def _ids_of(present, ids):
+    """the set of ids present(chunk) finds, asked 5,000 at a time"""
+    found = set()
+    for i in range(0, len(ids), 5000):
+        found |= set(present(ids[i:i + 5000]))
+    return found
+
+
+def print_split_brain(label, raw, res):
+    """the bench log's line for one target of the split-brain drill"""
+    ls = res["lost_split"]
+    print(f"[bench {time.strftime('%H:%M:%S')}]   {label}: switch "
+          f"{_ms(res['switch_ms'])}, first write on the promoted cluster "
+          f"{_ms(res['first_write_on_promoted_ms'])} (after the promotion), acked "
+          f"{res['acked_check']['acked']}, lost {res['acked_check']['lost']} (before t0 "
+          f"{ls['before_t0']}, t0..switch {ls['t0_to_switch']}, after switch "
+          f"{ls['after_switch']}), errors {raw['errors']['total']}, old writer: "
+          f"{_counts(res['old_writer'])}", flush=True)
+
+
+def _ms(v):
+    return f"{v:+.0f} ms" if v is not None else "never"

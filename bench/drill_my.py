@@ -29,6 +29,18 @@ errors by class (MySQL error numbers, "my1290"), lost acknowledged writes
 (ids missing on the new writer), statements that reached the old writer
 after t0 and after the promotion, and idle sessions afterwards.
 
+A third kind, split_brain (scenario split_brain_drill_mysql,
+run_split_brain), on its own fresh pair: at t0 the replica alone is promoted
+(STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0) and the old writer
+stays up and writable; the fake AWS endpoint names the promoted cluster
+writer at once. Targets: the two ferry listeners, a third one with AWS
+signals ("ferry_aws", passthrough), and "direct": a client that connects to
+the old writer's address, the anchor (MySQL has no multi-host client; this
+is what an application with the writer's address, or a DNS name a health
+check of the old writer keeps, does in a split brain). The figures are the
+PostgreSQL split-brain drill's (drill.py); the old writer's general log is
+switched off after the load, before it is read.
+
 What this drill does like the PostgreSQL one (drill.py): ferry's discovery
 and listeners, the idle sessions, the loadgen runs and the reading of their
 output, and the cleanup, is in drill_common.py.
@@ -37,6 +49,7 @@ output, and the cleanup, is in drill_common.py.
 import csv
 import datetime
 import os
+import subprocess
 import time
 
 import pymysql
@@ -48,10 +61,13 @@ import drill_common as common
 import tools
 
 TARGETS = ("ferry", "ferry_terminated")
+SPLIT_TARGETS = ("ferry", "ferry_terminated", "ferry_aws", "direct")
 KINDS = common.KINDS
-USERS = {"ferry": "drill_my", "ferry_terminated": "drill_my_t"}
+USERS = {"ferry": "drill_my", "ferry_terminated": "drill_my_t", "ferry_aws": "drill_my_aws",
+         "direct": "drill_my_direct"}
 PASSWORD = "drill_my_pw"
 LISTENERS = {"ferry": "drill-my", "ferry_terminated": "drill-my-t"}
+SPLIT_LISTENERS = dict(LISTENERS, ferry_aws="drill-my-aws")
 DISCOVERY = common.DISCOVERY
 
 
@@ -90,23 +106,32 @@ def _clock_offset(server):
     return float(unix) - local.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
-def _start_ferry(pair, workdir, kind):
+def _start_ferry(pair, workdir, kind, aws=None):
     probe = {"user": TEST_USER, "password": TEST_PASSWORD}
     auth = {"mode": "terminated",
             "users": [{"name": USERS["ferry_terminated"], "password": PASSWORD}]}
-    return common.start_ferry(pair, workdir, f"ferry-drill-my-{kind}", "mysql", LISTENERS,
-                              probe, auth, "ferry to pick region-a as the MySQL writer")
+    return common.start_ferry(pair, workdir, f"ferry-drill-my-{kind}", "mysql",
+                              SPLIT_LISTENERS if aws else LISTENERS, probe, auth,
+                              "ferry to pick region-a as the MySQL writer", aws=aws)
 
 
-def _dsn(ferry, target):
-    host, port = ferry.listener_addr(LISTENERS[target])
+def _addr(ferry, target, pair=None):
+    """(host, port) target's clients connect to: its ferry listener, or for
+    "direct" the old writer itself"""
+    if target == "direct":
+        return pair.primary.host, pair.primary.port
+    return ferry.listener_addr(SPLIT_LISTENERS[target])
+
+
+def _dsn(ferry, target, pair=None):
+    host, port = _addr(ferry, target, pair)
     return (f"host={host} port={port} user={USERS[target]} password={PASSWORD} "
             f"dbname={TEST_DB}")
 
 
-def _open_idle(ferry, target, n):
+def _open_idle(ferry, target, n, pair=None):
     """n idle autocommit sessions through target's listener"""
-    host, port = ferry.listener_addr(LISTENERS[target])
+    host, port = _addr(ferry, target, pair)
     return common.open_idle(
         lambda: pymysql.connect(host=host, port=port, user=USERS[target], password=PASSWORD,
                                 database=TEST_DB, autocommit=True, connect_timeout=5,
@@ -165,8 +190,8 @@ def _general_log_rows(server):
 def _old_writer_statements(server, offset, user, since):
     """Per moment in since ({name: unix time}): the statements of user's
     sessions the old writer's general log recorded at or after it: all
-    queries, and of them the writes (INSERT/UPDATE)."""
-    out = {name: {"statements": 0, "writes": 0} for name in since}
+    queries, and of them the writes (INSERT/UPDATE), and the first three."""
+    out = {name: {"statements": 0, "writes": 0, "first": []} for name in since}
     tag = f"{user}["
     for event_time, user_host, _tid, _sid, command, argument in (
             r[:6] for r in _general_log_rows(server)):
@@ -182,6 +207,8 @@ def _old_writer_statements(server, offset, user, since):
             if t >= when:
                 out[name]["statements"] += 1
                 out[name]["writes"] += int(write)
+                if len(out[name]["first"]) < 3:
+                    out[name]["first"].append(f"{event_time} {argument[:160]}")
     return out
 
 
@@ -248,3 +275,126 @@ def run(sc, workdir, log, smoke):
     kinds = {kind: drill_once(kind, p, workdir, log) for kind in KINDS}
     return {"status": "done", "targets": common.by_target(kinds, TARGETS), "params": p,
             "discovery": DISCOVERY}
+
+
+# -- the split-brain drill -----------------------------------------------------
+
+def split_defaults(smoke):
+    """clients, seconds of load before t0 and after it, rows, idle sessions"""
+    if smoke:
+        return {"clients": 3, "before_s": 1.0, "after_s": 3.0, "rows": 1000, "idle": 3}
+    return {"clients": 6, "before_s": 3.0, "after_s": 5.0, "rows": 10000, "idle": 10}
+
+
+def _present(server):
+    """present(ids): the ids of a chunk that server's bench_rw has"""
+    def present(chunk):
+        marks = ",".join(["%s"] * len(chunk))
+        return [r[0] for r in server.query(
+            f"SELECT id FROM {TEST_DB}.bench_rw WHERE id IN ({marks})", chunk)]
+    return present
+
+
+def split_brain_once(p, workdir, log):
+    """The replica promoted under load while the writer stays up and
+    writable; {target: result}, plus the events and ferry's history."""
+    kind = common.SPLIT_BRAIN
+    pair = ferry = fake = None
+    loads, idle = {}, {}
+    try:
+        log(f"split_brain_drill_mysql: fresh MariaDB pair, fake AWS, ferry with discovery "
+            f"{DISCOVERY}")
+        pair = _setup_pair(p["rows"])
+        offset = _clock_offset(pair.primary)
+        fake = common.start_fake_aws()
+        ferry = _start_ferry(pair, workdir, kind, aws=fake)
+        for target in SPLIT_TARGETS:         # idle sessions first: the loads start together
+            idle[target] = _open_idle(ferry, target, p["idle"], pair)
+        ids = common.id_bases(SPLIT_TARGETS)
+        for target in SPLIT_TARGETS:
+            loads[target] = common.start_loadgen(f"drill-my-{kind}-{target}", "mysql",
+                                                 _dsn(ferry, target, pair), p, workdir, ids[target])
+        time.sleep(p["before_s"])
+        old, new = pair.primary, pair.replica
+        events = {}
+        t0 = time.time()
+        log("split_brain_drill_mysql: t0, the replica is promoted; the writer stays up and "
+            "writable")
+        new.promote()                # STOP SLAVE; RESET SLAVE ALL; read_only = 0
+        events["promoted"] = time.time()
+        fake.set_writer(common.AWS_IDS["region-b"])
+        events["aws_names_promoted"] = time.time()
+        log("  " + ", ".join(f"{k} +{(v - t0) * 1000:.0f} ms" for k, v in events.items()))
+        codes = {}
+        for target, ld in loads.items():
+            try:
+                codes[target] = ld["popen"].wait(p["before_s"] + p["after_s"] + 60)
+            except subprocess.TimeoutExpired:
+                ld["popen"].kill()
+                codes[target] = "timeout"
+        idle_after = {}
+        for target in SPLIT_TARGETS:
+            idle_after[target] = _check_idle(idle.pop(target), new.port)
+            log(f"  {target}: idle sessions after the promotion: {idle_after[target]}")
+        status = ferry.status()
+        # still a split brain at the end: the old writer was never demoted
+        writable = old.query("SELECT @@read_only")[0][0] == 0
+        old.query("SET GLOBAL general_log = 0")    # its CSV file complete and no longer growing
+        out = {}
+        for target, ld in loads.items():
+            out[target] = _split_result(target, ld, codes[target], t0, events, old, new, offset,
+                                        p, status)
+            out[target]["idle_sessions"] = idle_after[target]
+        listeners = {e.get("name"): e for e in status.get("listeners", [])}
+        for target, name in SPLIT_LISTENERS.items():
+            e = listeners.get(name, {})
+            out[target]["ferry_sessions"] = {"moved": e.get("sessions_moved"),
+                                             "move_failed": e.get("sessions_move_failed")}
+        aws = next((e for e in status["discovery"]["listeners"]
+                    if e.get("name") == SPLIT_LISTENERS["ferry_aws"]), {})
+        out["ferry_aws"]["aws"] = {"counters": aws.get("aws"),
+                                   "roles": {c["name"]: (c.get("aws") or {}).get("role")
+                                             for c in aws.get("clusters", [])}}
+        out["_events"] = {k: round(v - t0, 3) for k, v in events.items()}
+        out["_t0_unix"] = t0
+        out["_ferry_history"] = status["discovery"]["history"]
+        out["_old_writer_writable_at_end"] = writable
+        return out
+    finally:
+        common.cleanup(idle, loads, ferry, pair, log, pymysql.err.Error)
+        if fake:
+            fake.stop()
+
+
+def _split_result(target, ld, code, t0, events, old, new, offset, p, status):
+    raw = common.read_loadgen(ld, code, f"mysql split-brain loadgen via {target}")
+    timeline = ld["files"]["timeline"]
+    evs = common.read_timeline(timeline, raw["t0_unix"], t0)
+    switched, reason = (common.switch_time(status["discovery"]["history"],
+                                           SPLIT_LISTENERS[target], "region-b", t0)
+                        if target in SPLIT_LISTENERS else (None, None))
+    fig = common.split_brain_figures(
+        common.read_acks(timeline, raw["t0_unix"]), _present(new), _present(old), t0,
+        events["promoted"], switched,
+        row_time=lambda i: new.query(f"SELECT UNIX_TIMESTAMP(at) FROM {TEST_DB}.bench_rw "
+                                     "WHERE id = %s", (i,))[0][0])
+    since = {"after_t0": t0, "after_promotion": events["promoted"]}
+    if switched is not None:
+        since.update(after_switch=switched, after_switch_50ms=switched + 0.05)
+    res = common.load_result(
+        raw, evs, t0, events, p, ld, **fig, switch_reason=reason,
+        promoted_ms=(events["promoted"] - t0) * 1000,
+        old_writer=_old_writer_statements(old, offset, USERS[target], since))
+    common.print_split_brain(f"{target} (mysql)", raw, res)
+    return res
+
+
+def run_split_brain(sc, workdir, log, smoke):
+    p = common.params(split_defaults, sc, smoke)
+    out = split_brain_once(p, workdir, log)
+    kind = common.SPLIT_BRAIN
+    return {"status": "done", "targets": {t: {kind: out[t]} for t in SPLIT_TARGETS},
+            "drills": {kind: {"events": out["_events"], "ferry_history": out["_ferry_history"],
+                              "t0_unix": out["_t0_unix"],
+                              "old_writer_writable_at_end": out["_old_writer_writable_at_end"]}},
+            "params": p, "discovery": DISCOVERY, "aws": common.AWS_SETTINGS}

@@ -46,9 +46,10 @@ struct opts {
 };
 
 /* one timeline event: a transaction acknowledged (key "") or an error (its
- * class: "connect", "lost" or the SQLSTATE), µs since the run started */
+ * class: "connect", "lost" or the SQLSTATE), µs of wall clock since t0_unix */
 struct tev {
     int64_t t_us;
+    int64_t id;                   /* rw mode: the acknowledged write's id; else 0 */
     char key[8];
 };
 
@@ -133,7 +134,19 @@ static long random_key(struct client *c)
 
 /* ---- one client ---------------------------------------------------------- */
 
-static void timeline_note(struct client *c, const char *key)
+/* The wall clock in s. Timeline events are stamped with it, not with the
+ * monotonic clock: the drills set them beside the servers' logs and ferry's
+ * history, which are wall-clock times, and this VM's wall clock is stepped
+ * now and then (37 ms within 8 s once), which the monotonic clock is not. */
+static double wall_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* id: the write id an acknowledged rw transaction committed, else 0 */
+static void timeline_note(struct client *c, const char *key, int64_t id)
 {
     if (!c->o->timeline_path)
         return;
@@ -149,7 +162,8 @@ static void timeline_note(struct client *c, const char *key)
         tv->cap = cap;
     }
     struct tev *e = &tv->v[tv->n++];
-    e->t_us = (int64_t)(now_ns() - g_t0) / 1000;
+    e->t_us = (int64_t)((wall_s() - g_t0_unix) * 1e6);
+    e->id = id;
     snprintf(e->key, sizeof e->key, "%s", key);
 }
 
@@ -189,7 +203,7 @@ static void dns_log(const char *answer)
         g_dns_log.cap = cap;
     }
     struct dns_lookup *l = &g_dns_log.v[g_dns_log.n++];
-    l->t_us = ((int64_t)now_ns() - (int64_t)g_t0) / 1000;
+    l->t_us = (int64_t)((wall_s() - g_t0_unix) * 1e6);
     snprintf(l->answer, sizeof l->answer, "%s", answer);
     pthread_mutex_unlock(&g_dns_log.mu);
 }
@@ -332,7 +346,8 @@ static void client_error(struct client *c, const struct db_err *err)
     timeline_note(c, err->kind == DB_ERR_CONNECT ? "connect"
                      : err->kind == DB_ERR_LOST  ? "lost"
                      : err->code[0]              ? err->code
-                                                 : err->sqlstate);
+                                                 : err->sqlstate,
+                  0);
     atomic_fetch_add_explicit(&c->errors, 1, memory_order_relaxed);
     if (c->conn && (!c->o->db->alive(c->conn) || must_reconnect(err)))
         client_disconnect(c);
@@ -350,7 +365,7 @@ static void client_step(struct client *c)
         return;
     }
     hist_record(&c->hist, now_ns() - t0);
-    timeline_note(c, "");
+    timeline_note(c, "", c->o->mode == MODE_RW && c->acked.n ? c->acked.v[c->acked.n - 1] : 0);
     atomic_fetch_add_explicit(&c->txns, 1, memory_order_relaxed);
     c->backoff = 0;
 }
@@ -521,8 +536,9 @@ static void write_ids(const char *path, const struct run *r, bool unknown)
     }
 }
 
-/* "MS ok" or "MS err CLASS" per event, ms since t0_unix; per client, unsorted;
- * then "MS dns HOST:PORT" per read of --dns-file */
+/* "MS ok" ("MS ok ID" in rw mode: the write it acknowledged) or "MS err CLASS"
+ * per event, ms since t0_unix; per client, unsorted; then "MS dns HOST:PORT"
+ * per read of --dns-file */
 static void write_timeline(const char *path, const struct run *r)
 {
     FILE *f = fopen(path, "w");
@@ -534,9 +550,15 @@ static void write_timeline(const char *path, const struct run *r)
         if (atomic_load(&r->clients[i].done) == false)
             continue;   /* a stuck client's thread may still be writing */
         const struct tevvec *tv = &r->clients[i].timeline;
-        for (size_t j = 0; j < tv->n; j++)
-            fprintf(f, tv->v[j].key[0] ? "%.3f err %s\n" : "%.3f ok%s\n",
-                    (double)tv->v[j].t_us / 1e3, tv->v[j].key);
+        for (size_t j = 0; j < tv->n; j++) {
+            double ms = (double)tv->v[j].t_us / 1e3;
+            if (tv->v[j].key[0])
+                fprintf(f, "%.3f err %s\n", ms, tv->v[j].key);
+            else if (tv->v[j].id)
+                fprintf(f, "%.3f ok %lld\n", ms, (long long)tv->v[j].id);
+            else
+                fprintf(f, "%.3f ok\n", ms);
+        }
     }
     pthread_mutex_lock(&g_dns_log.mu);
     for (size_t j = 0; j < g_dns_log.n; j++)
@@ -730,8 +752,8 @@ static void usage(FILE *f)
           "        stdin closes or --hold seconds pass; init: create bench_kv (--rows) and bench_rw.\n"
           "  --acked FILE: rw mode writes each acknowledged id to FILE, one a line, and\n"
           "        the ids whose COMMIT failed (outcome unknown) to FILE.unknown.\n"
-          "  --timeline FILE: every acknowledged transaction (\"MS ok\") and error\n"
-          "        (\"MS err CLASS\"), ms since the run started (t0_unix in the JSON).\n"
+          "  --timeline FILE: every acknowledged transaction (\"MS ok\"; rw: \"MS ok ID\")\n"
+          "        and error (\"MS err CLASS\"), ms since the run started (t0_unix in the JSON).\n"
           "  After an error a client backs off 10 ms, doubling up to --backoff-max-ms\n"
           "        (default 640); after SQLSTATE 25006/57P0x/08xxx or MySQL 1290/1053/1927\n"
           "        it reconnects. MySQL errors are classed by number (\"my1290\").\n"

@@ -10,6 +10,8 @@ import subprocess
 TARGET_ORDER = ("direct", "ferry", "haproxy", "pgbouncer")
 DRILL_TARGETS = ("ferry", "ferry_terminated", "libpq", "dns")
 MY_DRILL_TARGETS = ("ferry", "ferry_terminated")
+SPLIT_TARGETS = {"split_brain": ("ferry", "ferry_terminated", "ferry_aws", "libpq"),
+                 "split_brain_my": ("ferry", "ferry_terminated", "ferry_aws", "direct")}
 RUN_TOOLS = ("pgbench", "sysbench", "loadgen")     # timed runs with tps and latency
 PROFILE_FREQ = 999                                  # bench/profiling.py PERF_FREQ
 
@@ -232,6 +234,19 @@ def key_figures(results):
                            f"writer after the promotion "
                            f"{r.get('old_writer', {}).get('after_promotion', {}).get('statements', '–')}"
                            + _idle_fine(r.get("idle_sessions", {})))
+        elif sc["tool"] in SPLIT_TARGETS:
+            parts = []
+            for t in SPLIT_TARGETS[sc["tool"]]:
+                r = tg.get(t, {}).get("split_brain")
+                if not r:
+                    continue
+                ls = r.get("lost_split", {})
+                parts.append(
+                    f"{t}: switch {_signed(r.get('switch_ms'))}, first write on the promoted "
+                    f"cluster {_signed(r.get('first_write_on_promoted_ms'))}, lost "
+                    f"{r.get('acked_check', {}).get('lost', '–')} (after the switch "
+                    f"{fmt(ls.get('after_switch'))})")
+            out.append(f"- {name} (ms after the promotion): " + "; ".join(parts))
         elif sc["tool"] == "profile":
             r = tg.get("ferry", {})
             p, st = r.get("perf", {}), r.get("strace", {})
@@ -526,6 +541,115 @@ def drill_my_section(outdir, sc):
     return lines
 
 
+def _signed(v):
+    return f"{v:+,.0f} ms" if v is not None else "never"
+
+
+def _t0_ms(sc, names):
+    """the promotion call relative to the moment the promoted cluster took writes"""
+    for t in names:
+        v = sc["targets"].get(t, {}).get("split_brain", {}).get("t0_ms")
+        if v is not None:
+            return v
+    return None
+
+
+def split_brain_section(outdir, sc):
+    """the split-brain drill (PostgreSQL or MariaDB)"""
+    d, p, a = sc.get("discovery", {}), sc.get("params", {}), sc.get("aws", {})
+    mysql = sc["tool"] == "split_brain_my"
+    names = SPLIT_TARGETS[sc["tool"]]
+    anchor = names[-1]
+    info = sc.get("drills", {}).get("split_brain", {})
+    goal = (d.get("probe_interval", 0) + 0.1) * 1000
+    lines = [
+        f"{p.get('clients', '?')} loadgen `rw` clients per target for {p.get('before_s', '?')} s "
+        f"before and {p.get('after_s', '?')} s after t0, all targets at once on the same "
+        "servers, each with " + f"{p.get('idle', '?')} idle sessions. At t0 the replica is "
+        "promoted (" + ("`STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0`" if mysql
+                        else "`pg_ctl promote`") + ") and nothing else: the old writer stays "
+        "up and writable (a split brain; still writable at the end: "
+        f"{info.get('old_writer_writable_at_end')}). ferry: discovery over both servers "
+        f"(probe_interval {d.get('probe_interval')} s); `ferry` passthrough, "
+        "`ferry_terminated` terminated auth, `ferry_aws` passthrough with AWS signals from the "
+        f"fake AWS endpoint (DescribeGlobalClusters every {a.get('poll_interval')} s), which "
+        "names the promoted cluster writer the moment the drill sees the promotion complete. "
+        + ("`direct`: a client of the old writer's address, the anchor (no MySQL client has "
+           "multi-host failover): what an application does without ferry."
+           if mysql else
+           "`libpq`: `host=A,B target_session_attrs=read-write`, the anchor: libpq has no "
+           "reason to leave a primary that still accepts writes, so it keeps writing there, "
+           "which is what a split brain does without ferry. The DNS client is left out: a "
+           "Route53 health check of the old writer still passes, so the record would not "
+           "flip."), "",
+        "Times are ms after the promoted cluster took writes (" + (
+            "`read_only = 0` returned" if mysql else "its log's \"archive recovery "
+            "complete\", the end of recovery, just before it takes writes") + "; t0, the promotion call, "
+        f"was {_signed(_t0_ms(sc, names))}). *Switch*: ferry's "
+        "/v1/status history entry for the change to the promoted cluster. *First write on the "
+        "promoted cluster*: the first acknowledged write that the promoted cluster has and the "
+        "old writer has not (what both have was replicated before the split), when its "
+        "client got the acknowledgement (in brackets: the time the promoted cluster stamped "
+        "on the row, its `at` column: " + ("the INSERT's start" if mysql else
+                                            "`now()`, the transaction's start")
+        + f"); the goal is one probe interval + 100 ms = {goal:,.0f} ms. *Lost*: acknowledged "
+        "writes missing on the promoted cluster, by when they were acknowledged (loadgen's "
+        "timeline names each id): before t0 (replication had not shipped them: lost on any "
+        "path), from t0 to ferry's switch (the detection window), after the switch (ferry's "
+        "promise: zero; in brackets those more than 50 ms after it, the tolerance of "
+        "`tests/integration/test_split_brain.py` for the hop from discovery to the workers, "
+        "and the latest). *Old writer*: the target role's statements the old writer logged "
+        + ("(general log, µs)" if mysql else
+           "(server log with `log_statement = all` in this drill, so BEGIN and COMMIT count; ms)")
+        + " after the promotion / after ferry's switch / more than 50 ms after it.", "",
+        "| target | switch | first write on the promoted cluster | goal | acked (after t0) "
+        "| lost: total | before t0 | t0 → switch | after switch (> 50 ms; latest) | old writer: after "
+        "promotion / switch / switch + 50 ms | errors by class | idle sessions fine |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|"]
+    for t in names:
+        r = sc["targets"].get(t, {}).get("split_brain")
+        if not r:
+            continue
+        ls, ac, ow = r.get("lost_split", {}), r.get("acked_check", {}), r.get("old_writer", {})
+        first = r.get("first_write_on_promoted_ms")
+        met = ("–" if not t.startswith("ferry") else "never" if first is None else
+               "met" if first <= goal else "NOT met")
+        late = ls.get("after_switch")
+        owc = " / ".join(fmt(ow[k]["statements"]) if k in ow else "–"
+                         for k in ("after_promotion", "after_switch", "after_switch_50ms"))
+        row = r.get("first_write_on_promoted_row_ms")
+        lines.append(
+            f"| {t} | {_signed(r.get('switch_ms'))} | {_signed(first)}"
+            + (f" (row {_signed(row)})" if row is not None else "") + f" | {met} "
+            f"| {fmt(ac.get('acked'))} ({fmt(r.get('acked_after_t0'))}) | {fmt(ac.get('lost'))} "
+            f"| {fmt(ls.get('before_t0'))} | {fmt(ls.get('t0_to_switch'))} "
+            f"| {fmt(late)}" + (f" ({fmt(ls.get('after_switch_50ms'))}; "
+                                f"{_signed(ls.get('after_switch_latest_ms'))})" if late else "") +
+            f" | {owc} | {r['errors'].get('total', 0)}: {_errors_by_class(r['errors'])} "
+            f"| {_idle_text(r.get('idle_sessions', {}))} |")
+    ev = ", ".join(f"{k} +{v * 1000:.0f} ms" for k, v in info.get("events", {}).items())
+    hist = "; ".join(f"{_since_t0(h.get('at'), info.get('t0_unix'))}{h.get('listener')}: "
+                     f"{h.get('from')} → {h.get('to')} ({h.get('reason')})"
+                     for h in info.get("ferry_history", []) if h.get("from") != "none")
+    for t in names:
+        first = (sc["targets"].get(t, {}).get("split_brain", {}).get("old_writer", {})
+                 .get("after_switch", {}).get("first"))
+        if first:
+            lines.append(f"- {t}: first statements the old writer logged after ferry's switch: "
+                         + "; ".join(f"`{x}`" for x in first))
+    aws = sc["targets"].get("ferry_aws", {}).get("split_brain", {}).get("aws", {})
+    counters = aws.get("counters") or {}
+    lines += ["", f"- events after t0: {ev}. ferry's writer changes: {hist or 'none'}",
+              f"- ferry_aws: AWS roles at the end {aws.get('roles')}; DescribeGlobalClusters ok "
+              f"{counters.get('describe_global_clusters_ok_total')}, errors "
+              f"{counters.get('describe_global_clusters_errors_total')}", ""]
+    png = plot_drill(os.path.join(outdir, "plots"), "split_brain", sc["targets"], names=names,
+                     prefix="split-brain-mysql" if mysql else "split-brain")
+    if png:
+        lines += [f"![split-brain drill]({png})", ""]
+    return lines
+
+
 def pg_idle_section(sc, results):
     lines = idle_table(sc["targets"])
     st = sc.get("settings", {})
@@ -700,6 +824,8 @@ def scenario_section(outdir, name, sc, results=None):
         return lines + drill_section(outdir, sc)
     if sc["tool"] == "drill_my":
         return lines + drill_my_section(outdir, sc)
+    if sc["tool"] in SPLIT_TARGETS:
+        return lines + split_brain_section(outdir, sc)
     if sc["tool"] == "pg_idle":
         return lines + pg_idle_section(sc, results or {})
     if sc["tool"] == "profile":
