@@ -130,13 +130,21 @@ static void negotiate_version(struct px_session *s, const struct pg_startup *st)
         px_session_close(s, FERRY_LOG_INFO, "client write failed");
 }
 
+/* The client's bytes not parsed yet. NULL when the buffer has no storage:
+ * a first read larger than the buffer's limit stores nothing, and NULL + 0
+ * is undefined behaviour. */
+static const uint8_t *startup_unread(const struct px_pg_session *p)
+{
+    return p->startup.data ? p->startup.data + p->startup_off : NULL;
+}
+
 /* Parses what the client has sent so far; acts on each complete packet. */
 static void startup_advance(struct px_session *s)
 {
     struct px_pg_session *p = pgs(s);
     for (;;) {
         struct pg_startup st;
-        const uint8_t *at = p->startup.data + p->startup_off;
+        const uint8_t *at = startup_unread(p);
         int rc = pg_decode_startup(at, p->startup.len - p->startup_off, &st);
         if (rc == FERRY_NEED_MORE && !p->startup.failed)
             return;
@@ -508,7 +516,7 @@ static void client_auth_advance(struct px_session *s)
     while (p->auth_phase != PGA_DONE && !s->closing && !s->failing) {
         uint8_t type;
         uint32_t total;
-        const uint8_t *at = p->startup.data + p->startup_off;
+        const uint8_t *at = startup_unread(p);
         int rc = pg_frame(at, p->startup.len - p->startup_off, PG_AUTH_MSG_MAX, &type, &total);
         if (rc == FERRY_NEED_MORE && !p->startup.failed)
             return;
