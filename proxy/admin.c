@@ -378,20 +378,23 @@ static enum MHD_Result post_resume(struct MHD_Connection *c, const char *req)
 struct admin_route {
     const char *path;
     const char *method;         /* GET routes also answer HEAD */
-    bool mutating;              /* needs the bearer token when one is configured */
+    bool mutating;              /* changes something: logged as admin.request */
+    bool token;                 /* needs the bearer token when one is configured:
+                                 * every mutating route, and reads that expose
+                                 * clients (addresses, users, databases) */
     enum MHD_Result (*handle)(struct MHD_Connection *c, const char *body);
 };
 
 static const struct admin_route routes[] = {
-    {"/healthz", "GET", false, get_healthz},
-    {"/readyz", "GET", false, get_readyz},
-    {"/v1/status", "GET", false, get_status},
-    {"/metrics", "GET", false, get_metrics},
-    {"/v1/reload", "POST", true, post_reload},
-    {"/v1/pause", "POST", true, post_pause},
-    {"/v1/resume", "POST", true, post_resume},
-    {"/v1/sessions", "GET", false, get_sessions},
-    {"/v1/switchover", "POST", true, post_switchover},
+    {"/healthz", "GET", false, false, get_healthz},
+    {"/readyz", "GET", false, false, get_readyz},
+    {"/v1/status", "GET", false, false, get_status},
+    {"/metrics", "GET", false, false, get_metrics},
+    {"/v1/reload", "POST", true, true, post_reload},
+    {"/v1/pause", "POST", true, true, post_pause},
+    {"/v1/resume", "POST", true, true, post_resume},
+    {"/v1/sessions", "GET", false, true, get_sessions},
+    {"/v1/switchover", "POST", true, true, post_switchover},
 };
 
 /* Constant-time check of "Authorization: Bearer <token>". */
@@ -457,7 +460,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                   body, r->method)
                     : MHD_NO;
     }
-    if (r->mutating && !authorized(c)) {
+    if (r->token && !authorized(c)) {
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         char peer[INET6_ADDRSTRLEN] = "?";
