@@ -460,6 +460,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                   body, r->method)
                     : MHD_NO;
     }
+    char qm[64], qp[512];   /* the method and decoded path come from the client */
     if (r->token && !authorized(c)) {
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -471,12 +472,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             else if (sa->sa_family == AF_INET6)
                 inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, peer, sizeof peer);
         }
-        ferry_log(FERRY_LOG_WARN, "admin.unauthorized", "method=%s path=%s peer=%s", method, url,
-                  peer);
+        ferry_log(FERRY_LOG_WARN, "admin.unauthorized", "method=%s path=%s peer=%s",
+                  ferry_log_quote(method, qm, sizeof qm), ferry_log_quote(url, qp, sizeof qp), peer);
         return json_result(c, MHD_HTTP_UNAUTHORIZED, false, "missing or wrong bearer token");
     }
     if (r->mutating)
-        ferry_log(FERRY_LOG_INFO, "admin.request", "method=%s path=%s", method, url);
+        ferry_log(FERRY_LOG_INFO, "admin.request", "method=%s path=%s",
+                  ferry_log_quote(method, qm, sizeof qm), ferry_log_quote(url, qp, sizeof qp));
     return r->handle(c, rb->data);
 }
 

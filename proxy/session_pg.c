@@ -387,8 +387,9 @@ static void client_authenticated(struct px_session *s)
     send_to_client(s, &b);
     if (s->closing)
         return;
+    char qu[FERRY_LOG_QUOTED_MAX(FERRY_NAME_MAX)];
     ferry_log(FERRY_LOG_DEBUG, "session.authenticated", "listener=%s session=%llu user=%s",
-              s->pl->name, (unsigned long long)s->id, s->user);
+              s->pl->name, (unsigned long long)s->id, ferry_log_quote(s->user, qu, sizeof qu));
     px_session_route(s);
 }
 
@@ -904,8 +905,10 @@ static void login_done(struct px_session *s, size_t from, size_t to)
     send_to_client(s, &out);
     if (s->closing)
         return;
+    char qu[FERRY_LOG_QUOTED_MAX(FERRY_NAME_MAX)];
     ferry_log(FERRY_LOG_DEBUG, "session.logged_in", "listener=%s session=%llu backend=%s user=%s",
-              s->pl->name, (unsigned long long)s->id, s->endpoint, s->user);
+              s->pl->name, (unsigned long long)s->id, s->endpoint,
+              ferry_log_quote(s->user, qu, sizeof qu));
     px_session_start_relay(s);
 }
 
@@ -1155,8 +1158,10 @@ static void move_failed(struct px_session *s, const char *why)
         px_session_backend_failed(s, why);
         return;
     }
+    char esc[512];
     ferry_log(FERRY_LOG_WARN, "session.move_failed", "listener=%s session=%llu to=%s reason=\"%s\"",
-              s->pl->name, (unsigned long long)s->id, s->cluster, why);
+              s->pl->name, (unsigned long long)s->id, s->cluster,
+              ferry_log_escape(why, esc, sizeof esc));
     PX_STAT_ADD(px_session_stats(s)->moves_failed, 1);
     p->moving = p->restoring = false;
     s->retry_connect = false;
