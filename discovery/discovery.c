@@ -242,9 +242,11 @@ static void record_change(struct disc_core *c, struct disc_listener *l, int from
     observe_failover(l, from, uv_now(c->loop));
     const char *from_name = from >= 0 ? l->names[from] : "none";
     const char *to_name = dd->writer >= 0 ? l->names[dd->writer] : "none";
+    char esc[FERRY_LOG_QUOTED_MAX(sizeof dd->reason)];
     ferry_log(dd->writer >= 0 ? FERRY_LOG_INFO : FERRY_LOG_WARN, "topology.writer_changed",
               "listener=%s from=%s to=%s generation=%llu reason=\"%s\"", l->lcfg->name, from_name,
-              to_name, (unsigned long long)dd->generation, dd->reason);
+              to_name, (unsigned long long)dd->generation,
+              ferry_log_escape(dd->reason, esc, sizeof esc));
     l->changed_wall_ms = disc_wall_ms();
     if (!c->d)
         return;
@@ -373,6 +375,7 @@ static void core_decide(struct disc_core *c)
             }
         }
         struct disc_decision next;
+        char esc[FERRY_LOG_QUOTED_MAX(sizeof next.reason)];
         int from = l->decision.writer;
         disc_decide(&l->decision, obs, l->names, now, &p, &next);
         bool split_news = next.split_brain && !l->decision.split_brain;
@@ -387,7 +390,7 @@ static void core_decide(struct disc_core *c)
                           "more is relayed there and nothing in flight there is acknowledged\" "
                           "reason=\"%s\"", l->lcfg->name, l->names[from],
                           next.writer >= 0 ? l->names[next.writer] : "none", l->names[from],
-                          next.reason);
+                          ferry_log_escape(next.reason, esc, sizeof esc));
             }
         }
         int candidate = disc_candidate(&next, now, &p);
@@ -409,7 +412,7 @@ static void core_decide(struct disc_core *c)
         l->writer_addr_of = next.writer;
         if (split_news)
             ferry_log(FERRY_LOG_ERROR, "topology.split_brain", "listener=%s reason=\"%s\"",
-                      l->lcfg->name, next.reason);
+                      l->lcfg->name, ferry_log_escape(next.reason, esc, sizeof esc));
         if (next.split_brain)
             ask_aws = true;
         if (in_doubt(l, disc_wall_ms(), c->cfg->discovery.hold_timeout))

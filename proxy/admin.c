@@ -378,20 +378,23 @@ static enum MHD_Result post_resume(struct MHD_Connection *c, const char *req)
 struct admin_route {
     const char *path;
     const char *method;         /* GET routes also answer HEAD */
-    bool mutating;              /* needs the bearer token when one is configured */
+    bool mutating;              /* changes something: logged as admin.request */
+    bool token;                 /* needs the bearer token when one is configured:
+                                 * every mutating route, and reads that expose
+                                 * clients (addresses, users, databases) */
     enum MHD_Result (*handle)(struct MHD_Connection *c, const char *body);
 };
 
 static const struct admin_route routes[] = {
-    {"/healthz", "GET", false, get_healthz},
-    {"/readyz", "GET", false, get_readyz},
-    {"/v1/status", "GET", false, get_status},
-    {"/metrics", "GET", false, get_metrics},
-    {"/v1/reload", "POST", true, post_reload},
-    {"/v1/pause", "POST", true, post_pause},
-    {"/v1/resume", "POST", true, post_resume},
-    {"/v1/sessions", "GET", false, get_sessions},
-    {"/v1/switchover", "POST", true, post_switchover},
+    {"/healthz", "GET", false, false, get_healthz},
+    {"/readyz", "GET", false, false, get_readyz},
+    {"/v1/status", "GET", false, false, get_status},
+    {"/metrics", "GET", false, false, get_metrics},
+    {"/v1/reload", "POST", true, true, post_reload},
+    {"/v1/pause", "POST", true, true, post_pause},
+    {"/v1/resume", "POST", true, true, post_resume},
+    {"/v1/sessions", "GET", false, true, get_sessions},
+    {"/v1/switchover", "POST", true, true, post_switchover},
 };
 
 /* Constant-time check of "Authorization: Bearer <token>". */
@@ -457,7 +460,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                   body, r->method)
                     : MHD_NO;
     }
-    if (r->mutating && !authorized(c)) {
+    char qm[64], qp[512];   /* the method and decoded path come from the client */
+    if (r->token && !authorized(c)) {
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         char peer[INET6_ADDRSTRLEN] = "?";
@@ -468,12 +472,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             else if (sa->sa_family == AF_INET6)
                 inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, peer, sizeof peer);
         }
-        ferry_log(FERRY_LOG_WARN, "admin.unauthorized", "method=%s path=%s peer=%s", method, url,
-                  peer);
+        ferry_log(FERRY_LOG_WARN, "admin.unauthorized", "method=%s path=%s peer=%s",
+                  ferry_log_quote(method, qm, sizeof qm), ferry_log_quote(url, qp, sizeof qp), peer);
         return json_result(c, MHD_HTTP_UNAUTHORIZED, false, "missing or wrong bearer token");
     }
     if (r->mutating)
-        ferry_log(FERRY_LOG_INFO, "admin.request", "method=%s path=%s", method, url);
+        ferry_log(FERRY_LOG_INFO, "admin.request", "method=%s path=%s",
+                  ferry_log_quote(method, qm, sizeof qm), ferry_log_quote(url, qp, sizeof qp));
     return r->handle(c, rb->data);
 }
 

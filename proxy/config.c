@@ -4,6 +4,7 @@
  */
 #include "ferry/config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <stdarg.h>
@@ -978,6 +979,62 @@ static void config_free(struct ferry_config *cfg)
     free(cfg);
 }
 
+/* Keys whose value is a secret written inline in ferry.json. */
+static bool secret_key(const char *k, size_t n)
+{
+    static const char *const keys[] = {"password", "scram_verifier", NULL};
+    if (memchr(k, '\\', n))
+        return true;    /* an escaped key may spell one of them */
+    for (size_t i = 0; keys[i]; i++)
+        if (strlen(keys[i]) == n && memcmp(k, keys[i], n) == 0)
+            return true;
+    return false;
+}
+
+/* True when byte offset pos of the JSON text lies in the value of a secret
+ * key (inside its string, just past its closing quote, or in a bare token
+ * after the colon): jansson's
+ * "near '…'" excerpt is then the secret's own text. A small scan of the
+ * text's tokens up to pos, not a parser: it errs towards true. */
+static bool json_pos_in_secret(const char *text, size_t pos)
+{
+    const char *str = NULL;     /* the string being scanned, NULL outside */
+    const char *key = NULL;     /* the last string closed, while it may be a key */
+    size_t keylen = 0;
+    bool secret = false;        /* after "<secret key>": until the value ends */
+    bool str_secret = false;    /* the string being scanned is a secret value */
+    bool last_secret = false;   /* the string closed at i - 1 was one */
+    for (size_t i = 0; i < pos && text[i]; i++) {
+        char ch = text[i];
+        last_secret = false;
+        if (str) {
+            if (ch == '\\' && i + 1 < pos && text[i + 1])
+                i++;
+            else if (ch == '"') {
+                if (str_secret)
+                    secret = false, last_secret = true;     /* the value is complete */
+                else
+                    key = str + 1, keylen = (size_t)(text + i - key);
+                str = NULL;
+            }
+            continue;
+        }
+        if (ch == '"') {
+            str = text + i;
+            str_secret = secret;
+        } else if (ch == ':') {
+            secret = key && secret_key(key, keylen);
+            key = NULL;
+        } else if (ch == ',' || ch == '{' || ch == '}' || ch == '[' || ch == ']') {
+            secret = false;
+            key = NULL;
+        }
+    }
+    /* jansson checks a string's escapes and UTF-8 once it has read the
+     * closing quote: an error there stops just past it */
+    return str ? str_secret : secret || last_secret;
+}
+
 struct ferry_config *ferry_config_parse(const char *path, const char *text, char err[FERRY_ERR_MAX])
 {
     struct cfg_ctx c = {.path = path, .err = err, .failed = false};
@@ -985,8 +1042,23 @@ struct ferry_config *ferry_config_parse(const char *path, const char *text, char
     /* Duplicate keys are rejected: which one wins is otherwise a surprise. */
     json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        snprintf(err, FERRY_ERR_MAX, "%s:%d:%d: invalid JSON: %s", path, jerr.line, jerr.column,
-                 jerr.text);
+        /* jansson quotes the token it stopped in ("near '…'") and some of
+         * its bytes ("invalid Unicode '\uD800'", "byte 0xff"): for a secret,
+         * keep only the words of the reason */
+        bool hide = json_pos_in_secret(text, (size_t)jerr.position);
+        if (hide) {
+            char *near = strstr(jerr.text, " near ");
+            if (near)
+                *near = '\0';
+            size_t n = 0;
+            while (jerr.text[n] && (isalpha((unsigned char)jerr.text[n]) || jerr.text[n] == ' '))
+                n++;
+            while (n && jerr.text[n - 1] == ' ')
+                n--;
+            jerr.text[n] = '\0';
+        }
+        snprintf(err, FERRY_ERR_MAX, "%s:%d:%d: invalid JSON: %s%s", path, jerr.line, jerr.column,
+                 jerr.text, hide ? " (in a secret value, not shown)" : "");
         return NULL;
     }
     struct ferry_config *cfg = calloc(1, sizeof *cfg);

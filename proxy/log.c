@@ -17,32 +17,74 @@ void ferry_log_set_json(bool json)
     __atomic_store_n(&log_json, json ? 1 : 0, __ATOMIC_RELAXED);
 }
 
-/* Appends s as a JSON string (quotes included); returns the new length. */
+/* Length of the valid UTF-8 sequence at s (n bytes available), or 0 when
+ * the bytes there are not one (overlong, surrogate, past U+10FFFF, cut). */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t len = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3
+               : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    if (!len || len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] > 0x9f) || (c == 0xf0 && s[1] < 0x90) ||
+        (c == 0xf4 && s[1] > 0x8f))
+        return 0;
+    return len;
+}
+
+/* Appends s as a JSON string (quotes included); returns the new length.
+ * Control bytes become \u00XX; bytes that are not UTF-8 become the text
+ * "\xNN" (JSON has no raw bytes), as in the text format. */
 static size_t json_str(char *out, size_t o, size_t cap, const char *s, size_t n)
 {
     if (o + 2 >= cap)
         return o;
     out[o++] = '"';
-    for (size_t i = 0; i < n && o + 8 < cap; i++) {
-        unsigned char ch = (unsigned char)s[i];
+    for (size_t i = 0; i < n && o + 8 < cap;) {
+        const unsigned char *u = (const unsigned char *)s + i;
+        size_t len = utf8_len(u, n - i);
+        if (len > 1) {
+            if (o + len + 8 >= cap)
+                break;
+            memcpy(out + o, u, len);
+            o += len, i += len;
+            continue;
+        }
+        unsigned char ch = u[0];
         if (ch == '"' || ch == '\\') {
             out[o++] = '\\';
             out[o++] = (char)ch;
-        } else if (ch < 0x20) {
+        } else if (ch < 0x20 || ch == 0x7f) {
             o += (size_t)snprintf(out + o, cap - o, "\\u%04x", ch);
+        } else if (!len) {
+            o += (size_t)snprintf(out + o, cap - o, "\\\\x%02x", ch);
         } else {
             out[o++] = (char)ch;
         }
+        i++;
     }
     out[o++] = '"';
     return o;
 }
 
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
 /* Rewrites a text line "k=v k=\"v w\" …" (after ts/level/event) as JSON
- * fields. Values stay strings: logs are for reading, not arithmetic. */
+ * fields, undoing ferry_log_escape in quoted values. Values stay strings:
+ * logs are for reading, not arithmetic. A key already written is dropped,
+ * so nothing can override ts, level or event. */
 static size_t kv_to_json(char *out, size_t o, size_t cap, const char *kv)
 {
     const char *p = kv;
+    struct { const char *k; size_t n; } seen[64];
+    size_t nseen = 0;
     while (*p && o + 16 < cap) {
         while (*p == ' ')
             p++;
@@ -59,17 +101,34 @@ static size_t kv_to_json(char *out, size_t o, size_t cap, const char *kv)
         char val[1024];
         size_t vlen = 0;
         if (*p == '"') {
-            for (p++; *p && *p != '"' && vlen < sizeof val - 1; p++) {
-                if (*p == '\\' && p[1])
-                    p++;
-                val[vlen++] = *p;
+            /* the whole quoted value is consumed, even past what val holds */
+            for (p++; *p && *p != '"'; p++) {
+                char ch = *p;
+                if (*p == '\\' && p[1] == 'x' && hexval(p[2]) >= 0 && hexval(p[3]) >= 0) {
+                    ch = (char)(hexval(p[2]) << 4 | hexval(p[3]));
+                    p += 3;
+                } else if (*p == '\\' && p[1]) {
+                    ch = *++p;
+                }
+                if (vlen < sizeof val)
+                    val[vlen++] = ch;
             }
             if (*p == '"')
                 p++;
         } else {
-            while (*p && *p != ' ' && vlen < sizeof val - 1)
-                val[vlen++] = *p++;
+            while (*p && *p != ' ') {
+                if (vlen < sizeof val)
+                    val[vlen++] = *p;
+                p++;
+            }
         }
+        bool dup = false;
+        for (size_t i = 0; i < nseen && !dup; i++)
+            dup = seen[i].n == klen && memcmp(seen[i].k, k, klen) == 0;
+        if (dup)
+            continue;
+        if (nseen < sizeof seen / sizeof seen[0])
+            seen[nseen].k = k, seen[nseen++].n = klen;
         out[o++] = ',';
         o = json_str(out, o, cap, k, klen);
         out[o++] = ':';
@@ -133,34 +192,52 @@ void ferry_log(enum ferry_log_level lvl, const char *event, const char *fmt, ...
     (void)w;    /* nowhere to report a failed log write */
 }
 
+const char *ferry_log_escape(const char *in, char *out, size_t outlen)
+{
+    if (!outlen)
+        return out;
+    size_t o = 0, n = strlen(in);
+    for (size_t i = 0; i < n;) {
+        const unsigned char *u = (const unsigned char *)in + i;
+        size_t len = utf8_len(u, n - i);
+        bool raw = len > 1 || (len == 1 && *u >= 0x20 && *u != 0x7f && *u != '"' && *u != '\\');
+        size_t need = raw ? len : *u == '"' || *u == '\\' ? 2 : 4;
+        if (o + need >= outlen)
+            break;      /* truncated between two whole characters or escapes */
+        if (raw)
+            memcpy(out + o, u, len), i += len, o += len;
+        else if (*u == '"' || *u == '\\')
+            out[o++] = '\\', out[o++] = (char)*u, i++;
+        else
+            o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", *u), i++;
+    }
+    out[o] = '\0';
+    return out;
+}
+
 const char *ferry_log_quote(const char *in, char *out, size_t outlen)
 {
     bool plain = *in != '\0';
-    for (const char *p = in; *p; p++)
-        if (*p == ' ' || *p == '"' || *p == '=' || *p == '\\' || (unsigned char)*p < 0x20)
-            plain = false;
-    if (plain) {
-        snprintf(out, outlen, "%s", in);
+    size_t n = strlen(in);
+    for (size_t i = 0; i < n && plain;) {
+        const unsigned char *u = (const unsigned char *)in + i;
+        size_t len = utf8_len(u, n - i);
+        plain = len > 1 || (len == 1 && *u > 0x20 && *u != 0x7f && *u != '"' && *u != '=' &&
+                            *u != '\\');
+        i += len ? len : 1;
+    }
+    if (plain && n < outlen) {
+        memcpy(out, in, n + 1);
         return out;
     }
-    size_t o = 0;
     if (outlen < 3) {
         if (outlen)
             out[0] = '\0';
         return out;
     }
-    out[o++] = '"';
-    for (const char *p = in; *p && o + 5 < outlen; p++) {
-        unsigned char ch = (unsigned char)*p;
-        if (ch == '"' || ch == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)ch;
-        } else if (ch < 0x20) {
-            o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", ch);
-        } else {
-            out[o++] = (char)ch;
-        }
-    }
+    out[0] = '"';
+    ferry_log_escape(in, out + 1, outlen - 2);
+    size_t o = strlen(out);
     out[o++] = '"';
     out[o] = '\0';
     return out;

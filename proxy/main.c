@@ -264,15 +264,22 @@ static struct ferry_config *load_config(const char *path, char err[FERRY_ERR_MAX
     return cfg;
 }
 
+/* The error quotes the file (path, a JSON excerpt): escaped. */
+static void log_reload_failed(const char *err)
+{
+    char esc[FERRY_LOG_QUOTED_MAX(FERRY_ERR_MAX)];
+    ferry_log(FERRY_LOG_ERROR, "config.reload_failed",
+              "generation=%llu error=\"%s\" action=\"keeping the running config\"",
+              (unsigned long long)px_proc.generation, ferry_log_escape(err, esc, sizeof esc));
+}
+
 /* Reloads the config file; false (running config kept) with the reason in
  * err. Main thread only. */
 static bool reload(char *err, size_t errlen)
 {
     struct ferry_config *cfg = load_config(mainloop.config_path, err);
     if (!cfg) {
-        ferry_log(FERRY_LOG_ERROR, "config.reload_failed",
-                  "generation=%llu error=\"%s\" action=\"keeping the running config\"",
-                  (unsigned long long)px_proc.generation, err);
+        log_reload_failed(err);
         return false;
     }
     if (cfg->workers != px_proc.nworkers)
@@ -284,9 +291,7 @@ static bool reload(char *err, size_t errlen)
     if (pls && admin_changed(cfg) && cfg->admin_enabled)
         new_admin = px_admin_start(&cfg->admin_bind, err, errlen);
     if (!pls || (admin_changed(cfg) && cfg->admin_enabled && !new_admin)) {
-        ferry_log(FERRY_LOG_ERROR, "config.reload_failed",
-                  "generation=%llu error=\"%s\" action=\"keeping the running config\"",
-                  (unsigned long long)px_proc.generation, err);
+        log_reload_failed(err);
         if (pls) {
             for (size_t i = 0; i < cfg->nlisteners; i++)
                 px_listener_unref(pls[i]);
@@ -464,7 +469,7 @@ static int cmd_check(const char *path)
 
 static int cmd_run(const char *path)
 {
-    char err[FERRY_ERR_MAX];
+    char err[FERRY_ERR_MAX], esc[FERRY_LOG_QUOTED_MAX(FERRY_ERR_MAX)];
     struct ferry_config *cfg = load_config(path, err);
     if (!cfg) {
         fprintf(stderr, "ferry: %s\n", err);
@@ -480,7 +485,8 @@ static int cmd_run(const char *path)
     px_proc.workers = calloc(cfg->workers, sizeof *px_proc.workers);
     struct px_listener **pls = px_proc.workers ? listeners_for(cfg, err, sizeof err) : NULL;
     if (!pls) {
-        ferry_log(FERRY_LOG_ERROR, "ferry.start_failed", "error=\"%s\"", err);
+        ferry_log(FERRY_LOG_ERROR, "ferry.start_failed", "error=\"%s\"",
+                  ferry_log_escape(err, esc, sizeof esc));
         free(px_proc.workers);
         ferry_config_unref(cfg);
         return EXIT_RUNTIME;
@@ -488,7 +494,8 @@ static int cmd_run(const char *path)
     mainloop.admin_enabled = cfg->admin_enabled;
     mainloop.admin_bind = cfg->admin_bind;
     if (cfg->admin_enabled && !(mainloop.admin = px_admin_start(&cfg->admin_bind, err, sizeof err))) {
-        ferry_log(FERRY_LOG_ERROR, "ferry.start_failed", "error=\"%s\"", err);
+        ferry_log(FERRY_LOG_ERROR, "ferry.start_failed", "error=\"%s\"",
+                  ferry_log_escape(err, esc, sizeof esc));
         for (size_t i = 0; i < cfg->nlisteners; i++)
             px_listener_unref(pls[i]);
         free(pls);

@@ -141,8 +141,10 @@ void px_session_close(struct px_session *s, enum ferry_log_level lvl, const char
     if (s->closing)
         return;
     s->closing = true;
+    char esc[512];
     ferry_log(lvl, "session.closed", "listener=%s session=%llu backend=%s reason=\"%s\"",
-              s->pl->name, (unsigned long long)s->id, s->endpoint, reason);
+              s->pl->name, (unsigned long long)s->id, s->endpoint,
+              ferry_log_escape(reason, esc, sizeof esc));
     s->pending_closes++;    /* hold the session while we close */
     /* A cancelled or already running lookup still calls on_resolved, which
      * sees closing and releases its hold. */
@@ -626,9 +628,11 @@ static void try_prelogin(struct px_session *s)
 
 static void prelogin_failed(struct px_session *s, const char *error)
 {
+    char esc[512];
     ferry_log(FERRY_LOG_INFO, "session.prelogin_failed",
               "listener=%s session=%llu cluster=%s backend=%s error=\"%s\"", s->pl->name,
-              (unsigned long long)s->id, s->cluster, s->endpoint, error);
+              (unsigned long long)s->id, s->cluster, s->endpoint,
+              ferry_log_escape(error, esc, sizeof esc));
     s->prelogin = s->prelogin_ready = false;
     uv_timer_stop(&s->timer);
     drop_and_wait(s);
@@ -1056,8 +1060,9 @@ void px_session_fail(struct px_session *s, enum px_err kind, const char *text)
         return;
     s->failing = true;
     px_session_count_error(s, kind);
+    char esc[512];      /* the text may quote a client's user name */
     ferry_log(FERRY_LOG_INFO, "session.failed", "listener=%s session=%llu reason=\"%s\"",
-              s->pl->name, (unsigned long long)s->id, text);
+              s->pl->name, (unsigned long long)s->id, ferry_log_escape(text, esc, sizeof esc));
     uv_timer_stop(&s->timer);
     if (s->proto && s->proto->defer_error && s->proto->defer_error(s, kind, text))
         return;
@@ -1075,9 +1080,11 @@ void px_session_backend_failed(struct px_session *s, const char *error)
     PX_STAT_ADD(px_session_stats(s)->backend_connect_failed, 1);
     /* Live traffic found the writer unreachable: look now, not at the next tick. */
     px_session_probe_now(s);
+    char esc[512];
     ferry_log(FERRY_LOG_WARN, "backend.connect_failed",
               "listener=%s session=%llu cluster=%s backend=%s error=\"%s\"", s->pl->name,
-              (unsigned long long)s->id, s->cluster, s->endpoint, error);
+              (unsigned long long)s->id, s->cluster, s->endpoint,
+              ferry_log_escape(error, esc, sizeof esc));
     if (s->retry_connect && !s->failing && !s->closing) {
         /* a session that may wait keeps its client: wait for the next
          * topology, and try again shortly in case the writer stays */

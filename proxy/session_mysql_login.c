@@ -317,8 +317,10 @@ static void client_verified(struct px_session *s)
     m->client_turn = false;
     px_conn_stop_reading(&s->client);
     OPENSSL_cleanse(&l->secret, sizeof l->secret);
+    char qu[FERRY_LOG_QUOTED_MAX(FERRY_NAME_MAX)];
     ferry_log(FERRY_LOG_DEBUG, "session.authenticated", "listener=%s session=%llu user=%s "
-              "connection_id=%u", s->pl->name, (unsigned long long)s->id, s->user, m->ferry_id);
+              "connection_id=%u", s->pl->name, (unsigned long long)s->id,
+              ferry_log_quote(s->user, qu, sizeof qu), m->ferry_id);
     if (m->changing_user) {
         /* the session starts anew as this user: a fresh backend login */
         s->retry_connect = true;
@@ -749,9 +751,10 @@ static void backend_logged_in(struct px_session *s, const uint8_t *p, size_t n)
     send_client(s, &out);
     if (s->closing)
         return;
+    char qu[FERRY_LOG_QUOTED_MAX(FERRY_NAME_MAX)];
     ferry_log(FERRY_LOG_DEBUG, "session.logged_in", "listener=%s session=%llu backend=%s user=%s "
               "connection_id=%u backend_id=%u", s->pl->name, (unsigned long long)s->id,
-              s->endpoint, s->user, m->ferry_id, m->backend_id);
+              s->endpoint, ferry_log_quote(s->user, qu, sizeof qu), m->ferry_id, m->backend_id);
     px_session_start_relay(s);
 }
 
@@ -761,6 +764,7 @@ static void backend_refused(struct px_session *s, const uint8_t *p, size_t n)
 {
     struct px_my_session *m = mys(s);
     struct my_err e;
+    char qu[FERRY_LOG_QUOTED_MAX(FERRY_NAME_MAX)];
     if (m->moving) {
         move_failed(s, "the new writer refused the login");
         return;
@@ -768,7 +772,7 @@ static void backend_refused(struct px_session *s, const uint8_t *p, size_t n)
     if (my_err_parse(p, n, &e) == 0)
         ferry_log(FERRY_LOG_WARN, "session.backend_login_refused", "listener=%s session=%llu "
                   "backend=%s user=%s code=%u", s->pl->name, (unsigned long long)s->id,
-                  s->endpoint, s->user, e.code);
+                  s->endpoint, ferry_log_quote(s->user, qu, sizeof qu), e.code);
     struct ferry_wbuf out;
     ferry_wbuf_init(&out, 0);
     frame(&out, m->hs_next, p, n);
@@ -938,8 +942,10 @@ void mys_move_begin(struct px_session *s)
 static void move_failed(struct px_session *s, const char *why)
 {
     struct px_my_session *m = mys(s);
+    char esc[512];
     ferry_log(FERRY_LOG_WARN, "session.move_failed", "listener=%s session=%llu to=%s reason=\"%s\"",
-              s->pl->name, (unsigned long long)s->id, s->cluster, why);
+              s->pl->name, (unsigned long long)s->id, s->cluster,
+              ferry_log_escape(why, esc, sizeof esc));
     PX_STAT_ADD(px_session_stats(s)->moves_failed, 1);
     m->moving = false;
     s->retry_connect = false;
@@ -1113,8 +1119,9 @@ void mys_change_user(struct px_session *s, const uint8_t *p, size_t n)
     m->changing_user = true;
     m->hs_next = 1;             /* the command was sequence 0 */
     m->client_turn = false;
+    char qu[FERRY_LOG_QUOTED_MAX(FERRY_NAME_MAX)];
     ferry_log(FERRY_LOG_INFO, "session.change_user", "listener=%s session=%llu user=%s",
-              s->pl->name, (unsigned long long)s->id, s->user);
+              s->pl->name, (unsigned long long)s->id, ferry_log_quote(s->user, qu, sizeof qu));
     /* the new response: the rewritten one, without its packet header */
     ferry_wbuf_reset(&m->hello);
     ferry_wbuf_put(&m->hello, hello.data + MY_HDR_LEN, hello.len - MY_HDR_LEN);

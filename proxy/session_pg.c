@@ -130,13 +130,21 @@ static void negotiate_version(struct px_session *s, const struct pg_startup *st)
         px_session_close(s, FERRY_LOG_INFO, "client write failed");
 }
 
+/* The client's bytes not parsed yet. NULL when the buffer has no storage:
+ * a first read larger than the buffer's limit stores nothing, and NULL + 0
+ * is undefined behaviour. */
+static const uint8_t *startup_unread(const struct px_pg_session *p)
+{
+    return p->startup.data ? p->startup.data + p->startup_off : NULL;
+}
+
 /* Parses what the client has sent so far; acts on each complete packet. */
 static void startup_advance(struct px_session *s)
 {
     struct px_pg_session *p = pgs(s);
     for (;;) {
         struct pg_startup st;
-        const uint8_t *at = p->startup.data + p->startup_off;
+        const uint8_t *at = startup_unread(p);
         int rc = pg_decode_startup(at, p->startup.len - p->startup_off, &st);
         if (rc == FERRY_NEED_MORE && !p->startup.failed)
             return;
@@ -379,8 +387,9 @@ static void client_authenticated(struct px_session *s)
     send_to_client(s, &b);
     if (s->closing)
         return;
+    char qu[FERRY_LOG_QUOTED_MAX(FERRY_NAME_MAX)];
     ferry_log(FERRY_LOG_DEBUG, "session.authenticated", "listener=%s session=%llu user=%s",
-              s->pl->name, (unsigned long long)s->id, s->user);
+              s->pl->name, (unsigned long long)s->id, ferry_log_quote(s->user, qu, sizeof qu));
     px_session_route(s);
 }
 
@@ -508,7 +517,7 @@ static void client_auth_advance(struct px_session *s)
     while (p->auth_phase != PGA_DONE && !s->closing && !s->failing) {
         uint8_t type;
         uint32_t total;
-        const uint8_t *at = p->startup.data + p->startup_off;
+        const uint8_t *at = startup_unread(p);
         int rc = pg_frame(at, p->startup.len - p->startup_off, PG_AUTH_MSG_MAX, &type, &total);
         if (rc == FERRY_NEED_MORE && !p->startup.failed)
             return;
@@ -896,8 +905,10 @@ static void login_done(struct px_session *s, size_t from, size_t to)
     send_to_client(s, &out);
     if (s->closing)
         return;
+    char qu[FERRY_LOG_QUOTED_MAX(FERRY_NAME_MAX)];
     ferry_log(FERRY_LOG_DEBUG, "session.logged_in", "listener=%s session=%llu backend=%s user=%s",
-              s->pl->name, (unsigned long long)s->id, s->endpoint, s->user);
+              s->pl->name, (unsigned long long)s->id, s->endpoint,
+              ferry_log_quote(s->user, qu, sizeof qu));
     px_session_start_relay(s);
 }
 
@@ -1147,8 +1158,10 @@ static void move_failed(struct px_session *s, const char *why)
         px_session_backend_failed(s, why);
         return;
     }
+    char esc[512];
     ferry_log(FERRY_LOG_WARN, "session.move_failed", "listener=%s session=%llu to=%s reason=\"%s\"",
-              s->pl->name, (unsigned long long)s->id, s->cluster, why);
+              s->pl->name, (unsigned long long)s->id, s->cluster,
+              ferry_log_escape(why, esc, sizeof esc));
     PX_STAT_ADD(px_session_stats(s)->moves_failed, 1);
     p->moving = p->restoring = false;
     s->retry_connect = false;

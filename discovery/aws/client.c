@@ -152,13 +152,17 @@ static void op_close(struct op *op)
 static void log_failure(const struct op *op)
 {
     const struct aws_status *st = &op->st;
-    char msg[512];
+    /* code, request id and message come from the response: quoted */
+    char msg[FERRY_LOG_QUOTED_MAX(sizeof st->error.message)];
+    char code[FERRY_LOG_QUOTED_MAX(sizeof st->error.code)];
+    char rid[FERRY_LOG_QUOTED_MAX(sizeof st->error.request_id)];
     ferry_log_quote(st->error.message[0] ? st->error.message : "-", msg, sizeof msg);
+    ferry_log_quote(st->error.code[0] ? st->error.code : "-", code, sizeof code);
+    ferry_log_quote(st->error.request_id[0] ? st->error.request_id : "-", rid, sizeof rid);
     if (st->cls == AWS_ERR_ACCESS_DENIED) {
         ferry_log(FERRY_LOG_ERROR, "aws.access_denied",
                   "action=%s region=%s missing_iam_action=%s code=%s request_id=%s message=%s",
-                  op->spec->action, op->region, op->spec->iam_action, st->error.code,
-                  st->error.request_id[0] ? st->error.request_id : "-", msg);
+                  op->spec->action, op->region, op->spec->iam_action, code, rid, msg);
         return;
     }
     if (st->cls == AWS_ERR_CANCELLED)
@@ -166,8 +170,7 @@ static void log_failure(const struct op *op)
     ferry_log(FERRY_LOG_WARN, "aws.request_failed",
               "action=%s region=%s class=%s http_status=%ld code=%s attempts=%u request_id=%s message=%s",
               op->spec->action, op->region, aws_err_class_name(st->cls), st->error.http_status,
-              st->error.code[0] ? st->error.code : "-", st->attempts,
-              st->error.request_id[0] ? st->error.request_id : "-", msg);
+              code, st->attempts, rid, msg);
 }
 
 static void op_fail(struct op *op)
@@ -245,10 +248,12 @@ static void retry_or_fail(struct op *op, int64_t server_date)
         op_fail(op);
         return;
     }
+    char code[FERRY_LOG_QUOTED_MAX(sizeof op->st.error.code)];
     ferry_log(FERRY_LOG_INFO, "aws.retry",
               "action=%s region=%s class=%s http_status=%ld code=%s attempt=%u delay_ms=%llu",
               op->spec->action, op->region, aws_err_class_name(op->st.cls),
-              op->st.error.http_status, op->st.error.code[0] ? op->st.error.code : "-",
+              op->st.error.http_status,
+              ferry_log_quote(op->st.error.code[0] ? op->st.error.code : "-", code, sizeof code),
               op->st.attempts, (unsigned long long)delay);
     uv_timer_start(&op->timer, on_timer, delay, 0);
 }

@@ -158,10 +158,11 @@ static void notify(struct aws_credprovider *p, const struct aws_credentials *c,
 static void fetch_failed(struct aws_credprovider *p, enum aws_err_class cls, struct aws_error *err)
 {
     p->step = STEP_IDLE;
+    char code[FERRY_LOG_QUOTED_MAX(sizeof err->code)];     /* from the response */
     if (cls != AWS_ERR_CANCELLED)
         ferry_log(FERRY_LOG_WARN, "aws.credentials_failed", "source=%s class=%s http_status=%ld code=%s",
                   aws_cred_source_name(p->source), aws_err_class_name(cls), err->http_status,
-                  err->code[0] ? err->code : "-");
+                  ferry_log_quote(err->code[0] ? err->code : "-", code, sizeof code));
     notify(p, NULL, cls, err);
 }
 

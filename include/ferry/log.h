@@ -19,8 +19,20 @@ bool ferry_log_enabled(enum ferry_log_level lvl);
 void ferry_log(enum ferry_log_level lvl, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Quotes a value for a key=value line when it holds spaces, quotes or
- * control bytes; returns out. */
+/* Every value that does not come from ferry itself or its config (names and
+ * text from clients, servers, HTTP requests, AWS) goes through one of these,
+ * so that it cannot end the line or add keys. Both write at most outlen bytes
+ * (NUL included), truncating between whole characters, and return out.
+ *
+ * ferry_log_escape: the text for inside "…": '"' and '\\' get a backslash;
+ * control bytes, DEL and bytes that are not UTF-8 become \xNN.
+ * ferry_log_quote: a whole value: as is when it is a plain word, else
+ * "…" escaped as above (empty, spaces, '=', quotes, '\\', control bytes, DEL,
+ * bytes that are not UTF-8). */
+const char *ferry_log_escape(const char *in, char *out, size_t outlen);
 const char *ferry_log_quote(const char *in, char *out, size_t outlen);
+
+/* Room for an escaped or quoted value of a string of n bytes. */
+#define FERRY_LOG_QUOTED_MAX(n) (4 * (n) + 3)
 
 #endif

@@ -2,12 +2,18 @@
 the file, the key path and the reason; the exit code is 2; nothing starts."""
 
 import json
+import re
+import signal
 import subprocess
+import urllib.error
+import urllib.request
 
 import pytest
 
 import harness
+from fronts import pg_listener
 from harness import cluster, listener, make_config
+from harness.proc import wait_for
 
 GOOD_LISTENER = {"name": "pg", "protocol": "postgresql", "bind": "127.0.0.1:16432",
                  "clusters": [{"name": "a", "endpoint": "127.0.0.1:5432"}]}
@@ -87,3 +93,72 @@ def test_run_fails_cleanly_when_address_is_taken(tmp_path, pg_pair):
         assert f"127.0.0.1:{port}: bind: Address already in use" in res.stderr
     finally:
         blocker.close()
+
+
+SECRET = "Hunter2x"
+# (what replaces the password's JSON string, reason jansson gives)
+BROKEN_SECRETS = [
+    (f'"{SECRET}\n"', "unexpected newline"),                # unterminated on its line
+    (f'"{SECRET}\\q"', "invalid escape"),
+    (f'"{SECRET}\\u12"', "invalid escape"),
+    (f'"{SECRET}\\ud800"', "invalid Unicode"),
+    (f'{SECRET}', "invalid token"),                        # quotes forgotten
+]
+
+
+def broken_secret_config(pg_pair, where, bad):
+    """A config whose user password (where="user") or probe password
+    (where="probe") is `bad`, as JSON text."""
+    if where == "user":
+        lst = pg_listener(pg_pair, auth={"mode": "terminated",
+                                         "users": [{"name": "ferry_test", "password": "@@@"}]})
+    else:
+        lst = pg_listener(pg_pair, probe={"user": "ferry_test", "password": "@@@"})
+    return json.dumps(make_config(lst, workers=1), indent=2).replace('"@@@"', bad)
+
+
+def secret_error(path, reason):
+    return re.compile(rf"^{re.escape(str(path))}:\d+:\d+: invalid JSON: {reason} "
+                      r"\(in a secret value, not shown\)$")
+
+
+@pytest.mark.parametrize("where", ["user", "probe"])
+@pytest.mark.parametrize("bad, reason", BROKEN_SECRETS, ids=[r for _, r in BROKEN_SECRETS])
+def test_check_never_quotes_a_secret(tmp_path, pg_pair, where, bad, reason):
+    path = tmp_path / "ferry.json"
+    path.write_text(broken_secret_config(pg_pair, where, bad))
+    code, out, err = harness.check(str(path))
+    assert code == 2
+    assert secret_error(path, reason).match(err.strip()[len("ferry: "):]), err
+    assert SECRET[:4] not in err and SECRET not in out
+
+
+def test_check_still_quotes_other_values(tmp_path):
+    path = tmp_path / "ferry.json"
+    path.write_text('{"listeners": [{"name": "pg\\q"}]}')
+    code, _, err = harness.check(str(path))
+    assert code == 2 and err.strip().endswith("invalid JSON: invalid escape near '\"pg\\q'")
+
+
+@pytest.mark.parametrize("bad, reason", BROKEN_SECRETS[:2], ids=[r for _, r in BROKEN_SECRETS[:2]])
+def test_reload_never_quotes_a_secret(ferry_factory, pg_pair, bad, reason):
+    """SIGHUP and POST /v1/reload of a file broken inside a password: the log
+    line and the 422 answer name file, line, column and reason, not the text."""
+    ferry = ferry_factory(make_config(pg_listener(pg_pair), workers=1))
+    with open(ferry.config_path, "w") as f:
+        f.write(broken_secret_config(pg_pair, "user", bad))
+    ferry.signal(signal.SIGHUP)
+    wait_for(lambda: "event=config.reload_failed" in ferry.log_text(), timeout=10,
+             what="config.reload_failed in the log")
+    line = [x for x in ferry.log_text().splitlines() if "config.reload_failed" in x][0]
+    m = re.search(r'error="([^"]*)"', line)
+    assert m and secret_error(ferry.config_path, reason).match(m.group(1)), line
+    host, port = ferry.admin_addr()
+    req = urllib.request.Request(f"http://{host}:{port}/v1/reload", method="POST", data=b"")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 422
+    body = json.loads(e.value.read())
+    assert body["ok"] is False and secret_error(ferry.config_path, reason).match(body["message"])
+    assert SECRET[:4] not in ferry.log_text()
+    assert ferry.status()["config_generation"] == 1

@@ -148,6 +148,52 @@ def test_admin_errors_and_token(ferry_factory, pg_pair, monkeypatch):
     assert TOKEN not in log and "wrong-token" not in log
 
 
+def get(ferry, path, token=None):
+    """GET from the admin endpoint with an optional bearer token; (status, body text)."""
+    host, port = ferry.admin_addr()
+    req = urllib.request.Request(f"http://{host}:{port}{path}")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_sessions_need_the_token_when_one_is_set(ferry_factory, pg_pair, tmp_path):
+    """/v1/sessions lists client addresses, users and databases: with a token
+    configured it answers 401 without it, like the POSTs; health, readiness,
+    metrics and status stay open; `ferry ctl sessions` sends the token."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    cfg = make_config(pg_listener(pg_pair), workers=1)
+    cfg["admin"]["token_file"] = str(token_file)
+    ferry = ferry_factory(cfg)
+    conn = harness.pg.connect(pg_dsn(ferry))
+    conn.cursor().execute("SELECT 1")
+    for path in ("/v1/sessions", "/v1/sessions?limit=10&offset=0"):
+        code, body = get(ferry, path)
+        assert code == 401 and json.loads(body)["ok"] is False
+        assert "ferry_test" not in body and "127.0.0.1" not in body
+        assert get(ferry, path, token="wrong-token-wrong-token")[0] == 401
+    code, body = get(ferry, "/v1/sessions", token=TOKEN)
+    assert code == 200 and json.loads(body)["sessions"][0]["user"] == "ferry_test"
+    for path in ("/healthz", "/readyz", "/metrics", "/v1/status"):
+        assert get(ferry, path)[0] == 200, path
+    host, port = ferry.admin_addr()
+    url = f"http://{host}:{port}"
+    denied = ctl("sessions", "--admin", url)
+    assert denied.returncode == 1 and "HTTP 401" in denied.stderr and "ferry_test" not in denied.stdout
+    for args in (["-c", ferry.config_path], ["--admin", url, "--token-file", str(token_file)]):
+        ok = ctl("sessions", *args)
+        assert ok.returncode == 0 and ok.stdout.startswith("1 session"), ok.stderr
+    conn.close()
+    log = ferry.log_text()
+    assert "event=admin.unauthorized method=GET path=/v1/sessions peer=127.0.0.1" in log
+    assert TOKEN not in log and "wrong-token" not in log
+
+
 def test_reload_endpoint_reports_a_bad_file(ferry_factory, pg_pair):
     ferry = ferry_factory(make_config(pg_listener(pg_pair), workers=1))
     with open(ferry.config_path, "w") as f:

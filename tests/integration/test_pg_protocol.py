@@ -98,6 +98,29 @@ def test_bad_startup_gets_a_fatal_error(ferry, payload, sqlstate):
     assert harness.pg.run_query(pg_dsn(ferry), "SELECT 7") == [(7,)]   # others unaffected
 
 
+@pytest.mark.parametrize("size", [10_021, 12_000, 40_000])
+def test_oversized_first_packet_gets_a_fatal_error(ferry, size):
+    """A startup packet longer than PostgreSQL's 10,000-byte limit, arriving
+    in one read (more than the startup buffer holds): ferry answers 08P01
+    like any invalid startup length, and under the sanitizer build it does so
+    without undefined behaviour (the teardown checks the log)."""
+    bystander = psycopg2.connect(pg_dsn(ferry))
+    pad = size - len(startup_packet())
+    with connect_raw(ferry) as s:
+        s.sendall(startup_packet(user="u" * pad))
+        msgs = read_messages(s, until=b"E")
+    assert msgs and msgs[-1][0] == b"E"
+    fields = error_fields(msgs[-1][1])
+    assert fields["S"] == "FATAL" and fields["C"] == "08P01"
+    assert fields["M"].startswith("ferry: ")
+    cur = bystander.cursor()
+    cur.execute("SELECT 7")
+    assert cur.fetchone() == (7,)
+    bystander.close()
+    assert harness.pg.run_query(pg_dsn(ferry), "SELECT 8") == [(8,)]
+    assert ferry.is_running()
+
+
 def test_ssl_request_is_declined_then_startup_proceeds(ferry):
     with connect_raw(ferry) as s:
         s.sendall(struct.pack("!II", 8, 80877103))

@@ -283,6 +283,27 @@ static const struct {
      "ferry.json: aws.urgent_poll_interval: 0 seconds out of range 1..3600"},
     {"{\"workers\":1,\"workers\":2," L0 CL "}]}",
      "ferry.json:1:22: invalid JSON: duplicate object key near '\"workers\"'"},
+    /* a syntax error inside a secret never quotes the secret's text */
+    {"{\"a\":{\"password\":\"Hunter2x\n\"}}",
+     "ferry.json:1:26: invalid JSON: unexpected newline (in a secret value, not shown)"},
+    {"{\"a\":{\"password\":\"Hunter2x\\q\"}}",
+     "ferry.json:1:28: invalid JSON: invalid escape (in a secret value, not shown)"},
+    {"{\"a\":{\"password\":\"Hunter2x\\u12\"}}",
+     "ferry.json:1:31: invalid JSON: invalid escape (in a secret value, not shown)"},
+    {"{\"a\":{\"password\":\"Hunter2x\\ud800\"}}",
+     "ferry.json:1:33: invalid JSON: invalid Unicode (in a secret value, not shown)"},
+    {"{\"a\":{\"password\":\"Hunter2x\xff\"}}",
+     "ferry.json:1:26: invalid JSON: unable to decode byte (in a secret value, not shown)"},
+    {"{\"a\":{\"password\":Hunter2x}}",
+     "ferry.json:1:23: invalid JSON: invalid token (in a secret value, not shown)"},
+    {"{\"a\":{\"scram_verifier\":\"SCRAM-SHA-256$4096:Hunter2x",
+     "ferry.json:1:51: invalid JSON: premature end of input (in a secret value, not shown)"},
+    {"{\"a\":{\"pass\\u0077ord\":\"Hunter2x\\q\"}}",
+     "ferry.json:1:33: invalid JSON: invalid escape (in a secret value, not shown)"},
+    /* other values are still quoted, and so is the token after a secret */
+    {"{\"a\":{\"name\":\"Plain\\q\"}}", "ferry.json:1:21: invalid JSON: invalid escape near '\"Plain\\q'"},
+    {"{\"a\":{\"password\":\"Hunter2x\" \"next\"}}",
+     "ferry.json:1:34: invalid JSON: '}' expected near '\"next\"'"},
 };
 
 static void test_rejections(void)
