@@ -441,3 +441,14 @@ def print_split_brain(label, raw, res):
 
 def _ms(v):
     return f"{v:+.0f} ms" if v is not None else "never"
+
+
+def split_brain_scenario(out, targets, p):
+    """A split-brain drill's scenario result (either protocol) from what
+    its split_brain_once() returned."""
+    kind = SPLIT_BRAIN
+    return {"status": "done", "targets": {t: {kind: out[t]} for t in targets},
+            "drills": {kind: {"events": out["_events"], "ferry_history": out["_ferry_history"],
+                              "t0_unix": out["_t0_unix"],
+                              "old_writer_writable_at_end": out["_old_writer_writable_at_end"]}},
+            "params": p, "discovery": DISCOVERY, "aws": AWS_SETTINGS}

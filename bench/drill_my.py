@@ -391,10 +391,4 @@ def _split_result(target, ld, code, t0, events, old, new, offset, p, status):
 
 def run_split_brain(sc, workdir, log, smoke):
     p = common.params(split_defaults, sc, smoke)
-    out = split_brain_once(p, workdir, log)
-    kind = common.SPLIT_BRAIN
-    return {"status": "done", "targets": {t: {kind: out[t]} for t in SPLIT_TARGETS},
-            "drills": {kind: {"events": out["_events"], "ferry_history": out["_ferry_history"],
-                              "t0_unix": out["_t0_unix"],
-                              "old_writer_writable_at_end": out["_old_writer_writable_at_end"]}},
-            "params": p, "discovery": DISCOVERY, "aws": common.AWS_SETTINGS}
+    return common.split_brain_scenario(split_brain_once(p, workdir, log), SPLIT_TARGETS, p)
