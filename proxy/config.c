@@ -503,7 +503,8 @@ static void parse_user(struct cfg_ctx *c, json_t *v, const char *ukey, enum ferr
 static void parse_tls(struct cfg_ctx *c, json_t *listener, const char *where,
                       struct ferry_listener_cfg *l)
 {
-    static const char *const keys[] = {"cert_file", "key_file", "required", "min_version", NULL};
+    static const char *const keys[] = {"cert_file", "key_file", "required", "min_version",
+                                       "ciphers", "ciphersuites", NULL};
     char key[KEY_MAX], tkey[KEY_MAX];
     json_t *v = section(c, listener, where, "tls", keys, tkey);
     if (!v)
@@ -527,6 +528,10 @@ static void parse_tls(struct cfg_ctx *c, json_t *listener, const char *where,
         else
             strcpy(l->tls_min_version, s);
     }
+    if (get_string(c, v, "ciphers", subkey(key, tkey, ".ciphers"), &s))
+        l->tls_ciphers = strdup(s);     /* checked when the context is made */
+    if (get_string(c, v, "ciphersuites", subkey(key, tkey, ".ciphersuites"), &s))
+        l->tls_ciphersuites = strdup(s);
 }
 
 /* "backend_tls": {"mode", "ca_file"}: TLS towards the clusters. Each
@@ -966,6 +971,8 @@ static void config_free(struct ferry_config *cfg)
         free(cfg->listeners[i].tls_cert_file);
         free(cfg->listeners[i].tls_key_file);
         free(cfg->listeners[i].backend_tls_ca_file);
+        free(cfg->listeners[i].tls_ciphers);
+        free(cfg->listeners[i].tls_ciphersuites);
     }
     free(cfg->listeners);
     wipe_free(cfg->admin_token);

@@ -253,7 +253,8 @@ static struct ferry_config *load_config(const char *path, char err[FERRY_ERR_MAX
         enum ferry_tls_version min = FERRY_TLS_V1_2;
         ferry_tls_version_parse(l->tls_min_version, &min);
         char why[FERRY_ERR_MAX / 2];
-        l->tls_server_ctx = ferry_tls_server_ctx_new(l->tls_cert_file, l->tls_key_file, min, why,
+        l->tls_server_ctx = ferry_tls_server_ctx_new(l->tls_cert_file, l->tls_key_file, min,
+                                                     l->tls_ciphers, l->tls_ciphersuites, why,
                                                      sizeof why);
         if (!l->tls_server_ctx) {
             snprintf(err, FERRY_ERR_MAX, "%s: listeners[%zu].tls: %s", path, i, why);

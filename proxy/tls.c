@@ -201,6 +201,7 @@ static int min_proto(enum ferry_tls_version v)
 
 struct ferry_tls_ctx *ferry_tls_server_ctx_new(const char *cert_file, const char *key_file,
                                                enum ferry_tls_version min_version,
+                                               const char *ciphers, const char *ciphersuites,
                                                char *err, size_t errlen)
 {
     ERR_clear_error();
@@ -212,6 +213,16 @@ struct ferry_tls_ctx *ferry_tls_server_ctx_new(const char *cert_file, const char
     SSL_CTX_set_options(c, SSL_OP_NO_TICKET | SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_num_tickets(c, 0);
     SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+    if (SSL_CTX_set_cipher_list(c, ciphers ? ciphers : FERRY_TLS_DEFAULT_CIPHERS) != 1) {
+        SSL_CTX_free(c);
+        snprintf(err, errlen, "ciphers: no usable cipher in \"%.100s\"", ciphers ? ciphers : "");
+        return NULL;
+    }
+    if (ciphersuites && SSL_CTX_set_ciphersuites(c, ciphersuites) != 1) {
+        SSL_CTX_free(c);
+        snprintf(err, errlen, "ciphersuites: no usable TLS 1.3 suite in \"%.100s\"", ciphersuites);
+        return NULL;
+    }
     const char *what = NULL, *path = NULL;
     if (SSL_CTX_use_certificate_chain_file(c, cert_file) != 1)
         what = "certificate file", path = cert_file;

@@ -76,6 +76,8 @@ struct ferry_listener_cfg {
     char *tls_key_file;                 /* owned */
     bool tls_required;                  /* clients without TLS are refused */
     char tls_min_version[8];            /* "1.2" or "1.3" */
+    char *tls_ciphers;                  /* owned; NULL = FERRY_TLS_DEFAULT_CIPHERS (TLS 1.2) */
+    char *tls_ciphersuites;             /* owned; NULL = OpenSSL's TLS 1.3 suites */
     void *tls_server_ctx;               /* struct ferry_tls_ctx *, attached by the loader
                                            (proxy/main.c); released by on_free */
     char backend_tls_mode[16];          /* disable | prefer | require | verify-ca | verify-full */

@@ -86,8 +86,19 @@ struct ferry_tls_ctx;
  * and a cache would be shared state across workers).
  * Returns a context holding one reference, or NULL with the reason in err
  * (naming the file, never key material). Thread: any; typically main. */
+/* Forward-secret AEAD suites only for TLS 1.2 (Mozilla's "intermediate"
+ * list without the DHE ones); TLS 1.3 suites are all AEAD and forward
+ * secret, OpenSSL's defaults. */
+#define FERRY_TLS_DEFAULT_CIPHERS                                                      \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                       \
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                       \
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+
+/* ciphers (TLS 1.2, OpenSSL's list syntax) and ciphersuites (TLS 1.3):
+ * NULL = the defaults above. An unusable list is an error naming it. */
 struct ferry_tls_ctx *ferry_tls_server_ctx_new(const char *cert_file, const char *key_file,
                                                enum ferry_tls_version min_version,
+                                               const char *ciphers, const char *ciphersuites,
                                                char *err, size_t errlen);
 
 /* A context for connecting to backends in mode (not FERRY_TLS_DISABLE: a

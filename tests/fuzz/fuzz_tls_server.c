@@ -23,8 +23,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     char err[256];
     if (tls_testpki_make(&pki) != 0)
         abort();
-    server_ctx = ferry_tls_server_ctx_new(pki.server_cert, pki.server_key, FERRY_TLS_V1_2, err,
-                                          sizeof err);
+    server_ctx = ferry_tls_server_ctx_new(pki.server_cert, pki.server_key, FERRY_TLS_V1_2, NULL,
+                                          NULL, err, sizeof err);
     tls_testpki_remove(&pki);   /* the context holds what it read */
     if (!server_ctx)
         abort();

@@ -128,6 +128,33 @@ def test_unusable_certificate_is_a_config_error(tmp_path, pki, pg_pair):
     assert f"{path}: listeners[0].tls: " in res.stderr and "missing.pem" in res.stderr
 
 
+def tls12_handshake(ferry, cipher):
+    """openssl s_client through PostgreSQL's SSLRequest, TLS 1.2 with only
+    `cipher` offered: (handshake succeeded, output)."""
+    host, port = ferry.listener_addr("pg")
+    res = subprocess.run(["openssl", "s_client", "-starttls", "postgres", "-connect",
+                          f"{host}:{port}", "-tls1_2", "-cipher", cipher],
+                         input="", capture_output=True, text=True, timeout=30)
+    out = res.stdout + res.stderr
+    return res.returncode == 0 and f"Cipher is {cipher}" in out, out
+
+
+def test_client_tls_offers_forward_secret_aead_suites_only(ferry_factory, pg_pair, pki):
+    """TLS 1.2 towards clients: ECDHE with AEAD ciphers only by default (no
+    static-RSA key exchange, no CBC-SHA1); tls.ciphers changes the list and
+    a list OpenSSL cannot use is a config error naming the key."""
+    ferry = ferry_factory(make_config(tls_listener(pg_pair, pki)))
+    ok, out = tls12_handshake(ferry, "ECDHE-ECDSA-AES128-GCM-SHA256")     # the test key is EC
+    assert ok, out
+    for weak in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384", "ECDHE-ECDSA-AES128-SHA256"):
+        ok, out = tls12_handshake(ferry, weak)
+        assert not ok, f"{weak} accepted: {out}"
+    ferry2 = ferry_factory(make_config(tls_listener(pg_pair, pki, ciphers="ECDHE-ECDSA-AES128-SHA")))
+    ok, out = tls12_handshake(ferry2, "ECDHE-ECDSA-AES128-SHA")
+    assert ok, out
+    assert harness.check(make_config(tls_listener(pg_pair, pki, ciphers="NOPE")))[0] == 2
+
+
 # ---- TLS between ferry and the backend ----
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ static struct ferry_tls_ctx *server_ctx(const char *cert, const char *key,
                                         enum ferry_tls_version min)
 {
     char err[256];
-    struct ferry_tls_ctx *ctx = ferry_tls_server_ctx_new(cert, key, min, err, sizeof err);
+    struct ferry_tls_ctx *ctx = ferry_tls_server_ctx_new(cert, key, min, NULL, NULL, err, sizeof err);
     if (!ctx)
         fprintf(stderr, "  server context: %s\n", err);
     return ctx;
@@ -137,13 +137,20 @@ static void test_context_errors(void)
 {
     char err[256];
     ASSERT_TRUE(!ferry_tls_server_ctx_new("/nonexistent/cert.pem", pki.server_key,
-                                          FERRY_TLS_V1_2, err, sizeof err));
+                                          FERRY_TLS_V1_2, NULL, NULL, err, sizeof err));
     ASSERT_TRUE(contains(err, "certificate file /nonexistent/cert.pem"));
     ASSERT_TRUE(contains(err, "No such file"));
 
     ASSERT_TRUE(!ferry_tls_server_ctx_new(pki.server_cert, pki.expired_key, FERRY_TLS_V1_2,
-                                          err, sizeof err));
+                                          NULL, NULL, err, sizeof err));
     ASSERT_TRUE(contains(err, "key values mismatch"));
+
+    ASSERT_TRUE(!ferry_tls_server_ctx_new(pki.server_cert, pki.server_key, FERRY_TLS_V1_2,
+                                          "NO-SUCH-CIPHER", NULL, err, sizeof err));
+    ASSERT_TRUE(contains(err, "ciphers: no usable cipher in \"NO-SUCH-CIPHER\""));
+    ASSERT_TRUE(!ferry_tls_server_ctx_new(pki.server_cert, pki.server_key, FERRY_TLS_V1_2, NULL,
+                                          "TLS_NO_SUCH_SUITE", err, sizeof err));
+    ASSERT_TRUE(contains(err, "ciphersuites: no usable TLS 1.3 suite"));
 
     ASSERT_TRUE(!ferry_tls_client_ctx_new(FERRY_TLS_DISABLE, NULL, err, sizeof err));
     ASSERT_TRUE(contains(err, "disable"));
