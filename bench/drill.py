@@ -425,17 +425,9 @@ def split_brain_once(p, workdir, log):
                                                    log_offset, p, ferry),
             lambda conns: _check_idle(conns, new.port), log)
         _ferry_sessions(ferry, out, SPLIT_LISTENERS)
-        status = ferry.status()
-        aws = next((e for e in status["discovery"]["listeners"]
-                    if e.get("name") == SPLIT_LISTENERS["ferry_aws"]), {})
-        out["ferry_aws"]["aws"] = {"counters": aws.get("aws"),
-                                   "roles": {c["name"]: (c.get("aws") or {}).get("role")
-                                             for c in aws.get("clusters", [])}}
-        out["_events"] = {k: round(v - t0, 3) for k, v in events.items()}
-        out["_t0_unix"] = t0
-        out["_ferry_history"] = status["discovery"]["history"]
         # still a split brain at the end: the old writer was never demoted
-        out["_old_writer_writable_at_end"] = not old.query("SELECT pg_is_in_recovery()")[0][0]
+        common.split_brain_finish(out, ferry.status(), SPLIT_LISTENERS["ferry_aws"], events, t0,
+                                  not old.query("SELECT pg_is_in_recovery()")[0][0])
         return out
     finally:
         common.cleanup(idle, loads, ferry, pair, log, psycopg2.Error)

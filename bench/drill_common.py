@@ -443,6 +443,20 @@ def _ms(v):
     return f"{v:+.0f} ms" if v is not None else "never"
 
 
+def split_brain_finish(out, status, aws_listener, events, t0, old_writable):
+    """What a split-brain drill adds to its per-target results at the end
+    (either protocol): the AWS listener's counters and roles, the events and
+    ferry's history, whether the old writer still accepted writes."""
+    aws = next((e for e in status["discovery"]["listeners"] if e.get("name") == aws_listener), {})
+    out["ferry_aws"]["aws"] = {"counters": aws.get("aws"),
+                               "roles": {c["name"]: (c.get("aws") or {}).get("role")
+                                         for c in aws.get("clusters", [])}}
+    out["_events"] = {k: round(v - t0, 3) for k, v in events.items()}
+    out["_t0_unix"] = t0
+    out["_ferry_history"] = status["discovery"]["history"]
+    out["_old_writer_writable_at_end"] = old_writable
+
+
 def split_brain_scenario(out, targets, p):
     """A split-brain drill's scenario result (either protocol) from what
     its split_brain_once() returned."""

@@ -350,15 +350,7 @@ def split_brain_once(p, workdir, log):
             e = listeners.get(name, {})
             out[target]["ferry_sessions"] = {"moved": e.get("sessions_moved"),
                                              "move_failed": e.get("sessions_move_failed")}
-        aws = next((e for e in status["discovery"]["listeners"]
-                    if e.get("name") == SPLIT_LISTENERS["ferry_aws"]), {})
-        out["ferry_aws"]["aws"] = {"counters": aws.get("aws"),
-                                   "roles": {c["name"]: (c.get("aws") or {}).get("role")
-                                             for c in aws.get("clusters", [])}}
-        out["_events"] = {k: round(v - t0, 3) for k, v in events.items()}
-        out["_t0_unix"] = t0
-        out["_ferry_history"] = status["discovery"]["history"]
-        out["_old_writer_writable_at_end"] = writable
+        common.split_brain_finish(out, status, SPLIT_LISTENERS["ferry_aws"], events, t0, writable)
         return out
     finally:
         common.cleanup(idle, loads, ferry, pair, log, pymysql.err.Error)

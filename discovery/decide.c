@@ -144,6 +144,15 @@ static const char *writer_lost(const struct disc_cluster *c, uint64_t now,
     return NULL;
 }
 
+/* Fences c, remembering the timeline it was on (a newer one later means it
+ * was promoted again: fold() releases the fence). */
+static void fence(struct disc_cluster *c)
+{
+    if (!c->fenced)
+        c->fenced_timeline = c->timeline;
+    c->fenced = true;
+}
+
 /* Makes w (-1: none) the writer. A previous writer that still accepts
  * writes is fenced, and the decision asks for its sessions to be cut. */
 static void set_writer(struct disc_decision *next, const struct disc_decision *prev, int w,
@@ -156,9 +165,7 @@ static void set_writer(struct disc_decision *next, const struct disc_decision *p
      * come back as the writer when nobody else took over). */
     if (old >= 0 && old != w && next->c[old].writable &&
         (w >= 0 || (next->c[old].failures == 0 && next->c[old].inactive == 0))) {
-        if (!next->c[old].fenced)
-            next->c[old].fenced_timeline = next->c[old].timeline;
-        next->c[old].fenced = true;
+        fence(&next->c[old]);
         cut = prev->writer == old;
     }
     if (w >= 0) {
@@ -207,11 +214,8 @@ static bool follow_aws_failover(const struct disc_decision *prev, const struct d
     next->failover_to = to;
     const char *what = data_loss ? "failover" : "switchover";
     const char *to_name = to >= 0 ? names[to] : "?";
-    if (from >= 0 && next->c[from].writable && next->c[from].failures == 0) {
-        if (!next->c[from].fenced)
-            next->c[from].fenced_timeline = next->c[from].timeline;
-        next->c[from].fenced = true;    /* no new work for the cluster being left */
-    }
+    if (from >= 0 && next->c[from].writable && next->c[from].failures == 0)
+        fence(&next->c[from]);      /* no new work for the cluster being left */
     if (to >= 0 && to == prev->writer)
         return true;    /* already there; AWS catches up */
     if (to >= 0 && !data_loss && writable_now(&next->c[to], now, p)) {

@@ -158,14 +158,19 @@ static void on_gw_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *r
         if (status < 0 || !res)
             snprintf(l->gw_error, sizeof l->gw_error, "%s",
                      status < 0 ? uv_strerror(status) : "no address");
-        else if (res->ai_family == AF_INET6)
-            uv_ip6_name((struct sockaddr_in6 *)res->ai_addr, l->gw_addr, sizeof l->gw_addr);
         else
-            uv_ip4_name((struct sockaddr_in *)res->ai_addr, l->gw_addr, sizeof l->gw_addr);
+            disc_addr_name(res, l->gw_addr, sizeof l->gw_addr);
         disc_unlock(l->owner);
     }
     uv_freeaddrinfo(res);
     free(g);
+}
+
+/* Whether the global writer endpoint's last answer is where cluster j's
+ * writer endpoint resolved (the cluster AWS points writers at). */
+static bool gw_points_at(const struct disc_listener *l, size_t j)
+{
+    return l->gw_addr[0] && l->cl[j].has_last && strcmp(l->cl[j].last.writer_addr, l->gw_addr) == 0;
 }
 
 /* Looks the global writer endpoint up afresh each round (no caching: where
@@ -360,8 +365,7 @@ static void core_decide(struct disc_core *c)
             if (obs[j].topo == DISC_AWS_READER &&
                 !(l->cl[j].obs.probe == DISC_PROBE_OK && l->cl[j].last.ntopo))
                 obs[j].topo = DISC_AWS_UNKNOWN;
-            obs[j].global_endpoint = l->gw_addr[0] && l->cl[j].has_last &&
-                                     strcmp(l->cl[j].last.writer_addr, l->gw_addr) == 0;
+            obs[j].global_endpoint = gw_points_at(l, j);
             l->cl[j].obs.probe = DISC_PROBE_NONE;
             /* CloudWatch's lag for disc_candidate(), its measurement time
              * moved onto the loop clock decide() runs on */
@@ -583,8 +587,8 @@ static json_t *listener_json(const struct disc_listener *l)
                         l->candidate >= 0 ? json_string(l->names[l->candidate]) : json_null());
     if (gw_name(l)[0]) {
         int points_to = -1;
-        for (size_t j = 0; j < l->n && l->gw_addr[0]; j++)
-            if (l->cl[j].has_last && strcmp(l->cl[j].last.writer_addr, l->gw_addr) == 0)
+        for (size_t j = 0; j < l->n; j++)
+            if (gw_points_at(l, j))
                 points_to = (int)j;
         json_object_set_new(out, "global_writer_endpoint", json_pack(
             "{s:s, s:s?, s:s?, s:s?, s:o}", "name", gw_name(l),

@@ -165,9 +165,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         finish(p, true);
     } else {
         /* the first address, as sessions connect to (proxy/session.c) */
-        int rc = res->ai_family == AF_INET6
-                     ? uv_ip6_name((struct sockaddr_in6 *)res->ai_addr, p->addr, sizeof p->addr)
-                     : uv_ip4_name((struct sockaddr_in *)res->ai_addr, p->addr, sizeof p->addr);
+        int rc = disc_addr_name(res, p->addr, sizeof p->addr);
         uv_freeaddrinfo(res);
         if (rc != 0) {
             snprintf(p->result.detail, sizeof p->result.detail, "resolve %.160s: %s",
@@ -179,6 +177,12 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         return;
     }
     uv_freeaddrinfo(res);
+}
+
+int disc_addr_name(const struct addrinfo *ai, char *out, size_t len)
+{
+    return ai->ai_family == AF_INET6 ? uv_ip6_name((struct sockaddr_in6 *)ai->ai_addr, out, len)
+                                     : uv_ip4_name((struct sockaddr_in *)ai->ai_addr, out, len);
 }
 
 static bool is_literal(const char *host)

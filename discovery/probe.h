@@ -121,6 +121,10 @@ struct disc_probe {
     struct disc_probe_result result;
 };
 
+/* The first address of a lookup as text ("127.0.0.1", "::1"): what the
+ * probes and the global writer endpoint lookup compare. 0 or a uv error. */
+int disc_addr_name(const struct addrinfo *ai, char *out, size_t len);
+
 /* Initialises p (the caller owns the memory and the strings are copied). */
 int disc_probe_init(struct disc_probe *p, uv_loop_t *loop, const struct disc_engine *engine,
                     const char *listener, const struct ferry_cluster_cfg *cluster,

@@ -49,6 +49,21 @@ def iso(t):
         "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def split_brain(ferry, listener, load, promote):
+    """Promotes the replica (the old writer left writable), waits for ferry to
+    follow and for writes well past the switch; returns (the load's result,
+    the history entry of the switch, its time)."""
+    load.wait_for_acks(200)
+    promote()
+    wait_for(lambda: writer_of(ferry, listener) == "region-b", timeout=10,
+             what="the promotion followed")
+    switch = moved_to(ferry, "region-b")
+    t_switch = epoch(switch["at"])
+    wait_for(lambda: len(load.result.acked_after(t_switch + TOLERANCE)) >= 100, timeout=30,
+             what="writes acknowledged well after the switch")
+    return load.stop(), switch, t_switch
+
+
 def moved_to(ferry, name):
     return [h for h in ferry.status()["discovery"]["history"] if h["to"] == name][-1]
 
@@ -69,14 +84,8 @@ def test_pg_split_brain_under_load_loses_nothing_after_the_promotion(ferry_facto
     log_writes(own_pg.primary)
     host, port = ferry.listener_addr("pg")
     load = PgLoad(harness.pg.dsn(host, port), writers=4, idle=2, prepared=0).start()
-    load.wait_for_acks(200)
-    own_pg.replica.promote()        # the old primary is left up and writable
-    wait_for(lambda: writer_of(ferry, "pg") == "region-b", timeout=10, what="the promotion followed")
-    switch = moved_to(ferry, "region-b")
-    t_switch = epoch(switch["at"])
-    wait_for(lambda: len(load.result.acked_after(t_switch + TOLERANCE)) >= 100, timeout=30,
-             what="writes acknowledged well after the switch")
-    result = load.stop()
+    # pg_ctl promote only: the old primary is left up and writable
+    result, switch, t_switch = split_brain(ferry, "pg", load, own_pg.replica.promote)
 
     assert "region-b promoted while region-a still accepts writes" in switch["reason"]
     assert "region-a" in [c["name"] for c in discovery_of(ferry, "pg")["clusters"]
@@ -148,14 +157,8 @@ def test_mariadb_split_brain_under_load_loses_nothing_after_the_promotion(ferry_
         log_statements(server)
     load = MyLoad(*ferry.listener_addr("my"), writers=4, idle=2, prepared=0,
                   transactions=0).start()
-    load.wait_for_acks(200)
-    own_mariadb.replica.promote()       # STOP SLAVE; RESET SLAVE ALL; read_only = 0
-    wait_for(lambda: writer_of(ferry, "my") == "region-b", timeout=10, what="the promotion followed")
-    switch = moved_to(ferry, "region-b")
-    t_switch = epoch(switch["at"])
-    wait_for(lambda: len(load.result.acked_after(t_switch + TOLERANCE)) >= 100, timeout=30,
-             what="writes acknowledged well after the switch")
-    result = load.stop()
+    # STOP SLAVE; RESET SLAVE ALL; read_only = 0 on the replica only
+    result, switch, t_switch = split_brain(ferry, "my", load, own_mariadb.replica.promote)
 
     assert "region-b promoted while region-a still accepts writes" in switch["reason"]
     lost, _ = my_check_writes(result, own_mariadb.replica, own_mariadb.primary, switch["at"])

@@ -189,7 +189,8 @@ import psycopg2
 from . import proc
 from .ferry import listener
 from .hosts import PrivateHosts, next_address
-from .pg import ADMIN_USER, POSTGRESQL_CONF, TEST_DB, TEST_PASSWORD, TEST_USER, PgServer, pg_bin
+from .pg import (ADMIN_USER, POSTGRESQL_CONF, TEST_DB, TEST_PASSWORD, TEST_USER, PgServer, pg_bin,
+                 run_query)
 from .pki import make_pki, openssl
 from .ports import free_port
 
@@ -358,14 +359,7 @@ class AuroraInstance(PgServer):
               timeout=5):
         dsn = self.dsn(user=user, dbname=dbname, password=password).replace(
             "connect_timeout=5", f"connect_timeout={timeout}")
-        conn = psycopg2.connect(dsn, options="-c statement_timeout=30000")
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                return cur.fetchall() if cur.description else []
-        finally:
-            conn.close()
+        return run_query(dsn, sql, params)
 
 
 class RegionalCluster:
