@@ -234,6 +234,7 @@ int disc_probe_init(struct disc_probe *p, uv_loop_t *loop, const struct disc_eng
             p->tls_mode = (enum ferry_tls_mode)i;
     snprintf(p->tls_mode_name, sizeof p->tls_mode_name, "%s", modes[p->tls_mode]);
     p->tls_ca_file = lcfg->backend_tls_ca_file ? strdup(lcfg->backend_tls_ca_file) : NULL;
+    p->allow_insecure_password = lcfg->backend_allow_insecure_password;
     snprintf(p->user, sizeof p->user, "%s", lcfg->probe_user);
     snprintf(p->database, sizeof p->database, "%s", lcfg->probe_database);
     p->password = lcfg->probe_password ? strdup(lcfg->probe_password) : NULL;

@@ -83,6 +83,7 @@ struct disc_probe {
     enum ferry_tls_mode tls_mode;   /* the listener's backend_tls.mode */
     char tls_mode_name[16];     /* the same as libpq's sslmode */
     char *tls_ca_file;          /* owned copy of backend_tls.ca_file; NULL = system bundle */
+    bool allow_insecure_password; /* backend_tls.allow_insecure_password */
     char user[FERRY_NAME_MAX];
     char *password;             /* owned copy; never logged */
     char database[FERRY_NAME_MAX];

@@ -52,6 +52,12 @@ static const char *const QUERIES[2][2] = {
     {SELECT_RO "0, " MARIADB_REPLICATING, SELECT_RO AURORA_COL MARIADB_REPLICATING},
 };
 
+/* backend_tls.mode as a MySQL listener's config says it */
+static const char *const MYSQL_MODE_NAMES[] = {
+    [FERRY_TLS_DISABLE] = "disabled", [FERRY_TLS_PREFER] = "preferred",
+    [FERRY_TLS_REQUIRE] = "required", [FERRY_TLS_VERIFY_CA] = "verify_ca",
+    [FERRY_TLS_VERIFY_FULL] = "verify_identity"};
+
 static int fail(struct disc_probe_result *r, const char *what, MYSQL *m)
 {
     snprintf(r->detail, sizeof r->detail, "%s: %.120s", what, m ? mysql_error(m) : "out of memory");
@@ -184,6 +190,16 @@ static void my_drop(struct disc_probe *p);
 
 static int connected(struct disc_probe *p, struct disc_probe_result *r, int *fd, MYSQL *ret)
 {
+    if (!ret && strstr(mysql_error(p->conn), "restricted_auth")) {
+        /* the guard set in start_connect(), in words an operator can act on */
+        r->tls_failed = true;
+        snprintf(r->detail, sizeof r->detail,
+                 "refused to log in: the server is not verified (backend_tls.mode %s) and asked "
+                 "for an authentication that can reveal the probe password to it; use "
+                 "verify_identity or set backend_tls.allow_insecure_password",
+                 MYSQL_MODE_NAMES[p->tls_mode]);
+        return -1;
+    }
     if (!ret && mysql_errno(p->conn) != CR_SSL_CONNECTION_ERROR)
         return fail(r, "connect", p->conn);
     if (!p->tls_named) {
@@ -231,6 +247,14 @@ static int start_connect(struct disc_probe *p, struct disc_probe_result *r, int 
         mysql_options(m, MYSQL_OPT_SSL_CA, p->tls_ca_file ? p->tls_ca_file : DISC_SYSTEM_CA_BUNDLE);
     if (p->tls_mode == FERRY_TLS_VERIFY_FULL)
         mysql_options(m, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &on);
+    /* A server ferry has not verified must not get the probe password in a
+     * form it can read: Connector/C answers caching_sha2 / sha256 full
+     * authentication with the password RSA-encrypted under whatever key the
+     * server sends, and mysql_clear_password / dialog in cleartext. Only the
+     * challenge-response plugins, then. verify_ca (and required) are not
+     * enough: a server without TLS gets the login before Connector/C fails. */
+    if (p->tls_mode < FERRY_TLS_VERIFY_FULL && !p->allow_insecure_password)
+        mysql_optionsv(m, MARIADB_OPT_RESTRICTED_AUTH, "mysql_native_password,client_ed25519");
     /* an address endpoint is its own name */
     p->tls_named = p->tls_mode != FERRY_TLS_VERIFY_FULL || strcmp(p->addr, p->endpoint.host) == 0;
     MYSQL *ret = NULL;

@@ -105,6 +105,28 @@ static void hook_tls(struct disc_probe *p, PGconn *c)
     p->tls_hooked = ssl;
 }
 
+/* The probe password may reach the server only as SCRAM with channel
+ * binding: the server is not verified and the config does not allow more. */
+static bool password_guarded(const struct disc_probe *p)
+{
+    return p->tls_mode < FERRY_TLS_VERIFY_CA && !p->allow_insecure_password && p->password &&
+           p->password[0];
+}
+
+/* A login that failed; libpq's words for the guard above say "channel
+ * binding", which means nothing to an operator who never asked for it. */
+static int connect_fail(struct disc_probe *p, struct disc_probe_result *r, PGconn *c)
+{
+    if (!password_guarded(p) || !strstr(PQerrorMessage(c), "channel binding"))
+        return fail(r, "connect", c);
+    r->tls_failed = true;
+    snprintf(r->detail, sizeof r->detail,
+             "refused to log in: the server is not verified (backend_tls.mode %s) and did not "
+             "offer SCRAM over TLS, the one way the probe password cannot be read by it; use "
+             "verify-full or set backend_tls.allow_insecure_password", p->tls_mode_name);
+    return -1;
+}
+
 static int start_connect(struct disc_probe *p, struct disc_probe_result *r, int *fd)
 {
     char port[8], timeout[16];
@@ -117,11 +139,18 @@ static int start_connect(struct disc_probe *p, struct disc_probe_result *r, int 
     const char *rootcert = p->tls_mode >= FERRY_TLS_VERIFY_CA
                                ? (p->tls_ca_file ? p->tls_ca_file : DISC_SYSTEM_CA_BUNDLE)
                                : "/dev/null/no-root-cert";
+    /* A server ferry has not verified must not get the probe password in
+     * cleartext. libpq 15 has no require_auth (16 has): channel_binding=
+     * require is its one way to refuse a cleartext (or MD5) request before
+     * answering it, and SCRAM-SHA-256-PLUS also exposes a TLS man in the
+     * middle. So an unverified probe logs in only with SCRAM over TLS. */
+    bool guard = password_guarded(p);
     const char *keys[] = {"host", "hostaddr", "port", "user", "password", "dbname",
-                          "application_name", "connect_timeout", "sslmode", "sslrootcert", NULL};
+                          "application_name", "connect_timeout", "sslmode", "sslrootcert",
+                          "channel_binding", NULL};
     const char *vals[] = {p->endpoint.host, p->addr, port, p->user,
                           p->password ? p->password : "", p->database, "ferry-probe", timeout,
-                          p->tls_mode_name, rootcert, NULL};
+                          p->tls_mode_name, rootcert, guard ? "require" : "prefer", NULL};
     p->tls_hooked = NULL;
     p->tls_verify_error = X509_V_OK;
     PGconn *c = PQconnectStartParams(keys, vals, 0);
@@ -192,7 +221,7 @@ static int pg_step(struct disc_probe *p, struct disc_probe_result *r, int *fd)
         bool in_tls = PQstatus(c) == CONNECTION_SSL_STARTUP;
         switch (PQconnectPoll(c)) {
         case PGRES_POLLING_FAILED:
-            return in_tls ? tls_fail(p, r, c) : fail(r, "connect", c);
+            return in_tls ? tls_fail(p, r, c) : connect_fail(p, r, c);
         case PGRES_POLLING_READING:
             hook_tls(p, c);
             *fd = PQsocket(c);

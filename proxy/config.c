@@ -534,13 +534,16 @@ static void parse_tls(struct cfg_ctx *c, json_t *listener, const char *where,
         l->tls_ciphersuites = strdup(s);
 }
 
-/* "backend_tls": {"mode", "ca_file"}: TLS towards the clusters. Each
- * protocol's own mode names (libpq's sslmode, the MySQL client's
- * --ssl-mode); stored as the PostgreSQL ones, which proxy/tls.c parses. */
+/* "backend_tls": {"mode", "ca_file", "allow_insecure_password"}: TLS
+ * towards the clusters. Each protocol's own mode names (libpq's sslmode, the
+ * MySQL client's --ssl-mode); stored as the PostgreSQL ones, which
+ * proxy/tls.c parses. The default verifies the server's certificate and name
+ * (verify-full / verify_identity): ferry talks to AWS across networks and
+ * holds passwords, so a local setup without TLS says so in its config. */
 static void parse_backend_tls(struct cfg_ctx *c, json_t *listener, const char *where,
                               struct ferry_listener_cfg *l)
 {
-    static const char *const keys[] = {"mode", "ca_file", NULL};
+    static const char *const keys[] = {"mode", "ca_file", "allow_insecure_password", NULL};
     static const char *const modes[] = {"disable", "prefer", "require", "verify-ca",
                                         "verify-full", NULL};
     static const char *const mysql_modes[] = {"disabled", "preferred", "required", "verify_ca",
@@ -548,14 +551,12 @@ static void parse_backend_tls(struct cfg_ctx *c, json_t *listener, const char *w
     bool mysql = l->protocol == FERRY_PROTO_MYSQL;
     const char *const *names = mysql ? mysql_modes : modes;
     char key[KEY_MAX], tkey[KEY_MAX];
-    /* PostgreSQL's and PgBouncer's default: TLS when the server offers it */
-    strcpy(l->backend_tls_mode, mysql ? "disable" : "prefer");
+    strcpy(l->backend_tls_mode, "verify-full");
     json_t *v = section(c, listener, where, "backend_tls", keys, tkey);
-    if (!v)
-        return;
+    size_t i = 4;                               /* verify-full */
     const char *s = NULL;
-    if (get_string(c, v, "mode", subkey(key, tkey, ".mode"), &s)) {
-        size_t i = 0;
+    if (v && get_string(c, v, "mode", subkey(key, tkey, ".mode"), &s)) {
+        i = 0;
         while (names[i] && strcmp(names[i], s) != 0)
             i++;
         if (!names[i]) {
@@ -564,14 +565,21 @@ static void parse_backend_tls(struct cfg_ctx *c, json_t *listener, const char *w
                      : "disable, prefer, require, verify-ca, verify-full");
             return;
         }
-        if (mysql && i > 0 && !l->auth_terminated) {
-            cfg_fail(c, key, MYSQL_TLS_NEEDS_TERMINATED);
-            return;
-        }
-        strcpy(l->backend_tls_mode, modes[i]);
     }
+    if (mysql && i > 0 && !l->auth_terminated) {
+        cfg_fail(c, v ? key : subkey(key, where, ".backend_tls.mode"),
+                 "%s; the default is verify_identity, so a passthrough listener sets "
+                 "\"backend_tls\": {\"mode\": \"disabled\"} explicitly",
+                 MYSQL_TLS_NEEDS_TERMINATED);
+        return;
+    }
+    strcpy(l->backend_tls_mode, modes[i]);
+    if (!v)
+        return;
     if (get_string(c, v, "ca_file", subkey(key, tkey, ".ca_file"), &s))
         l->backend_tls_ca_file = strdup(s);
+    get_bool(c, v, "allow_insecure_password", subkey(key, tkey, ".allow_insecure_password"),
+             &l->backend_allow_insecure_password);
 }
 
 /* "auth": {"mode": "passthrough" | "terminated", "users": [...]} */

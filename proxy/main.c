@@ -454,6 +454,33 @@ static void raise_fd_limit(void)
     }
 }
 
+/* TLS settings towards the servers that a review would flag: a mode that
+ * does not verify the server, and passwords allowed to such a server. Each
+ * said once, at start (log) or by `ferry check` (stderr). */
+static void warn_backend_tls(const struct ferry_config *cfg, bool to_stdout)
+{
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct ferry_listener_cfg *l = &cfg->listeners[i];
+        enum ferry_tls_mode mode = FERRY_TLS_VERIFY_FULL;
+        ferry_tls_mode_parse(l->backend_tls_mode, &mode);
+        if (mode >= FERRY_TLS_VERIFY_CA)
+            continue;
+        const char *what = l->backend_allow_insecure_password
+            ? "servers are not verified and backend_tls.allow_insecure_password lets ferry "
+              "send them passwords in cleartext or under their own RSA key"
+            : "servers are not verified: ferry gives them no cleartext or RSA-encrypted "
+              "password (PostgreSQL probes log in only with SCRAM over TLS)";
+        if (to_stdout)
+            fprintf(stderr, "ferry: warning: listeners[%zu] (%s): backend_tls.mode %s: %s\n", i,
+                    l->name, l->backend_tls_mode, what);
+        else
+            ferry_log(FERRY_LOG_WARN, "config.backend_tls_unverified",
+                      "listener=%s mode=%s allow_insecure_password=%s detail=\"%s\"", l->name,
+                      l->backend_tls_mode, l->backend_allow_insecure_password ? "true" : "false",
+                      what);
+    }
+}
+
 static int cmd_check(const char *path)
 {
     char err[FERRY_ERR_MAX];
@@ -464,6 +491,7 @@ static int cmd_check(const char *path)
     }
     printf("%s: ok (%zu listener%s, %u workers)\n", path, cfg->nlisteners,
            cfg->nlisteners == 1 ? "" : "s", cfg->workers);
+    warn_backend_tls(cfg, true);
     ferry_config_unref(cfg);
     return 0;
 }
@@ -480,6 +508,7 @@ static int cmd_run(const char *path)
     ferry_log_set_level(cfg->log_level);
     ferry_log_set_json(cfg->log_format == FERRY_LOG_JSON);
     raise_fd_limit();
+    warn_backend_tls(cfg, false);
     mainloop.config_path = path;
     px_proc.started_ms = px_now_ms();
     px_proc.nworkers = cfg->workers;

@@ -825,6 +825,27 @@ void px_session_probe_now(const struct px_session *s)
         ferry_discovery_probe_now(px_proc.discovery);
 }
 
+bool px_session_may_reveal_password(const struct px_session *s)
+{
+    if (s->lcfg->backend_allow_insecure_password)
+        return true;
+    const struct ferry_tls_ctx *ctx = s->lcfg->tls_backend_ctx;
+    /* a verifying context ends the handshake on a bad certificate, so TLS
+     * that carries data under one is TLS to a verified server */
+    return s->server.tls && ctx && ferry_tls_ctx_mode(ctx) >= FERRY_TLS_VERIFY_CA;
+}
+
+void px_session_insecure_password_text(const struct px_session *s, const char *asked,
+                                       char *out, size_t len)
+{
+    const struct ferry_tls_ctx *ctx = s->lcfg->tls_backend_ctx;
+    snprintf(out, len, "the server asked for %s, which it could read, over %s; ferry sends "
+             "it only to a server it verified (backend_tls.mode verify-full or verify-ca) "
+             "unless backend_tls.allow_insecure_password is true", asked,
+             !s->server.tls ? "a connection without TLS"
+                            : ctx ? "TLS without certificate verification" : "TLS");
+}
+
 static void conn_start_reading(struct px_conn *c)
 {
     if (c->reading || c->eof || c->owner->closing)

@@ -113,6 +113,8 @@ struct px_pg_session {
     bool terminating;                       /* client sent Terminate */
     bool fenced;                            /* stale and cut from the server: ferry answers */
     bool end_at_idle;                       /* stale: close once the server says idle */
+    bool cleartext_refused;                 /* passthrough: an unverified server asked the
+                                               client for its password in cleartext */
     uint32_t cancel_pid;                    /* the key pair ferry gave the client; 0 = none */
     /* terminated authentication (session_pg.c) */
     const struct ferry_user_cfg *user;      /* borrowed from cfg; NULL = passthrough */
@@ -261,5 +263,15 @@ ssize_t px_session_read_into(struct px_session *s, struct ferry_wbuf *into, ssiz
 void px_session_writer_moved_text(const struct px_session *s, char *out, size_t len, bool in_txn);
 /* Live traffic says the writer may have changed: probe now. */
 void px_session_probe_now(const struct px_session *s);
+/* Whether ferry may send the stored password to this session's backend in
+ * a form the server can read (cleartext, or RSA-encrypted under a key the
+ * server sent): only over TLS to a server whose certificate ferry verified
+ * (backend_tls.mode verify-ca / verify-full), or when the listener says
+ * backend_tls.allow_insecure_password. Challenge-response methods (SCRAM,
+ * MD5, mysql_native_password, the caching_sha2 scramble) need no check. */
+bool px_session_may_reveal_password(const struct px_session *s);
+/* Why px_session_may_reveal_password() said no, for the session's error. */
+void px_session_insecure_password_text(const struct px_session *s, const char *asked,
+                                       char *out, size_t len);
 
 #endif

@@ -676,7 +676,8 @@ static void backend_respond(struct px_session *s)
         ferry_wbuf_init(&out, 0);
     }
     const char *pw = m->user->password;
-    l->cli = (struct my_auth_client){.password = pw, .password_len = strlen(pw), .tls = tls};
+    l->cli = (struct my_auth_client){.password = pw, .password_len = strlen(pw), .tls = tls,
+                                     .may_reveal = px_session_may_reveal_password(s)};
     struct ferry_slice plugin = {(const uint8_t *)l->backend_plugin, strlen(l->backend_plugin)};
     struct ferry_slice data = {l->backend_scramble, MY_SCRAMBLE_LEN};
     struct ferry_wbuf auth;
@@ -816,8 +817,12 @@ static void backend_auth_packet(struct px_session *s, const uint8_t *p, size_t n
     if (rc != 0) {
         ferry_wbuf_free(&data);
         ferry_wbuf_free(&out);
-        backend_fail(s, PX_ERR_UNSUPPORTED, "the server asked for an authentication ferry "
-                     "cannot give (plugin or step)");
+        char why[400];
+        if (rc == MY_AUTH_CLIENT_INSECURE)
+            px_session_insecure_password_text(s, "the password in full (caching_sha2_password "
+                                              "full authentication)", why, sizeof why);
+        backend_fail(s, PX_ERR_UNSUPPORTED, rc == MY_AUTH_CLIENT_INSECURE ? why
+                     : "the server asked for an authentication ferry cannot give (plugin or step)");
         return;
     }
     if (reply) {

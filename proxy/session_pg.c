@@ -613,6 +613,12 @@ static void on_server_message(void *ud, uint8_t type, const uint8_t *body, uint3
                       s->pl->name, (unsigned long long)s->id);
         }
     } else if (type == 'R' && !p->client_ready) {
+        /* the client's own password, through ferry, to a server ferry has
+         * not verified: the rule that holds for ferry's stored passwords
+         * holds for the ones it relays (pg_scan ends the session) */
+        if (captured >= 4 && ferry_get_u32be(body) == PG_AUTH_CLEARTEXT &&
+            !px_session_may_reveal_password(s))
+            p->cleartext_refused = true;
         hide_channel_binding(s, body, captured, len, inplace);
     } else if (type == 'E') {
         char state[6];
@@ -716,6 +722,14 @@ static enum px_scan pg_scan(struct px_session *s, struct px_conn *src, uint8_t *
         p->inflight = true;
     int rc = from_client ? pg_stream_feed(&p->scan_c2s, data, n, on_client_message, s)
                          : pg_stream_feed(&p->scan_s2c, data, n, on_server_message, s);
+    if (rc == 0 && p->cleartext_refused) {
+        char why[400];
+        px_session_insecure_password_text(s, "the client's password in cleartext", why,
+                                          sizeof why);
+        px_conn_stop_reading(&s->server);
+        px_session_fail(s, PX_ERR_TLS_REQUIRED, why);
+        return PX_SCAN_DROP;
+    }
     if (rc == 0)
         return PX_SCAN_RELAY;
     if (from_client) {
@@ -807,6 +821,14 @@ static bool login_answer(struct px_session *s, const uint8_t *body, size_t n)
     case PG_AUTH_OK:
         break;
     case PG_AUTH_CLEARTEXT:
+        if (!px_session_may_reveal_password(s)) {
+            char why[400];
+            px_session_insecure_password_text(s, "the password in cleartext", why, sizeof why);
+            ferry_wbuf_free(&data);
+            ferry_wbuf_free(&out);
+            login_failed(s, why);
+            return false;
+        }
         pg_build_password(&out, password);
         break;
     case PG_AUTH_MD5: {

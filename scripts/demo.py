@@ -60,13 +60,20 @@ class Demo:
         # it can log idle sessions into the new writer during the switchover.
         auth = {"mode": "terminated",
                 "users": [{"name": pg.TEST_USER, "password": pg.TEST_PASSWORD}]}
+        # These local servers have no TLS: the demo opts out of ferry's
+        # default (verify the server's certificate and name, never give a
+        # password to a server that is not verified) explicitly. Against
+        # RDS, leave backend_tls out or name the RDS CA bundle (README).
+        local_pg = {"mode": "disable", "allow_insecure_password": True}
+        local_my = {"mode": "disabled"}
         config = make_config(
             listener("pg", "postgresql", [cluster("region-a", self.pg.primary),
                                           cluster("region-b", self.pg.replica)], probe=probe,
-                     auth=auth),
+                     auth=auth, backend_tls=local_pg),
             listener("mysql", "mysql", [cluster("region-a", self.my.primary),
                                         cluster("region-b", self.my.replica)],
-                     probe={"user": mariadb.TEST_USER, "password": mariadb.TEST_PASSWORD}),
+                     probe={"user": mariadb.TEST_USER, "password": mariadb.TEST_PASSWORD},
+                     backend_tls=local_my),
             log_level="info", discovery={"probe_interval": 0.2, "probe_timeout": 3})
         banner(f"starting ferry ({harness.ferry_bin()})")
         self.ferry = harness.Ferry(config, proc.make_tempdir("ferry-demo-")).start()

@@ -82,6 +82,10 @@ struct ferry_listener_cfg {
                                            (proxy/main.c); released by on_free */
     char backend_tls_mode[16];          /* disable | prefer | require | verify-ca | verify-full */
     char *backend_tls_ca_file;          /* owned; NULL = the system's store */
+    bool backend_allow_insecure_password; /* a password may go in a form the server can
+                                           read (cleartext, RSA under its key) to a server
+                                           ferry has not verified: see
+                                           px_session_may_reveal_password() */
     void *tls_backend_ctx;              /* struct ferry_tls_ctx *, attached by the loader;
                                            NULL when the mode is disable */
     bool auth_terminated;               /* "auth": {"mode": "terminated"} */

@@ -319,6 +319,8 @@ int my_auth_client_start(struct my_auth_client *c, struct ferry_slice plugin,
 /* Full authentication: cleartext over TLS, RSA with a known key, or ask for the key. */
 static int send_full_auth(struct my_auth_client *c, struct ferry_wbuf *out)
 {
+    if (!c->may_reveal)
+        return MY_AUTH_CLIENT_INSECURE;
     if (c->tls) {
         ferry_wbuf_put(out, c->password, c->password_len);
         ferry_wbuf_u8(out, 0);
@@ -342,7 +344,7 @@ int my_auth_client_more(struct my_auth_client *c, struct ferry_slice data,
     *reply = true;
     if (data.len == 1 && data.p[0] == MY_SHA2_FULL_AUTH)
         return send_full_auth(c, out);
-    if (c->tls || c->server_key)
+    if (c->tls || c->server_key || !c->may_reveal)
         return -1;              /* a key we did not ask for */
     /* The public key we asked for. */
     return my_sha2_rsa_encrypt(data.p, data.len, c->password, c->password_len, c->scramble, out);

@@ -90,6 +90,10 @@ struct my_auth_client {
     const char *password;           /* borrowed */
     size_t password_len;
     bool tls;                       /* the backend leg is encrypted */
+    bool may_reveal;                /* full authentication may send the password in a
+                                       form the server reads (cleartext over TLS, RSA
+                                       under its key): it is verified, or the config
+                                       allows it. Else MY_AUTH_CLIENT_INSECURE. */
     const uint8_t *server_key;      /* borrowed PEM public key, or NULL: ask the server */
     size_t server_key_len;
     bool sha2;                      /* current plugin is caching_sha2_password */
@@ -102,9 +106,14 @@ struct my_auth_client {
 int my_auth_client_start(struct my_auth_client *c, struct ferry_slice plugin,
                          struct ferry_slice data, struct ferry_wbuf *out);
 
+/* my_auth_client_more() refused full authentication (!may_reveal). */
+#define MY_AUTH_CLIENT_INSECURE (-2)
+
 /* An AuthMoreData from the backend (data after 0x01). Appends what to send
  * back to out; *reply is false when nothing is to be sent (fast auth OK:
- * wait for OK). 0, or -1 (unexpected data, RSA failure). */
+ * wait for OK). 0, -1 (unexpected data, RSA failure), or
+ * MY_AUTH_CLIENT_INSECURE (full authentication asked of a server the
+ * password must not be revealed to). */
 int my_auth_client_more(struct my_auth_client *c, struct ferry_slice data,
                         struct ferry_wbuf *out, bool *reply);
 

@@ -175,20 +175,32 @@ def backend_ssl(ferry):
 
 
 @pytest.mark.parametrize("backend_tls", [
-    None,                                       # the default: prefer
+    {"mode": "prefer"},
     {"mode": "require"},
+    {"ca_file": "ca.pem"},                      # the default mode: verify-full
     {"mode": "verify-full", "ca_file": "ca.pem"},
     {"mode": "verify-ca", "ca_file": "ca.pem"},
 ])
 def test_backend_tls_modes(ferry_factory, tls_pg, pki, backend_tls):
     lcfg = pg_listener(tls_pg)
-    if backend_tls:
-        lcfg["backend_tls"] = dict(backend_tls)
-        if "ca_file" in backend_tls:
-            lcfg["backend_tls"]["ca_file"] = str(pki / backend_tls["ca_file"])
+    lcfg["backend_tls"] = dict(backend_tls)
+    if "ca_file" in backend_tls:
+        lcfg["backend_tls"]["ca_file"] = str(pki / backend_tls["ca_file"])
     ferry = ferry_factory(make_config(lcfg, workers=1))
     ssl, version = backend_ssl(ferry)
     assert ssl is True and version.startswith("TLSv1.")
+
+
+def test_backend_tls_default_verifies_against_the_system_store(ferry_factory, tls_pg):
+    """No backend_tls at all: verify-full with the system's CAs, which do
+    not include the test CA, so the session is refused before any login."""
+    lcfg = pg_listener(tls_pg)
+    del lcfg["backend_tls"]
+    ferry = ferry_factory(make_config(lcfg, workers=1))
+    with pytest.raises(psycopg2.OperationalError) as err:
+        connect(ferry)
+    assert "TLS with the writer region-a" in str(err.value)
+    assert "certificate verify failed" in str(err.value)
 
 
 def test_backend_verify_full_with_the_wrong_ca_fails(ferry_factory, tls_pg, pki):

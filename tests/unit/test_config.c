@@ -40,7 +40,7 @@ static void test_full_config(void)
     const char *json =
         "{\"workers\":3,\"log_level\":\"debug\",\"shutdown_timeout\":2.5,"
         "\"admin\":{\"bind\":\"[::1]:9000\"},"
-        "\"listeners\":[{\"name\":\"my\",\"protocol\":\"mysql\",\"bind\":\"0.0.0.0:3307\","
+        "\"listeners\":[{\"name\":\"my\",\"protocol\":\"mysql\",\"backend_tls\":{\"mode\":\"disabled\"},\"bind\":\"0.0.0.0:3307\","
         "\"max_client_connections\":5,\"connect_timeout\":0.5,\"session_buffer\":65536,"
         "\"clusters\":[{\"name\":\"us-east-1\",\"endpoint\":\"db.example:3306\"},"
         "{\"name\":\"eu-west-1\",\"endpoint\":\"[fd00::1]:3306\",\"writer\":true}]}]}";
@@ -70,6 +70,10 @@ static void test_discovery_and_probe(void)
 {
     struct ferry_config *c = ferry_config_parse("f.json", "{" L0 CL "}]}", err);
     ASSERT_TRUE(c != NULL);
+    /* secure by default: the server's certificate and name are verified,
+     * and no password goes to an unverified one */
+    ASSERT_EQ_STR(c->listeners[0].backend_tls_mode, "verify-full");
+    ASSERT_TRUE(!c->listeners[0].backend_allow_insecure_password);
     ASSERT_TRUE(c->discovery.probe_interval == 1.0 && c->discovery.probe_timeout == 1.0);
     ASSERT_EQ_INT(c->discovery.writer_down_after, 3);
     ASSERT_TRUE(c->discovery.hold_timeout == 30.0);
@@ -199,9 +203,9 @@ static const struct {
      "ferry.json: listeners[0].bind: required key is missing"},
     {"{\"listeners\":[{\"name\":\"pg\",\"protocol\":\"oracle\",\"bind\":\"127.0.0.1:1\"," CL "}]}",
      "ferry.json: listeners[0].protocol: \"oracle\" is not one of postgresql, mysql"},
-    {"{\"listeners\":[{\"name\":\"p g\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\"," CL "}]}",
+    {"{\"listeners\":[{\"name\":\"p g\",\"protocol\":\"mysql\",\"backend_tls\":{\"mode\":\"disabled\"},\"bind\":\"127.0.0.1:1\"," CL "}]}",
      "ferry.json: listeners[0].name: \"p g\" must be 1-63 characters of A-Z a-z 0-9 _ . -"},
-    {"{\"listeners\":[{\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\"," CL "}]}",
+    {"{\"listeners\":[{\"protocol\":\"mysql\",\"backend_tls\":{\"mode\":\"disabled\"},\"bind\":\"127.0.0.1:1\"," CL "}]}",
      "ferry.json: listeners[0].name: required key is missing"},
     {"{" L0 "\"clusters\":[]}]}", "ferry.json: listeners[0].clusters: a listener needs at least one cluster"},
     {"{" L0 "\"port\":1," CL "}]}", "ferry.json: listeners[0].port: unknown key"},
@@ -222,14 +226,14 @@ static const struct {
     {"{" L0 "\"clusters\":[{\"name\":\"a\",\"endpoint\":\"h:1\",\"writer\":true},"
      "{\"name\":\"b\",\"endpoint\":\"h:2\",\"writer\":true}]}]}",
      "ferry.json: listeners[0].clusters[1].writer: only one cluster per listener can be marked writer"},
-    {"{\"listeners\":[{\"name\":\"a\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\"," CL "},"
-     "{\"name\":\"b\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\"," CL "}]}",
+    {"{\"listeners\":[{\"name\":\"a\",\"protocol\":\"mysql\",\"backend_tls\":{\"mode\":\"disabled\"},\"bind\":\"127.0.0.1:1\"," CL "},"
+     "{\"name\":\"b\",\"protocol\":\"mysql\",\"backend_tls\":{\"mode\":\"disabled\"},\"bind\":\"127.0.0.1:1\"," CL "}]}",
      "ferry.json: listeners[1].bind: duplicate bind address (listeners[0] binds 127.0.0.1:1)"},
-    {"{\"listeners\":[{\"name\":\"a\",\"protocol\":\"mysql\",\"bind\":\"0.0.0.0:1\"," CL "},"
-     "{\"name\":\"b\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\"," CL "}]}",
+    {"{\"listeners\":[{\"name\":\"a\",\"protocol\":\"mysql\",\"backend_tls\":{\"mode\":\"disabled\"},\"bind\":\"0.0.0.0:1\"," CL "},"
+     "{\"name\":\"b\",\"protocol\":\"mysql\",\"backend_tls\":{\"mode\":\"disabled\"},\"bind\":\"127.0.0.1:1\"," CL "}]}",
      "ferry.json: listeners[1].bind: duplicate bind address (listeners[0] binds 0.0.0.0:1)"},
-    {"{\"listeners\":[{\"name\":\"a\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\"," CL "},"
-     "{\"name\":\"a\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:2\"," CL "}]}",
+    {"{\"listeners\":[{\"name\":\"a\",\"protocol\":\"mysql\",\"backend_tls\":{\"mode\":\"disabled\"},\"bind\":\"127.0.0.1:1\"," CL "},"
+     "{\"name\":\"a\",\"protocol\":\"mysql\",\"backend_tls\":{\"mode\":\"disabled\"},\"bind\":\"127.0.0.1:2\"," CL "}]}",
      "ferry.json: listeners[1].name: duplicate listener name \"a\""},
     {"{\"discovery\":{\"interval\":1}," L0 CL "}]}", "ferry.json: discovery.interval: unknown key"},
     {"{\"discovery\":{\"writer_down_after\":0}," L0 CL "}]}",
@@ -251,7 +255,12 @@ static const struct {
     {"{\"listeners\":[{\"name\":\"my\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\",\"auth\":{\"mode\":\"terminated\",\"users\":[{\"name\":\"a\",\"password\":\"p\",\"method\":\"md5\"}]}," CL "}]}",
      "ferry.json: listeners[0].auth.users[0].method: \"md5\" is not one of mysql_native_password, caching_sha2_password"},
     {"{\"listeners\":[{\"name\":\"my\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\",\"backend_tls\":{\"mode\":\"required\"}," CL "}]}",
-     "ferry.json: listeners[0].backend_tls.mode: mysql listeners take TLS only with \"auth\": {\"mode\": \"terminated\"} (ferry must own the handshake)"},
+     "ferry.json: listeners[0].backend_tls.mode: mysql listeners take TLS only with \"auth\": {\"mode\": \"terminated\"} (ferry must own the handshake); the default is verify_identity, so a passthrough listener sets \"backend_tls\": {\"mode\": \"disabled\"} explicitly"},
+    /* the secure default is an error for a passthrough mysql listener that says nothing */
+    {"{\"listeners\":[{\"name\":\"my\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\"," CL "}]}",
+     "ferry.json: listeners[0].backend_tls.mode: mysql listeners take TLS only with \"auth\": {\"mode\": \"terminated\"} (ferry must own the handshake); the default is verify_identity, so a passthrough listener sets \"backend_tls\": {\"mode\": \"disabled\"} explicitly"},
+    {"{\"listeners\":[{\"name\":\"p\",\"protocol\":\"postgresql\",\"bind\":\"127.0.0.1:1\",\"backend_tls\":{\"allow_insecure_password\":\"yes\"}," CL "}]}",
+     "ferry.json: listeners[0].backend_tls.allow_insecure_password: expected a boolean, got a string"},
     {"{\"listeners\":[{\"name\":\"my\",\"protocol\":\"mysql\",\"bind\":\"127.0.0.1:1\",\"backend_tls\":{\"mode\":\"require\"}," CL "}]}",
      "ferry.json: listeners[0].backend_tls.mode: \"require\" is not one of disabled, preferred, required, verify_ca, verify_identity"},
     {"{" L0 "\"auth\":{\"mode\":\"terminated\",\"server_version\":\"8.0\",\"users\":[{\"name\":\"a\",\"password\":\"p\"}]}," CL "}]}",

@@ -139,7 +139,7 @@ static enum my_auth_verdict run_exchange(const struct exchange *x, int *trips)
                                  .key = x->server_has_key ? rsa_key : NULL};
     RAND_bytes(srv.scramble, MY_SCRAMBLE_LEN);
     struct my_auth_client cli = {.password = x->client_pw, .password_len = strlen(x->client_pw),
-                                 .tls = x->tls,
+                                 .tls = x->tls, .may_reveal = true,
                                  .server_key = x->client_knows_key ? pem.data : NULL,
                                  .server_key_len = pem.len};
     const char *plugin = x->sha2 ? MY_PLUGIN_SHA2 : MY_PLUGIN_NATIVE;
@@ -221,6 +221,41 @@ static void test_client_refusals(void)
     ferry_wbuf_free(&out);
 }
 
+/* A server ferry has not verified that asks for full authentication (or
+ * sends a public key unasked) gets nothing: the password would be readable
+ * by it, TLS or not (issue 18 item 1). The scramble of the fast path is
+ * still fine: it proves the password without revealing it. */
+static void test_full_auth_needs_verified_server(void)
+{
+    static const uint8_t scramble[20] = {7};
+    static const uint8_t full[] = {MY_SHA2_FULL_AUTH}, fast[] = {MY_SHA2_FAST_OK};
+    struct ferry_wbuf pem, out;
+    ferry_wbuf_init(&pem, 0);
+    ferry_wbuf_init(&out, 0);
+    my_rsa_public_pem(rsa_key, &pem);
+    for (int tls = 0; tls <= 1; tls++) {
+        struct my_auth_client cli = {.password = PW, .password_len = 6, .tls = tls};
+        ferry_wbuf_reset(&out);
+        ASSERT_EQ_INT(my_auth_client_start(&cli, (struct ferry_slice){(const uint8_t *)MY_PLUGIN_SHA2,
+                                           strlen(MY_PLUGIN_SHA2)}, (struct ferry_slice){scramble, 20},
+                                           &out), 0);
+        ASSERT_EQ_INT(out.len, 32);                 /* the scramble */
+        ferry_wbuf_reset(&out);
+        bool reply = false;
+        ASSERT_EQ_INT(my_auth_client_more(&cli, (struct ferry_slice){fast, 1}, &out, &reply), 0);
+        ASSERT_TRUE(!reply);
+        ASSERT_EQ_INT(my_auth_client_more(&cli, (struct ferry_slice){full, 1}, &out, &reply),
+                      MY_AUTH_CLIENT_INSECURE);
+        ASSERT_EQ_INT(out.len, 0);
+        /* a key the server pushes unasked is refused too */
+        ASSERT_TRUE(my_auth_client_more(&cli, (struct ferry_slice){pem.data, pem.len}, &out,
+                                        &reply) < 0);
+        ASSERT_EQ_INT(out.len, 0);
+    }
+    ferry_wbuf_free(&pem);
+    ferry_wbuf_free(&out);
+}
+
 int main(void)
 {
     rsa_key = EVP_RSA_gen(2048);
@@ -231,6 +266,7 @@ int main(void)
     RUN(test_rsa_round_trip);
     RUN(test_exchanges);
     RUN(test_client_refusals);
+    RUN(test_full_auth_needs_verified_server);
     EVP_PKEY_free(rsa_key);
     UNIT_DONE();
 }

@@ -60,9 +60,23 @@ def cluster(name, endpoint, writer=False):
     return entry
 
 
+# The test servers run without TLS, so every test listener opts out of
+# ferry's secure default (verify-full) explicitly, as the README tells a local
+# setup to. PostgreSQL also allows passwords to them: an unverified server
+# otherwise gets the probe password only as SCRAM with channel binding, which
+# needs TLS. A test of TLS towards the servers passes its own backend_tls.
+LOCAL_BACKEND_TLS = {
+    "postgresql": {"mode": "disable", "allow_insecure_password": True},
+    "mysql": {"mode": "disabled"},
+}
+
+
 def listener(name, protocol, clusters, port=None, host=HOST, **options):
     """One listener entry on host:port (a free port when None); options are
-    further listener keys (connect_timeout=..., session_buffer=...)."""
+    further listener keys (connect_timeout=..., session_buffer=...).
+    backend_tls defaults to LOCAL_BACKEND_TLS[protocol]."""
+    if protocol in LOCAL_BACKEND_TLS:
+        options.setdefault("backend_tls", dict(LOCAL_BACKEND_TLS[protocol]))
     return {"name": name, "protocol": protocol,
             "bind": hostport(host, port or free_port()),
             "clusters": list(clusters), **options}
