@@ -206,6 +206,8 @@ static void release_attached(struct ferry_config *cfg)
         ferry_tls_ctx_unref(cfg->listeners[i].tls_server_ctx);
         ferry_tls_ctx_unref(cfg->listeners[i].tls_backend_ctx);
         EVP_PKEY_free(cfg->listeners[i].mysql_rsa_key);
+        if (cfg->listeners[i].protocol == FERRY_PROTO_POSTGRESQL)
+            px_pg_auth_release(&cfg->listeners[i]);
     }
 }
 
@@ -231,10 +233,10 @@ static struct ferry_config *load_config(const char *path, char err[FERRY_ERR_MAX
     cfg->on_free = release_attached;
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         struct ferry_listener_cfg *l = &cfg->listeners[i];
+        char why[FERRY_ERR_MAX / 2];
         enum ferry_tls_mode mode = FERRY_TLS_DISABLE;
         ferry_tls_mode_parse(l->backend_tls_mode, &mode);
         if (mode != FERRY_TLS_DISABLE) {
-            char why[FERRY_ERR_MAX / 2];
             l->tls_backend_ctx = ferry_tls_client_ctx_new(mode, l->backend_tls_ca_file, why,
                                                           sizeof why);
             if (!l->tls_backend_ctx) {
@@ -242,6 +244,12 @@ static struct ferry_config *load_config(const char *path, char err[FERRY_ERR_MAX
                 ferry_config_unref(cfg);
                 return NULL;
             }
+        }
+        if (l->protocol == FERRY_PROTO_POSTGRESQL && l->auth_terminated &&
+            !px_pg_auth_prepare(l, why, sizeof why)) {
+            snprintf(err, FERRY_ERR_MAX, "%s: listeners[%zu].%s", path, i, why);
+            ferry_config_unref(cfg);
+            return NULL;
         }
         if (needs_rsa_key(l) && !(l->mysql_rsa_key = EVP_RSA_gen(2048))) {
             snprintf(err, FERRY_ERR_MAX, "%s: listeners[%zu].auth: cannot make an RSA key", path, i);
@@ -252,7 +260,6 @@ static struct ferry_config *load_config(const char *path, char err[FERRY_ERR_MAX
             continue;
         enum ferry_tls_version min = FERRY_TLS_V1_2;
         ferry_tls_version_parse(l->tls_min_version, &min);
-        char why[FERRY_ERR_MAX / 2];
         l->tls_server_ctx = ferry_tls_server_ctx_new(l->tls_cert_file, l->tls_key_file, min,
                                                      l->tls_ciphers, l->tls_ciphersuites, why,
                                                      sizeof why);

@@ -238,6 +238,13 @@ void px_cancel_unregister(uint32_t pid);
 void px_cancel_update(uint32_t pid, const struct sockaddr *server, uint32_t backend_pid,
                       uint32_t backend_key);
 
+/* session_pg.c, for the config loader (main thread): a postgresql
+ * terminated listener's SCRAM secrets and what unknown users are shown
+ * (false with the reason, "auth...: why", in why); release wipes and frees
+ * the secrets. */
+bool px_pg_auth_prepare(struct ferry_listener_cfg *l, char *why, size_t whylen);
+void px_pg_auth_release(struct ferry_listener_cfg *l);
+
 /* main.c: what the admin thread asks of the main thread. Both block the
  * caller until done; any thread but the main one. */
 bool px_control_reload(char *msg, size_t msglen);   /* true if the new config is in force */
