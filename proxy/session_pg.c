@@ -772,7 +772,7 @@ static enum px_scan pg_scan(struct px_session *s, struct px_conn *src, uint8_t *
         return PX_SCAN_PARK;    /* sent on once the new writer is ready */
     /* Paused: the next transaction of an idle session waits (like
      * PgBouncer's PAUSE); one already open runs to its end. */
-    if (from_client && n > 0 && p->txn == 'I' && !p->inflight && !s->stale && px_session_paused())
+    if (from_client && n > 0 && p->txn == 'I' && !p->inflight && !s->stale && px_session_paused(s))
         return PX_SCAN_PARK;
     if (from_client && s->stale && n > 0) {
         /* Fencing: nothing more reaches the old writer from this session.
