@@ -100,10 +100,11 @@ static json_t *listener_status(const struct ferry_listener_cfg *lcfg, struct px_
         ferry_hostport_format(route, ep, sizeof ep);
         route_json = json_pack("{s:s, s:s}", "cluster", cluster, "endpoint", ep);
     }
-    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-                     "s:I, s:I, s:I, s:I, s:I, s:I}",
+    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:b, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
+                     "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
                      "name", lcfg->name, "protocol", ferry_proto_name(lcfg->protocol), "bind", bind,
                      "routing", lcfg->probe_enabled ? "discovered" : "static", "route", route_json,
+                     "paused", px_listener_paused(pl), "holding", px_listener_holding(pl),
                      "max_client_connections", (json_int_t)lcfg->max_client_connections,
                      "session_buffer", (json_int_t)lcfg->session_buffer,
                      "clients_active", (json_int_t)sum.active,
@@ -313,10 +314,11 @@ static enum MHD_Result post_switchover(struct MHD_Connection *c, const char *bod
     if (!px_proc.discovery)
         return json_result(c, MHD_HTTP_CONFLICT, false, "no listener uses writer discovery (probe)");
     const char *lp = lname[0] ? lname : NULL;
-    px_set_paused(true);
+    size_t nheld;   /* only the listeners switched are held; an operator's pause stays */
+    struct px_listener **held = px_switchover_hold(lp, target, &nheld);
     int n = ferry_discovery_switchover(px_proc.discovery, lp, target);
     if (n == 0) {
-        px_set_paused(false);
+        px_switchover_release(held, nheld);
         char msg[256];
         snprintf(msg, sizeof msg, "no discovered listener%s%s has a cluster named %s",
                  lp ? " " : "", lp ? lp : "", target);
@@ -329,7 +331,7 @@ static enum MHD_Result post_switchover(struct MHD_Connection *c, const char *bod
         usleep(20 * 1000);  /* a shutdown ends the wait: it stops this endpoint */
     if (!done)
         ferry_discovery_switchover_cancel(px_proc.discovery);
-    px_set_paused(false);
+    px_switchover_release(held, nheld);
     char msg[300];
     double secs = (double)(px_now_ms() - start) / 1000.0;
     if (!done) {
@@ -361,18 +363,41 @@ static enum MHD_Result post_reload(struct MHD_Connection *c, const char *req)
     return json_result(c, ok ? MHD_HTTP_OK : MHD_HTTP_UNPROCESSABLE_CONTENT, ok, msg);
 }
 
+/* POST /v1/pause, /v1/resume with an optional {"listener": "<name>"}: the
+ * operator's pause of one listener or (no body) of all. */
+static enum MHD_Result set_paused(struct MHD_Connection *c, const char *body, bool paused)
+{
+    json_error_t jerr;
+    json_t *req = body && body[0] ? json_loads(body, 0, &jerr) : json_object();
+    const char *listener = NULL;
+    if (!req || json_unpack(req, "{s?:s}", "listener", &listener) != 0) {
+        json_decref(req);
+        return json_result(c, MHD_HTTP_BAD_REQUEST, false,
+                           "expected no body or {\"listener\": \"<name>\"}");
+    }
+    char name[FERRY_NAME_MAX], msg[FERRY_NAME_MAX + 96];
+    snprintf(name, sizeof name, "%s", listener ? listener : "");
+    json_decref(req);
+    if (!px_set_paused(name[0] ? name : NULL, paused)) {
+        snprintf(msg, sizeof msg, "no listener named %s", name);
+        return json_result(c, MHD_HTTP_NOT_FOUND, false, msg);
+    }
+    snprintf(msg, sizeof msg, "%s%s%s", paused ? "paused" : "resumed", name[0] ? ": listener " : "",
+             name);
+    if (paused)
+        snprintf(msg + strlen(msg), sizeof msg - strlen(msg),
+                 ": new clients and new transactions are held until resume");
+    return json_result(c, MHD_HTTP_OK, true, msg);
+}
+
 static enum MHD_Result post_pause(struct MHD_Connection *c, const char *req)
 {
-    (void)req;
-    px_set_paused(true);
-    return json_result(c, MHD_HTTP_OK, true, "paused: new clients and new transactions are held until resume");
+    return set_paused(c, req, true);
 }
 
 static enum MHD_Result post_resume(struct MHD_Connection *c, const char *req)
 {
-    (void)req;
-    px_set_paused(false);
-    return json_result(c, MHD_HTTP_OK, true, "resumed");
+    return set_paused(c, req, false);
 }
 
 struct admin_route {

@@ -141,6 +141,7 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: ferry ctl status|sessions|metrics|reload|pause|resume [--json]\n"
+            "       ferry ctl pause|resume --listener NAME\n"
             "       ferry ctl switchover CLUSTER [--listener NAME] [--timeout SECONDS]\n"
             "                 [--admin URL | -c ferry.json] [--token-file FILE]\n"
             "  URL defaults to http://127.0.0.1:9187; -c takes admin.bind and the token from the\n"
@@ -210,6 +211,10 @@ int ferry_ctl_main(int argc, char **argv)
             json_object_set_new(req, "listener", json_string(listener));
         if (timeout)
             json_object_set_new(req, "timeout", json_real(atof(timeout)));
+        payload = json_dumps(req, JSON_COMPACT);
+        json_decref(req);
+    } else if (listener && (strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0)) {
+        json_t *req = json_pack("{s:s}", "listener", listener);     /* one listener only */
         payload = json_dumps(req, JSON_COMPACT);
         json_decref(req);
     }

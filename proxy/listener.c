@@ -133,6 +133,17 @@ void px_listener_unref(struct px_listener *pl)
     free(pl);
 }
 
+bool px_listener_paused(const struct px_listener *pl)
+{
+    return __atomic_load_n(&px_proc.paused, __ATOMIC_RELAXED) ||
+           __atomic_load_n(&pl->paused, __ATOMIC_RELAXED);
+}
+
+bool px_listener_holding(const struct px_listener *pl)
+{
+    return __atomic_load_n(&pl->switchovers, __ATOMIC_RELAXED) > 0;
+}
+
 bool px_listener_matches(const struct px_listener *pl, const struct ferry_listener_cfg *lcfg)
 {
     return strcmp(pl->name, lcfg->name) == 0 && pl->protocol == lcfg->protocol &&

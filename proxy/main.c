@@ -75,6 +75,10 @@ static struct px_listener **listeners_for(const struct ferry_config *cfg, char *
             free(out);
             return NULL;
         }
+        /* a listener rebuilt (new bind) keeps the operator's pause by name */
+        for (size_t k = 0; k < px_proc.nlisteners; k++)
+            if (px_proc.listeners[k] != out[i] && strcmp(px_proc.listeners[k]->name, lcfg->name) == 0)
+                out[i]->paused = __atomic_load_n(&px_proc.listeners[k]->paused, __ATOMIC_SEQ_CST);
     }
     return out;
 }
@@ -206,6 +210,8 @@ static void release_attached(struct ferry_config *cfg)
         ferry_tls_ctx_unref(cfg->listeners[i].tls_server_ctx);
         ferry_tls_ctx_unref(cfg->listeners[i].tls_backend_ctx);
         EVP_PKEY_free(cfg->listeners[i].mysql_rsa_key);
+        if (cfg->listeners[i].protocol == FERRY_PROTO_POSTGRESQL)
+            px_pg_auth_release(&cfg->listeners[i]);
     }
 }
 
@@ -231,10 +237,10 @@ static struct ferry_config *load_config(const char *path, char err[FERRY_ERR_MAX
     cfg->on_free = release_attached;
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         struct ferry_listener_cfg *l = &cfg->listeners[i];
+        char why[FERRY_ERR_MAX / 2];
         enum ferry_tls_mode mode = FERRY_TLS_DISABLE;
         ferry_tls_mode_parse(l->backend_tls_mode, &mode);
         if (mode != FERRY_TLS_DISABLE) {
-            char why[FERRY_ERR_MAX / 2];
             l->tls_backend_ctx = ferry_tls_client_ctx_new(mode, l->backend_tls_ca_file, why,
                                                           sizeof why);
             if (!l->tls_backend_ctx) {
@@ -242,6 +248,12 @@ static struct ferry_config *load_config(const char *path, char err[FERRY_ERR_MAX
                 ferry_config_unref(cfg);
                 return NULL;
             }
+        }
+        if (l->protocol == FERRY_PROTO_POSTGRESQL && l->auth_terminated &&
+            !px_pg_auth_prepare(l, why, sizeof why)) {
+            snprintf(err, FERRY_ERR_MAX, "%s: listeners[%zu].%s", path, i, why);
+            ferry_config_unref(cfg);
+            return NULL;
         }
         if (needs_rsa_key(l) && !(l->mysql_rsa_key = EVP_RSA_gen(2048))) {
             snprintf(err, FERRY_ERR_MAX, "%s: listeners[%zu].auth: cannot make an RSA key", path, i);
@@ -252,7 +264,6 @@ static struct ferry_config *load_config(const char *path, char err[FERRY_ERR_MAX
             continue;
         enum ferry_tls_version min = FERRY_TLS_V1_2;
         ferry_tls_version_parse(l->tls_min_version, &min);
-        char why[FERRY_ERR_MAX / 2];
         l->tls_server_ctx = ferry_tls_server_ctx_new(l->tls_cert_file, l->tls_key_file, min,
                                                      l->tls_ciphers, l->tls_ciphersuites, why,
                                                      sizeof why);
@@ -388,15 +399,73 @@ bool px_control_reload(char *msg, size_t msglen)
     return ok;
 }
 
-void px_set_paused(bool paused)
+bool px_set_paused(const char *listener, bool paused)
 {
-    int was = __atomic_exchange_n(&px_proc.paused, paused ? 1 : 0, __ATOMIC_SEQ_CST);
-    if (was == (int)paused)
-        return;
-    ferry_log(FERRY_LOG_INFO, paused ? "ferry.paused" : "ferry.resumed", "%s",
-              paused ? "new clients and new transactions are held until resume" : "held clients are released");
+    pthread_mutex_lock(&px_proc.lock);
+    struct px_listener *named = NULL;
+    for (size_t i = 0; listener && i < px_proc.nlisteners; i++)
+        if (strcmp(px_proc.listeners[i]->name, listener) == 0)
+            named = px_proc.listeners[i];
+    bool changed = false;
+    if (!listener) {
+        changed = __atomic_exchange_n(&px_proc.paused, paused, __ATOMIC_SEQ_CST) != paused;
+        for (size_t i = 0; !paused && i < px_proc.nlisteners; i++)
+            changed |= __atomic_exchange_n(&px_proc.listeners[i]->paused, 0, __ATOMIC_SEQ_CST) != 0;
+    } else if (named) {
+        if (!paused && __atomic_load_n(&px_proc.paused, __ATOMIC_SEQ_CST)) {
+            /* one listener resumed while all were paused: the others stay */
+            for (size_t i = 0; i < px_proc.nlisteners; i++)
+                __atomic_store_n(&px_proc.listeners[i]->paused, 1, __ATOMIC_SEQ_CST);
+            __atomic_store_n(&px_proc.paused, 0, __ATOMIC_SEQ_CST);
+        }
+        changed = __atomic_exchange_n(&named->paused, paused, __ATOMIC_SEQ_CST) != paused;
+    }
+    pthread_mutex_unlock(&px_proc.lock);
+    if (listener && !named)
+        return false;
+    if (!changed)
+        return true;
+    char qu[FERRY_LOG_QUOTED_MAX(FERRY_NAME_MAX)];
+    ferry_log(FERRY_LOG_INFO, paused ? "ferry.paused" : "ferry.resumed", "%s%s %s",
+              listener ? "listener=" : "listeners=all",
+              listener ? ferry_log_quote(listener, qu, sizeof qu) : "",
+              paused ? "new clients and new transactions are held until resume"
+                     : "held clients are released");
     if (!paused)
         post_all(PX_MSG_RELEASE);
+    return true;
+}
+
+struct px_listener **px_switchover_hold(const char *listener, const char *cluster, size_t *n)
+{
+    *n = 0;
+    pthread_mutex_lock(&px_proc.lock);
+    struct px_listener **out = calloc(px_proc.nlisteners ? px_proc.nlisteners : 1, sizeof *out);
+    for (size_t i = 0; out && i < px_proc.nlisteners; i++) {
+        const struct ferry_listener_cfg *l = &px_proc.cfg->listeners[i];
+        if (l->probe_enabled && (!listener || strcmp(l->name, listener) == 0) &&
+            ferry_listener_cluster(l, cluster)) {
+            out[(*n)++] = px_listener_ref(px_proc.listeners[i]);
+            __atomic_add_fetch(&px_proc.listeners[i]->switchovers, 1, __ATOMIC_SEQ_CST);
+        }
+    }
+    pthread_mutex_unlock(&px_proc.lock);
+    if (*n == 0) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+void px_switchover_release(struct px_listener **pls, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        __atomic_sub_fetch(&pls[i]->switchovers, 1, __ATOMIC_SEQ_CST);
+        px_listener_unref(pls[i]);
+    }
+    free(pls);
+    if (n)
+        post_all(PX_MSG_RELEASE);   /* those not paused otherwise go on */
 }
 
 static void on_drain_poll(uv_timer_t *t)

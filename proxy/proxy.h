@@ -60,6 +60,12 @@ struct px_listener {
     int *fds;                       /* owned: one bound socket per worker; -1 once handed over */
     struct px_counters *stats;      /* owned: nworkers entries */
     uint32_t clients;               /* atomic: open client connections, all workers */
+    /* Why new work on this listener waits (new clients, an idle session's
+     * next transaction): the operator's pause (POST /v1/pause naming it, or
+     * px_proc.paused for all) and switchovers naming it are separate, so the
+     * end of one never lifts the other. Any thread. */
+    int paused;                     /* atomic: the operator paused this listener */
+    int switchovers;                /* atomic: switchovers under way holding it */
     /* mysql, terminated mode: what the last backend greeting said, for
      * ferry's own greeting (session_mysql_login.c) */
     pthread_mutex_t greeting_lock;
@@ -75,6 +81,10 @@ void px_listener_unref(struct px_listener *pl);
 bool px_listener_matches(const struct px_listener *pl, const struct ferry_listener_cfg *lcfg);
 /* Sums every worker's counters of a listener (any thread). */
 struct px_counters px_listener_totals(const struct px_listener *pl);
+/* The operator's pause (all listeners or this one) / a switchover's hold
+ * (any thread). */
+bool px_listener_paused(const struct px_listener *pl);
+bool px_listener_holding(const struct px_listener *pl);
 
 /* What the main thread asks a worker to do. Queued under the worker's mutex
  * and drained in its async callback (uv_async_send coalesces). */
@@ -169,7 +179,8 @@ struct px_process {
     unsigned nworkers;
     unsigned workers_ready;         /* atomic: workers that applied a config */
     int draining;                   /* atomic */
-    int paused;                     /* atomic: POST /v1/pause; new clients and transactions held */
+    int paused;                     /* atomic: POST /v1/pause without a listener: every
+                                       listener's new clients and transactions held */
     uint64_t started_ms;
 };
 
@@ -238,10 +249,25 @@ void px_cancel_unregister(uint32_t pid);
 void px_cancel_update(uint32_t pid, const struct sockaddr *server, uint32_t backend_pid,
                       uint32_t backend_key);
 
+/* session_pg.c, for the config loader (main thread): a postgresql
+ * terminated listener's SCRAM secrets and what unknown users are shown
+ * (false with the reason, "auth...: why", in why); release wipes and frees
+ * the secrets. */
+bool px_pg_auth_prepare(struct ferry_listener_cfg *l, char *why, size_t whylen);
+void px_pg_auth_release(struct ferry_listener_cfg *l);
+
 /* main.c: what the admin thread asks of the main thread. Both block the
  * caller until done; any thread but the main one. */
 bool px_control_reload(char *msg, size_t msglen);   /* true if the new config is in force */
-void px_set_paused(bool paused);
+/* The operator's pause / resume of one listener (by name) or, NULL, of all
+ * (resuming all also lifts every listener's own pause); false: no listener
+ * of that name. Switchovers do not touch it. */
+bool px_set_paused(const char *listener, bool paused);
+/* A switchover's hold: the discovered listeners named listener (NULL: any)
+ * that have a cluster named cluster; returns them (owned refs, *n entries,
+ * NULL when none) for px_switchover_release(), which ends the hold. */
+struct px_listener **px_switchover_hold(const char *listener, const char *cluster, size_t *n);
+void px_switchover_release(struct px_listener **pls, size_t n);
 
 /* admin HTTP */
 struct px_admin;

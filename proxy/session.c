@@ -614,7 +614,7 @@ static void try_prelogin(struct px_session *s)
     struct px_worker *w = s->owner;
     if (s->server.open || s->gai || s->closing || s->failing || !w->topology ||
         s->prelogin_serial == w->topology->serial || !s->proto || !s->proto->can_prelogin ||
-        !s->proto->can_prelogin(s) || px_session_paused())
+        !s->proto->can_prelogin(s) || px_session_paused(s))
         return;
     const char *cluster = NULL;
     const struct ferry_hostport *ep = px_route_candidate(s->lcfg, w->topology, &cluster);
@@ -1126,8 +1126,11 @@ static void hold_expired(struct px_session *s)
     unhold(s);
     PX_STAT_ADD(px_session_stats(s)->hold_timeouts, 1);
     char text[300];
-    if (px_session_paused())
+    if (px_listener_paused(s->pl))
         snprintf(text, sizeof text, "listener %s is paused by the operator; gave up after %gs",
+                 s->pl->name, s->cfg->discovery.hold_timeout);
+    else if (px_listener_holding(s->pl))
+        snprintf(text, sizeof text, "listener %s is held for a switchover; gave up after %gs",
                  s->pl->name, s->cfg->discovery.hold_timeout);
     else
         snprintf(text, sizeof text, "no writer for listener %s after waiting %gs", s->pl->name,
@@ -1298,8 +1301,8 @@ static void set_topo_gen(struct px_session *s)
 
 static bool route_and_connect(struct px_session *s)
 {
-    if (px_session_paused())
-        return false;   /* POST /v1/pause: hold like a failover window */
+    if (px_session_paused(s))
+        return false;   /* POST /v1/pause, a switchover: hold like a failover window */
     const char *cluster = NULL;
     const struct ferry_hostport *ep = px_route(s->lcfg, s->owner->topology, &cluster);
     if (!ep)
@@ -1494,14 +1497,12 @@ void px_session_topology_changed(struct px_worker *w)
 
 void px_session_release_held(struct px_worker *w)
 {
-    if (px_session_paused())
-        return;     /* nothing may start yet */
     struct ferry_list *it = w->held.next;
     while (it != &w->held) {
         struct px_session *s = ferry_container_of(it, struct px_session, held_link);
         it = it->next;
-        if (s->closing || s->failing)
-            continue;
+        if (s->closing || s->failing || px_session_paused(s))
+            continue;   /* (paused: nothing of its listener may start yet) */
         if (s->parked && s->relaying) {
             unpark(s);  /* may end s; `it` was taken before */
             continue;
@@ -1525,7 +1526,7 @@ void px_session_release_held(struct px_worker *w)
     schedule_moves(w, 0);
 }
 
-bool px_session_paused(void)
+bool px_session_paused(const struct px_session *s)
 {
-    return __atomic_load_n(&px_proc.paused, __ATOMIC_RELAXED) != 0;
+    return px_listener_paused(s->pl) || px_listener_holding(s->pl);
 }

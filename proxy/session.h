@@ -205,8 +205,9 @@ int px_session_write(struct px_session *s, struct px_conn *conn, struct ferry_wb
 /* Counts an error ferry gave the client by its class (px_session_fail
  * counts its own; this is for errors that do not end the session). */
 void px_session_count_error(struct px_session *s, enum px_err kind);
-/* POST /v1/pause is in force: no new transaction may start. */
-bool px_session_paused(void);
+/* The session's listener is paused by the operator (POST /v1/pause) or held
+ * by a switchover: no new transaction may start. */
+bool px_session_paused(const struct px_session *s);
 /* Routes the session, or holds it while there is no writer. */
 void px_session_route(struct px_session *s);
 /* TLS towards the client from now on (the listener's certificate): hello

@@ -1141,7 +1141,7 @@ static enum px_scan my_scan(struct px_session *s, struct px_conn *src, uint8_t *
             if (!fence(s))
                 return PX_SCAN_DROP;
         } else if (!s->stale && !m->fenced && my_state_at_safe_point(&m->st) &&
-                   !mid_packet(&m->c2s) && px_session_paused()) {
+                   !mid_packet(&m->c2s) && px_session_paused(s)) {
             /* Paused: the next command of an idle session waits for resume
              * (a transaction already open runs to its end). */
             return PX_SCAN_PARK;

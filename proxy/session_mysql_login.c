@@ -364,8 +364,10 @@ static void auth_verdict(struct px_session *s, enum my_auth_verdict v, struct fe
 }
 
 /* The user's secret and the plugin ferry asks for. An unknown user gets a
- * random password nobody knows, so the exchange runs its course and fails
- * like a wrong password (no way to tell users apart). */
+ * random password nobody knows and the listener's default plugin (the
+ * greeting's, as MySQL gives its mock account the default plugin), so the
+ * exchange runs its course and fails like a wrong password (no way to tell
+ * users apart). */
 static bool prepare_secret(struct px_session *s, struct my_login *l, bool *sha2)
 {
     const struct ferry_user_cfg *u = ferry_listener_user(s->lcfg, s->user);
@@ -381,7 +383,12 @@ static bool prepare_secret(struct px_session *s, struct my_login *l, bool *sha2)
     }
     if (my_secret_from_password(&l->secret, pw, strlen(pw)) != 0)
         return false;
-    *sha2 = u && u->method == FERRY_AUTH_CACHING_SHA2;
+    *sha2 = u ? u->method == FERRY_AUTH_CACHING_SHA2
+              : strcmp(greeting_plugin(s->lcfg), MY_PLUGIN_SHA2) == 0;
+    if (!u) {
+        l->secret.has_sha2 = false;     /* never cached: full authentication */
+        return true;
+    }
     if (*sha2) {
         /* the per-user "cache" lives with the config */
         void **slot = (void **)&u->derived;

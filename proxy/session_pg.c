@@ -8,9 +8,12 @@
  * answers for the lost transaction until ROLLBACK.
  */
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+
+#include <openssl/crypto.h>
 
 #include "ferry/tls.h"
 #include "pg/auth.h"
@@ -301,9 +304,103 @@ static bool pg_timer(struct px_session *s)
  * The client authenticates against the listener's user list (SCRAM-SHA-256,
  * MD5 or trust, as configured per user); only then is the session routed,
  * so a wrong password never opens a backend connection. Unknown users go
- * through the same SCRAM exchange against a made-up secret and fail the
- * same way, so the answer does not tell which user names exist. */
+ * through the same exchange as known ones and fail the same way, so the
+ * answer does not tell which user names exist: as PostgreSQL does, their
+ * SCRAM salt is SHA-256 over the name and a server secret (the same on every
+ * attempt, like a real user's), with the iteration count real users have. */
 
+/* The server secret behind made-up salts (PostgreSQL's mock authentication
+ * nonce): random at start and kept for the process's life, so a reload keeps
+ * every salt. Written once under mock_once, before any worker reads it. */
+static uint8_t mock_nonce[PG_SCRAM_MOCK_NONCE_LEN];
+static pthread_once_t mock_once = PTHREAD_ONCE_INIT;
+static bool mock_nonce_ok;
+
+static void mock_nonce_init(void)
+{
+    mock_nonce_ok = pg_auth_random(mock_nonce, sizeof mock_nonce) == PG_AUTH_RC_OK;
+}
+
+/* The iteration count most of the listener's stored verifiers have (an
+ * earlier user wins a tie); PostgreSQL's default without any. */
+static uint32_t common_iterations(const struct ferry_listener_cfg *l)
+{
+    uint32_t best = PG_SCRAM_DEFAULT_ITERATIONS;
+    size_t best_n = 0;
+    for (size_t i = 0; i < l->nusers; i++) {
+        const struct pg_scram_secret *a = l->users[i].derived;
+        size_t n = 0;
+        for (size_t j = 0; a && j < l->nusers; j++) {
+            const struct pg_scram_secret *b = l->users[j].derived;
+            n += b && b->iterations == a->iterations;
+        }
+        if (n > best_n) {
+            best = a->iterations;
+            best_n = n;
+        }
+    }
+    return best;
+}
+
+/* Parses every stored verifier, derives the secret of users given only a
+ * password (their salt: the mock one, so it is as stable as an unknown
+ * user's), and picks what unknown users are shown. */
+bool px_pg_auth_prepare(struct ferry_listener_cfg *l, char *why, size_t whylen)
+{
+    pthread_once(&mock_once, mock_nonce_init);
+    if (!mock_nonce_ok) {
+        snprintf(why, whylen, "auth: no randomness for the mock authentication nonce");
+        return false;
+    }
+    size_t md5 = 0, scram = 0;
+    for (size_t i = 0; i < l->nusers; i++) {   /* verifiers first: they set the count */
+        struct ferry_user_cfg *u = &l->users[i];
+        md5 += u->method == FERRY_AUTH_MD5;
+        scram += u->method == FERRY_AUTH_SCRAM;
+        if (u->method != FERRY_AUTH_SCRAM || !u->scram_verifier)
+            continue;
+        if (!(u->derived = malloc(sizeof(struct pg_scram_secret))) ||
+            pg_scram_secret_parse(u->scram_verifier, u->derived) != PG_AUTH_RC_OK) {
+            snprintf(why, whylen, "auth.users[%zu].scram_verifier: %s", i,
+                     u->derived ? "not a valid SCRAM-SHA-256 verifier" : "out of memory");
+            return false;
+        }
+    }
+    l->scram_mock_iterations = common_iterations(l);
+    l->mock_md5 = md5 > scram;
+    for (size_t i = 0; i < l->nusers; i++) {
+        struct ferry_user_cfg *u = &l->users[i];
+        const struct pg_scram_secret *sec = u->derived;
+        if (sec && sec->iterations != l->scram_mock_iterations) {
+            char qu[FERRY_LOG_QUOTED_MAX(FERRY_NAME_MAX)];
+            ferry_log(FERRY_LOG_WARN, "config.scram_iterations", "listener=%s user=%s "
+                      "iterations=%u others=%u reason=\"the count tells clients this user exists\"",
+                      l->name, ferry_log_quote(u->name, qu, sizeof qu), sec->iterations,
+                      l->scram_mock_iterations);
+        }
+        if (u->method != FERRY_AUTH_SCRAM || u->scram_verifier)
+            continue;
+        uint8_t salt[PG_SCRAM_SALT_LEN];
+        if (!(u->derived = malloc(sizeof(struct pg_scram_secret))) ||
+            pg_scram_mock_salt(mock_nonce, u->name, salt) != PG_AUTH_RC_OK ||
+            pg_scram_secret_from_password(u->password, l->scram_mock_iterations, salt, sizeof salt,
+                                          u->derived) != PG_AUTH_RC_OK) {
+            snprintf(why, whylen, "auth.users[%zu]: cannot derive a SCRAM secret", i);
+            return false;
+        }
+    }
+    return true;
+}
+
+void px_pg_auth_release(struct ferry_listener_cfg *l)
+{
+    for (size_t i = 0; i < l->nusers; i++) {
+        if (l->users[i].derived)
+            OPENSSL_cleanse(l->users[i].derived, sizeof(struct pg_scram_secret));
+        free(l->users[i].derived);
+        l->users[i].derived = NULL;
+    }
+}
 
 /* Exchange state while either side authenticates. */
 struct px_pg_login {
@@ -326,33 +423,17 @@ static void login_free(struct px_pg_session *p)
     p->login = NULL;
 }
 
-/* The user's SCRAM secret: the configured verifier, or one derived from the
- * password once (PBKDF2 is too slow for every login) and kept with the
- * config, which is otherwise immutable: `derived` is set once, atomically. */
-static bool user_secret(const struct ferry_user_cfg *u, struct pg_scram_secret *out)
+/* The SCRAM secret the client's exchange runs against: the user's (made by
+ * px_pg_auth_prepare), or for an unknown name a mock one that fails at the
+ * proof check. */
+static int client_secret(const struct px_session *s, const struct ferry_user_cfg *u,
+                         struct pg_scram_secret *out)
 {
-    if (u->scram_verifier)
-        return pg_scram_secret_parse(u->scram_verifier, out) == PG_AUTH_RC_OK;
-    void **slot = (void **)&u->derived;
-    struct pg_scram_secret *have = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
-    if (!have) {
-        struct pg_scram_secret *made = malloc(sizeof *made);
-        if (!made || pg_scram_secret_from_password(u->password, PG_SCRAM_DEFAULT_ITERATIONS, NULL,
-                                                   0, made) != PG_AUTH_RC_OK) {
-            free(made);
-            return false;
-        }
-        void *expected = NULL;
-        if (__atomic_compare_exchange_n(slot, &expected, made, false, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_ACQUIRE)) {
-            have = made;
-        } else {
-            free(made);
-            have = expected;
-        }
+    if (u && u->derived) {
+        *out = *(const struct pg_scram_secret *)u->derived;
+        return PG_AUTH_RC_OK;
     }
-    *out = *have;
-    return true;
+    return pg_scram_secret_mock(mock_nonce, s->user, s->lcfg->scram_mock_iterations, out);
 }
 
 static void auth_failed(struct px_session *s)
@@ -411,7 +492,7 @@ static void client_auth_begin(struct px_session *s)
     }
     struct ferry_wbuf b;
     ferry_wbuf_init(&b, 0);
-    if (u && u->method == FERRY_AUTH_MD5) {
+    if (u ? u->method == FERRY_AUTH_MD5 : s->lcfg->mock_md5) {
         if (pg_auth_random(p->login->md5_salt, sizeof p->login->md5_salt) != PG_AUTH_RC_OK) {
             ferry_wbuf_free(&b);
             px_session_close(s, FERRY_LOG_ERROR, "no randomness for an MD5 salt");
@@ -421,20 +502,13 @@ static void client_auth_begin(struct px_session *s)
         p->auth_phase = PGA_PASSWORD;
     } else {
         struct pg_scram_secret secret;
-        if (!u || !user_secret(u, &secret)) {
-            /* unknown user: a secret nobody knows, so the exchange just fails */
-            memset(&secret, 0, sizeof secret);
-            secret.iterations = PG_SCRAM_DEFAULT_ITERATIONS;
-            secret.salt_len = 16;
-            if (pg_auth_random(secret.salt, secret.salt_len) != PG_AUTH_RC_OK ||
-                pg_auth_random(secret.stored_key, sizeof secret.stored_key) != PG_AUTH_RC_OK) {
-                ferry_wbuf_free(&b);
-                px_session_close(s, FERRY_LOG_ERROR, "no randomness for SCRAM");
-                return;
-            }
+        if (client_secret(s, u, &secret) != PG_AUTH_RC_OK) {
+            ferry_wbuf_free(&b);
+            px_session_close(s, FERRY_LOG_ERROR, "no randomness for SCRAM");
+            return;
         }
         pg_scram_server_init(&p->login->server, &secret);
-        memset(&secret, 0, sizeof secret);
+        OPENSSL_cleanse(&secret, sizeof secret);
         static const char *const mechs[] = {PG_SCRAM_MECHANISM};
         pg_build_auth_sasl(&b, mechs, 1);
         p->auth_phase = PGA_SASL_FIRST;
@@ -481,9 +555,11 @@ static void client_auth_message(struct px_session *s, const uint8_t *body, size_
     }
     case PGA_PASSWORD: {
         struct ferry_slice answer;
+        /* an unknown user fails here, as in PostgreSQL (no secret to check) */
         if (pg_decode_cstr_body(body, n, &answer) >= 0)
-            rc = pg_md5_verify(p->user->password, p->user->name, p->login->md5_salt, answer.p,
-                               answer.len);
+            rc = !p->user ? PG_AUTH_RC_REJECTED
+                          : pg_md5_verify(p->user->password, p->user->name, p->login->md5_salt,
+                                          answer.p, answer.len);
         break;
     }
     default:
@@ -702,7 +778,7 @@ static enum px_scan pg_scan(struct px_session *s, struct px_conn *src, uint8_t *
         return PX_SCAN_PARK;    /* sent on once the new writer is ready */
     /* Paused: the next transaction of an idle session waits (like
      * PgBouncer's PAUSE); one already open runs to its end. */
-    if (from_client && n > 0 && p->txn == 'I' && !p->inflight && !s->stale && px_session_paused())
+    if (from_client && n > 0 && p->txn == 'I' && !p->inflight && !s->stale && px_session_paused(s))
         return PX_SCAN_PARK;
     if (from_client && s->stale && n > 0) {
         /* Fencing: nothing more reaches the old writer from this session.

@@ -52,7 +52,9 @@ struct ferry_user_cfg {
     char *password;                     /* owned: backend password (and the client's unless
                                            scram_verifier is given). Never log it */
     char *scram_verifier;               /* owned; NULL = derived from password */
-    void *derived;                      /* atomic, owned: secret derived on first use */
+    void *derived;                      /* owned. postgresql: the SCRAM secret (struct
+                                           pg_scram_secret), attached by the loader; mysql:
+                                           atomic, the login cache made on first use */
 };
 
 struct ferry_listener_cfg {
@@ -93,6 +95,11 @@ struct ferry_listener_cfg {
                                            backends' (learned from their greetings) */
     void *mysql_rsa_key;                /* EVP_PKEY *, attached by the loader when a mysql
                                            user takes caching_sha2_password; on_free frees */
+    uint32_t scram_mock_iterations;     /* postgresql terminated: the SCRAM iteration count
+                                           unknown users are shown (most verifiers' count),
+                                           set by the loader */
+    bool mock_md5;                      /* postgresql terminated: unknown users are asked for
+                                           MD5 (more users take md5 than scram-sha-256) */
     struct ferry_user_cfg *users;       /* owned, nusers entries (terminated mode) */
     size_t nusers;
 };

@@ -383,10 +383,11 @@ enum my_auth_verdict my_auth_server_step(struct my_auth_server *s, const uint8_t
         ferry_wbuf_u8(out, MY_SHA2_FAST_OK);
         return MY_AUTH_OK;
     }
-    /* With a stored SHA256 stage 2 a mismatch is final, as a cache hit in
-     * MySQL; without one ferry cannot check the scramble and asks for the
-     * password in full (as a MySQL cache miss does). */
-    if (s->secret->has_sha2 || n == 0)
+    /* A mismatch and a missing SHA256 stage 2 (MySQL's cache miss) both ask
+     * for the password in full, as MySQL does ("we either failed to
+     * authenticate or did not find entry in the cache"): a cached user with a
+     * wrong password is answered like an uncached or unknown one. */
+    if (n == 0)
         return MY_AUTH_DENIED;
     s->step = MY_AUTH_STEP_FULL;
     ferry_wbuf_u8(out, MY_SHA2_FULL_AUTH);

@@ -168,6 +168,7 @@ static bool auth_message_hmac(const uint8_t *key, const char *bare, size_t bare_
 int pg_scram_secret_parse(const char *verifier, struct pg_scram_secret *out)
 {
     static const char prefix[] = "SCRAM-SHA-256$";
+    memset(out, 0, sizeof *out);
     if (strncmp(verifier, prefix, sizeof prefix - 1) != 0)
         return PG_AUTH_RC_MALFORMED;
     const char *iter = verifier + sizeof prefix - 1;
@@ -197,7 +198,7 @@ int pg_scram_secret_from_password(const char *password, uint32_t iterations, con
 {
     memset(out, 0, sizeof *out);
     if (!salt) {
-        salt_len = 16;
+        salt_len = PG_SCRAM_SALT_LEN;
         if (pg_auth_random(out->salt, salt_len) != PG_AUTH_RC_OK)
             return PG_AUTH_RC_INTERNAL;
     } else if (salt_len == 0 || salt_len > sizeof out->salt) {
@@ -213,6 +214,36 @@ int pg_scram_secret_from_password(const char *password, uint32_t iterations, con
     out->iterations = iterations;
     out->salt_len = salt_len;
     return rc;
+}
+
+int pg_scram_mock_salt(const uint8_t nonce[PG_SCRAM_MOCK_NONCE_LEN], const char *user,
+                       uint8_t salt[PG_SCRAM_SALT_LEN])
+{
+    uint8_t d[PG_SCRAM_KEY_LEN];
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    bool ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+              EVP_DigestUpdate(ctx, user, strlen(user)) == 1 &&
+              EVP_DigestUpdate(ctx, nonce, PG_SCRAM_MOCK_NONCE_LEN) == 1 &&
+              EVP_DigestFinal_ex(ctx, d, NULL) == 1;
+    EVP_MD_CTX_free(ctx);
+    if (ok)
+        memcpy(salt, d, PG_SCRAM_SALT_LEN);
+    OPENSSL_cleanse(d, sizeof d);
+    return ok ? PG_AUTH_RC_OK : PG_AUTH_RC_INTERNAL;
+}
+
+int pg_scram_secret_mock(const uint8_t nonce[PG_SCRAM_MOCK_NONCE_LEN], const char *user,
+                         uint32_t iterations, struct pg_scram_secret *out)
+{
+    memset(out, 0, sizeof *out);
+    out->mock = true;
+    out->iterations = iterations;
+    out->salt_len = PG_SCRAM_SALT_LEN;
+    if (pg_scram_mock_salt(nonce, user, out->salt) != PG_AUTH_RC_OK ||
+        pg_auth_random(out->stored_key, sizeof out->stored_key) != PG_AUTH_RC_OK ||
+        pg_auth_random(out->server_key, sizeof out->server_key) != PG_AUTH_RC_OK)
+        return PG_AUTH_RC_INTERNAL;
+    return PG_AUTH_RC_OK;
 }
 
 bool pg_scram_secret_format(const struct pg_scram_secret *s, char *out, size_t outlen)
@@ -306,9 +337,9 @@ static int check_proof(const struct pg_scram_server *s, const uint8_t *cfinal, s
     for (size_t i = 0; i < PG_SCRAM_KEY_LEN; i++)
         key[i] ^= sig[i];
     ok = ok && sha256(key, PG_SCRAM_KEY_LEN, stored);
-    int rc = !ok ? PG_AUTH_RC_INTERNAL
-                 : CRYPTO_memcmp(stored, s->secret.stored_key, PG_SCRAM_KEY_LEN) == 0 ? PG_AUTH_RC_OK
-                                                                                      : PG_AUTH_RC_REJECTED;
+    /* a mock secret is compared all the same (same work), then fails */
+    bool match = ok && CRYPTO_memcmp(stored, s->secret.stored_key, PG_SCRAM_KEY_LEN) == 0;
+    int rc = !ok ? PG_AUTH_RC_INTERNAL : match && !s->secret.mock ? PG_AUTH_RC_OK : PG_AUTH_RC_REJECTED;
     OPENSSL_cleanse(sig, sizeof sig);
     OPENSSL_cleanse(stored, sizeof stored);
     return rc;

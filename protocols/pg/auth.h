@@ -35,6 +35,8 @@ enum pg_auth_rc {
 #define PG_SCRAM_DEFAULT_ITERATIONS 4096
 #define PG_SCRAM_MAX_ITERATIONS 10000000u   /* cap on what a server may ask of ferry */
 #define PG_SCRAM_MSG_MAX 1024               /* longest SCRAM message handled */
+#define PG_SCRAM_SALT_LEN 16                /* salts ferry makes (PostgreSQL's default) */
+#define PG_SCRAM_MOCK_NONCE_LEN 32          /* server secret behind unknown users' salts */
 
 /* What a server keeps per user (PostgreSQL's pg_authid.rolpassword form). */
 struct pg_scram_secret {
@@ -43,6 +45,7 @@ struct pg_scram_secret {
     size_t salt_len;
     uint8_t stored_key[PG_SCRAM_KEY_LEN];
     uint8_t server_key[PG_SCRAM_KEY_LEN];
+    bool mock;                              /* made up for an unknown user: never matches */
 };
 
 /* Parses "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>" (base64
@@ -52,6 +55,19 @@ int pg_scram_secret_parse(const char *verifier, struct pg_scram_secret *out);
 /* Derives a secret from a password; salt NULL = 16 random bytes. */
 int pg_scram_secret_from_password(const char *password, uint32_t iterations, const uint8_t *salt,
                                   size_t salt_len, struct pg_scram_secret *out);
+
+/* PostgreSQL's scram_mock_salt(): SHA-256 over the user name and a server
+ * secret (its "mock authentication nonce"), truncated to PG_SCRAM_SALT_LEN
+ * bytes into salt. The same name gets the same salt while the secret lives,
+ * as a configured user's does. PG_AUTH_RC_OK or PG_AUTH_RC_INTERNAL. */
+int pg_scram_mock_salt(const uint8_t nonce[PG_SCRAM_MOCK_NONCE_LEN], const char *user,
+                       uint8_t salt[PG_SCRAM_SALT_LEN]);
+
+/* A secret for a user that does not exist: the mock salt, the given
+ * iteration count and random keys, marked mock so that the exchange runs its
+ * course and fails at the proof check like a wrong password. */
+int pg_scram_secret_mock(const uint8_t nonce[PG_SCRAM_MOCK_NONCE_LEN], const char *user,
+                         uint32_t iterations, struct pg_scram_secret *out);
 
 /* Writes the verifier string for a secret (NUL-terminated); false if outlen
  * is too small (200 bytes always suffice). */
@@ -70,8 +86,8 @@ struct pg_scram_server {
     int step;                               /* 0 start, 1 server-first sent, 2 done */
 };
 
-/* Starts an exchange against secret (for an unknown user, pass a made-up
- * secret so the client cannot tell: it will simply fail). */
+/* Starts an exchange against secret (for an unknown user, pass
+ * pg_scram_secret_mock()'s so the client cannot tell: it will simply fail). */
 void pg_scram_server_init(struct pg_scram_server *s, const struct pg_scram_secret *secret);
 
 /* Reads the client-first-message (SASLInitialResponse data) and appends the

@@ -18,15 +18,15 @@ from fronts import listener_status, my_connect, pg_dsn
 from harness import cluster, listener, make_config
 from harness.proc import wait_for
 from harness.ports import free_port
-from test_ops import metric, parse_metrics
+from test_ops import metric, parse_metrics, post, post_json, query_in_thread
 
 # Quick rounds, but a generous probe deadline: sanitizer builds on a busy
 # machine can take over a second to connect.
 FAST = {"probe_interval": 0.1, "probe_timeout": 5, "writer_down_after": 2, "hold_timeout": 20}
 
 
-def pg_discovered(pair, **options):
-    return listener("pg", "postgresql",
+def pg_discovered(pair, name="pg", **options):
+    return listener(name, "postgresql",
                     [cluster("region-a", pair.primary), cluster("region-b", pair.replica)],
                     probe={"user": "ferry_test", "password": "ferry_pw"}, **options)
 
@@ -256,6 +256,59 @@ def test_planned_switchover_endpoint(ferry_factory, own_pg):
     assert pg_port_via(ferry) == own_pg.primary.port
     last = ferry.status()["discovery"]["history"][-1]
     assert last["reason"] == "switchover to region-a requested by the operator"
+
+
+def test_switchover_holds_only_its_listener(ferry_factory, pg_pair):
+    """issue 18 item 5: a switchover scoped to listener a holds a's new
+    clients; listener b, on the same clusters, serves statements meanwhile."""
+    ferry = ferry_factory(make_config(pg_discovered(pg_pair, "a"), pg_discovered(pg_pair, "b"),
+                                      workers=2, discovery=FAST))
+    for name in "ab":
+        wait_for(lambda: writer_of(ferry, name) == "region-a", timeout=10, what="region-a as writer")
+    open_b = psycopg2.connect(pg_dsn(ferry, "b"))
+    open_b.autocommit = True
+    switchover = {}
+    switching = threading.Thread(target=lambda: switchover.update(answer=post_json(
+        ferry, "/v1/switchover", {"to": "region-b", "listener": "a", "timeout": 10})))
+    switching.start()
+    held_a = query_in_thread(pg_dsn(ferry, "a") + " connect_timeout=30", "SELECT 1")  # last wins
+    wait_for(lambda: listener_status(ferry, "a")["clients_held"] == 1, timeout=10,
+             what="a's new client to be held")
+    new_b = query_in_thread(pg_dsn(ferry, "b"), "SELECT 2")
+    new_b.join(8)
+    with open_b.cursor() as cur:        # an open session's next statement too
+        cur.execute("SELECT 3")
+        assert cur.fetchall() == [(3,)]
+    assert new_b.result == {"rows": [(2,)]} and switching.is_alive()
+    a, b = listener_status(ferry, "a"), listener_status(ferry, "b")
+    assert (a["holding"], b["holding"], a["paused"], b["paused"]) == (True, False, False, False)
+    assert b["clients_held"] == 0 and held_a.is_alive()
+    switching.join(30)
+    assert switchover["answer"][0] == 504       # region-b never became writable
+    held_a.join(20)
+    assert held_a.result == {"rows": [(1,)]}    # released to the writer it has
+    assert listener_status(ferry, "a")["holding"] is False
+    open_b.close()
+
+
+def test_switchover_end_keeps_the_operators_pause(ferry_factory, pg_pair):
+    """issue 18 item 5: the operator paused; a switchover starts and ends;
+    clients stay paused until /v1/resume."""
+    ferry = ferry_factory(make_config(pg_discovered(pg_pair), workers=1, discovery=FAST))
+    wait_for(lambda: writer_of(ferry, "pg") == "region-a", timeout=10, what="region-a as writer")
+    assert post(ferry, "/v1/pause")[0] == 200
+    held = query_in_thread(pg_dsn(ferry), "SELECT 42")
+    wait_for(lambda: listener_status(ferry, "pg")["clients_held"] == 1, timeout=10,
+             what="the client to be held")
+    assert post_json(ferry, "/v1/switchover", {"to": "region-b", "timeout": 0.5})[0] == 504
+    held.join(1.0)
+    assert held.is_alive() and "rows" not in held.result
+    status = listener_status(ferry, "pg")
+    assert ferry.status()["paused"] is True and status["paused"] is True
+    assert status["holding"] is False and status["clients_held"] == 1
+    assert post(ferry, "/v1/resume")[0] == 200
+    held.join(20)
+    assert held.result == {"rows": [(42,)]}
 
 
 def test_network_partition_drops_the_writer_and_heals(ferry_factory, pg_pair):

@@ -132,10 +132,23 @@ class Handshake:
         self.seq, payload = self.read()
         return payload
 
+    def full_auth_by_rsa(self, password):
+        """caching_sha2_password's full authentication without TLS: asks
+        for ferry's public key, sends the encrypted password; returns the
+        answer (OK or ERR payload)."""
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding
+        self.send(b"\x02")                      # the public key, please
+        pem = self.expect()
+        assert pem[0] == 1 and b"BEGIN PUBLIC KEY" in pem
+        key = serialization.load_pem_public_key(pem[1:])
+        plain = bytes(a ^ self.scramble[i % 20] for i, a in enumerate(password.encode() + b"\0"))
+        self.send(key.encrypt(plain, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()),
+                                                  algorithm=hashes.SHA1(), label=None)))
+        return self.expect()
+
 
 def test_caching_sha2_full_authentication_then_fast_path(ferry_factory, mariadb_pair, sha2_user):
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding
     ferry = ferry_factory(make_config(terminated(mariadb_pair, [sha2_user]), workers=1))
     my_connect(ferry, user=SHA2_USER, password=SHA2_PASSWORD).close()   # PyMySQL: RSA itself
     ferry.stop()
@@ -145,24 +158,40 @@ def test_caching_sha2_full_authentication_then_fast_path(ferry_factory, mariadb_
     assert h.plugin == "caching_sha2_password"
     h.respond(SHA2_USER, sha2_scramble(SHA2_PASSWORD, h.scramble), "caching_sha2_password")
     assert h.expect() == b"\x01\x04"            # perform full authentication
-    h.send(b"\x02")                             # the public key, please
-    pem = h.expect()
-    assert pem[0] == 1 and b"BEGIN PUBLIC KEY" in pem
-    key = serialization.load_pem_public_key(pem[1:])
-    plain = bytes(a ^ h.scramble[i % 20] for i, a in enumerate(SHA2_PASSWORD.encode() + b"\0"))
-    h.send(key.encrypt(plain, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()),
-                                           algorithm=hashes.SHA1(), label=None)))
-    assert h.expect()[0] == 0x00                # OK
+    assert h.full_auth_by_rsa(SHA2_PASSWORD)[0] == 0x00     # OK
     # cached now: the scramble alone does it
     h = Handshake(ferry)
     h.respond(SHA2_USER, sha2_scramble(SHA2_PASSWORD, h.scramble), "caching_sha2_password")
     assert h.expect() == b"\x01\x03"            # fast authentication succeeded
     assert h.expect()[0] == 0x00
-    # and a wrong scramble of a cached user is final
+    # a wrong scramble of a cached user asks for the password in full, as
+    # MySQL does (and as for an unknown user: see the next test)
     h = Handshake(ferry)
     h.respond(SHA2_USER, sha2_scramble("wrong", h.scramble), "caching_sha2_password")
-    code, state, text = parse_err(h.expect())
+    assert h.expect() == b"\x01\x04"
+    code, state, text = parse_err(h.full_auth_by_rsa("wrong"))
     assert (code, state) == (1045, "28000") and SHA2_USER in text
+
+
+def test_unknown_user_is_answered_like_a_wrong_password(ferry_factory, mariadb_pair, sha2_user):
+    """issue 18 item 8, MySQL: an unknown name takes the listener's plugin
+    (no AuthSwitchRequest) and full authentication, and gets the same 1045
+    as a known user with a wrong password, cached or not."""
+    ferry = ferry_factory(make_config(terminated(mariadb_pair, [sha2_user]), workers=1))
+
+    def refusal(user, password):
+        h = Handshake(ferry)
+        h.respond(user, sha2_scramble(password, h.scramble), "caching_sha2_password")
+        assert h.expect() == b"\x01\x04", user     # perform full authentication
+        code, state, text = parse_err(h.full_auth_by_rsa(password))
+        return code, state, text.replace(user, "<user>")
+
+    uncached = refusal(SHA2_USER, "wrong")
+    assert uncached[:2] == (1045, "28000")
+    assert refusal("ghost", "wrong") == uncached
+    my_connect(ferry, user=SHA2_USER, password=SHA2_PASSWORD).close()   # cached from here
+    assert refusal(SHA2_USER, "wrong") == uncached
+    assert refusal("ghost", "wrong") == uncached
 
 
 def test_auth_switch_to_the_users_plugin(ferry_factory, mariadb_pair, sha2_user):

@@ -204,23 +204,55 @@ def test_reload_endpoint_reports_a_bad_file(ferry_factory, pg_pair):
     assert ferry.status()["config_generation"] == 1
 
 
+def query_in_thread(dsn, sql):
+    """Runs sql on a new connection in a thread; its .result gets "rows"."""
+    t = threading.Thread(target=lambda: t.result.update(rows=harness.pg.run_query(dsn, sql)))
+    t.result = {}
+    t.start()
+    return t
+
+
 def test_pause_holds_new_clients_until_resume(ferry_factory, pg_pair):
     ferry = ferry_factory(make_config(pg_listener(pg_pair), workers=2))
     assert post(ferry, "/v1/pause")[0] == 200
     assert ferry.status()["paused"] is True
-    result = {}
-    t = threading.Thread(target=lambda: result.update(
-        rows=harness.pg.run_query(pg_dsn(ferry), "SELECT 42")))
-    t.start()
+    t = query_in_thread(pg_dsn(ferry), "SELECT 42")
     wait_for(lambda: listener_status(ferry, "pg")["clients_held"] == 1, timeout=10,
              what="the client to be held")
     time.sleep(0.3)
     assert t.is_alive()
     assert post(ferry, "/v1/resume")[0] == 200
     t.join(20)
-    assert result == {"rows": [(42,)]}
+    assert t.result == {"rows": [(42,)]}
     assert listener_status(ferry, "pg")["clients_held"] == 0
     assert ferry.status()["paused"] is False
+
+
+def test_pause_of_one_listener(ferry_factory, pg_pair):
+    """POST /v1/pause {"listener": "b"} holds b's new clients only; resuming
+    one listener while all are paused leaves the others paused."""
+    ferry = ferry_factory(make_config(pg_listener(pg_pair, "a"), pg_listener(pg_pair, "b"),
+                                      workers=2))
+    assert post(ferry, "/v1/pause", body={"listener": "b"})[0] == 200
+    held = query_in_thread(pg_dsn(ferry, "b"), "SELECT 2")
+    wait_for(lambda: listener_status(ferry, "b")["clients_held"] == 1, timeout=10,
+             what="b's client to be held")
+    assert harness.pg.run_query(pg_dsn(ferry, "a"), "SELECT 1") == [(1,)]
+    assert held.is_alive()
+    assert [listener_status(ferry, n)["paused"] for n in "ab"] == [False, True]
+    assert ferry.status()["paused"] is False
+    assert post(ferry, "/v1/pause", body={"listener": "nope"})[0] == 404
+    assert post(ferry, "/v1/pause", body=b"[1]")[0] == 400
+    assert post(ferry, "/v1/resume", body={"listener": "b"})[0] == 200
+    held.join(20)
+    assert held.result == {"rows": [(2,)]}
+    # all paused, then a resumed: b stays paused
+    assert post(ferry, "/v1/pause")[0] == 200
+    assert post(ferry, "/v1/resume", body={"listener": "a"})[0] == 200
+    assert [listener_status(ferry, n)["paused"] for n in "ab"] == [False, True]
+    assert harness.pg.run_query(pg_dsn(ferry, "a"), "SELECT 3") == [(3,)]
+    assert post(ferry, "/v1/resume")[0] == 200
+    assert [listener_status(ferry, n)["paused"] for n in "ab"] == [False, False]
 
 
 def test_pause_holds_the_next_transaction_of_existing_sessions(ferry_factory, pg_pair):

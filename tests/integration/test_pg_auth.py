@@ -3,7 +3,13 @@ client against its own user list (SCRAM-SHA-256, MD5, trust), then logs into
 the backend with the user's stored password. A wrong password or an unknown
 user gets 28P01 and never opens a backend connection."""
 
+import base64
+import collections
+import hashlib
+import hmac
+import os
 import socket
+import struct
 import threading
 import time
 
@@ -99,6 +105,111 @@ def test_wrong_password_or_unknown_user_gets_28P01_and_no_backend(ferry_factory,
     assert "Wr0ng-pass" not in log
     assert ferry.status()["listeners"][0]["auth_failures_total"] == 1
     assert 'ferry_errors_total{listener="pg",class="auth"} 1' in ferry.http_get("/metrics")[1]
+
+
+Attempt = collections.namedtuple("Attempt", "method salt iterations error")
+
+
+def sasl(mechanism, data):
+    return (b"p" + struct.pack("!I", 4 + len(mechanism) + 1 + 4 + len(data)) + mechanism + b"\0" +
+            struct.pack("!I", len(data)) + data)
+
+
+def login_by_hand(ferry, user, password):
+    """A terminated-mode login spoken by hand, as libpq does it (SCRAM-SHA-256
+    with a real proof, or MD5). Returns what a client can observe: the
+    method asked for (10 SASL, 5 MD5), the SCRAM salt and iteration count,
+    and the ErrorResponse's fields (None: logged in)."""
+    from test_pg_protocol import error_fields, read_messages, startup_packet
+    salt = iterations = None
+    with socket.create_connection(ferry.listener_addr("pg"), timeout=20) as s:
+        s.sendall(startup_packet(user=user, database="app"))
+        body = read_messages(s, until=b"R")[-1][1]
+        method = struct.unpack("!I", body[:4])[0]
+        if method == 5:         # md5(md5(password + user) + salt)
+            inner = hashlib.md5((password + user).encode()).hexdigest().encode()
+            answer = b"md5" + hashlib.md5(inner + body[4:8]).hexdigest().encode() + b"\0"
+            s.sendall(b"p" + struct.pack("!I", 4 + len(answer)) + answer)
+        else:
+            assert method == 10 and b"SCRAM-SHA-256\0" in body
+            bare = b"n=,r=" + base64.b64encode(os.urandom(18))
+            s.sendall(sasl(b"SCRAM-SHA-256", b"n,," + bare))
+            t, body = read_messages(s, until=b"R")[-1]
+            assert t == b"R" and struct.unpack("!I", body[:4])[0] == 11, (t, body)
+            server_first = body[4:]
+            attrs = dict(f.split(b"=", 1) for f in server_first.split(b","))
+            salt, iterations = base64.b64decode(attrs[b"s"]), int(attrs[b"i"])
+            salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+            client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+            without_proof = b"c=biws,r=" + attrs[b"r"]
+            signature = hmac.new(hashlib.sha256(client_key).digest(),
+                                 bare + b"," + server_first + b"," + without_proof, "sha256").digest()
+            proof = bytes(a ^ b for a, b in zip(client_key, signature))
+            final = without_proof + b",p=" + base64.b64encode(proof)
+            s.sendall(b"p" + struct.pack("!I", 4 + len(final)) + final)
+        msgs = read_messages(s, until=b"Z")    # a refusal: the error, then EOF
+    error = error_fields(msgs[-1][1]) if msgs[-1][0] == b"E" else None
+    return Attempt(method, salt, iterations, error)
+
+
+def same_error(known, unknown, known_user, unknown_user):
+    """The two refusals are identical but for the user name they quote."""
+    assert known.error and unknown.error
+    assert known.error["C"] == unknown.error["C"] == "28P01"
+    assert known.error == {k: v.replace(unknown_user, known_user) for k, v in unknown.error.items()}
+
+
+def test_unknown_user_cannot_be_told_from_a_wrong_password(ferry_factory, pg_pair):
+    """issue 18 item 8: an unknown name gets a salt derived from the name and
+    a server secret (the same on every attempt, like a real user's), the real
+    users' iteration count, and fails at the proof like a wrong password."""
+    cfg = terminated(pg_pair, [{"name": USER, "password": PASSWORD}])
+    ferry = ferry_factory(cfg)
+    assert login_by_hand(ferry, USER, PASSWORD).error is None      # the hand-made client works
+    real = [login_by_hand(ferry, USER, "Wr0ng-pass") for _ in range(2)]
+    ghost = [login_by_hand(ferry, "ghost", "Wr0ng-pass") for _ in range(2)]
+    other = login_by_hand(ferry, "ghost2", "Wr0ng-pass")
+    assert real[0].salt == real[1].salt
+    assert ghost[0].salt == ghost[1].salt
+    assert len({real[0].salt, ghost[0].salt, other.salt}) == 3
+    assert len(ghost[0].salt) == len(real[0].salt) == 16
+    assert ghost[0].iterations == other.iterations == real[0].iterations
+    same_error(real[0], ghost[0], USER, "ghost")
+    # a reload keeps the server secret: the same salts, known and unknown
+    ferry.reload(cfg)
+    wait_for(lambda: ferry.status()["config_generation"] == 2, timeout=10, what="the reload")
+    assert login_by_hand(ferry, "ghost", "x").salt == ghost[0].salt
+    assert login_by_hand(ferry, USER, "x").salt == real[0].salt
+
+
+def scram_verifier(password, iterations):
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    stored = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server = hmac.new(salted, b"Server Key", "sha256").digest()
+    return "SCRAM-SHA-256$%d:%s$%s:%s" % (iterations, *(base64.b64encode(x).decode()
+                                                         for x in (salt, stored, server)))
+
+
+def test_unknown_users_get_the_verifiers_iteration_count_and_md5_when_users_take_it(
+        ferry_factory, pg_pair):
+    """Stored verifiers with 8192 iterations: unknown names are shown 8192 too,
+    and so are users given only a password. On a listener whose users take
+    md5, an unknown name is asked for MD5 and refused like a wrong password."""
+    ferry = ferry_factory(terminated(pg_pair, [
+        {"name": USER, "password": PASSWORD, "scram_verifier": scram_verifier(PASSWORD, 8192)},
+        {"name": "second", "password": "pw2", "scram_verifier": scram_verifier("pw2", 8192)},
+        {"name": "plain", "password": "pw3"}]))
+    assert login_by_hand(ferry, USER, PASSWORD).error is None
+    assert {login_by_hand(ferry, u, "x").iterations for u in (USER, "plain", "ghost")} == {8192}
+    ferry.stop()
+    md5 = make_config(pg_listener(pg_pair, auth={"mode": "terminated", "users": [
+        {"name": USER, "password": PASSWORD, "method": "md5"}]}), workers=1)
+    ferry = ferry_factory(md5)
+    assert login_by_hand(ferry, USER, PASSWORD).error is None
+    real, ghost = login_by_hand(ferry, USER, "x"), login_by_hand(ferry, "ghost", "x")
+    assert real.method == ghost.method == 5
+    same_error(real, ghost, USER, "ghost")
 
 
 def test_bad_backend_password_is_a_clear_error(ferry_factory, pg_pair):

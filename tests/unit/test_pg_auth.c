@@ -146,6 +146,33 @@ static void test_round_trip_and_wrong_password(void)
     ASSERT_EQ_INT(round_trip(&from_verifier, "", ""), PG_AUTH_RC_REJECTED);
 }
 
+/* PostgreSQL's scram_mock_salt(): SHA-256(user + nonce) truncated; values from
+ *   python3 -c 'import hashlib; print(hashlib.sha256(b"nobody" + bytes(range(32))).digest()[:16].hex())' */
+static void test_mock_secret(void)
+{
+    uint8_t nonce[PG_SCRAM_MOCK_NONCE_LEN], salt[PG_SCRAM_SALT_LEN];
+    for (size_t i = 0; i < sizeof nonce; i++)
+        nonce[i] = (uint8_t)i;
+    static const uint8_t want[PG_SCRAM_SALT_LEN] = {0xb0, 0x01, 0xb6, 0xdb, 0x70, 0xd7, 0x8c, 0xe5,
+                                                    0xb7, 0xda, 0x7e, 0xee, 0x64, 0x9c, 0xe5, 0xc6};
+    ASSERT_EQ_INT(pg_scram_mock_salt(nonce, "nobody", salt), PG_AUTH_RC_OK);
+    ASSERT_TRUE(memcmp(salt, want, sizeof want) == 0);
+    struct pg_scram_secret a, b;
+    ASSERT_EQ_INT(pg_scram_secret_mock(nonce, "nobody", 8192, &a), PG_AUTH_RC_OK);
+    ASSERT_EQ_INT(pg_scram_secret_mock(nonce, "nobody", 8192, &b), PG_AUTH_RC_OK);
+    ASSERT_TRUE(a.mock && a.iterations == 8192 && a.salt_len == PG_SCRAM_SALT_LEN);
+    ASSERT_TRUE(memcmp(a.salt, want, sizeof want) == 0 && memcmp(b.salt, want, sizeof want) == 0);
+    ASSERT_TRUE(memcmp(a.stored_key, b.stored_key, PG_SCRAM_KEY_LEN) != 0);   /* random keys */
+    ASSERT_EQ_INT(pg_scram_secret_mock(nonce, "nobody2", 8192, &b), PG_AUTH_RC_OK);
+    ASSERT_TRUE(memcmp(a.salt, b.salt, PG_SCRAM_SALT_LEN) != 0);
+    /* even with the right keys a mock secret fails at the proof check */
+    struct pg_scram_secret real;
+    ASSERT_EQ_INT(pg_scram_secret_parse(RFC_VERIFIER, &real), PG_AUTH_RC_OK);
+    ASSERT_TRUE(!real.mock);
+    real.mock = true;
+    ASSERT_EQ_INT(round_trip(&real, "", "pencil"), PG_AUTH_RC_REJECTED);
+}
+
 static void test_client_first_escapes_user(void)
 {
     struct pg_scram_client c;
@@ -274,6 +301,7 @@ int main(void)
     RUN(test_rfc7677_server);
     RUN(test_verifier_parse_format_and_derive);
     RUN(test_round_trip_and_wrong_password);
+    RUN(test_mock_secret);
     RUN(test_client_first_escapes_user);
     RUN(test_server_refuses_bad_client_first);
     RUN(test_server_refuses_bad_client_final);
