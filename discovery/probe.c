@@ -239,6 +239,7 @@ int disc_probe_init(struct disc_probe *p, uv_loop_t *loop, const struct disc_eng
     snprintf(p->database, sizeof p->database, "%s", lcfg->probe_database);
     p->password = lcfg->probe_password ? strdup(lcfg->probe_password) : NULL;
     p->timeout = timeout;
+    p->tcp = lcfg->server_tcp;
     p->poll_fd = -1;
     uv_timer_init(loop, &p->deadline);
     p->deadline.data = p;

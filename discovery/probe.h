@@ -88,6 +88,7 @@ struct disc_probe {
     char *password;             /* owned copy; never logged */
     char database[FERRY_NAME_MAX];
     double timeout;             /* seconds */
+    struct ferry_tcp_cfg tcp;   /* the listener's server_tcp_keepalive / _user_timeout */
 
     /* this run's target: the endpoint's first address (the name itself
      * stays the TLS identity) */

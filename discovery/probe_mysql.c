@@ -262,6 +262,11 @@ static int start_connect(struct disc_probe *p, struct disc_probe_result *r, int 
     int st = mysql_real_connect_start(&ret, m, p->addr, p->user, p->password,
                                       p->database[0] ? p->database : NULL, p->endpoint.port,
                                       NULL, 0);
+    /* Connector/C has no keepalive or user-timeout option: the listener's
+     * TCP options go on its socket once it exists (connecting or not) */
+    int sock = mysql_get_socket(m);
+    if (sock >= 0)
+        (void)ferry_tcp_apply(sock, &p->tcp);
     return st ? wait_for(p, st, fd) : connected(p, r, fd, ret);
 }
 

@@ -129,9 +129,14 @@ static int connect_fail(struct disc_probe *p, struct disc_probe_result *r, PGcon
 
 static int start_connect(struct disc_probe *p, struct disc_probe_result *r, int *fd)
 {
-    char port[8], timeout[16];
+    char port[8], timeout[16], ka_idle[8], ka_intvl[8], ka_cnt[8], user_timeout[16];
     snprintf(port, sizeof port, "%u", p->endpoint.port);
     snprintf(timeout, sizeof timeout, "%d", (int)(p->timeout + 0.999));
+    /* the listener's TCP options, as libpq's own parameters name them */
+    snprintf(ka_idle, sizeof ka_idle, "%u", p->tcp.keepalive_idle);
+    snprintf(ka_intvl, sizeof ka_intvl, "%u", p->tcp.keepalive_interval);
+    snprintf(ka_cnt, sizeof ka_cnt, "%u", p->tcp.keepalive_count);
+    snprintf(user_timeout, sizeof user_timeout, "%u", p->tcp.user_timeout_ms);
     /* Verify modes check against backend_tls.ca_file or the system bundle.
      * Without verification (prefer, require) sslrootcert names a file that
      * cannot exist: else a ~/.postgresql/root.crt would make libpq verify
@@ -147,10 +152,13 @@ static int start_connect(struct disc_probe *p, struct disc_probe_result *r, int 
     bool guard = password_guarded(p);
     const char *keys[] = {"host", "hostaddr", "port", "user", "password", "dbname",
                           "application_name", "connect_timeout", "sslmode", "sslrootcert",
-                          "channel_binding", NULL};
+                          "channel_binding", "keepalives", "keepalives_idle",
+                          "keepalives_interval", "keepalives_count", "tcp_user_timeout", NULL};
     const char *vals[] = {p->endpoint.host, p->addr, port, p->user,
                           p->password ? p->password : "", p->database, "ferry-probe", timeout,
-                          p->tls_mode_name, rootcert, guard ? "require" : "prefer", NULL};
+                          p->tls_mode_name, rootcert, guard ? "require" : "prefer",
+                          p->tcp.keepalive ? "1" : "0", ka_idle, ka_intvl, ka_cnt, user_timeout,
+                          NULL};
     p->tls_hooked = NULL;
     p->tls_verify_error = X509_V_OK;
     PGconn *c = PQconnectStartParams(keys, vals, 0);

@@ -101,7 +101,7 @@ static json_t *listener_status(const struct ferry_listener_cfg *lcfg, struct px_
         route_json = json_pack("{s:s, s:s}", "cluster", cluster, "endpoint", ep);
     }
     return json_pack("{s:s, s:s, s:s, s:s, s:o, s:b, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-                     "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                     "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
                      "name", lcfg->name, "protocol", ferry_proto_name(lcfg->protocol), "bind", bind,
                      "routing", lcfg->probe_enabled ? "discovered" : "static", "route", route_json,
                      "paused", px_listener_paused(pl), "holding", px_listener_holding(pl),
@@ -115,6 +115,7 @@ static json_t *listener_status(const struct ferry_listener_cfg *lcfg, struct px_
                      "bytes_from_servers_total", (json_int_t)sum.bytes_from_servers,
                      "clients_held", (json_int_t)sum.held,
                      "hold_timeouts_total", (json_int_t)sum.hold_timeouts,
+                     "idle_timeouts_total", (json_int_t)sum.idle_timeouts,
                      "sessions_waiting_to_move", (json_int_t)sum.waiting_to_move,
                      "sessions_moved", (json_int_t)sum.moves,
                      "sessions_move_failed", (json_int_t)sum.moves_failed,

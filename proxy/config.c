@@ -723,13 +723,73 @@ static void parse_aws(struct cfg_ctx *c, json_t *root, struct ferry_aws_cfg *a)
     }
 }
 
+/* listeners[].<name>: true (the defaults in *t), false (off), or an object
+ * of idle / interval / count overriding them. */
+static void parse_keepalive(struct cfg_ctx *c, json_t *v, const char *where, const char *name,
+                            struct ferry_tcp_cfg *t)
+{
+    static const char *const keys[] = {"idle", "interval", "count", NULL};
+    char key[KEY_MAX];
+    subkey(key, where, ".");
+    subkey(key, key, name);
+    json_t *ka = json_object_get(v, name);
+    if (!ka || json_is_true(ka))
+        return;
+    if (json_is_false(ka)) {
+        t->keepalive = false;
+        return;
+    }
+    if (!json_is_object(ka)) {
+        cfg_fail(c, key, "expected true, false or an object of idle, interval, count; got %s",
+                 json_type_name(ka));
+        return;
+    }
+    check_keys(c, key, ka, keys);
+    /* the kernel's bounds (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT) */
+    static const struct { const char *k; long long hi; } limits[] = {
+        {"idle", 32767}, {"interval", 32767}, {"count", 127}};
+    uint16_t *out[] = {&t->keepalive_idle, &t->keepalive_interval, &t->keepalive_count};
+    for (size_t i = 0; i < 3; i++) {
+        char ikey[KEY_MAX];
+        long long n;
+        subkey(ikey, key, ".");
+        if (get_uint(c, ka, limits[i].k, subkey(ikey, ikey, limits[i].k), 1, limits[i].hi, &n))
+            *out[i] = (uint16_t)n;
+    }
+}
+
+/* Idle clients and the TCP options of both sides (see struct ferry_tcp_cfg). */
+static void parse_timeouts(struct cfg_ctx *c, json_t *v, const char *where,
+                           struct ferry_listener_cfg *l)
+{
+    char key[KEY_MAX];
+    subkey(key, where, ".client_idle_timeout");
+    if (get_seconds(c, v, "client_idle_timeout", key, 0, 604800, &l->client_idle_timeout) &&
+        l->client_idle_timeout > 0 && l->client_idle_timeout < 1)
+        cfg_fail(c, key, "%g seconds: 0 turns it off, else at least 1 (idle sessions are "
+                 "looked at once a second)", l->client_idle_timeout);
+    l->client_tcp = (struct ferry_tcp_cfg){.keepalive = true, .keepalive_idle = 60,
+                                           .keepalive_interval = 10, .keepalive_count = 6};
+    parse_keepalive(c, v, where, "client_tcp_keepalive", &l->client_tcp);
+    l->server_tcp = (struct ferry_tcp_cfg){.keepalive = true, .keepalive_idle = 10,
+                                           .keepalive_interval = 5, .keepalive_count = 3,
+                                           .user_timeout_ms = 30000};
+    parse_keepalive(c, v, where, "server_tcp_keepalive", &l->server_tcp);
+    double ut = 30;
+    subkey(key, where, ".server_tcp_user_timeout");
+    if (get_seconds(c, v, "server_tcp_user_timeout", key, 0, 3600, &ut))
+        l->server_tcp.user_timeout_ms = (uint32_t)(ut * 1000.0 + 0.5);
+}
+
 static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, struct ferry_listener_cfg *l)
 {
     static const char *const keys[] = {"name", "protocol", "bind", "max_client_connections",
                                        "connect_timeout", "session_buffer", "max_message_size", "probe",
                                        "aws_global_cluster", "global_writer_endpoint",
                                        "clusters", "auth", "tls",
-                                       "backend_tls", NULL};
+                                       "backend_tls",
+                                       "client_idle_timeout", "client_tcp_keepalive",
+                                       "server_tcp_keepalive", "server_tcp_user_timeout", NULL};
     char key[KEY_MAX];
     if (!json_is_object(v)) {
         cfg_fail(c, where, "expected an object, got %s", json_type_name(v));
@@ -768,6 +828,7 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
     subkey(key, where, ".max_message_size");
     if (get_uint(c, v, "max_message_size", key, 1024, 1024LL * 1024 * 1024, &n))
         l->max_message_size = (uint32_t)n;
+    parse_timeouts(c, v, where, l);
     parse_probe(c, v, where, l);
     parse_auth(c, v, where, l);
     parse_tls(c, v, where, l);

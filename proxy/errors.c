@@ -47,6 +47,12 @@ static struct err_code code_of(enum ferry_proto proto, enum px_err kind)
     case PX_ERR_AUTH_FAILED:    /* 28P01 invalid_password; MySQL ER_ACCESS_DENIED_ERROR */
         return proto == FERRY_PROTO_MYSQL ? (struct err_code){"28000", 1045}
                                           : (struct err_code){"28P01", 0};
+    case PX_ERR_IDLE_TIMEOUT:
+        /* 57P05 idle_session_timeout, what PostgreSQL's idle_session_timeout
+         * sends; MySQL 8.0.24+ sends 4031 ER_CLIENT_INTERACTION_TIMEOUT
+         * (HY000) for wait_timeout */
+        return proto == FERRY_PROTO_MYSQL ? (struct err_code){"HY000", 4031}
+                                          : (struct err_code){"57P05", 0};
     case PX_ERR_BACKEND_DOWN:
         /* not 2003: Connector/C takes a server-sent 2xxx (a client-side
          * number) for a malformed packet. 1053 ER_SERVER_SHUTDOWN: retry */

@@ -166,6 +166,7 @@ struct px_counters px_listener_totals(const struct px_listener *pl)
         sum.queries += PX_STAT_GET(c->queries);
         sum.transactions += PX_STAT_GET(c->transactions);
         sum.hold_timeouts += PX_STAT_GET(c->hold_timeouts);
+        sum.idle_timeouts += PX_STAT_GET(c->idle_timeouts);
         sum.moves += PX_STAT_GET(c->moves);
         sum.backends += PX_STAT_GET(c->backends);
         sum.moves_failed += PX_STAT_GET(c->moves_failed);

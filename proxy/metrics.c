@@ -91,13 +91,15 @@ static void listener_metrics(FILE *f)
                            "ferry_errors_total{listener=\"%s\",class=\"hold_timeout\"} %llu\n"
                            "ferry_errors_total{listener=\"%s\",class=\"protocol\"} %llu\n"
                            "ferry_errors_total{listener=\"%s\",class=\"auth\"} %llu\n"
-                           "ferry_errors_total{listener=\"%s\",class=\"failover\"} %llu\n",
+                           "ferry_errors_total{listener=\"%s\",class=\"failover\"} %llu\n"
+                           "ferry_errors_total{listener=\"%s\",class=\"idle_timeout\"} %llu\n",
                         l, (unsigned long long)c->refused, l,
                         (unsigned long long)c->backend_connect_failed, l,
                         (unsigned long long)c->hold_timeouts, l,
                         (unsigned long long)c->errors_protocol, l,
                         (unsigned long long)c->errors_auth, l,
-                        (unsigned long long)c->errors_failover);
+                        (unsigned long long)c->errors_failover, l,
+                        (unsigned long long)c->idle_timeouts);
                 break;
             case 4:
                 fprintf(f, "ferry_received_bytes_total{listener=\"%s\",side=\"client\"} %llu\n"

@@ -35,6 +35,7 @@ struct px_counters {
     uint64_t queries;               /* PG: ReadyForQuery seen; MySQL: command responses */
     uint64_t transactions;          /* transactions ended (PG: T/E -> I; MySQL: IN_TRANS cleared) */
     uint64_t hold_timeouts;         /* clients that gave up waiting (got an error) */
+    uint64_t idle_timeouts;         /* idle clients closed after client_idle_timeout */
     uint64_t moves;                 /* sessions moved to a new writer without an error */
     uint64_t moves_failed;          /* sessions that could not be moved: closed instead */
     uint64_t errors_protocol;       /* malformed/hostile/unsupported traffic: session ended */
@@ -135,6 +136,8 @@ struct px_worker {
     struct ferry_list held;         /* px_session waiting for a writer (also in sessions) */
     struct ferry_list to_move;      /* idle px_session whose move waits (also in sessions) */
     uv_timer_t move_timer;          /* starts waiting moves (session.c) */
+    uv_timer_t idle_timer;          /* looks for idle clients once a second (session.c) */
+    unsigned nidle_timed;           /* sessions whose listener has a client_idle_timeout */
     unsigned nto_move;
     bool moves_blocked;             /* no waiting move could be routed: wait for a topology */
     uint64_t moves_retry_at;        /* a waiting move failed to connect: none before this */
@@ -163,6 +166,7 @@ void px_chunk_pool_free(struct px_worker *w);   /* after the loop has stopped */
 void px_session_release_held(struct px_worker *w); /* route held sessions again */
 void px_session_topology_changed(struct px_worker *w); /* fence sessions on an old writer */
 void px_session_moves_init(struct px_worker *w);    /* before the loop runs */
+void px_session_idle_init(struct px_worker *w);     /* before the loop runs */
 /* worker.c: called by session.c when a session has been freed */
 void px_worker_session_ended(struct px_worker *w);
 
@@ -217,6 +221,7 @@ enum px_err {
     PX_ERR_OUTCOME_UNKNOWN,     /* the writer vanished with a statement in flight */
     PX_ERR_AUTH_FAILED,         /* terminated auth: wrong password or unknown user */
     PX_ERR_TLS_REQUIRED,        /* the listener requires TLS and the client has none */
+    PX_ERR_IDLE_TIMEOUT,        /* client_idle_timeout: an idle client sent nothing */
 };
 void px_error_message(enum ferry_proto proto, enum px_err kind, const char *text,
                       struct ferry_wbuf *out);

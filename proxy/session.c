@@ -78,6 +78,8 @@ static struct px_chunk *chunk_of(const char *base)
 
 static const char NO_ENDPOINT[] = "-";   /* a session not routed yet */
 
+enum { IDLE_SWEEP_MS = 1000 };   /* how often idle clients are looked for */
+
 static void unhold(struct px_session *s)
 {
     if (s->held) {
@@ -100,6 +102,8 @@ static void session_free(struct px_session *s)
     unqueue_move(s);
     login_set(s, PX_LOGIN_NONE);
     w->nsessions--;
+    if (s->lcfg->client_idle_timeout > 0 && --w->nidle_timed == 0)
+        uv_timer_stop(&w->idle_timer);
     if (s->counted) {
         __atomic_sub_fetch(&s->pl->clients, 1, __ATOMIC_RELAXED);
         PX_STAT_ADD(px_session_stats(s)->active, -1);
@@ -339,6 +343,7 @@ static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chu
 {
     struct px_worker *w = s->owner;
     struct px_conn *dst = src->peer;
+    s->last_traffic = uv_now(&w->loop);
     enum px_scan verdict = s->proto && s->proto->scan
                                ? s->proto->scan(s, src, (uint8_t *)ch->data, n) : PX_SCAN_RELAY;
     if (verdict == PX_SCAN_PARK && src == &s->client && !s->parked) {
@@ -720,6 +725,7 @@ void px_session_start_relay(struct px_session *s)
         return;
     login_set(s, PX_LOGIN_NONE);
     s->relaying = true;
+    s->last_traffic = uv_now(&s->owner->loop);
     s->retry_connect = s->retry_soon = false;
     s->hold_until = 0;
     uv_timer_stop(&s->timer);   /* a protocol's login timer ends with the login */
@@ -1171,10 +1177,19 @@ static void on_timer(uv_timer_t *t)
     px_session_backend_failed(s, error);
 }
 
-static void tune_tcp(uv_tcp_t *t)
+/* Nagle off, and the listener's keepalive (and towards backends
+ * TCP_USER_TIMEOUT: a partitioned writer is noticed in seconds). */
+static void tune_tcp(struct px_session *s, struct px_conn *c, const struct ferry_tcp_cfg *cfg)
 {
-    uv_tcp_nodelay(t, 1);
-    uv_tcp_keepalive(t, 1, 60);
+    uv_tcp_nodelay(&c->tcp, 1);
+    int fd = -1;
+    int rc = uv_fileno((uv_handle_t *)&c->tcp, &fd);
+    if (rc == 0)
+        rc = ferry_tcp_apply(fd, cfg);
+    if (rc != 0)
+        ferry_log(FERRY_LOG_DEBUG, "session.tcp_options_failed",
+                  "listener=%s session=%llu side=%s error=\"%s\"", s->pl->name,
+                  (unsigned long long)s->id, c->name, uv_strerror(rc));
 }
 
 static void on_connected(uv_connect_t *req, int status)
@@ -1190,7 +1205,7 @@ static void on_connected(uv_connect_t *req, int status)
     s->connected = true;
     s->server.counted = true;
     PX_STAT_ADD(px_session_stats(s)->backends, 1);
-    tune_tcp(&s->server.tcp);
+    tune_tcp(s, &s->server, &s->lcfg->server_tcp);
     ferry_log(FERRY_LOG_DEBUG, "session.connected", "listener=%s session=%llu backend=%s",
               s->pl->name, (unsigned long long)s->id, s->endpoint);
     if (s->proto && s->proto->connected && !s->proto->connected(s))
@@ -1311,6 +1326,56 @@ static bool route_and_connect(struct px_session *s)
     return route_to(s, cluster, ep, px_route_address(s->lcfg, s->owner->topology, false));
 }
 
+/* ---- client_idle_timeout ----
+ * Idle clients are looked for once a second by one timer per worker, which
+ * runs only while a session of a listener with a timeout is open (as
+ * PgBouncer's janitor does): a timer per session would cost every idle pair
+ * its memory. A session is idle when its protocol says so (logged in, no
+ * request in flight, outside a transaction) and ferry is doing nothing for
+ * it (no wait for a writer, no parked request, no login; waiting to move
+ * without a backend counts as idle). Idle time counts from the last bytes
+ * relayed either way, so a statement's answer or a NOTIFY restarts it. */
+
+static bool session_idle(const struct px_session *s)
+{
+    if (!s->counted || s->closing || s->failing || s->held || s->parked || !s->proto ||
+        !s->proto->idle)
+        return false;
+    if (!s->relaying && !(s->move_waiting && !s->server.open))
+        return false;
+    return s->proto->idle(s);
+}
+
+static void idle_expired(struct px_session *s)
+{
+    PX_STAT_ADD(px_session_stats(s)->idle_timeouts, 1);
+    char text[200];
+    snprintf(text, sizeof text, "terminating connection due to idle-session timeout "
+             "(client_idle_timeout %gs of listener %s)", s->lcfg->client_idle_timeout, s->pl->name);
+    px_conn_stop_reading(&s->server);   /* nothing of the server's after the error */
+    px_session_fail(s, PX_ERR_IDLE_TIMEOUT, text);
+}
+
+static void idle_sweep(uv_timer_t *t)
+{
+    struct px_worker *w = t->data;
+    uint64_t now = uv_now(&w->loop);
+    struct ferry_list *it = w->sessions.next;
+    while (it != &w->sessions) {
+        struct px_session *s = ferry_container_of(it, struct px_session, link);
+        it = it->next;  /* closing frees s only in later callbacks */
+        double limit = s->lcfg->client_idle_timeout;
+        if (limit > 0 && now - s->last_traffic >= (uint64_t)(limit * 1000.0) && session_idle(s))
+            idle_expired(s);
+    }
+}
+
+void px_session_idle_init(struct px_worker *w)
+{
+    uv_timer_init(&w->loop, &w->idle_timer);
+    w->idle_timer.data = w;
+}
+
 /* ---- accept ---- */
 
 static void format_peer(const uv_tcp_t *t, char *out, size_t len)
@@ -1420,6 +1485,8 @@ void px_session_accept(struct px_accepting *a)
     s->client = (struct px_conn){.owner = s, .peer = &s->server, .name = "client", .open = true};
     s->server = (struct px_conn){.owner = s, .peer = &s->client, .name = "server"};
     ferry_list_insert_tail(&w->sessions, &s->link);
+    if (s->lcfg->client_idle_timeout > 0 && w->nidle_timed++ == 0)
+        uv_timer_start(&w->idle_timer, idle_sweep, IDLE_SWEEP_MS, IDLE_SWEEP_MS);
     ferry_list_init(&s->held_link);
     ferry_list_init(&s->move_link);
     w->nsessions++;
@@ -1439,7 +1506,7 @@ void px_session_accept(struct px_accepting *a)
         px_session_close(s, FERRY_LOG_INFO, "accept failed");
         return;
     }
-    tune_tcp(&s->client.tcp);
+    tune_tcp(s, &s->client, &s->lcfg->client_tcp);
     s->created_ms = px_now_ms();
     format_peer(&s->client.tcp, s->peer, sizeof s->peer);
     s->proto = s->lcfg->protocol == FERRY_PROTO_POSTGRESQL ? &px_proto_pg : &px_proto_mysql;

@@ -90,6 +90,10 @@ struct px_proto {
     /* s can log into a backend by itself (terminated auth), so it may do
      * so ahead of a promotion (see session.c). */
     bool (*can_prelogin)(const struct px_session *s);
+    /* The client is idle: logged in, no request in flight, no transaction
+     * open, nothing ferry is doing for it (a move, a login). NULL: never
+     * (client_idle_timeout does not apply). */
+    bool (*idle)(const struct px_session *s);
     /* Adds protocol fields to a /v1/sessions entry. */
     void (*describe)(const struct px_session *s, json_t *entry);
     /* Frees protocol state (the session is going away). */
@@ -179,6 +183,7 @@ struct px_session {
     char user[FERRY_NAME_MAX];              /* from the protocol's login ("" if unknown) */
     char database[FERRY_NAME_MAX];
     uint64_t created_ms;
+    uint64_t last_traffic;                  /* loop time (ms) bytes last passed either way */
     uint64_t bytes_from_client;
     uint64_t bytes_from_server;
     struct ferry_list link;                 /* in owner->sessions */

@@ -1341,6 +1341,15 @@ static void my_writer_moved(struct px_session *s, bool cut)
     }
 }
 
+/* Command phase, no command in flight, no transaction open (a fenced
+ * session's lost transaction counts as open until its ROLLBACK). */
+static bool my_idle(const struct px_session *s)
+{
+    const struct px_my_session *m = mys(s);
+    return m && m->phase == MS_COMMAND && !m->changing_user && !mid_packet(&m->c2s) &&
+           (m->fenced ? !m->txn_lost : my_state_at_safe_point(&m->st));
+}
+
 static void my_describe(const struct px_session *s, json_t *entry)
 {
     const struct px_my_session *m = mys(s);
@@ -1391,6 +1400,7 @@ const struct px_proto px_proto_mysql = {
     .server_lost = my_server_lost,
     .timer = my_timer,
     .writer_moved = my_writer_moved,
+    .idle = my_idle,
     .describe = my_describe,
     .free = my_free,
 };

@@ -104,8 +104,14 @@ static void forward_cancel(struct px_session *s, uint32_t pid, uint32_t key)
     memcpy(c->msg, b.data, sizeof c->msg);
     ferry_wbuf_free(&b);
     uv_tcp_init(&s->owner->loop, &c->tcp);
-    if (uv_tcp_connect(&c->connect, &c->tcp, (struct sockaddr *)&addr, on_cancel_connected) != 0)
+    if (uv_tcp_connect(&c->connect, &c->tcp, (struct sockaddr *)&addr, on_cancel_connected) != 0) {
         uv_close((uv_handle_t *)&c->tcp, on_cancel_closed);
+    } else {
+        /* the listener's backend TCP options, as on every backend connection */
+        int fd;
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+            (void)ferry_tcp_apply(fd, &s->lcfg->server_tcp);
+    }
     ferry_log(FERRY_LOG_INFO, "cancel.forwarded", "listener=%s backend_pid=%u", s->pl->name, bpid);
 }
 
@@ -1558,6 +1564,14 @@ static void pg_writer_moved(struct px_session *s, bool cut)
     }
 }
 
+/* Outside a transaction with nothing in flight (PostgreSQL's own
+ * idle_session_timeout applies to the same state). */
+static bool pg_idle(const struct px_session *s)
+{
+    const struct px_pg_session *p = &s->u.pg;
+    return p->startup_done && p->txn == 'I' && !p->inflight && !p->terminating && !p->restoring;
+}
+
 static void pg_describe(const struct px_session *s, json_t *entry)
 {
     char txn = s->u.pg.txn;
@@ -1597,6 +1611,7 @@ const struct px_proto px_proto_pg = {
     .timer = pg_timer,
     .writer_moved = pg_writer_moved,
     .can_prelogin = pg_can_prelogin,
+    .idle = pg_idle,
     .describe = pg_describe,
     .free = pg_free,
 };

@@ -111,6 +111,7 @@ static void maybe_finish_drain(struct px_worker *w)
         uv_close((uv_handle_t *)&w->wakeup, NULL);
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
         uv_close((uv_handle_t *)&w->move_timer, NULL);
+        uv_close((uv_handle_t *)&w->idle_timer, NULL);
     }
 }
 
@@ -220,6 +221,7 @@ int px_worker_start(struct px_worker *w, unsigned index)
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
     px_session_moves_init(w);
+    px_session_idle_init(w);
     return pthread_create(&w->thread, NULL, worker_main, w) == 0 ? 0 : UV_EAGAIN;
 }
 

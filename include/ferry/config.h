@@ -38,6 +38,16 @@ struct ferry_cluster_cfg {
     bool writer;                        /* static route until discovery lands */
 };
 
+/* TCP options ferry sets on one side's connections (listeners[].client_tcp_keepalive,
+ * .server_tcp_keepalive, .server_tcp_user_timeout); ferry_tcp_apply() sets them. */
+struct ferry_tcp_cfg {
+    bool keepalive;                     /* SO_KEEPALIVE */
+    uint16_t keepalive_idle;            /* seconds without traffic before the first probe */
+    uint16_t keepalive_interval;        /* seconds between unanswered probes */
+    uint16_t keepalive_count;           /* unanswered probes that end the connection */
+    uint32_t user_timeout_ms;           /* TCP_USER_TIMEOUT: 0 = the kernel's (minutes) */
+};
+
 /* How ferry checks a client's password in terminated mode. */
 enum ferry_auth_method {
     FERRY_AUTH_SCRAM, FERRY_AUTH_MD5, FERRY_AUTH_TRUST,             /* postgresql */
@@ -65,6 +75,10 @@ struct ferry_listener_cfg {
     double connect_timeout;             /* seconds */
     size_t session_buffer;              /* bytes per session and direction */
     uint32_t max_message_size;          /* PostgreSQL: largest message length accepted */
+    double client_idle_timeout;         /* seconds an idle client may send nothing; 0 = off */
+    struct ferry_tcp_cfg client_tcp;    /* keepalive towards clients */
+    struct ferry_tcp_cfg server_tcp;    /* keepalive and user timeout towards backends
+                                           (sessions and probes) */
     bool probe_enabled;                 /* "probe" given: discovery decides the writer */
     char aws_global_cluster[FERRY_NAME_MAX]; /* "" = no AWS signals for this listener */
     char global_writer_endpoint[FERRY_HOST_MAX]; /* Aurora's global writer endpoint (a name),
@@ -179,6 +193,10 @@ int ferry_hostport_parse(const char *s, struct ferry_hostport *out, char *why, s
 void ferry_hostport_format(const struct ferry_hostport *hp, char *out, size_t outlen);
 
 bool ferry_hostport_equal(const struct ferry_hostport *a, const struct ferry_hostport *b);
+
+/* Sets t's options on a connected (or connecting) TCP socket. 0 or -errno
+ * of the first setsockopt that failed (the others are still tried). */
+int ferry_tcp_apply(int fd, const struct ferry_tcp_cfg *t);
 
 const char *ferry_proto_name(enum ferry_proto p);
 const char *ferry_log_level_name(enum ferry_log_level l);

@@ -37,6 +37,22 @@ CASES = [
      "{path}: listeners[0].clusters: a listener needs at least one cluster"),
     ("duplicate-bind", json.dumps({"listeners": [GOOD_LISTENER, dict(GOOD_LISTENER, name="pg2")]}),
      "{path}: listeners[1].bind: duplicate bind address (listeners[0] binds 127.0.0.1:16432)"),
+    ("idle-timeout-range", doc(client_idle_timeout=-1),
+     "{path}: listeners[0].client_idle_timeout: -1 seconds out of range 0..604800"),
+    ("idle-timeout-fraction", doc(client_idle_timeout=0.5),
+     "{path}: listeners[0].client_idle_timeout: 0.5 seconds: 0 turns it off, else at least 1 "
+     "(idle sessions are looked at once a second)"),
+    ("keepalive-type", doc(server_tcp_keepalive="yes"),
+     "{path}: listeners[0].server_tcp_keepalive: expected true, false or an object of idle, "
+     "interval, count; got a string"),
+    ("keepalive-count", doc(server_tcp_keepalive={"idle": 5, "count": 200}),
+     "{path}: listeners[0].server_tcp_keepalive.count: 200 out of range 1..127"),
+    ("keepalive-zero", doc(client_tcp_keepalive={"interval": 0}),
+     "{path}: listeners[0].client_tcp_keepalive.interval: 0 out of range 1..32767"),
+    ("keepalive-unknown", doc(client_tcp_keepalive={"idel": 5}),
+     "{path}: listeners[0].client_tcp_keepalive.idel: unknown key"),
+    ("user-timeout-range", doc(server_tcp_user_timeout=5000),
+     "{path}: listeners[0].server_tcp_user_timeout: 5000 seconds out of range 0..3600"),
 ]
 
 

@@ -30,6 +30,16 @@ static void test_minimal_defaults(void)
     ASSERT_EQ_INT(l->max_client_connections, 10000);
     ASSERT_TRUE(l->connect_timeout == 5.0);
     ASSERT_EQ_INT(l->session_buffer, 262144);
+    ASSERT_TRUE(l->client_idle_timeout == 0);       /* off */
+    ASSERT_TRUE(l->client_tcp.keepalive && l->client_tcp.user_timeout_ms == 0);
+    ASSERT_EQ_INT(l->client_tcp.keepalive_idle, 60);
+    ASSERT_EQ_INT(l->client_tcp.keepalive_interval, 10);
+    ASSERT_EQ_INT(l->client_tcp.keepalive_count, 6);
+    ASSERT_TRUE(l->server_tcp.keepalive);
+    ASSERT_EQ_INT(l->server_tcp.keepalive_idle, 10);
+    ASSERT_EQ_INT(l->server_tcp.keepalive_interval, 5);
+    ASSERT_EQ_INT(l->server_tcp.keepalive_count, 3);
+    ASSERT_EQ_INT(l->server_tcp.user_timeout_ms, 30000);
     ASSERT_EQ_INT(l->nclusters, 1);
     ASSERT_EQ_STR(ferry_listener_static_writer(l)->name, "a");
     ferry_config_unref(c);
@@ -42,6 +52,8 @@ static void test_full_config(void)
         "\"admin\":{\"bind\":\"[::1]:9000\"},"
         "\"listeners\":[{\"name\":\"my\",\"protocol\":\"mysql\",\"backend_tls\":{\"mode\":\"disabled\"},\"bind\":\"0.0.0.0:3307\","
         "\"max_client_connections\":5,\"connect_timeout\":0.5,\"session_buffer\":65536,"
+        "\"client_idle_timeout\":300,\"client_tcp_keepalive\":false,"
+        "\"server_tcp_keepalive\":{\"count\":9},\"server_tcp_user_timeout\":0,"
         "\"clusters\":[{\"name\":\"us-east-1\",\"endpoint\":\"db.example:3306\"},"
         "{\"name\":\"eu-west-1\",\"endpoint\":\"[fd00::1]:3306\",\"writer\":true}]}]}";
     struct ferry_config *c = ferry_config_parse("ferry.json", json, err);
@@ -54,6 +66,12 @@ static void test_full_config(void)
     ASSERT_EQ_INT(l->protocol, FERRY_PROTO_MYSQL);
     ASSERT_EQ_INT(l->max_client_connections, 5);
     ASSERT_EQ_INT(l->session_buffer, 65536);
+    ASSERT_TRUE(l->client_idle_timeout == 300);
+    ASSERT_TRUE(!l->client_tcp.keepalive);
+    ASSERT_TRUE(l->server_tcp.keepalive);
+    ASSERT_EQ_INT(l->server_tcp.keepalive_idle, 10);    /* the others keep their defaults */
+    ASSERT_EQ_INT(l->server_tcp.keepalive_count, 9);
+    ASSERT_EQ_INT(l->server_tcp.user_timeout_ms, 0);    /* the kernel's */
     ASSERT_EQ_STR(l->clusters[0].endpoint.host, "db.example");
     ASSERT_EQ_STR(ferry_listener_static_writer(l)->name, "eu-west-1");
     ASSERT_EQ_STR(ferry_listener_static_writer(l)->endpoint.host, "fd00::1");

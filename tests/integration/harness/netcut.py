@@ -1,11 +1,29 @@
 """A TCP relay between ferry and a server that a test can cut, for network
 partitions: when cut, bytes stop flowing both ways and new connections are
 accepted but never answered (a blackhole, like a dead route — not a refusal),
-until restore(). Runs in a daemon thread on 127.0.0.1; bounded buffers."""
+until restore(). Runs in a daemon thread on 127.0.0.1; bounded buffers.
 
+cut() stops the relay only: the kernel still acknowledges what ferry sends
+and answers its keepalive probes. blackhole() also drops every packet that
+arrives from ferry on the relay's sockets before TCP sees it (a socket filter
+that accepts nothing: no acknowledgement, no keepalive answer), as a
+partitioned host would, so ferry's own TCP timeouts are what notice it."""
+
+import ctypes
 import selectors
 import socket
+import struct
 import threading
+
+SO_ATTACH_FILTER = 26       # <asm-generic/socket.h>
+SO_DETACH_FILTER = 27
+_DROP_ALL = (ctypes.c_uint64 * 1)(0x06)     # one classic BPF insn: ret #0 (code 0x06, k 0)
+
+
+def _drop_all(sock):
+    """Attach a filter that drops every packet arriving on sock."""
+    prog = struct.pack("HL", 1, ctypes.addressof(_DROP_ALL))    # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
 
 from .ports import HOST
 
@@ -23,6 +41,8 @@ class NetCut:
         self._stop = threading.Event()
         self._pairs = {}          # socket -> peer socket
         self._parked = []         # accepted while cut: never answered
+        self._accepted = set()    # the relay's sockets that face ferry
+        self._blackholed = False
         self._thread = threading.Thread(target=self._run, name="netcut", daemon=True)
         self._thread.start()
 
@@ -35,7 +55,25 @@ class NetCut:
     def cut(self):
         self._cut.set()
 
+    def blackhole(self):
+        """Cut, and drop every packet from ferry on the open connections
+        (those opened afterwards are parked unanswered, as with cut())."""
+        self._cut.set()
+        self._blackholed = True
+        for s in list(self._accepted):
+            try:
+                _drop_all(s)
+            except OSError:
+                pass
+
     def restore(self):
+        if self._blackholed:
+            self._blackholed = False
+            for s in list(self._accepted):
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+                except OSError:
+                    pass
         self._cut.clear()
 
     def close(self):
@@ -60,6 +98,7 @@ class NetCut:
         except OSError:
             client.close()
             return
+        self._accepted.add(client)
         for a, b in ((client, upstream), (upstream, client)):
             a.setblocking(False)
             self._pairs[a] = b
@@ -70,6 +109,7 @@ class NetCut:
             if x is not None and x in self._pairs:
                 sel.unregister(x)
                 del self._pairs[x]
+                self._accepted.discard(x)
                 x.close()
 
     def _run(self):
