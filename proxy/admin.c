@@ -101,7 +101,7 @@ static json_t *listener_status(const struct ferry_listener_cfg *lcfg, struct px_
         route_json = json_pack("{s:s, s:s}", "cluster", cluster, "endpoint", ep);
     }
     return json_pack("{s:s, s:s, s:s, s:s, s:o, s:b, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-                     "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                     "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
                      "name", lcfg->name, "protocol", ferry_proto_name(lcfg->protocol), "bind", bind,
                      "routing", lcfg->probe_enabled ? "discovered" : "static", "route", route_json,
                      "paused", px_listener_paused(pl), "holding", px_listener_holding(pl),
@@ -110,6 +110,8 @@ static json_t *listener_status(const struct ferry_listener_cfg *lcfg, struct px_
                      "clients_active", (json_int_t)sum.active,
                      "clients_accepted_total", (json_int_t)sum.accepted,
                      "clients_refused_total", (json_int_t)sum.refused,
+                     "clients_logging_in", (json_int_t)px_listener_logins(pl),
+                     "login_timeouts_total", (json_int_t)sum.login_timeouts,
                      "backend_connect_failures_total", (json_int_t)sum.backend_connect_failed,
                      "bytes_from_clients_total", (json_int_t)sum.bytes_from_clients,
                      "bytes_from_servers_total", (json_int_t)sum.bytes_from_servers,

@@ -781,10 +781,23 @@ static void parse_timeouts(struct cfg_ctx *c, json_t *v, const char *where,
         l->server_tcp.user_timeout_ms = (uint32_t)(ut * 1000.0 + 0.5);
 }
 
+/* A listener's count of clients (1..1000000), def when absent. */
+static void get_client_limit(struct cfg_ctx *c, json_t *v, const char *where, const char *k,
+                             uint32_t def, uint32_t *out)
+{
+    char key[KEY_MAX];
+    long long n;
+    *out = def;
+    subkey(key, subkey(key, where, "."), k);
+    if (get_uint(c, v, k, key, 1, 1000000, &n))
+        *out = (uint32_t)n;
+}
+
 static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, struct ferry_listener_cfg *l)
 {
     static const char *const keys[] = {"name", "protocol", "bind", "max_client_connections",
-                                       "connect_timeout", "session_buffer", "max_message_size", "probe",
+                                       "max_login_clients", "max_login_clients_per_source",
+                                       "client_login_timeout", "connect_timeout", "session_buffer", "max_message_size", "probe",
                                        "aws_global_cluster", "global_writer_endpoint",
                                        "clusters", "auth", "tls",
                                        "backend_tls",
@@ -812,10 +825,15 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
     get_hostport(c, v, "bind", key, &l->bind, true);
 
     long long n;
-    l->max_client_connections = 10000;
-    subkey(key, where, ".max_client_connections");
-    if (get_uint(c, v, "max_client_connections", key, 1, 1000000, &n))
-        l->max_client_connections = (uint32_t)n;
+    get_client_limit(c, v, where, "max_client_connections", 10000, &l->max_client_connections);
+    /* clients that have not logged in yet: bounded apart from the rest
+     * (each may hold a backend connection in passthrough mode) */
+    get_client_limit(c, v, where, "max_login_clients", 256, &l->max_login_clients);
+    get_client_limit(c, v, where, "max_login_clients_per_source", 64,
+                     &l->max_login_clients_per_source);
+    l->client_login_timeout = 15.0;
+    subkey(key, where, ".client_login_timeout");
+    get_seconds(c, v, "client_login_timeout", key, 0.1, 3600, &l->client_login_timeout);
     l->connect_timeout = 5.0;
     subkey(key, where, ".connect_timeout");
     get_seconds(c, v, "connect_timeout", key, 0.01, 300, &l->connect_timeout);

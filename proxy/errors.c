@@ -53,6 +53,11 @@ static struct err_code code_of(enum ferry_proto proto, enum px_err kind)
          * (HY000) for wait_timeout */
         return proto == FERRY_PROTO_MYSQL ? (struct err_code){"HY000", 4031}
                                           : (struct err_code){"57P05", 0};
+    case PX_ERR_LOGIN_TIMEOUT:
+        /* 08P01 as PgBouncer's client_login_timeout; MySQL 1159
+         * ER_NET_READ_INTERRUPTED "Got timeout reading communication packets" */
+        return proto == FERRY_PROTO_MYSQL ? (struct err_code){"08S01", 1159}
+                                          : (struct err_code){"08P01", 0};
     case PX_ERR_BACKEND_DOWN:
         /* not 2003: Connector/C takes a server-sent 2xxx (a client-side
          * number) for a malformed packet. 1053 ER_SERVER_SHUTDOWN: retry */

@@ -84,9 +84,11 @@ struct px_listener *px_listener_create(const struct ferry_listener_cfg *lcfg, un
     if (!pl)
         goto oom;
     pthread_mutex_init(&pl->greeting_lock, NULL);
+    pthread_mutex_init(&pl->logins.lock, NULL);
     pl->fds = malloc(nworkers * sizeof *pl->fds);
     pl->stats = aligned_alloc(64, nworkers * sizeof *pl->stats);
-    if (!pl->fds || !pl->stats)
+    pl->logins.buckets = calloc(PX_LOGIN_BUCKETS, sizeof *pl->logins.buckets);
+    if (!pl->fds || !pl->stats || !pl->logins.buckets)
         goto oom;
     memset(pl->stats, 0, nworkers * sizeof *pl->stats);
     pl->refs = 1;
@@ -109,6 +111,9 @@ oom:
     if (pl) {
         free(pl->fds);
         free(pl->stats);
+        free(pl->logins.buckets);
+        pthread_mutex_destroy(&pl->logins.lock);
+        pthread_mutex_destroy(&pl->greeting_lock);
         free(pl);
     }
     return NULL;
@@ -129,6 +134,9 @@ void px_listener_unref(struct px_listener *pl)
             close(pl->fds[i]);      /* never handed to a worker */
     free(pl->fds);
     free(pl->stats);
+    /* every session holds a reference: no login is under way any more */
+    free(pl->logins.buckets);
+    pthread_mutex_destroy(&pl->logins.lock);
     pthread_mutex_destroy(&pl->greeting_lock);
     free(pl);
 }
@@ -157,6 +165,7 @@ struct px_counters px_listener_totals(const struct px_listener *pl)
         const struct px_counters *c = &pl->stats[w];
         sum.accepted += PX_STAT_GET(c->accepted);
         sum.refused += PX_STAT_GET(c->refused);
+        sum.login_timeouts += PX_STAT_GET(c->login_timeouts);
         sum.active += PX_STAT_GET(c->active);
         sum.backend_connect_failed += PX_STAT_GET(c->backend_connect_failed);
         sum.bytes_from_clients += PX_STAT_GET(c->bytes_from_clients);
@@ -175,4 +184,74 @@ struct px_counters px_listener_totals(const struct px_listener *pl)
         sum.errors_failover += PX_STAT_GET(c->errors_failover);
     }
     return sum;
+}
+
+/* ---- clients logging in ---- */
+
+struct px_login_source {
+    struct px_source src;
+    uint32_t count;                 /* clients from src logging in now (> 0) */
+    struct px_login_source *next;
+};
+
+static unsigned source_hash(const struct px_source *src)
+{
+    uint32_t h = 2166136261u ^ src->family;    /* FNV-1a */
+    for (size_t i = 0; i < sizeof src->addr; i++)
+        h = (h ^ src->addr[i]) * 16777619u;
+    return h % PX_LOGIN_BUCKETS;
+}
+
+static struct px_login_source **source_slot(struct px_logins *l, const struct px_source *src)
+{
+    struct px_login_source **it = &l->buckets[source_hash(src)];
+    while (*it && memcmp(&(*it)->src, src, sizeof *src) != 0)
+        it = &(*it)->next;
+    return it;
+}
+
+enum px_refusal px_listener_login_begin(struct px_listener *pl, const struct px_source *src,
+                                        uint32_t max_login, uint32_t per_source)
+{
+    struct px_logins *l = &pl->logins;
+    enum px_refusal verdict = PX_REFUSE_NONE;
+    pthread_mutex_lock(&l->lock);
+    struct px_login_source **slot = source_slot(l, src);
+    if (l->total >= max_login) {
+        verdict = PX_REFUSE_LOGINS;
+    } else if (*slot && (*slot)->count >= per_source) {
+        verdict = PX_REFUSE_SOURCE;
+    } else if (!*slot && !(*slot = calloc(1, sizeof **slot))) {
+        verdict = PX_REFUSE_LOGINS;     /* out of memory: as if full */
+    } else {
+        (*slot)->src = *src;
+        (*slot)->count++;
+        l->total++;
+    }
+    pthread_mutex_unlock(&l->lock);
+    return verdict;
+}
+
+void px_listener_login_end(struct px_listener *pl, const struct px_source *src)
+{
+    struct px_logins *l = &pl->logins;
+    pthread_mutex_lock(&l->lock);
+    struct px_login_source **slot = source_slot(l, src);
+    struct px_login_source *e = *slot;
+    if (e) {
+        l->total--;
+        if (--e->count == 0) {
+            *slot = e->next;
+            free(e);
+        }
+    }
+    pthread_mutex_unlock(&l->lock);
+}
+
+uint32_t px_listener_logins(struct px_listener *pl)
+{
+    pthread_mutex_lock(&pl->logins.lock);
+    uint32_t n = pl->logins.total;
+    pthread_mutex_unlock(&pl->logins.lock);
+    return n;
 }

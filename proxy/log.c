@@ -147,10 +147,10 @@ bool ferry_log_enabled(enum ferry_log_level lvl)
     return (int)lvl >= __atomic_load_n(&log_level, __ATOMIC_RELAXED);
 }
 
-void ferry_log(enum ferry_log_level lvl, const char *event, const char *fmt, ...)
+/* One whole line: the caller's text (fmt + ap) and then tail (NULL: none). */
+static void log_line(enum ferry_log_level lvl, const char *event, const char *tail,
+                     const char *fmt, va_list ap)
 {
-    if (!ferry_log_enabled(lvl))
-        return;
     char line[2048];
     struct timespec ts;
     struct tm tm;
@@ -163,10 +163,12 @@ void ferry_log(enum ferry_log_level lvl, const char *event, const char *fmt, ...
         return;
     if (fmt && *fmt && (size_t)n < sizeof line - 2) {
         line[n++] = ' ';
-        va_list ap;
-        va_start(ap, fmt);
         int m = vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
-        va_end(ap);
+        if (m > 0)
+            n += m;
+    }
+    if (tail && (size_t)n < sizeof line - 2) {
+        int m = snprintf(line + n, sizeof line - (size_t)n, "%s", tail);
         if (m > 0)
             n += m;
     }
@@ -190,6 +192,61 @@ void ferry_log(enum ferry_log_level lvl, const char *event, const char *fmt, ...
     line[n++] = '\n';
     ssize_t w = write(STDERR_FILENO, line, (size_t)n);
     (void)w;    /* nowhere to report a failed log write */
+}
+
+void ferry_log(enum ferry_log_level lvl, const char *event, const char *fmt, ...)
+{
+    if (!ferry_log_enabled(lvl))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    log_line(lvl, event, NULL, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- rate limiting ---- */
+
+static uint64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t (*log_clock)(void) = monotonic_ms;
+
+void ferry_log_set_clock(uint64_t (*now_ms)(void))
+{
+    log_clock = now_ms ? now_ms : monotonic_ms;
+}
+
+bool ferry_log_limit_pass(struct ferry_log_limit *l, uint64_t now_ms, uint64_t *suppressed)
+{
+    uint64_t next = __atomic_load_n(&l->next_ms, __ATOMIC_RELAXED);
+    /* one thread wins the slot; the others (and everyone until next) count */
+    if ((next && now_ms < next) ||
+        !__atomic_compare_exchange_n(&l->next_ms, &next, now_ms + FERRY_LOG_LIMIT_MS, false,
+                                     __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+        __atomic_add_fetch(&l->suppressed, 1, __ATOMIC_RELAXED);
+        return false;
+    }
+    *suppressed = __atomic_exchange_n(&l->suppressed, 0, __ATOMIC_RELAXED);
+    return true;
+}
+
+void ferry_log_limited(struct ferry_log_limit *l, enum ferry_log_level lvl, const char *event,
+                       const char *fmt, ...)
+{
+    uint64_t dropped = 0;
+    if (!ferry_log_enabled(lvl) || !ferry_log_limit_pass(l, log_clock(), &dropped))
+        return;
+    char tail[48] = "";
+    if (dropped)
+        snprintf(tail, sizeof tail, " suppressed=%llu", (unsigned long long)dropped);
+    va_list ap;
+    va_start(ap, fmt);
+    log_line(lvl, event, tail, fmt, ap);
+    va_end(ap);
 }
 
 const char *ferry_log_escape(const char *in, char *out, size_t outlen)

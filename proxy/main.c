@@ -276,6 +276,63 @@ static struct ferry_config *load_config(const char *path, char err[FERRY_ERR_MAX
     return cfg;
 }
 
+/* Each client costs two descriptors (client + backend); the usual soft
+ * limit of 1024 would cap ferry near 500 clients, so take the hard limit. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rlim_t was = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+            ferry_log(FERRY_LOG_DEBUG, "ferry.fd_limit", "was=%llu now=%llu",
+                      (unsigned long long)was, (unsigned long long)rl.rlim_cur);
+    }
+}
+
+enum { FD_MARGIN = 128 };   /* admin endpoint, probes' spare, libuv's own, logs, AWS calls */
+
+/* Descriptors cfg can need at once: a client and a backend connection per
+ * allowed client (a login ahead of a promotion reuses the backend's), each
+ * worker's listening socket per listener, a probe connection per cluster,
+ * and FD_MARGIN. */
+static unsigned long long fd_need(const struct ferry_config *cfg)
+{
+    unsigned long long need = FD_MARGIN;
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct ferry_listener_cfg *l = &cfg->listeners[i];
+        need += 2ULL * l->max_client_connections + cfg->workers + l->nclusters;
+    }
+    return need;
+}
+
+/* When the open-file limit cannot hold what cfg allows, writes a warning
+ * into out and returns true. hard: judge by the hard limit (what `run`
+ * raises the soft one to), else by the soft limit in force. */
+static bool fd_limit_low(const struct ferry_config *cfg, bool hard, char *out, size_t len)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return false;
+    rlim_t limit = hard ? rl.rlim_max : rl.rlim_cur;
+    unsigned long long need = fd_need(cfg);
+    if (limit == RLIM_INFINITY || (unsigned long long)limit >= need)
+        return false;
+    snprintf(out, len, "the open-file limit (%llu) is below the %llu descriptors the listeners' "
+             "max_client_connections need (2 per client + %d); raise it (ulimit -n, "
+             "LimitNOFILE=, the container's nofile ulimit) or lower max_client_connections",
+             (unsigned long long)limit, need, FD_MARGIN);
+    return true;
+}
+
+/* After a start or reload: one warning when descriptors will run out first. */
+static void warn_fd_limit(const struct ferry_config *cfg)
+{
+    char why[400];
+    if (fd_limit_low(cfg, false, why, sizeof why))
+        ferry_log(FERRY_LOG_WARN, "ferry.fd_limit_low", "reason=\"%s\"", why);
+}
+
 /* The error quotes the file (path, a JSON excerpt): escaped. */
 static void log_reload_failed(const char *err)
 {
@@ -331,6 +388,7 @@ static bool reload(char *err, size_t errlen)
               "generation=%llu listeners=%zu added=%zu removed=%zu kept=%zu",
               (unsigned long long)px_proc.generation, cfg->nlisteners, added, removed, kept);
     log_listeners(cfg);
+    warn_fd_limit(cfg);
     snprintf(err, errlen, "config generation %llu in force", (unsigned long long)px_proc.generation);
     return true;
 }
@@ -509,20 +567,6 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_timer_start(&mainloop.drain_poll, on_drain_poll, 20, 20);
 }
 
-/* Each client costs two descriptors (client + backend); the usual soft
- * limit of 1024 would cap ferry near 500 clients, so take the hard limit. */
-static void raise_fd_limit(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rlim_t was = rl.rlim_cur;
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
-            ferry_log(FERRY_LOG_DEBUG, "ferry.fd_limit", "was=%llu now=%llu",
-                      (unsigned long long)was, (unsigned long long)rl.rlim_cur);
-    }
-}
-
 /* TLS settings towards the servers that a review would flag: a mode that
  * does not verify the server, and passwords allowed to such a server. Each
  * said once, at start (log) or by `ferry check` (stderr). */
@@ -561,6 +605,9 @@ static int cmd_check(const char *path)
     printf("%s: ok (%zu listener%s, %u workers)\n", path, cfg->nlisteners,
            cfg->nlisteners == 1 ? "" : "s", cfg->workers);
     warn_backend_tls(cfg, true);
+    char why[400];
+    if (fd_limit_low(cfg, true, why, sizeof why))
+        fprintf(stderr, "ferry: %s: warning: %s\n", path, why);
     ferry_config_unref(cfg);
     return 0;
 }
@@ -627,6 +674,7 @@ static int cmd_run(const char *path)
               FERRY_VERSION, path, px_proc.nworkers, admin, (long)getpid());
     install(cfg, pls);
     log_listeners(cfg);
+    warn_fd_limit(cfg);
 
     uv_run(mainloop.loop, UV_RUN_DEFAULT);
 

@@ -89,6 +89,7 @@ static void listener_metrics(FILE *f)
                 fprintf(f, "ferry_errors_total{listener=\"%s\",class=\"too_many_clients\"} %llu\n"
                            "ferry_errors_total{listener=\"%s\",class=\"backend_connect\"} %llu\n"
                            "ferry_errors_total{listener=\"%s\",class=\"hold_timeout\"} %llu\n"
+                           "ferry_errors_total{listener=\"%s\",class=\"login_timeout\"} %llu\n"
                            "ferry_errors_total{listener=\"%s\",class=\"protocol\"} %llu\n"
                            "ferry_errors_total{listener=\"%s\",class=\"auth\"} %llu\n"
                            "ferry_errors_total{listener=\"%s\",class=\"failover\"} %llu\n"
@@ -96,6 +97,7 @@ static void listener_metrics(FILE *f)
                         l, (unsigned long long)c->refused, l,
                         (unsigned long long)c->backend_connect_failed, l,
                         (unsigned long long)c->hold_timeouts, l,
+                        (unsigned long long)c->login_timeouts, l,
                         (unsigned long long)c->errors_protocol, l,
                         (unsigned long long)c->errors_auth, l,
                         (unsigned long long)c->errors_failover, l,

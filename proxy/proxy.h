@@ -14,6 +14,7 @@
 
 #include "ferry/config.h"
 #include "ferry/list.h"
+#include "ferry/log.h"
 #include "ferry/topology.h"
 #include "ferry/wbuf.h"
 
@@ -24,7 +25,9 @@
  * workers never share a line. */
 struct px_counters {
     uint64_t accepted;              /* client connections accepted */
-    uint64_t refused;               /* closed at once: over max_client_connections */
+    uint64_t refused;               /* closed at once: over max_client_connections,
+                                       max_login_clients or max_login_clients_per_source */
+    uint64_t login_timeouts;        /* no complete login within client_login_timeout */
     uint64_t active;                /* client sessions open now */
     uint64_t backends;              /* backend connections open now */
     uint64_t backend_connect_failed;
@@ -48,6 +51,33 @@ struct px_counters {
 #define PX_STAT_ADD(field, n) __atomic_store_n(&(field), (field) + (uint64_t)(n), __ATOMIC_RELAXED)
 #define PX_STAT_GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
 
+/* A client's address without its port: what max_login_clients_per_source
+ * counts by. */
+struct px_source {
+    uint8_t family;                 /* AF_INET, AF_INET6; 0 = unknown */
+    uint8_t addr[16];               /* 4 bytes for AF_INET */
+};
+
+#define PX_LOGIN_BUCKETS 1024u
+
+/* Clients of a listener logging in now, all workers: the total and a count
+ * per source address (a chained hash table; an address leaves it when its
+ * count drops to 0). */
+struct px_logins {
+    pthread_mutex_t lock;
+    uint32_t total;
+    struct px_login_source **buckets;   /* owned: PX_LOGIN_BUCKETS chains */
+};
+
+/* Why a connection is refused at accept. */
+enum px_refusal {
+    PX_REFUSE_NONE,
+    PX_REFUSE_CLIENTS,              /* max_client_connections */
+    PX_REFUSE_LOGINS,               /* max_login_clients */
+    PX_REFUSE_SOURCE,               /* max_login_clients_per_source */
+    PX_REFUSE_COUNT
+};
+
 /* A listening address as the process knows it. Identity is (name, protocol,
  * bind): a reload that keeps all three keeps the sockets and the counters.
  * Created by the main thread; referenced by the registry, by every worker
@@ -67,6 +97,12 @@ struct px_listener {
      * end of one never lifts the other. Any thread. */
     int paused;                     /* atomic: the operator paused this listener */
     int switchovers;                /* atomic: switchovers under way holding it */
+    struct px_logins logins;        /* clients that have not logged in yet */
+    /* one log line a second per cause (all workers) */
+    struct ferry_log_limit log_refused[PX_REFUSE_COUNT];
+    struct ferry_log_limit log_login_timeout;
+    struct ferry_log_limit log_accept_failed[3];    /* EMFILE, ENFILE, any other error */
+    struct ferry_log_limit log_out_of_fds;  /* backend connects without a descriptor */
     /* mysql, terminated mode: what the last backend greeting said, for
      * ferry's own greeting (session_mysql_login.c) */
     pthread_mutex_t greeting_lock;
@@ -86,6 +122,14 @@ struct px_counters px_listener_totals(const struct px_listener *pl);
  * (any thread). */
 bool px_listener_paused(const struct px_listener *pl);
 bool px_listener_holding(const struct px_listener *pl);
+/* A client from src starts logging in: PX_REFUSE_NONE when it may (it holds
+ * a login slot until px_listener_login_end), else the limit it would pass
+ * (max_login: all of the listener's; per_source: from src). Any thread. */
+enum px_refusal px_listener_login_begin(struct px_listener *pl, const struct px_source *src,
+                                        uint32_t max_login, uint32_t per_source);
+void px_listener_login_end(struct px_listener *pl, const struct px_source *src);
+/* Clients logging in now (any thread). */
+uint32_t px_listener_logins(struct px_listener *pl);
 
 /* What the main thread asks a worker to do. Queued under the worker's mutex
  * and drained in its async callback (uv_async_send coalesces). */
@@ -152,7 +196,6 @@ struct px_worker {
     uint64_t buffered_bytes;        /* atomic read by admin: bytes queued in sessions */
     uint64_t buffered_peak;         /* atomic read by admin: most one direction ever queued */
     uint64_t chunks_allocated;      /* atomic read by admin */
-    uint64_t last_refuse_log_ms;
 };
 
 int px_worker_start(struct px_worker *w, unsigned index);
@@ -211,7 +254,7 @@ const char *px_route_address(const struct ferry_listener_cfg *lcfg,
 /* Errors ferry itself sends to a client before any server has spoken,
  * in the listener's protocol. */
 enum px_err {
-    PX_ERR_TOO_MANY_CLIENTS,    /* max_client_connections reached */
+    PX_ERR_TOO_MANY_CLIENTS,    /* max_client_connections or a login limit reached */
     PX_ERR_NO_WRITER,           /* hold_timeout passed without a writer */
     PX_ERR_BACKEND_DOWN,        /* the writer could not be reached */
     PX_ERR_PROTOCOL,            /* malformed or hostile traffic from the client */
@@ -222,6 +265,7 @@ enum px_err {
     PX_ERR_AUTH_FAILED,         /* terminated auth: wrong password or unknown user */
     PX_ERR_TLS_REQUIRED,        /* the listener requires TLS and the client has none */
     PX_ERR_IDLE_TIMEOUT,        /* client_idle_timeout: an idle client sent nothing */
+    PX_ERR_LOGIN_TIMEOUT,       /* no complete login within client_login_timeout */
 };
 void px_error_message(enum ferry_proto proto, enum px_err kind, const char *text,
                       struct ferry_wbuf *out);

@@ -79,6 +79,16 @@ static struct px_chunk *chunk_of(const char *base)
 static const char NO_ENDPOINT[] = "-";   /* a session not routed yet */
 
 enum { IDLE_SWEEP_MS = 1000 };   /* how often idle clients are looked for */
+static void on_login_timer(uv_timer_t *t);
+
+/* The login slot goes back (logged in, held, or the session ends). */
+static void login_slot_release(struct px_session *s)
+{
+    if (s->login_slot) {
+        s->login_slot = false;
+        px_listener_login_end(s->pl, &s->source);
+    }
+}
 
 static void unhold(struct px_session *s)
 {
@@ -86,6 +96,11 @@ static void unhold(struct px_session *s)
         s->held = false;
         ferry_list_remove(&s->held_link);
         PX_STAT_ADD(px_session_stats(s)->held, -1);
+    }
+    if (s->login_left_ms && !s->logged_in && !s->closing) {
+        /* the wait for a writer is over: the client's login time runs on */
+        uv_timer_start(&s->login_timer, on_login_timer, s->login_left_ms, 0);
+        s->login_left_ms = 0;
     }
 }
 
@@ -101,6 +116,7 @@ static void session_free(struct px_session *s)
     unhold(s);
     unqueue_move(s);
     login_set(s, PX_LOGIN_NONE);
+    login_slot_release(s);
     w->nsessions--;
     if (s->lcfg->client_idle_timeout > 0 && --w->nidle_timed == 0)
         uv_timer_stop(&w->idle_timer);
@@ -155,6 +171,7 @@ void px_session_close(struct px_session *s, enum ferry_log_level lvl, const char
     if (s->gai)
         uv_cancel((uv_req_t *)s->gai);
     close_handle(s, (uv_handle_t *)&s->timer);
+    close_handle(s, (uv_handle_t *)&s->login_timer);
     close_handle(s, (uv_handle_t *)&s->client.tcp);
     if (s->server.open)
         close_handle(s, (uv_handle_t *)&s->server.tcp);
@@ -428,6 +445,16 @@ enum { RETRY_CONNECT_MS = 250 };    /* a held session's next try at an unreachab
 
 static void hold(struct px_session *s)
 {
+    if (!s->logged_in && uv_is_active((uv_handle_t *)&s->login_timer)) {
+        /* Waiting for a writer is ferry's wait, not the client's: its login
+         * time stops (hold_timeout bounds the wait), and it costs no
+         * backend connection meanwhile, so it gives its login slot back
+         * (a reconnect storm in a failover window must not be refused). */
+        uint64_t left = uv_timer_get_due_in(&s->login_timer);
+        s->login_left_ms = left ? left : 1;
+        uv_timer_stop(&s->login_timer);
+        login_slot_release(s);
+    }
     uint64_t now = px_now_ms();
     if (!s->hold_until)
         s->hold_until = now + (uint64_t)(s->cfg->discovery.hold_timeout * 1000.0);
@@ -809,7 +836,10 @@ bool px_session_ask(struct px_session *s, struct px_conn *c, struct ferry_wbuf *
         px_session_close(s, FERRY_LOG_INFO, "read start failed");
         return false;
     }
-    px_session_arm_timer(s, ms);
+    if (ms)
+        px_session_arm_timer(s, ms);
+    else
+        uv_timer_stop(&s->timer);
     return true;
 }
 
@@ -1076,7 +1106,8 @@ void px_session_count_error(struct px_session *s, enum px_err kind)
     case PX_ERR_OUTCOME_UNKNOWN:
         PX_STAT_ADD(c->errors_failover, 1);
         break;
-    default:    /* too many clients, no writer, backend down: counted where they happen */
+    default:    /* too many clients, no writer, backend down, login timeout: counted where
+                   they happen */
         break;
     }
 }
@@ -1088,7 +1119,13 @@ void px_session_fail(struct px_session *s, enum px_err kind, const char *text)
     s->failing = true;
     px_session_count_error(s, kind);
     char esc[512];      /* the text may quote a client's user name */
-    ferry_log(FERRY_LOG_INFO, "session.failed", "listener=%s session=%llu reason=\"%s\"",
+    /* refusals and login timeouts are a peer's doing, at its own rate: the
+     * rate-limited listener.connection_refused / session.login_timeout
+     * lines tell of them, as backend.connect_failed does of descriptors
+     * running out */
+    bool peer_paced = kind == PX_ERR_TOO_MANY_CLIENTS || kind == PX_ERR_LOGIN_TIMEOUT ||
+                      s->out_of_fds;
+    ferry_log(peer_paced ? FERRY_LOG_DEBUG : FERRY_LOG_INFO, "session.failed", "listener=%s session=%llu reason=\"%s\"",
               s->pl->name, (unsigned long long)s->id, ferry_log_escape(text, esc, sizeof esc));
     uv_timer_stop(&s->timer);
     if (s->proto && s->proto->defer_error && s->proto->defer_error(s, kind, text))
@@ -1108,10 +1145,15 @@ void px_session_backend_failed(struct px_session *s, const char *error)
     /* Live traffic found the writer unreachable: look now, not at the next tick. */
     px_session_probe_now(s);
     char esc[512];
-    ferry_log(FERRY_LOG_WARN, "backend.connect_failed",
-              "listener=%s session=%llu cluster=%s backend=%s error=\"%s\"", s->pl->name,
-              (unsigned long long)s->id, s->cluster, s->endpoint,
-              ferry_log_escape(error, esc, sizeof esc));
+    if (s->out_of_fds)  /* every new client fails the same way: once a second */
+        ferry_log_limited(&s->pl->log_out_of_fds, FERRY_LOG_WARN, "backend.connect_failed",
+                          "listener=%s cluster=%s backend=%s error=\"%s\"", s->pl->name,
+                          s->cluster, s->endpoint, ferry_log_escape(error, esc, sizeof esc));
+    else
+        ferry_log(FERRY_LOG_WARN, "backend.connect_failed",
+                  "listener=%s session=%llu cluster=%s backend=%s error=\"%s\"", s->pl->name,
+                  (unsigned long long)s->id, s->cluster, s->endpoint,
+                  ferry_log_escape(error, esc, sizeof esc));
     if (s->retry_connect && !s->failing && !s->closing) {
         /* a session that may wait keeps its client: wait for the next
          * topology, and try again shortly in case the writer stays */
@@ -1222,6 +1264,7 @@ static void connect_to(struct px_session *s, const struct sockaddr *sa)
                                                           : sizeof(struct sockaddr_in));
     s->connect_req.data = s;
     int rc = uv_tcp_connect(&s->connect_req, &s->server.tcp, sa, on_connected);
+    s->out_of_fds = rc == UV_EMFILE || rc == UV_ENFILE;
     if (rc != 0)
         px_session_backend_failed(s, uv_strerror(rc));
 }
@@ -1378,19 +1421,24 @@ void px_session_idle_init(struct px_worker *w)
 
 /* ---- accept ---- */
 
-static void format_peer(const uv_tcp_t *t, char *out, size_t len)
+/* The client's "ip:port" for logs, and its address for the login limits. */
+static void format_peer(const uv_tcp_t *t, char *out, size_t len, struct px_source *src)
 {
     struct sockaddr_storage ss;
     int n = sizeof ss;
     char ip[64] = "?";
     int port = 0;
+    memset(src, 0, sizeof *src);
     if (uv_tcp_getpeername(t, (struct sockaddr *)&ss, &n) == 0) {
+        src->family = (uint8_t)ss.ss_family;
         if (ss.ss_family == AF_INET) {
             uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
             port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+            memcpy(src->addr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
         } else if (ss.ss_family == AF_INET6) {
             uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
             port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+            memcpy(src->addr, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
         }
     }
     snprintf(out, len, strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
@@ -1430,18 +1478,25 @@ void px_session_describe_all(struct px_worker *w, struct px_collector *c)
     pthread_mutex_unlock(&c->lock);
 }
 
-static void log_refusal(struct px_accepting *a)
+/* One line a second per listener and cause, not one per client. */
+static void log_refusal(struct px_accepting *a, enum px_refusal why, const struct px_session *s)
 {
     struct px_worker *w = a->owner;
     PX_STAT_ADD(a->pl->stats[w->index].refused, 1);
-    uint64_t now = px_now_ms();
-    if (now - w->last_refuse_log_ms >= 1000) {  /* one line a second, not one per client */
-        w->last_refuse_log_ms = now;
-        ferry_log(FERRY_LOG_WARN, "listener.connection_refused",
-                  "listener=%s reason=\"max_client_connections %u reached\" refused_total=%llu",
-                  a->pl->name, a->lcfg->max_client_connections,
-                  (unsigned long long)PX_STAT_GET(a->pl->stats[w->index].refused));
-    }
+    const struct ferry_listener_cfg *l = a->lcfg;
+    char reason[96];
+    if (why == PX_REFUSE_CLIENTS)
+        snprintf(reason, sizeof reason, "max_client_connections %u reached",
+                 l->max_client_connections);
+    else if (why == PX_REFUSE_LOGINS)
+        snprintf(reason, sizeof reason, "max_login_clients %u reached", l->max_login_clients);
+    else
+        snprintf(reason, sizeof reason, "max_login_clients_per_source %u reached",
+                 l->max_login_clients_per_source);
+    ferry_log_limited(&a->pl->log_refused[why], FERRY_LOG_WARN, "listener.connection_refused",
+                      "listener=%s client=%s reason=\"%s\" refused_total=%llu", a->pl->name,
+                      s->peer, reason,
+                      (unsigned long long)PX_STAT_GET(a->pl->stats[w->index].refused));
 }
 
 static void on_bare_closed(uv_handle_t *h)
@@ -1460,23 +1515,81 @@ static void drop_connection(struct px_accepting *a)
     uv_close((uv_handle_t *)t, on_bare_closed);
 }
 
+static void on_login_timer(uv_timer_t *t)
+{
+    struct px_session *s = t->data;
+    if (s->closing || s->failing || s->logged_in)
+        return;
+    login_slot_release(s);
+    PX_STAT_ADD(px_session_stats(s)->login_timeouts, 1);
+    ferry_log_limited(&s->pl->log_login_timeout, FERRY_LOG_WARN, "session.login_timeout",
+                      "listener=%s session=%llu client=%s client_login_timeout=%g", s->pl->name,
+                      (unsigned long long)s->id, s->peer, s->lcfg->client_login_timeout);
+    char text[FERRY_NAME_MAX + 160];
+    snprintf(text, sizeof text, "login timeout: the client did not complete its login within "
+             "%gs (client_login_timeout of listener %s)", s->lcfg->client_login_timeout,
+             s->pl->name);
+    px_session_fail(s, PX_ERR_LOGIN_TIMEOUT, text);
+}
+
+void px_session_logged_in(struct px_session *s)
+{
+    if (s->logged_in)
+        return;
+    s->logged_in = true;
+    s->login_left_ms = 0;
+    uv_timer_stop(&s->login_timer);
+    login_slot_release(s);
+}
+
+/* Which limit a new client from s->source would pass, if any; takes its
+ * max_client_connections slot (s->counted) and login slot when none. */
+static enum px_refusal admit(struct px_accepting *a, struct px_session *s)
+{
+    uint32_t n = __atomic_add_fetch(&a->pl->clients, 1, __ATOMIC_RELAXED);
+    if (n > a->lcfg->max_client_connections) {
+        __atomic_sub_fetch(&a->pl->clients, 1, __ATOMIC_RELAXED);
+        return PX_REFUSE_CLIENTS;
+    }
+    enum px_refusal why = px_listener_login_begin(a->pl, &s->source, a->lcfg->max_login_clients,
+                                                  a->lcfg->max_login_clients_per_source);
+    if (why != PX_REFUSE_NONE) {
+        __atomic_sub_fetch(&a->pl->clients, 1, __ATOMIC_RELAXED);
+        return why;
+    }
+    s->counted = s->login_slot = true;
+    PX_STAT_ADD(px_session_stats(s)->active, 1);
+    PX_STAT_ADD(px_session_stats(s)->accepted, 1);
+    return PX_REFUSE_NONE;
+}
+
+/* The refusal in the client's protocol; no backend is contacted. */
+static void refuse(struct px_accepting *a, struct px_session *s, enum px_refusal why)
+{
+    log_refusal(a, why, s);
+    const struct ferry_listener_cfg *l = a->lcfg;
+    char text[FERRY_NAME_MAX + 160];
+    if (why == PX_REFUSE_CLIENTS)
+        snprintf(text, sizeof text, "too many clients on listener %s (max_client_connections %u)",
+                 a->pl->name, l->max_client_connections);
+    else if (why == PX_REFUSE_LOGINS)
+        snprintf(text, sizeof text, "too many clients logging in on listener %s "
+                 "(max_login_clients %u)", a->pl->name, l->max_login_clients);
+    else
+        snprintf(text, sizeof text, "too many clients logging in from this address on listener "
+                 "%s (max_login_clients_per_source %u)", a->pl->name,
+                 l->max_login_clients_per_source);
+    px_session_fail(s, PX_ERR_TOO_MANY_CLIENTS, text);
+}
+
 void px_session_accept(struct px_accepting *a)
 {
     struct px_worker *w = a->owner;
-    /* Over the limit the connection still becomes a session, but only to be
-     * told why in its own protocol and closed; it does not count. */
-    uint32_t n = __atomic_add_fetch(&a->pl->clients, 1, __ATOMIC_RELAXED);
-    bool over = n > a->lcfg->max_client_connections;
-    if (over)
-        __atomic_sub_fetch(&a->pl->clients, 1, __ATOMIC_RELAXED);
     struct px_session *s = calloc(1, sizeof *s);
     if (!s) {
-        if (!over)
-            __atomic_sub_fetch(&a->pl->clients, 1, __ATOMIC_RELAXED);
         drop_connection(a);
         return;
     }
-    s->counted = !over;
     s->owner = w;
     s->pl = px_listener_ref(a->pl);
     s->cfg = ferry_config_ref(w->cfg);
@@ -1490,34 +1603,36 @@ void px_session_accept(struct px_accepting *a)
     ferry_list_init(&s->held_link);
     ferry_list_init(&s->move_link);
     w->nsessions++;
-    if (s->counted) {
-        PX_STAT_ADD(px_session_stats(s)->active, 1);
-        PX_STAT_ADD(px_session_stats(s)->accepted, 1);
-    }
 
     uv_tcp_init(&w->loop, &s->client.tcp);
     s->client.tcp.data = &s->client;
     uv_timer_init(&w->loop, &s->timer);
     s->timer.data = s;
+    uv_timer_init(&w->loop, &s->login_timer);
+    s->login_timer.data = s;
     s->endpoint = NO_ENDPOINT;
     strcpy(s->cluster, "-");
     int rc = uv_accept((uv_stream_t *)&a->tcp, (uv_stream_t *)&s->client.tcp);
     if (rc != 0) {
-        px_session_close(s, FERRY_LOG_INFO, "accept failed");
+        px_session_close(s, FERRY_LOG_DEBUG, "accept failed");
         return;
     }
     tune_tcp(s, &s->client, &s->lcfg->client_tcp);
     s->created_ms = px_now_ms();
-    format_peer(&s->client.tcp, s->peer, sizeof s->peer);
+    format_peer(&s->client.tcp, s->peer, sizeof s->peer, &s->source);
+    /* Over a limit the connection still becomes a session, but only to be
+     * told why in its own protocol and closed; it counts nowhere, and the
+     * protocol's begin hook contacts no backend for it. */
+    enum px_refusal refused = admit(a, s);
+    if (!refused)
+        uv_timer_start(&s->login_timer, on_login_timer,
+                       (uint64_t)(s->lcfg->client_login_timeout * 1000.0), 0);
     s->proto = s->lcfg->protocol == FERRY_PROTO_POSTGRESQL ? &px_proto_pg : &px_proto_mysql;
     if (s->proto && s->proto->begin)
         s->proto->begin(s);
-    if (!s->counted) {
-        log_refusal(a);
-        char text[128];
-        snprintf(text, sizeof text, "too many clients on listener %s (max_client_connections %u)",
-                 a->pl->name, a->lcfg->max_client_connections);
-        px_session_fail(s, PX_ERR_TOO_MANY_CLIENTS, text);
+    if (refused) {
+        if (!s->closing)
+            refuse(a, s, refused);
         return;
     }
     ferry_log(FERRY_LOG_DEBUG, "session.accepted", "listener=%s session=%llu", s->pl->name,

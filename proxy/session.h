@@ -146,11 +146,17 @@ struct px_session {
     struct px_conn client;
     struct px_conn server;
     uv_timer_t timer;                       /* startup / hold / connect timeout */
+    uv_timer_t login_timer;                 /* client_login_timeout, until logged_in */
     uv_connect_t connect_req;
     uv_getaddrinfo_t *gai;                  /* owned while a name lookup runs, else NULL */
     bool connected;
     bool closing;
     bool counted;                           /* holds a max_client_connections slot */
+    bool login_slot;                        /* holds a max_login_clients(_per_source) slot */
+    bool out_of_fds;                        /* the last backend connect found no descriptor */
+    bool logged_in;                         /* the client completed its login */
+    uint64_t login_left_ms;                 /* login timer paused while held: what was left */
+    struct px_source source;                /* the client's address (login limits) */
     bool held;                              /* waiting for a writer (in owner->held) */
     bool failing;                           /* an error message is on its way to the client */
     bool stale;                             /* the writer moved since this session was routed */
@@ -220,10 +226,15 @@ void px_session_route(struct px_session *s);
  * engine into cb. False: the session is closing. */
 bool px_session_client_tls(struct px_session *s, const void *hello, size_t n, uv_read_cb cb);
 /* A protocol's own exchange: sends b (taking its memory) to c, reads c's
- * answer into cb, and arms the session timer at ms. False: the session is
+ * answer into cb, and arms the session timer at ms (0: stops it, for the
+ * client's login, which client_login_timeout bounds). False: the session is
  * closing (the write or the read failed). */
 bool px_session_ask(struct px_session *s, struct px_conn *c, struct ferry_wbuf *b, uv_read_cb cb,
                     uint64_t ms);
+/* The client completed its login (terminated: ferry checked it; passthrough:
+ * the server said AuthenticationOk / OK): it no longer counts against the
+ * login limits and client_login_timeout. Idempotent. */
+void px_session_logged_in(struct px_session *s);
 /* (Re)starts the session's one timer; when it fires, the protocol's timer
  * hook is asked first, then hold / connect timeouts apply. */
 void px_session_arm_timer(struct px_session *s, uint64_t ms);

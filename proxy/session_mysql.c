@@ -1004,6 +1004,7 @@ static void auth_packet(struct walk *w, struct my_logical *lp)
         if (my_ok_parse(lp->payload.p, lp->payload.len, m->st.caps, &ok) == 0)
             my_state_apply_status(&m->st, ok.status);
         m->phase = MS_COMMAND;
+        px_session_logged_in(s);
         ferry_log(FERRY_LOG_DEBUG, "session.authenticated", "listener=%s session=%llu "
                   "connection_id=%u backend_id=%u", s->pl->name, (unsigned long long)s->id,
                   m->ferry_id, m->backend_id);

@@ -35,7 +35,6 @@
 #include "session_mysql.h"
 
 enum {
-    HANDSHAKE_MS = 10000,       /* MySQL's connect_timeout: the client's whole handshake */
     DEFAULT_CHARSET = 45,       /* utf8mb4_general_ci: MySQL 8 and MariaDB both know it */
 };
 
@@ -234,7 +233,7 @@ static void send_greeting(struct px_session *s)
     m->phase = MS_AUTH;
     m->hs_next = 1;
     m->client_turn = true;
-    px_session_ask(s, &s->client, &b, login_read_client, HANDSHAKE_MS);
+    px_session_ask(s, &s->client, &b, login_read_client, 0);    /* client_login_timeout */
 }
 
 static struct my_login *login_new(void)
@@ -308,6 +307,7 @@ static void client_verified(struct px_session *s)
     struct px_my_session *m = mys(s);
     struct my_login *l = m->login;
     l->verified = true;
+    px_session_logged_in(s);
     if (l->full_auth && l->user) {
         struct my_user_cache *c = l->user->derived;
         if (c)

@@ -269,11 +269,10 @@ static void pg_begin(struct px_session *s)
 {
     /* room for a StartupMessage after an SSLRequest and a GSSENCRequest */
     ferry_wbuf_init(&pgs(s)->startup, PG_STARTUP_MAX_BODY + 4 + 16);
-    if (px_conn_read_start(&s->client, on_startup_read) != 0) {
+    if (px_conn_read_start(&s->client, on_startup_read) != 0)
         px_session_close(s, FERRY_LOG_INFO, "read start failed");
-        return;
-    }
-    px_session_arm_timer(s, 30000);  /* PostgreSQL allows 60 s; clients need ms */
+    /* no timer here: client_login_timeout (session.c) bounds the startup
+     * phase; a refused client's wait is pg_defer_error's */
 }
 
 /* libpq shows an error only after its startup packet: wait for it (the
@@ -281,10 +280,12 @@ static void pg_begin(struct px_session *s)
 static bool pg_defer_error(struct px_session *s, enum px_err kind, const char *text)
 {
     struct px_pg_session *p = pgs(s);
-    if (p->startup_done || (p->fail_text = strdup(text)) == NULL)
+    /* a login timeout has waited long enough: the error goes out now */
+    if (p->startup_done || kind == PX_ERR_LOGIN_TIMEOUT || (p->fail_text = strdup(text)) == NULL)
         return false;
     p->fail_kind = kind;
-    px_session_arm_timer(s, 10000);
+    uint64_t login_ms = (uint64_t)(s->lcfg->client_login_timeout * 1000.0);
+    px_session_arm_timer(s, login_ms < 10000 ? login_ms : 10000);
     return true;
 }
 
@@ -463,6 +464,7 @@ static void client_authenticated(struct px_session *s)
 {
     struct px_pg_session *p = pgs(s);
     p->auth_phase = PGA_DONE;
+    px_session_logged_in(s);
     /* the client waits quietly from here: an unreachable writer holds it
      * (up to hold_timeout) like a new client waiting for a writer */
     s->retry_connect = true;
@@ -519,8 +521,8 @@ static void client_auth_begin(struct px_session *s)
         pg_build_auth_sasl(&b, mechs, 1);
         p->auth_phase = PGA_SASL_FIRST;
     }
-    /* the startup timer covers the exchange too */
-    px_session_ask(s, &s->client, &b, on_startup_read, 30000);
+    /* client_login_timeout covers the exchange too */
+    px_session_ask(s, &s->client, &b, on_startup_read, 0);
 }
 
 /* One client message of the exchange: 'p' with the phase's content. */
@@ -669,6 +671,10 @@ static void on_server_message(void *ud, uint8_t type, const uint8_t *body, uint3
 {
     struct px_session *s = ud;
     struct px_pg_session *p = pgs(s);
+    /* passthrough: the server accepted the client (terminated mode said so
+     * in client_authenticated) */
+    if (type == 'Z' || (type == 'R' && captured >= 4 && ferry_get_u32be(body) == PG_AUTH_OK))
+        px_session_logged_in(s);
     if (p->user && (type == 'S' || type == 'E' || (type == 'Z' && len == 1)))
         track_server(s, type, body, captured);
     if (type == 'Z' && len == 1) {

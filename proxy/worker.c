@@ -26,8 +26,12 @@ static void on_connection(uv_stream_t *server, int status)
 {
     struct px_accepting *a = server->data;
     if (status < 0) {
-        ferry_log(FERRY_LOG_WARN, "listener.accept_failed", "listener=%s error=%s", a->pl->name,
-                  uv_strerror(status));
+        /* out of descriptors, libuv calls back for every queued connection
+         * on every loop turn (thousands of lines a second): one per cause */
+        unsigned cause = status == UV_EMFILE ? 0 : status == UV_ENFILE ? 1 : 2;
+        ferry_log_limited(&a->pl->log_accept_failed[cause], FERRY_LOG_WARN,
+                          "listener.accept_failed", "listener=%s error=\"%s\"", a->pl->name,
+                          uv_strerror(status));
         return;
     }
     px_session_accept(a);

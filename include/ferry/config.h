@@ -72,6 +72,9 @@ struct ferry_listener_cfg {
     enum ferry_proto protocol;
     struct ferry_hostport bind;
     uint32_t max_client_connections;
+    uint32_t max_login_clients;         /* clients not logged in yet (all workers) */
+    uint32_t max_login_clients_per_source; /* ... of them from one client address */
+    double client_login_timeout;        /* seconds from accept to a completed login */
     double connect_timeout;             /* seconds */
     size_t session_buffer;              /* bytes per session and direction */
     uint32_t max_message_size;          /* PostgreSQL: largest message length accepted */

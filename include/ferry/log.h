@@ -9,6 +9,8 @@
 #ifndef FERRY_LOG_H
 #define FERRY_LOG_H
 
+#include <stdint.h>
+
 #include "ferry/config.h"
 
 void ferry_log_set_level(enum ferry_log_level lvl);
@@ -34,5 +36,32 @@ const char *ferry_log_quote(const char *in, char *out, size_t outlen);
 
 /* Room for an escaped or quoted value of a string of n bytes. */
 #define FERRY_LOG_QUOTED_MAX(n) (4 * (n) + 3)
+
+/* Rate limiting for lines a peer can trigger at will (accept failures,
+ * refusals, login timeouts): one line per cause per second, however many
+ * threads log it. One zero-initialised ferry_log_limit per cause, shared by
+ * every thread (its fields are atomics); no setup, no teardown. */
+struct ferry_log_limit {
+    uint64_t next_ms;       /* atomic: no line before this (monotonic ms); 0 = never logged */
+    uint64_t suppressed;    /* atomic: lines dropped since the last one written */
+};
+
+#define FERRY_LOG_LIMIT_MS 1000u
+
+/* The decision alone, at now_ms: true when a line may go out now (then
+ * *suppressed gets the number of lines dropped since the previous one and
+ * the count starts again); false when this one is dropped (counted). Any
+ * thread. */
+bool ferry_log_limit_pass(struct ferry_log_limit *l, uint64_t now_ms, uint64_t *suppressed);
+
+/* ferry_log() through limiter l at the log clock's time: a line that passes
+ * gets " suppressed=N" appended when N lines of its cause were dropped
+ * since the previous one (within the last second or so). Any thread. */
+void ferry_log_limited(struct ferry_log_limit *l, enum ferry_log_level lvl, const char *event,
+                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* The clock ferry_log_limited() reads (monotonic milliseconds); NULL
+ * restores CLOCK_MONOTONIC. For tests; set it before any thread logs. */
+void ferry_log_set_clock(uint64_t (*now_ms)(void));
 
 #endif

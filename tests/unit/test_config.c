@@ -28,6 +28,9 @@ static void test_minimal_defaults(void)
     ASSERT_EQ_INT(l->protocol, FERRY_PROTO_POSTGRESQL);
     ASSERT_EQ_INT(l->bind.port, 6432);
     ASSERT_EQ_INT(l->max_client_connections, 10000);
+    ASSERT_EQ_INT(l->max_login_clients, 256);
+    ASSERT_EQ_INT(l->max_login_clients_per_source, 64);
+    ASSERT_TRUE(l->client_login_timeout == 15.0);
     ASSERT_TRUE(l->connect_timeout == 5.0);
     ASSERT_EQ_INT(l->session_buffer, 262144);
     ASSERT_TRUE(l->client_idle_timeout == 0);       /* off */
@@ -54,6 +57,7 @@ static void test_full_config(void)
         "\"max_client_connections\":5,\"connect_timeout\":0.5,\"session_buffer\":65536,"
         "\"client_idle_timeout\":300,\"client_tcp_keepalive\":false,"
         "\"server_tcp_keepalive\":{\"count\":9},\"server_tcp_user_timeout\":0,"
+        "\"max_login_clients\":3,\"max_login_clients_per_source\":2,\"client_login_timeout\":1.5,"
         "\"clusters\":[{\"name\":\"us-east-1\",\"endpoint\":\"db.example:3306\"},"
         "{\"name\":\"eu-west-1\",\"endpoint\":\"[fd00::1]:3306\",\"writer\":true}]}]}";
     struct ferry_config *c = ferry_config_parse("ferry.json", json, err);
@@ -65,6 +69,9 @@ static void test_full_config(void)
     const struct ferry_listener_cfg *l = &c->listeners[0];
     ASSERT_EQ_INT(l->protocol, FERRY_PROTO_MYSQL);
     ASSERT_EQ_INT(l->max_client_connections, 5);
+    ASSERT_EQ_INT(l->max_login_clients, 3);
+    ASSERT_EQ_INT(l->max_login_clients_per_source, 2);
+    ASSERT_TRUE(l->client_login_timeout == 1.5);
     ASSERT_EQ_INT(l->session_buffer, 65536);
     ASSERT_TRUE(l->client_idle_timeout == 300);
     ASSERT_TRUE(!l->client_tcp.keepalive);
@@ -229,6 +236,12 @@ static const struct {
     {"{" L0 "\"port\":1," CL "}]}", "ferry.json: listeners[0].port: unknown key"},
     {"{" L0 "\"max_client_connections\":0," CL "}]}",
      "ferry.json: listeners[0].max_client_connections: 0 out of range 1..1000000"},
+    {"{" L0 "\"max_login_clients\":0," CL "}]}",
+     "ferry.json: listeners[0].max_login_clients: 0 out of range 1..1000000"},
+    {"{" L0 "\"max_login_clients_per_source\":\"8\"," CL "}]}",
+     "ferry.json: listeners[0].max_login_clients_per_source: expected an integer, got a string"},
+    {"{" L0 "\"client_login_timeout\":0," CL "}]}",
+     "ferry.json: listeners[0].client_login_timeout: 0 seconds out of range 0.1..3600"},
     {"{" L0 "\"connect_timeout\":0," CL "}]}",
      "ferry.json: listeners[0].connect_timeout: 0 seconds out of range 0.01..300"},
     {"{" L0 "\"session_buffer\":1024," CL "}]}",

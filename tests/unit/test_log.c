@@ -84,11 +84,70 @@ static void test_json_long_value(void)
     ASSERT_TRUE(strstr(got, ",\"after\":\"1\"}\n") != NULL);
 }
 
+/* ---- rate limiting, on a clock the test moves ---- */
+
+static uint64_t fake_now;
+
+static uint64_t fake_clock(void)
+{
+    return fake_now;
+}
+
+/* The decision: the first line passes, then at most one per second, and
+ * the one that passes says how many were dropped before it. */
+static void test_limit_pass(void)
+{
+    struct ferry_log_limit l = {0};
+    uint64_t dropped = 99;
+    ASSERT_TRUE(ferry_log_limit_pass(&l, 0, &dropped));     /* time 0 is a time too */
+    ASSERT_EQ_INT(dropped, 0);
+    for (uint64_t t = 0; t < 1000; t += 10)
+        ASSERT_TRUE(!ferry_log_limit_pass(&l, t, &dropped));
+    ASSERT_TRUE(ferry_log_limit_pass(&l, 1000, &dropped));
+    ASSERT_EQ_INT(dropped, 100);
+    ASSERT_TRUE(!ferry_log_limit_pass(&l, 1999, &dropped));
+    ASSERT_TRUE(ferry_log_limit_pass(&l, 60000, &dropped));  /* a quiet minute later */
+    ASSERT_EQ_INT(dropped, 1);
+    ASSERT_TRUE(ferry_log_limit_pass(&l, 61000, &dropped));
+    ASSERT_EQ_INT(dropped, 0);
+}
+
+/* The lines: 10,000 attempts over 2.5 s write 3 lines (at 5000, 6000 and
+ * 7000 ms); the 2nd and 3rd carry the count of those dropped since the one
+ * before; another cause is not held up meanwhile. */
+static void test_limited_lines(void)
+{
+    static struct ferry_log_limit emfile, other;
+    ferry_log_set_json(false);
+    ferry_log_set_clock(fake_clock);
+    int lines = 0;
+    static char seen[3][sizeof got];
+    for (int i = 0; i < 10000; i++) {
+        fake_now = 5000 + (uint64_t)i / 4;      /* 4 attempts per ms */
+        CAPTURE(ferry_log_limited(&emfile, FERRY_LOG_WARN, "listener.accept_failed",
+                                  "listener=pg error=%s", "EMFILE"));
+        if (got[0]) {
+            ASSERT_TRUE(lines < 3);
+            memcpy(seen[lines++], got, sizeof got);
+        }
+    }
+    CAPTURE(ferry_log_limited(&other, FERRY_LOG_WARN, "listener.accept_failed", "error=%s", "x"));
+    ferry_log_set_clock(NULL);
+    ASSERT_TRUE(strstr(got, " event=listener.accept_failed error=x\n") != NULL);
+    ASSERT_EQ_INT(lines, 3);
+    ASSERT_TRUE(strstr(seen[0], " event=listener.accept_failed listener=pg error=EMFILE\n"));
+    ASSERT_TRUE(strstr(seen[1], " listener=pg error=EMFILE suppressed=3999\n"));
+    ASSERT_TRUE(strstr(seen[2], " listener=pg error=EMFILE suppressed=3999\n"));
+    ASSERT_TRUE(strchr(seen[1], '\n') == seen[1] + strlen(seen[1]) - 1);  /* one line */
+}
+
 int main(void)
 {
     RUN(test_quote);
     RUN(test_text_line);
     RUN(test_json_line);
     RUN(test_json_long_value);
+    RUN(test_limit_pass);
+    RUN(test_limited_lines);
     UNIT_DONE();
 }
