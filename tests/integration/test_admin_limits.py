@@ -256,7 +256,9 @@ def test_restart_and_stop_under_a_waiting_request(ferry_factory, pg_pair):
     assert not t.is_alive() and first["seconds"] < 10, first
     assert first["answer"] == (503, {"ok": False, "message": "the admin endpoint is stopping"}) \
         or "Error" in str(first["answer"]), first
-    assert ferry.status()["config_generation"] == 2 and ferry.status()["paused"] is False
+    # (the new endpoint answers a moment before the reload has installed the config)
+    wait_for(lambda: ferry.status()["config_generation"] == 2, timeout=5, what="generation 2")
+    assert ferry.status()["paused"] is False
     second = {}
     t = waiting_switchover(ferry, 30, second)
     time.sleep(0.3)
