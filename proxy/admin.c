@@ -1,10 +1,30 @@
-/* Admin HTTP endpoint (libmicrohttpd, its own thread): health, readiness,
- * status and metrics (read-only: counters through relaxed atomics, the
- * registry under px_proc.lock), and the mutating POST endpoints (reload,
- * pause, resume), which a bearer token protects when one is configured.
+/* Admin HTTP endpoint (libmicrohttpd): health, readiness, status and metrics
+ * (read-only: counters through relaxed atomics, the registry under
+ * px_proc.lock), and the mutating POST endpoints (reload, pause, resume,
+ * switchover), which a bearer token protects when one is configured.
+ *
+ * No number of slow or idle clients may hold up /healthz (the liveness
+ * probe), so:
+ *  - one MHD thread (epoll) serves every connection, and no handler blocks
+ *    it: a request that waits for something (a reload on the main loop, a
+ *    switchover, the workers' session lists) is a job, its connection
+ *    suspended until the job is done;
+ *  - each phase of a connection (receiving a whole request, then having its
+ *    answer taken) must end within admin.request_timeout, counted from the
+ *    phase's start and not from the last byte (a client sending a byte a
+ *    second is cut off too): the reaper thread shuts down what overstays;
+ *  - a connection accepted over admin.max_connections_per_peer (of its
+ *    client address) or admin.max_connections takes the place of the
+ *    oldest connection of that peer, or of all, that no job holds: a new
+ *    request always gets in, and only clients that send nothing useful
+ *    lose theirs.
  */
 #include <arpa/inet.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 #include <jansson.h>
@@ -19,11 +39,74 @@
 #include "ferry/version.h"
 #include "proxy.h"
 
-struct px_admin {
-    struct MHD_Daemon *daemon;
+#define ADMIN_MAX_JOBS 8        /* requests waiting on other threads at once */
+#define ADMIN_SLACK 32          /* MHD's limits over ferry's: connections ferry shut down
+                                 * that MHD has not closed yet */
+#define ADMIN_REAP_BATCH_MS 50  /* the reaper sleeps at least this long between rounds */
+
+const char *const px_admin_drop_names[PX_ADMIN_DROP_N] = {"request_timeout", "peer_limit",
+                                                          "connection_limit"};
+struct px_admin_stats px_admin_stats;
+
+struct admin_job;
+
+/* One TCP connection: MHD's socket context. */
+struct admin_conn {
+    struct admin_conn *prev, *next;     /* px_admin's list, in accept order */
+    int fd;                             /* MHD's: shut down here, never closed */
+    struct sockaddr_storage peer;
+    uint64_t since_ms;                  /* start of the current phase: receiving a request,
+                                         * or having its answer taken */
+    struct admin_job *job;              /* borrowed: the job holding its request (no
+                                         * deadline meanwhile, never dropped) */
+    bool dropped;                       /* shut down by ferry: MHD closes it next */
 };
 
-struct req_body {
+struct px_admin {
+    struct MHD_Daemon *daemon;
+    unsigned cfg_max, cfg_per_peer;     /* as configured (px_admin_applies) */
+    double cfg_timeout;
+    unsigned max_conns, max_per_peer;   /* in force: max_conns as the descriptor limit allows */
+    uint64_t timeout_ms;
+    pthread_t reaper;
+    pthread_mutex_t lock;               /* everything below */
+    pthread_cond_t cv;                  /* the reaper's sleep; a job done (px_admin_stop) */
+    struct admin_conn *head, *tail;
+    unsigned njobs, nthreads;           /* jobs not done; of them, on threads of their own */
+    int refs;                           /* px_admin_start's, and one per job not done */
+    bool stopping;                      /* also read without the lock (atomic) */
+    bool reaper_idle;                   /* the reaper sleeps without a deadline */
+};
+
+/* A request that waits for another thread. Its connection is suspended
+ * until the job is done; whoever finishes it resumes the connection, and
+ * the access handler, called again, sends the answer. */
+struct admin_job {
+    struct px_admin *admin;             /* counted reference until done */
+    unsigned (*run)(struct admin_job *j, char **text); /* on a thread of its own: returns
+                                         * the status, text the JSON (owned); NULL: a
+                                         * callback calls job_finish() */
+    struct px_reload_wait reload;       /* POST /v1/reload */
+    long limit, offset;                 /* GET /v1/sessions */
+    char target[FERRY_NAME_MAX], listener[FERRY_NAME_MAX]; /* POST /v1/switchover */
+    double timeout;
+    int nlisteners;
+    struct px_listener **held;          /* owned: the listeners the switchover holds */
+    size_t nheld;
+    void (*abandon)(struct admin_job *j); /* undoes what was started when run cannot run */
+    /* under admin->lock: */
+    struct MHD_Connection *conn;        /* borrowed; NULL once resumed */
+    struct admin_conn *ac;              /* likewise */
+    int refs;                           /* the request's and the doer's */
+    bool done;
+    unsigned code;                      /* the answer, once done */
+    char *text;                         /* owned: JSON; NULL once handed to MHD */
+};
+
+struct admin_req {
+    struct px_admin *admin;
+    struct admin_conn *ac;              /* borrowed: its connection's; NULL if untracked */
+    struct admin_job *job;              /* counted reference once the request waits on one */
     size_t len;
     bool too_big;
     char data[4097];            /* NUL-terminated */
@@ -159,15 +242,15 @@ static char *status_json(void)
     return out;
 }
 
-static enum MHD_Result get_healthz(struct MHD_Connection *c, const char *req)
+static enum MHD_Result get_healthz(struct MHD_Connection *c, struct admin_req *rq)
 {
-    (void)req;
+    (void)rq;
     return reply_text(c, MHD_HTTP_OK, "ok\n");
 }
 
-static enum MHD_Result get_readyz(struct MHD_Connection *c, const char *req)
+static enum MHD_Result get_readyz(struct MHD_Connection *c, struct admin_req *rq)
 {
-    (void)req;
+    (void)rq;
     pthread_mutex_lock(&px_proc.lock);
     const char *why = NULL;
     bool ready = is_ready(&why);
@@ -179,18 +262,18 @@ static enum MHD_Result get_readyz(struct MHD_Connection *c, const char *req)
     return reply_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, msg);
 }
 
-static enum MHD_Result get_status(struct MHD_Connection *c, const char *req)
+static enum MHD_Result get_status(struct MHD_Connection *c, struct admin_req *rq)
 {
-    (void)req;
+    (void)rq;
     char *body = status_json();
     if (!body)
         return reply_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "status unavailable\n");
     return reply(c, MHD_HTTP_OK, "application/json", body);
 }
 
-static enum MHD_Result get_metrics(struct MHD_Connection *c, const char *req)
+static enum MHD_Result get_metrics(struct MHD_Connection *c, struct admin_req *rq)
 {
-    (void)req;
+    (void)rq;
     char *body = px_metrics_text();
     if (!body)
         return reply_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "metrics unavailable\n");
@@ -266,14 +349,146 @@ static bool query_uint(struct MHD_Connection *c, const char *name, long dflt, lo
     return true;
 }
 
-static enum MHD_Result json_result(struct MHD_Connection *c, unsigned code, bool ok, const char *msg);
-
-static enum MHD_Result get_sessions(struct MHD_Connection *c, const char *body)
+static char *json_body(bool ok, const char *msg)
 {
-    (void)body;
-    long limit, offset;
-    if (!query_uint(c, "limit", 100, 1000, &limit) || !query_uint(c, "offset", 0, LONG_MAX, &offset))
-        return json_result(c, MHD_HTTP_BAD_REQUEST, false, "limit and offset are non-negative integers");
+    json_t *doc = json_pack("{s:b, s:s}", "ok", ok, "message", msg);
+    char *body = json_dumps(doc, 0);
+    json_decref(doc);
+    return body;
+}
+
+static enum MHD_Result json_result(struct MHD_Connection *c, unsigned code, bool ok, const char *msg)
+{
+    char *body = json_body(ok, msg);
+    return body ? reply(c, code, "application/json", body) : MHD_NO;
+}
+
+/* ---- jobs: requests that wait for another thread ---- */
+
+/* a->lock held: a phase began (a deadline was set). */
+static void wake_reaper(struct px_admin *a)
+{
+    if (a->reaper_idle) {
+        a->reaper_idle = false;
+        pthread_cond_broadcast(&a->cv);
+    }
+}
+
+/* a->lock held. */
+static void job_unref(struct admin_job *j)
+{
+    if (--j->refs == 0) {
+        free(j->text);
+        free(j);
+    }
+}
+
+static void admin_unref(struct px_admin *a)
+{
+    pthread_mutex_lock(&a->lock);
+    bool last = --a->refs == 0;
+    pthread_mutex_unlock(&a->lock);
+    if (last) {
+        pthread_mutex_destroy(&a->lock);
+        pthread_cond_destroy(&a->cv);
+        free(a);
+    }
+}
+
+/* a->lock held: gives j's connection back to MHD, whose access handler
+ * then sends j's answer (or, j not done, says the endpoint is stopping). */
+static void job_resume(struct admin_job *j)
+{
+    if (!j->conn)
+        return;
+    j->ac->job = NULL;
+    j->ac->since_ms = px_now_ms();      /* the answer's turn */
+    wake_reaper(j->admin);
+    MHD_resume_connection(j->conn);
+    j->conn = NULL;
+    j->ac = NULL;
+}
+
+/* The work is done; the answer is code and text (owned JSON; NULL: out of
+ * memory, the connection is closed). Any thread; j may be gone after. */
+static void job_finish(struct admin_job *j, unsigned code, char *text)
+{
+    struct px_admin *a = j->admin;
+    pthread_mutex_lock(&a->lock);
+    j->code = code;
+    j->text = text;
+    j->done = true;
+    job_resume(j);
+    a->njobs--;
+    if (j->run)
+        a->nthreads--;
+    pthread_cond_broadcast(&a->cv);
+    job_unref(j);
+    pthread_mutex_unlock(&a->lock);
+    admin_unref(a);
+}
+
+static void *job_main(void *arg)
+{
+    struct admin_job *j = arg;
+    char *text = NULL;
+    unsigned code = j->run(j, &text);
+    job_finish(j, code, text);
+    return NULL;
+}
+
+/* Suspends rq's connection until j (calloc'd, inputs set) is done: on a
+ * thread of its own when j->run is set, else the caller hands j to whoever
+ * calls job_finish(). MHD thread. False (j->abandon run, j freed) when
+ * ADMIN_MAX_JOBS are waiting already or the endpoint is stopping. */
+static bool job_start(struct MHD_Connection *c, struct admin_req *rq, struct admin_job *j)
+{
+    struct px_admin *a = rq->admin;
+    pthread_mutex_lock(&a->lock);
+    if (a->stopping || a->njobs >= ADMIN_MAX_JOBS || !rq->ac) {
+        pthread_mutex_unlock(&a->lock);
+        if (j->abandon)
+            j->abandon(j);
+        free(j);
+        return false;
+    }
+    j->admin = a;
+    a->refs++;
+    a->njobs++;
+    a->nthreads += j->run != NULL;
+    j->conn = c;
+    j->ac = rq->ac;
+    rq->ac->job = j;
+    j->refs = 2;
+    rq->job = j;
+    MHD_suspend_connection(c);
+    pthread_mutex_unlock(&a->lock);
+    if (j->run) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &attr, job_main, j) != 0) {
+            if (j->abandon)
+                j->abandon(j);
+            job_finish(j, MHD_HTTP_SERVICE_UNAVAILABLE, json_body(false, "cannot start a thread"));
+        }
+        pthread_attr_destroy(&attr);
+    }
+    return true;
+}
+
+static enum MHD_Result busy(struct MHD_Connection *c)
+{
+    return json_result(c, MHD_HTTP_SERVICE_UNAVAILABLE, false,
+                       "too many admin requests waiting (a reload, switchover or session list); "
+                       "try again");
+}
+
+/* ---- the endpoints that wait ---- */
+
+static unsigned sessions_page(struct admin_job *j, char **text)
+{
     json_t *all = collect_sessions();
     size_t n = json_array_size(all);
     json_t **items = calloc(n ? n : 1, sizeof *items);
@@ -282,25 +497,80 @@ static enum MHD_Result get_sessions(struct MHD_Connection *c, const char *body)
     if (items)
         qsort(items, n, sizeof *items, by_id);
     json_t *page = json_array();
-    for (size_t i = (size_t)offset; items && i < n && i < (size_t)offset + (size_t)limit; i++)
+    for (size_t i = (size_t)j->offset; items && i < n && i < (size_t)j->offset + (size_t)j->limit; i++)
         json_array_append(page, items[i]);
     free(items);
     json_t *doc = json_pack("{s:I, s:I, s:I, s:o}", "total", (json_int_t)n, "offset",
-                            (json_int_t)offset, "limit", (json_int_t)limit, "sessions", page);
+                            (json_int_t)j->offset, "limit", (json_int_t)j->limit, "sessions", page);
     json_decref(all);
-    char *text = json_dumps(doc, JSON_INDENT(2));
+    *text = json_dumps(doc, JSON_INDENT(2));
     json_decref(doc);
-    return text ? reply(c, MHD_HTTP_OK, "application/json", text) : MHD_NO;
+    return MHD_HTTP_OK;
+}
+
+static enum MHD_Result get_sessions(struct MHD_Connection *c, struct admin_req *rq)
+{
+    long limit, offset;
+    if (!query_uint(c, "limit", 100, 1000, &limit) || !query_uint(c, "offset", 0, LONG_MAX, &offset))
+        return json_result(c, MHD_HTTP_BAD_REQUEST, false, "limit and offset are non-negative integers");
+    struct admin_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return MHD_NO;
+    j->run = sessions_page;
+    j->limit = limit;
+    j->offset = offset;
+    return job_start(c, rq, j) ? MHD_YES : busy(c);
+}
+
+/* A switchover whose wait cannot run: nothing may stay held. */
+static void switchover_abandon(struct admin_job *j)
+{
+    ferry_discovery_switchover_cancel(px_proc.discovery);
+    px_switchover_release(j->held, j->nheld);
+    j->held = NULL;
+}
+
+/* Waits for the switchover post_switchover() started; on the job's thread. */
+static unsigned switchover_wait(struct admin_job *j, char **text)
+{
+    const char *lp = j->listener[0] ? j->listener : NULL;
+    uint64_t start = px_now_ms(), deadline = start + (uint64_t)(j->timeout * 1000.0);
+    bool done = false;
+    /* a shutdown ends the wait, and so does a restart of this endpoint */
+    while (!(done = ferry_discovery_writer_is(px_proc.discovery, lp, j->target)) &&
+           px_now_ms() < deadline && !__atomic_load_n(&px_proc.draining, __ATOMIC_RELAXED) &&
+           !__atomic_load_n(&j->admin->stopping, __ATOMIC_RELAXED))
+        usleep(20 * 1000);
+    if (!done)
+        ferry_discovery_switchover_cancel(px_proc.discovery);
+    px_switchover_release(j->held, j->nheld);
+    j->held = NULL;
+    char msg[300];
+    double secs = (double)(px_now_ms() - start) / 1000.0;
+    if (!done) {
+        snprintf(msg, sizeof msg, "%s did not become writable within %gs; clients released to "
+                 "the current writer", j->target, j->timeout);
+        ferry_log(FERRY_LOG_WARN, "topology.switchover_timeout", "to=%s timeout=%g", j->target,
+                  j->timeout);
+        *text = json_body(false, msg);
+        return MHD_HTTP_GATEWAY_TIMEOUT;
+    }
+    snprintf(msg, sizeof msg, "%s is the writer of %d listener%s after %.3fs", j->target,
+             j->nlisteners, j->nlisteners == 1 ? "" : "s", secs);
+    ferry_log(FERRY_LOG_INFO, "topology.switchover_done", "to=%s listeners=%d seconds=%.3f",
+              j->target, j->nlisteners, secs);
+    *text = json_body(true, msg);
+    return MHD_HTTP_OK;
 }
 
 /* POST /v1/switchover {"to": cluster, "listener": optional, "timeout": seconds}:
  * hold new clients, ask discovery to make the target the writer as soon as
  * a probe finds it writable (the promotion itself is the operator's or
- * AWS's), wait for it, release the held clients. */
-static enum MHD_Result post_switchover(struct MHD_Connection *c, const char *body)
+ * AWS's), wait for it (a job), release the held clients. */
+static enum MHD_Result post_switchover(struct MHD_Connection *c, struct admin_req *rq)
 {
     json_error_t jerr;
-    json_t *req = json_loads(body ? body : "", 0, &jerr);
+    json_t *req = json_loads(rq->data, 0, &jerr);
     const char *to = NULL, *listener = NULL;
     double timeout = 60;
     if (!req || json_unpack(req, "{s:s, s?:s, s?:F}", "to", &to, "listener", &listener, "timeout",
@@ -310,60 +580,53 @@ static enum MHD_Result post_switchover(struct MHD_Connection *c, const char *bod
                            "expected {\"to\": \"<cluster>\", \"listener\": \"<name>\" (optional), "
                            "\"timeout\": <seconds> (optional, default 60)}");
     }
-    char target[FERRY_NAME_MAX], lname[FERRY_NAME_MAX];
-    snprintf(target, sizeof target, "%s", to);
-    snprintf(lname, sizeof lname, "%s", listener ? listener : "");
+    struct admin_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        json_decref(req);
+        return MHD_NO;
+    }
+    j->run = switchover_wait;
+    j->timeout = timeout;
+    snprintf(j->target, sizeof j->target, "%s", to);
+    snprintf(j->listener, sizeof j->listener, "%s", listener ? listener : "");
     json_decref(req);
-    if (!px_proc.discovery)
+    if (!px_proc.discovery) {
+        free(j);
         return json_result(c, MHD_HTTP_CONFLICT, false, "no listener uses writer discovery (probe)");
-    const char *lp = lname[0] ? lname : NULL;
-    size_t nheld;   /* only the listeners switched are held; an operator's pause stays */
-    struct px_listener **held = px_switchover_hold(lp, target, &nheld);
-    int n = ferry_discovery_switchover(px_proc.discovery, lp, target);
-    if (n == 0) {
-        px_switchover_release(held, nheld);
+    }
+    const char *lp = j->listener[0] ? j->listener : NULL;
+    /* only the listeners switched are held; an operator's pause stays */
+    j->held = px_switchover_hold(lp, j->target, &j->nheld);
+    j->nlisteners = ferry_discovery_switchover(px_proc.discovery, lp, j->target);
+    if (j->nlisteners == 0) {
+        px_switchover_release(j->held, j->nheld);
         char msg[256];
         snprintf(msg, sizeof msg, "no discovered listener%s%s has a cluster named %s",
-                 lp ? " " : "", lp ? lp : "", target);
+                 lp ? " " : "", lp ? lp : "", j->target);
+        free(j);
         return json_result(c, MHD_HTTP_NOT_FOUND, false, msg);
     }
-    uint64_t start = px_now_ms(), deadline = start + (uint64_t)(timeout * 1000.0);
-    bool done = false;
-    while (!(done = ferry_discovery_writer_is(px_proc.discovery, lp, target)) &&
-           px_now_ms() < deadline && !__atomic_load_n(&px_proc.draining, __ATOMIC_RELAXED))
-        usleep(20 * 1000);  /* a shutdown ends the wait: it stops this endpoint */
-    if (!done)
-        ferry_discovery_switchover_cancel(px_proc.discovery);
-    px_switchover_release(held, nheld);
-    char msg[300];
-    double secs = (double)(px_now_ms() - start) / 1000.0;
-    if (!done) {
-        snprintf(msg, sizeof msg, "%s did not become writable within %gs; clients released to "
-                 "the current writer", target, timeout);
-        ferry_log(FERRY_LOG_WARN, "topology.switchover_timeout", "to=%s timeout=%g", target, timeout);
-        return json_result(c, MHD_HTTP_GATEWAY_TIMEOUT, false, msg);
-    }
-    snprintf(msg, sizeof msg, "%s is the writer of %d listener%s after %.3fs", target, n,
-             n == 1 ? "" : "s", secs);
-    ferry_log(FERRY_LOG_INFO, "topology.switchover_done", "to=%s listeners=%d seconds=%.3f", target,
-              n, secs);
-    return json_result(c, MHD_HTTP_OK, true, msg);
+    j->abandon = switchover_abandon;
+    return job_start(c, rq, j) ? MHD_YES : busy(c);
 }
 
-static enum MHD_Result json_result(struct MHD_Connection *c, unsigned code, bool ok, const char *msg)
+static void reload_done(struct px_reload_wait *w, bool ok, const char *msg)
 {
-    json_t *doc = json_pack("{s:b, s:s}", "ok", ok, "message", msg);
-    char *body = json_dumps(doc, 0);
-    json_decref(doc);
-    return body ? reply(c, code, "application/json", body) : MHD_NO;
+    struct admin_job *j = (struct admin_job *)(void *)((char *)w - offsetof(struct admin_job, reload));
+    job_finish(j, ok ? MHD_HTTP_OK : MHD_HTTP_UNPROCESSABLE_CONTENT, json_body(ok, msg));
 }
 
-static enum MHD_Result post_reload(struct MHD_Connection *c, const char *req)
+/* The main loop reloads; its answer finishes the job. */
+static enum MHD_Result post_reload(struct MHD_Connection *c, struct admin_req *rq)
 {
-    (void)req;
-    char msg[FERRY_ERR_MAX + 64];
-    bool ok = px_control_reload(msg, sizeof msg);
-    return json_result(c, ok ? MHD_HTTP_OK : MHD_HTTP_UNPROCESSABLE_CONTENT, ok, msg);
+    struct admin_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return MHD_NO;
+    j->reload.done = reload_done;
+    if (!job_start(c, rq, j))
+        return busy(c);
+    px_control_reload(&j->reload);
+    return MHD_YES;
 }
 
 /* POST /v1/pause, /v1/resume with an optional {"listener": "<name>"}: the
@@ -393,14 +656,14 @@ static enum MHD_Result set_paused(struct MHD_Connection *c, const char *body, bo
     return json_result(c, MHD_HTTP_OK, true, msg);
 }
 
-static enum MHD_Result post_pause(struct MHD_Connection *c, const char *req)
+static enum MHD_Result post_pause(struct MHD_Connection *c, struct admin_req *rq)
 {
-    return set_paused(c, req, true);
+    return set_paused(c, rq->data, true);
 }
 
-static enum MHD_Result post_resume(struct MHD_Connection *c, const char *req)
+static enum MHD_Result post_resume(struct MHD_Connection *c, struct admin_req *rq)
 {
-    return set_paused(c, req, false);
+    return set_paused(c, rq->data, false);
 }
 
 struct admin_route {
@@ -410,7 +673,7 @@ struct admin_route {
     bool token;                 /* needs the bearer token when one is configured:
                                  * every mutating route, and reads that expose
                                  * clients (addresses, users, databases) */
-    enum MHD_Result (*handle)(struct MHD_Connection *c, const char *body);
+    enum MHD_Result (*handle)(struct MHD_Connection *c, struct admin_req *rq);
 };
 
 static const struct admin_route routes[] = {
@@ -451,29 +714,68 @@ static bool authorized(struct MHD_Connection *c)
     return ok;
 }
 
+static const char *peer_name(const struct sockaddr *sa, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "?");
+    if (sa && sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out,
+                  (socklen_t)outlen);
+    else if (sa && sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
+                  (socklen_t)outlen);
+    return out;
+}
+
+/* The answer of rq's job, once MHD calls the handler again after resuming. */
+static enum MHD_Result job_answer(struct MHD_Connection *c, struct admin_req *rq)
+{
+    struct px_admin *a = rq->admin;
+    pthread_mutex_lock(&a->lock);
+    bool done = rq->job->done;
+    unsigned code = rq->job->code;
+    char *text = rq->job->text;
+    rq->job->text = NULL;
+    pthread_mutex_unlock(&a->lock);
+    if (!done)
+        return json_result(c, MHD_HTTP_SERVICE_UNAVAILABLE, false, "the admin endpoint is stopping");
+    return text ? reply(c, code, "application/json", text) : MHD_NO;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **con_cls)
 {
-    (void)cls, (void)version;
+    (void)version;
+    struct px_admin *a = cls;
     /* Collect the body (small JSON at most), answer once it is complete. */
-    struct req_body *rb = *con_cls;
-    if (!rb) {
-        if (!(rb = calloc(1, sizeof *rb)))
+    struct admin_req *rq = *con_cls;
+    if (!rq) {
+        if (!(rq = calloc(1, sizeof *rq)))
             return MHD_NO;
-        *con_cls = rb;
+        rq->admin = a;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        rq->ac = ci ? ci->socket_context : NULL;
+        *con_cls = rq;
         return MHD_YES;
     }
+    if (rq->job)
+        return job_answer(c, rq);
     if (*upload_size) {
-        size_t room = sizeof rb->data - 1 - rb->len;
+        size_t room = sizeof rq->data - 1 - rq->len;
         if (*upload_size > room)
-            rb->too_big = true;
+            rq->too_big = true;
         else
-            memcpy(rb->data + rb->len, upload, *upload_size), rb->len += *upload_size;
+            memcpy(rq->data + rq->len, upload, *upload_size), rq->len += *upload_size;
         *upload_size = 0;
         return MHD_YES;
     }
-    if (rb->too_big)
+    if (rq->ac) {
+        pthread_mutex_lock(&a->lock);
+        rq->ac->since_ms = px_now_ms();     /* the request is in: the answer's turn */
+        pthread_mutex_unlock(&a->lock);
+    }
+    if (rq->too_big)
         return json_result(c, MHD_HTTP_CONTENT_TOO_LARGE, false, "request body over 4 KiB");
     const struct admin_route *r = NULL;
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
@@ -492,34 +794,211 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (r->token && !authorized(c)) {
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-        char peer[INET6_ADDRSTRLEN] = "?";
-        if (ci && ci->client_addr) {
-            const struct sockaddr *sa = ci->client_addr;
-            if (sa->sa_family == AF_INET)
-                inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, peer, sizeof peer);
-            else if (sa->sa_family == AF_INET6)
-                inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, peer, sizeof peer);
-        }
+        char peer[INET6_ADDRSTRLEN];
         ferry_log(FERRY_LOG_WARN, "admin.unauthorized", "method=%s path=%s peer=%s",
-                  ferry_log_quote(method, qm, sizeof qm), ferry_log_quote(url, qp, sizeof qp), peer);
+                  ferry_log_quote(method, qm, sizeof qm), ferry_log_quote(url, qp, sizeof qp),
+                  peer_name(ci ? ci->client_addr : NULL, peer, sizeof peer));
         return json_result(c, MHD_HTTP_UNAUTHORIZED, false, "missing or wrong bearer token");
     }
     if (r->mutating)
         ferry_log(FERRY_LOG_INFO, "admin.request", "method=%s path=%s",
                   ferry_log_quote(method, qm, sizeof qm), ferry_log_quote(url, qp, sizeof qp));
-    return r->handle(c, rb->data);
+    return r->handle(c, rq);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode why)
 {
-    (void)cls, (void)c, (void)why;
-    free(*con_cls);
+    (void)c, (void)why;
+    struct px_admin *a = cls;
+    struct admin_req *rq = *con_cls;
+    if (!rq)
+        return;
+    pthread_mutex_lock(&a->lock);
+    if (rq->ac) {
+        rq->ac->since_ms = px_now_ms();     /* the next request's turn (keep-alive) */
+        wake_reaper(a);
+    }
+    if (rq->job) {
+        if (rq->job->conn) {    /* not expected: MHD ends no suspended request */
+            rq->job->ac->job = NULL;
+            rq->job->conn = NULL;
+            rq->job->ac = NULL;
+        }
+        job_unref(rq->job);
+    }
+    pthread_mutex_unlock(&a->lock);
+    free(rq);
     *con_cls = NULL;
 }
 
-struct px_admin *px_admin_start(const struct ferry_hostport *bind, char *err, size_t errlen)
+/* ---- connections: limits and deadlines ---- */
+
+static bool same_peer(const struct sockaddr_storage *x, const struct sockaddr_storage *y)
 {
+    if (x->ss_family != y->ss_family)
+        return false;
+    if (x->ss_family == AF_INET)
+        return memcmp(&((const struct sockaddr_in *)(const void *)x)->sin_addr,
+                      &((const struct sockaddr_in *)(const void *)y)->sin_addr,
+                      sizeof(struct in_addr)) == 0;
+    if (x->ss_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)(const void *)x)->sin6_addr,
+                      &((const struct sockaddr_in6 *)(const void *)y)->sin6_addr,
+                      sizeof(struct in6_addr)) == 0;
+    return false;
+}
+
+/* a->lock held. MHD sees the end of the stream and closes the connection
+ * (and calls on_completed for a request under way). */
+static void drop(struct admin_conn *ac, enum px_admin_drop why)
+{
+    ac->dropped = true;
+    shutdown(ac->fd, SHUT_RDWR);
+    __atomic_add_fetch(&px_admin_stats.dropped[why], 1, __ATOMIC_RELAXED);
+    char peer[INET6_ADDRSTRLEN];
+    ferry_log(FERRY_LOG_DEBUG, "admin.connection_dropped", "peer=%s reason=%s",
+              peer_name((const struct sockaddr *)&ac->peer, peer, sizeof peer),
+              px_admin_drop_names[why]);
+}
+
+/* a->lock held; ac was just accepted. Over the per-peer limit the peer's
+ * connection that has been longest in its phase goes, over the total limit
+ * the longest-waiting of all; connections held by a job never go. With no
+ * such connection, ac goes itself. */
+static void admit(struct px_admin *a, struct admin_conn *ac)
+{
+    unsigned total = 0, same = 0;
+    struct admin_conn *oldest = NULL, *oldest_same = NULL;
+    for (struct admin_conn *p = a->head; p; p = p->next) {
+        if (p->dropped)
+            continue;
+        bool sp = same_peer(&p->peer, &ac->peer);
+        total++;
+        same += sp;
+        if (p == ac || p->job)
+            continue;
+        if (!oldest || p->since_ms < oldest->since_ms)
+            oldest = p;
+        if (sp && (!oldest_same || p->since_ms < oldest_same->since_ms))
+            oldest_same = p;
+    }
+    if (same > a->max_per_peer)
+        drop(oldest_same ? oldest_same : ac, PX_ADMIN_DROP_PEER_LIMIT);
+    else if (total > a->max_conns)
+        drop(oldest ? oldest : ac, PX_ADMIN_DROP_LIMIT);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct px_admin *a = cls;
+    struct admin_conn *ac = *socket_context;
+    if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        if (!ac)
+            return;
+        pthread_mutex_lock(&a->lock);
+        if (ac->job) {          /* not expected: MHD closes no suspended connection */
+            ac->job->conn = NULL;
+            ac->job->ac = NULL;
+        }
+        *(ac->prev ? &ac->prev->next : &a->head) = ac->next;
+        *(ac->next ? &ac->next->prev : &a->tail) = ac->prev;
+        pthread_mutex_unlock(&a->lock);
+        __atomic_sub_fetch(&px_admin_stats.open, 1, __ATOMIC_RELAXED);
+        free(ac);
+        *socket_context = NULL;
+        return;
+    }
+    const union MHD_ConnectionInfo *fd = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    const union MHD_ConnectionInfo *addr =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!fd)
+        return;
+    if (!(ac = calloc(1, sizeof *ac))) {
+        shutdown(fd->connect_fd, SHUT_RDWR);    /* untracked connections are not served */
+        return;
+    }
+    ac->fd = fd->connect_fd;
+    if (addr && addr->client_addr && addr->client_addr->sa_family == AF_INET)
+        memcpy(&ac->peer, addr->client_addr, sizeof(struct sockaddr_in));
+    else if (addr && addr->client_addr && addr->client_addr->sa_family == AF_INET6)
+        memcpy(&ac->peer, addr->client_addr, sizeof(struct sockaddr_in6));
+    __atomic_add_fetch(&px_admin_stats.open, 1, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&a->lock);
+    ac->since_ms = px_now_ms();
+    ac->prev = a->tail;
+    *(a->tail ? &a->tail->next : &a->head) = ac;
+    a->tail = ac;
+    admit(a, ac);
+    wake_reaper(a);
+    pthread_mutex_unlock(&a->lock);
+    *socket_context = ac;
+}
+
+/* Shuts down every connection whose phase has lasted over the request
+ * timeout (MHD's own timeout only counts silence). */
+static void *reaper_main(void *arg)
+{
+    struct px_admin *a = arg;
+    pthread_mutex_lock(&a->lock);
+    while (!a->stopping) {
+        uint64_t now = px_now_ms(), next = UINT64_MAX;
+        for (struct admin_conn *ac = a->head; ac; ac = ac->next) {
+            if (ac->dropped || ac->job)
+                continue;
+            uint64_t due = ac->since_ms + a->timeout_ms;
+            if (due <= now)
+                drop(ac, PX_ADMIN_DROP_TIMEOUT);
+            else if (due < next)
+                next = due;
+        }
+        a->reaper_idle = next == UINT64_MAX;
+        if (a->reaper_idle) {
+            pthread_cond_wait(&a->cv, &a->lock);
+            continue;
+        }
+        uint64_t wait_ms = next - now < ADMIN_REAP_BATCH_MS ? ADMIN_REAP_BATCH_MS : next - now;
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += (time_t)(wait_ms / 1000);
+        until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L)
+            until.tv_sec++, until.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&a->cv, &a->lock, &until);
+    }
+    pthread_mutex_unlock(&a->lock);
+    return NULL;
+}
+
+/* ---- start, stop ---- */
+
+/* The admin endpoint takes at most a quarter of the descriptors: clients
+ * and their server connections need the rest. */
+static unsigned fd_budget(unsigned want)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+        want + ADMIN_SLACK <= rl.rlim_cur / 4)
+        return want;
+    rlim_t quarter = rl.rlim_cur / 4;
+    unsigned got = quarter > ADMIN_SLACK + 16 ? (unsigned)(quarter - ADMIN_SLACK) : 16;
+    ferry_log(FERRY_LOG_WARN, "admin.max_connections_reduced",
+              "configured=%u now=%u fd_limit=%llu reason=\"a quarter of the descriptor limit\"", want,
+              got, (unsigned long long)rl.rlim_cur);
+    return got;
+}
+
+bool px_admin_applies(const struct px_admin *a, const struct ferry_config *cfg)
+{
+    return !a || (a->cfg_max == cfg->admin_max_connections &&
+                  a->cfg_per_peer == cfg->admin_max_connections_per_peer &&
+                  a->cfg_timeout == cfg->admin_request_timeout);
+}
+
+struct px_admin *px_admin_start(const struct ferry_config *cfg, char *err, size_t errlen)
+{
+    const struct ferry_hostport *bind = &cfg->admin_bind;
     char addr[FERRY_HOST_MAX + 16];
     ferry_hostport_format(bind, addr, sizeof addr);
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
@@ -533,21 +1012,48 @@ struct px_admin *px_admin_start(const struct ferry_hostport *bind, char *err, si
         return NULL;
     }
     struct px_admin *a = calloc(1, sizeof *a);
-    /* a thread per connection: a switchover request waits for the new
-     * writer while /metrics and /v1/status keep answering */
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
+    if (!a) {
+        freeaddrinfo(res);
+        snprintf(err, errlen, "admin.bind %s: out of memory", addr);
+        return NULL;
+    }
+    a->cfg_max = cfg->admin_max_connections;
+    a->cfg_per_peer = cfg->admin_max_connections_per_peer;
+    a->cfg_timeout = cfg->admin_request_timeout;
+    a->max_conns = fd_budget(a->cfg_max);
+    a->max_per_peer = a->cfg_per_peer < a->max_conns ? a->cfg_per_peer : a->max_conns;
+    a->timeout_ms = (uint64_t)(a->cfg_timeout * 1000.0);
+    a->refs = 1;
+    pthread_mutex_init(&a->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&a->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    /* One polling thread for every connection; requests that wait are
+     * suspended (jobs). MHD's own limits sit ADMIN_SLACK above ferry's,
+     * which admit() enforces by dropping older connections; MHD's timeout
+     * (silence) backs up the reaper's (whole phases). */
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME;
     if (res->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    if (a)
-        a->daemon = MHD_start_daemon(flags, bind->port, NULL, NULL, on_request, NULL,
-                                     MHD_OPTION_SOCK_ADDR, res->ai_addr,
-                                     MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
-                                     MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-                                     MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
+    a->daemon = MHD_start_daemon(flags, bind->port, NULL, NULL, on_request, a,
+                                 MHD_OPTION_SOCK_ADDR, res->ai_addr,
+                                 MHD_OPTION_CONNECTION_LIMIT, a->max_conns + ADMIN_SLACK,
+                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT, a->max_per_peer + ADMIN_SLACK,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)((a->timeout_ms + 999) / 1000),
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
+                                 MHD_OPTION_NOTIFY_CONNECTION, on_connection, a, MHD_OPTION_END);
     freeaddrinfo(res);
-    if (!a || !a->daemon) {
+    if (!a->daemon) {
         snprintf(err, errlen, "admin.bind %s: cannot listen (address in use or not local?)", addr);
-        free(a);
+        admin_unref(a);
+        return NULL;
+    }
+    if (pthread_create(&a->reaper, NULL, reaper_main, a) != 0) {
+        snprintf(err, errlen, "admin.bind %s: cannot start a thread", addr);
+        MHD_stop_daemon(a->daemon);
+        admin_unref(a);
         return NULL;
     }
     return a;
@@ -557,6 +1063,21 @@ void px_admin_stop(struct px_admin *a)
 {
     if (!a)
         return;
+    pthread_mutex_lock(&a->lock);
+    __atomic_store_n(&a->stopping, true, __ATOMIC_RELAXED);
+    /* MHD must not stop with a suspended connection: each goes back (its
+     * handler says the endpoint is stopping). A reload job outlives this
+     * (the reload that stops this endpoint is one), holding a reference;
+     * jobs on threads end promptly and are waited for, since they read
+     * what the caller frees next (discovery). */
+    for (struct admin_conn *ac = a->head; ac; ac = ac->next)
+        if (ac->job)
+            job_resume(ac->job);
+    pthread_cond_broadcast(&a->cv);
+    while (a->nthreads > 0)
+        pthread_cond_wait(&a->cv, &a->lock);
+    pthread_mutex_unlock(&a->lock);
+    pthread_join(a->reaper, NULL);
     MHD_stop_daemon(a->daemon);
-    free(a);
+    admin_unref(a);
 }

@@ -14,6 +14,9 @@
 #include <unistd.h>
 
 #define DEFAULT_ADMIN_BIND "127.0.0.1:9187"
+#define DEFAULT_ADMIN_MAX_CONNECTIONS 1024
+#define DEFAULT_ADMIN_MAX_CONNECTIONS_PER_PEER 16
+#define DEFAULT_ADMIN_REQUEST_TIMEOUT 5.0
 
 /* Parsing context: the file name for messages and the first error seen. */
 struct cfg_ctx {
@@ -956,10 +959,14 @@ static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg
 
     char why[256];
     cfg->admin_enabled = true;
+    cfg->admin_max_connections = DEFAULT_ADMIN_MAX_CONNECTIONS;
+    cfg->admin_max_connections_per_peer = DEFAULT_ADMIN_MAX_CONNECTIONS_PER_PEER;
+    cfg->admin_request_timeout = DEFAULT_ADMIN_REQUEST_TIMEOUT;
     ferry_hostport_parse(DEFAULT_ADMIN_BIND, &cfg->admin_bind, why, sizeof why);
     json_t *admin = json_object_get(root, "admin");
     if (admin) {
-        static const char *const akeys[] = {"bind", "token_file", "token_env", NULL};
+        static const char *const akeys[] = {"bind", "token_file", "token_env", "max_connections",
+                                            "max_connections_per_peer", "request_timeout", NULL};
         if (!json_is_object(admin)) {
             cfg_fail(c, "admin", "expected an object, got %s", json_type_name(admin));
         } else {
@@ -983,6 +990,17 @@ static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg
             }
             if (cfg->admin_token && strlen(cfg->admin_token) < 16)
                 cfg_fail(c, "admin", "the admin token must be at least 16 characters");
+            long long lim;
+            if (get_uint(c, admin, "max_connections", "admin.max_connections", 16, 65536, &lim))
+                cfg->admin_max_connections = (unsigned)lim;
+            if (get_uint(c, admin, "max_connections_per_peer", "admin.max_connections_per_peer", 1,
+                         65536, &lim))
+                cfg->admin_max_connections_per_peer = (unsigned)lim;
+            get_seconds(c, admin, "request_timeout", "admin.request_timeout", 0.5, 300,
+                        &cfg->admin_request_timeout);
+            if (!c->failed && cfg->admin_max_connections_per_peer > cfg->admin_max_connections)
+                cfg_fail(c, "admin.max_connections_per_peer", "%u is above admin.max_connections (%u)",
+                         cfg->admin_max_connections_per_peer, cfg->admin_max_connections);
         }
     }
 

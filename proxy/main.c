@@ -358,7 +358,7 @@ static bool reload(char *err, size_t errlen)
     struct px_listener **pls = listeners_for(cfg, err, errlen);
     struct px_admin *new_admin = NULL;
     if (pls && admin_changed(cfg) && cfg->admin_enabled)
-        new_admin = px_admin_start(&cfg->admin_bind, err, errlen);
+        new_admin = px_admin_start(cfg, err, errlen);
     if (!pls || (admin_changed(cfg) && cfg->admin_enabled && !new_admin)) {
         log_reload_failed(err);
         if (pls) {
@@ -383,6 +383,10 @@ static bool reload(char *err, size_t errlen)
         existed ? kept++ : added++;
     }
     size_t removed = px_proc.nlisteners - kept;
+    if (cfg->admin_enabled && !px_admin_applies(mainloop.admin, cfg))
+        ferry_log(FERRY_LOG_WARN, "config.reload_partial",
+                  "key=admin action=\"max_connections, max_connections_per_peer and request_timeout "
+                  "apply when the admin endpoint starts: restart ferry or change admin.bind\"");
     install(cfg, pls);
     ferry_log(FERRY_LOG_INFO, "config.reloaded",
               "generation=%llu listeners=%zu added=%zu removed=%zu kept=%zu",
@@ -397,25 +401,32 @@ static bool reload(char *err, size_t errlen)
 
 static struct {
     pthread_mutex_t lock;
-    pthread_cond_t done_cv;
     uv_async_t async;           /* on the main loop */
     bool open;                  /* async initialised and not yet closed */
-    bool pending;               /* a reload was asked for */
-    bool done;
-    bool ok;
-    char msg[FERRY_ERR_MAX + 64];
-} control = {.lock = PTHREAD_MUTEX_INITIALIZER, .done_cv = PTHREAD_COND_INITIALIZER};
+    struct px_reload_wait *waiting; /* reloads asked for and not yet run */
+} control = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* Answers every waiter of list (each may free itself in done). */
+static void answer_reloads(struct px_reload_wait *list, bool ok, const char *msg)
+{
+    while (list) {
+        struct px_reload_wait *next = list->next;
+        list->done(list, ok, msg);
+        list = next;
+    }
+}
 
 static void on_control(uv_async_t *h)
 {
     (void)h;
     pthread_mutex_lock(&control.lock);
-    bool pending = control.pending;
-    control.pending = false;
+    struct px_reload_wait *list = control.waiting;
+    control.waiting = NULL;
     pthread_mutex_unlock(&control.lock);
-    if (!pending)
+    if (!list)
         return;
-    char msg[sizeof control.msg];
+    /* one reload answers every request that came before it started */
+    char msg[FERRY_ERR_MAX + 64];
     bool ok;
     if (__atomic_load_n(&px_proc.draining, __ATOMIC_RELAXED)) {
         ok = false;
@@ -423,38 +434,21 @@ static void on_control(uv_async_t *h)
     } else {
         ok = reload(msg, sizeof msg);
     }
-    pthread_mutex_lock(&control.lock);
-    control.ok = ok;
-    snprintf(control.msg, sizeof control.msg, "%s", msg);
-    control.done = true;
-    pthread_cond_broadcast(&control.done_cv);
-    pthread_mutex_unlock(&control.lock);
+    answer_reloads(list, ok, msg);
 }
 
-bool px_control_reload(char *msg, size_t msglen)
+void px_control_reload(struct px_reload_wait *w)
 {
     pthread_mutex_lock(&control.lock);
     if (!control.open) {
         pthread_mutex_unlock(&control.lock);
-        snprintf(msg, msglen, "shutting down");
-        return false;
+        w->done(w, false, "shutting down");
+        return;
     }
-    /* one at a time: wait out a reload already in progress */
-    while (control.pending)
-        pthread_cond_wait(&control.done_cv, &control.lock);
-    control.pending = true;
-    control.done = false;
+    w->next = control.waiting;
+    control.waiting = w;
     uv_async_send(&control.async);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 30;
-    while (!control.done)
-        if (pthread_cond_timedwait(&control.done_cv, &control.lock, &until) != 0)
-            break;
-    bool ok = control.done && control.ok;
-    snprintf(msg, msglen, "%s", control.done ? control.msg : "timed out waiting for the reload");
     pthread_mutex_unlock(&control.lock);
-    return ok;
 }
 
 bool px_set_paused(const char *listener, bool paused)
@@ -537,10 +531,10 @@ static void on_drain_poll(uv_timer_t *t)
     uv_close((uv_handle_t *)t, NULL);
     pthread_mutex_lock(&control.lock);
     control.open = false;
-    control.done = true;    /* wake a waiting admin request */
-    snprintf(control.msg, sizeof control.msg, "shutting down");
-    pthread_cond_broadcast(&control.done_cv);
+    struct px_reload_wait *list = control.waiting;
+    control.waiting = NULL;
     pthread_mutex_unlock(&control.lock);
+    answer_reloads(list, false, "shutting down");
     uv_close((uv_handle_t *)&control.async, NULL);
 }
 
@@ -639,7 +633,7 @@ static int cmd_run(const char *path)
     }
     mainloop.admin_enabled = cfg->admin_enabled;
     mainloop.admin_bind = cfg->admin_bind;
-    if (cfg->admin_enabled && !(mainloop.admin = px_admin_start(&cfg->admin_bind, err, sizeof err))) {
+    if (cfg->admin_enabled && !(mainloop.admin = px_admin_start(cfg, err, sizeof err))) {
         ferry_log(FERRY_LOG_ERROR, "ferry.start_failed", "error=\"%s\"",
                   ferry_log_escape(err, esc, sizeof esc));
         for (size_t i = 0; i < cfg->nlisteners; i++)

@@ -275,6 +275,14 @@ char *px_metrics_text(void)
         discovery_metrics(f, st);
         json_decref(st);
     }
+    help(f, "ferry_admin_connections", "gauge", "Connections to the admin endpoint open now.");
+    fprintf(f, "ferry_admin_connections %u\n", __atomic_load_n(&px_admin_stats.open, __ATOMIC_RELAXED));
+    help(f, "ferry_admin_connections_dropped_total", "counter",
+         "Admin connections ferry closed: over admin.request_timeout, or to make room for a newer "
+         "one (per-peer or total limit).");
+    for (int i = 0; i < PX_ADMIN_DROP_N; i++)
+        fprintf(f, "ferry_admin_connections_dropped_total{reason=\"%s\"} %llu\n", px_admin_drop_names[i],
+                (unsigned long long)__atomic_load_n(&px_admin_stats.dropped[i], __ATOMIC_RELAXED));
     help(f, "ferry_buffer_queued_bytes", "gauge", "Bytes queued in session buffers.");
     fprintf(f, "ferry_buffer_queued_bytes %llu\n", (unsigned long long)queued);
     help(f, "ferry_process_resident_memory_bytes", "gauge", "Resident set size.");

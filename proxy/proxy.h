@@ -305,9 +305,16 @@ void px_cancel_update(uint32_t pid, const struct sockaddr *server, uint32_t back
 bool px_pg_auth_prepare(struct ferry_listener_cfg *l, char *why, size_t whylen);
 void px_pg_auth_release(struct ferry_listener_cfg *l);
 
-/* main.c: what the admin thread asks of the main thread. Both block the
- * caller until done; any thread but the main one. */
-bool px_control_reload(char *msg, size_t msglen);   /* true if the new config is in force */
+/* main.c: what the admin thread asks of the main thread; any thread but
+ * the main one. px_control_reload() returns at once: done runs on the main
+ * thread once the reload has run (ok: the new config is in force; msg says
+ * which generation, or why not), or at once on the caller's thread when
+ * ferry is shutting down. w stays the caller's; done may free it. */
+struct px_reload_wait {
+    struct px_reload_wait *next;    /* main.c's list */
+    void (*done)(struct px_reload_wait *w, bool ok, const char *msg);
+};
+void px_control_reload(struct px_reload_wait *w);
 /* The operator's pause / resume of one listener (by name) or, NULL, of all
  * (resuming all also lifts every listener's own pause); false: no listener
  * of that name. Switchovers do not touch it. */
@@ -318,10 +325,27 @@ bool px_set_paused(const char *listener, bool paused);
 struct px_listener **px_switchover_hold(const char *listener, const char *cluster, size_t *n);
 void px_switchover_release(struct px_listener **pls, size_t n);
 
-/* admin HTTP */
+/* admin HTTP (admin.c). Start and stop: main thread. */
 struct px_admin;
-struct px_admin *px_admin_start(const struct ferry_hostport *bind, char *err, size_t errlen);
+struct px_admin *px_admin_start(const struct ferry_config *cfg, char *err, size_t errlen);
 void px_admin_stop(struct px_admin *a);
+/* Connections the admin endpoint closed itself, by reason; and how many are
+ * open. Process-wide (across restarts of the endpoint), atomics. */
+enum px_admin_drop {
+    PX_ADMIN_DROP_TIMEOUT,      /* a request (or its answer) took over admin.request_timeout */
+    PX_ADMIN_DROP_PEER_LIMIT,   /* room for a newer connection of the same client address */
+    PX_ADMIN_DROP_LIMIT,        /* room for a newer connection at admin.max_connections */
+    PX_ADMIN_DROP_N
+};
+extern const char *const px_admin_drop_names[PX_ADMIN_DROP_N];
+struct px_admin_stats {
+    unsigned open;
+    uint64_t dropped[PX_ADMIN_DROP_N];
+};
+extern struct px_admin_stats px_admin_stats;
+/* Whether a runs with cfg's admin limits (max_connections,
+ * max_connections_per_peer, request_timeout); they apply at its start. */
+bool px_admin_applies(const struct px_admin *a, const struct ferry_config *cfg);
 
 uint64_t px_now_ms(void);
 

@@ -154,6 +154,9 @@ struct ferry_config {
     bool admin_enabled;
     struct ferry_hostport admin_bind;
     char *admin_token;                  /* owned; NULL = mutating endpoints open. Never log it */
+    unsigned admin_max_connections;     /* admin connections open at once (all peers) */
+    unsigned admin_max_connections_per_peer; /* ... from one client address */
+    double admin_request_timeout;       /* seconds to send a whole request, and to take its answer */
     enum { FERRY_LOG_TEXT, FERRY_LOG_JSON } log_format;
     struct ferry_listener_cfg *listeners; /* owned, nlisteners entries */
     size_t nlisteners;

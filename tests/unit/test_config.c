@@ -22,6 +22,9 @@ static void test_minimal_defaults(void)
     ASSERT_TRUE(c->admin_enabled);
     ASSERT_EQ_STR(c->admin_bind.host, "127.0.0.1");
     ASSERT_EQ_INT(c->admin_bind.port, 9187);
+    ASSERT_EQ_INT(c->admin_max_connections, 1024);
+    ASSERT_EQ_INT(c->admin_max_connections_per_peer, 16);
+    ASSERT_TRUE(c->admin_request_timeout == 5.0);
     ASSERT_EQ_INT(c->nlisteners, 1);
     const struct ferry_listener_cfg *l = &c->listeners[0];
     ASSERT_EQ_STR(l->name, "pg");
@@ -52,7 +55,8 @@ static void test_full_config(void)
 {
     const char *json =
         "{\"workers\":3,\"log_level\":\"debug\",\"shutdown_timeout\":2.5,"
-        "\"admin\":{\"bind\":\"[::1]:9000\"},"
+        "\"admin\":{\"bind\":\"[::1]:9000\",\"max_connections\":64,\"max_connections_per_peer\":64,"
+        "\"request_timeout\":0.5},"
         "\"listeners\":[{\"name\":\"my\",\"protocol\":\"mysql\",\"backend_tls\":{\"mode\":\"disabled\"},\"bind\":\"0.0.0.0:3307\","
         "\"max_client_connections\":5,\"connect_timeout\":0.5,\"session_buffer\":65536,"
         "\"client_idle_timeout\":300,\"client_tcp_keepalive\":false,"
@@ -66,6 +70,9 @@ static void test_full_config(void)
     ASSERT_EQ_INT(c->log_level, FERRY_LOG_DEBUG);
     ASSERT_TRUE(c->shutdown_timeout == 2.5);
     ASSERT_EQ_STR(c->admin_bind.host, "::1");
+    ASSERT_EQ_INT(c->admin_max_connections, 64);
+    ASSERT_EQ_INT(c->admin_max_connections_per_peer, 64);
+    ASSERT_TRUE(c->admin_request_timeout == 0.5);
     const struct ferry_listener_cfg *l = &c->listeners[0];
     ASSERT_EQ_INT(l->protocol, FERRY_PROTO_MYSQL);
     ASSERT_EQ_INT(l->max_client_connections, 5);
@@ -214,6 +221,14 @@ static const struct {
     {"{\"admin\":{\"bind\":\"localhost\"}," L0 CL "}]}",
      "ferry.json: admin.bind: \"localhost\" is not host:port"},
     {"{\"admin\":{\"port\":1}," L0 CL "}]}", "ferry.json: admin.port: unknown key"},
+    {"{\"admin\":{\"max_connections\":8}," L0 CL "}]}",
+     "ferry.json: admin.max_connections: 8 out of range 16..65536"},
+    {"{\"admin\":{\"max_connections\":32,\"max_connections_per_peer\":33}," L0 CL "}]}",
+     "ferry.json: admin.max_connections_per_peer: 33 is above admin.max_connections (32)"},
+    {"{\"admin\":{\"max_connections_per_peer\":0}," L0 CL "}]}",
+     "ferry.json: admin.max_connections_per_peer: 0 out of range 1..65536"},
+    {"{\"admin\":{\"request_timeout\":0.1}," L0 CL "}]}",
+     "ferry.json: admin.request_timeout: 0.1 seconds out of range 0.5..300"},
     {"{\"admin\":{\"bind\":\"127.0.0.1:6432\"}," L0 CL "}]}",
      "ferry.json: listeners[0].bind: same address as admin.bind"},
     {"{\"listeners\":[{\"name\":\"pg\",\"protocol\":\"postgresql\",\"bind\":\"127.0.0.1:70000\"," CL "}]}",
