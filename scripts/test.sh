@@ -31,12 +31,23 @@ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=cl
 cmake --build build-fuzz -j"$JOBS"
 fuzz_work=$(mktemp -d)
 trap 'rm -rf "$fuzz_work"' EXIT
+# Each target prints its coverage (cov: edges, ft: features) when done; the
+# functions listed in tests/fuzz/must_reach/<name> must be among those it
+# covered (so a target linked against uninstrumented code fails here).
 for target in $(find build-fuzz -type f -perm -u+x -name 'fuzz_*' | sort); do
   name=$(basename "$target"); name=${name#fuzz_}
   mkdir -p "$fuzz_work/$name"
-  echo "fuzz_$name:"
-  "$target" -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 "$fuzz_work/$name" \
-    "tests/fuzz/corpus/$name" 2>&1 | tail -n 1
+  "$target" -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 -print_coverage=1 \
+    "$fuzz_work/$name" "tests/fuzz/corpus/$name" > "$fuzz_work/$name.log" 2>&1 \
+    || { tail -n 40 "$fuzz_work/$name.log"; exit 1; }
+  echo "fuzz_$name: $(grep -E '^#[0-9]+[[:space:]]+DONE' "$fuzz_work/$name.log" | tail -n 1)"
+  if [ -f "tests/fuzz/must_reach/$name" ]; then
+    while read -r fn; do
+      [ -z "$fn" ] || [ "${fn#\#}" != "$fn" ] && continue
+      grep -qE "^COVERED_FUNC: .* $fn " "$fuzz_work/$name.log" \
+        || { echo "fuzz_$name never reached $fn"; exit 1; }
+    done < "tests/fuzz/must_reach/$name"
+  fi
 done
 
 step "deployment: Dockerfile, Kubernetes manifests, IAM policy (tests/deploy)"
