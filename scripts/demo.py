@@ -223,7 +223,10 @@ class Demo:
 
         t = threading.Thread(target=switch)
         t.start()
-        proc.wait_for(lambda: self.ferry.status()["paused"], timeout=10, what="ferry to pause")
+        # the switchover holds the listeners it switches (not a global pause)
+        proc.wait_for(lambda: any(x["name"] == "pg" and x["holding"]
+                                  for x in self.ferry.status()["listeners"]),
+                      timeout=10, what="ferry to hold the pg listener")
         self.pg.primary.query("ALTER SYSTEM SET default_transaction_read_only = on")
         self.pg.primary.query("SELECT pg_reload_conf()")
         lsn = self.pg.primary.query("SELECT pg_current_wal_lsn()::text")[0][0]

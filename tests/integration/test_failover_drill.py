@@ -44,6 +44,11 @@ def switched_at(ferry, to):
     return [h["at"] for h in ferry.status()["discovery"]["history"] if h["to"] == to][-1]
 
 
+def holding(ferry, name):
+    """A switchover of listener name is holding its new work."""
+    return any(x["name"] == name and x["holding"] for x in ferry.status()["listeners"])
+
+
 def held(ferry):
     return ferry.status()["listeners"][0]["clients_held"]
 
@@ -145,7 +150,7 @@ def test_repeated_switchovers_under_load(ferry_factory, own_pg):
     for _ in range(3):
         old, new = servers[current], servers[other]
         t, out = switchover(ferry, other)
-        wait_for(lambda: ferry.status()["paused"], timeout=10, what="ferry to pause")
+        wait_for(lambda: holding(ferry, "pg"), timeout=10, what="ferry to hold the pg listener")
         old.query("ALTER SYSTEM SET default_transaction_read_only = on")
         old.query("SELECT pg_reload_conf()")
         lsn = old.query("SELECT pg_current_wal_lsn()::text")[0][0]
