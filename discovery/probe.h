@@ -21,7 +21,8 @@
 struct disc_probe;
 
 /* One instance of an Aurora global database, as Aurora itself reports it
- * (aurora_global_db_instance_status()). */
+ * (PostgreSQL: aurora_global_db_instance_status(); MySQL:
+ * information_schema.aurora_global_db_instance_status). */
 #define DISC_TOPO_MAX 16
 struct disc_topo_member {
     char server_id[64];         /* the DB instance identifier */
@@ -104,6 +105,8 @@ struct disc_probe {
     long tls_verify_error;      /* engine-defined: X509 error the handshake saw (0 = none) */
     bool aurora_checked;
     bool aurora;
+    bool aurora_global;         /* engine-defined: Aurora's global topology is there to read
+                                   (MySQL: information_schema has the table) */
     void *scratch;              /* engine-defined (e.g. a MYSQL_RES) */
 
     /* driver state */

@@ -23,6 +23,17 @@
  * no TLS in required and verify_ca; the engine then fails the probe after
  * the login. Its TLS handshake holds the loop for its round trips (see
  * io_wait), at most until the probe's deadline.
+ *
+ * Aurora MySQL: the first query on a connection also asks whether
+ * information_schema has REPLICA_HOST_STATUS (Aurora) and
+ * AURORA_GLOBAL_DB_INSTANCE_STATUS (a global database on Aurora MySQL
+ * 3.04+). With the latter, every round then reads the global topology with
+ * a second query on the same connection: who the global writer is
+ * (SESSION_ID = 'MASTER_SESSION_ID'), in which region, and each instance's
+ * visibility lag, as any instance of any region reports it. Without it (an
+ * older version, a cluster outside a global database, MariaDB) there is no
+ * topology and nothing else changes. A server error on that query (a grant
+ * missing) leaves the round's answer as it is, without a topology.
  */
 #include <errmsg.h>
 #include <errno.h>
@@ -38,19 +49,28 @@
 
 #include "probe.h"
 
-enum { MY_IDLE, MY_CONNECTING, MY_QUERYING, MY_STORING };
+enum { MY_IDLE, MY_CONNECTING, MY_QUERYING, MY_STORING, MY_TOPO_QUERYING, MY_TOPO_STORING };
 
 #define SELECT_RO "SELECT @@global.read_only, @@global.innodb_read_only, "
-#define AURORA_COL                                                                              \
+/* 1 when information_schema has the table (names upper-cased: MySQL 8 and
+ * MariaDB spell information_schema's own tables in capitals there) */
+#define I_S_HAS(table)                                                                          \
     "(SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'information_schema' " \
-    "AND TABLE_NAME = 'REPLICA_HOST_STATUS'), "
+    "AND UPPER(TABLE_NAME) = '" table "'), "
+#define AURORA_COLS I_S_HAS("REPLICA_HOST_STATUS") I_S_HAS("AURORA_GLOBAL_DB_INSTANCE_STATUS")
 #define MARIADB_REPLICATING \
     "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'SLAVES_RUNNING')"
-/* [mariadb][first query on the connection] */
+/* [mariadb][first query on the connection]: read_only, innodb_read_only,
+ * Aurora, Aurora global topology, replicating */
 static const char *const QUERIES[2][2] = {
-    {SELECT_RO "0, NULL", SELECT_RO AURORA_COL "NULL"},
-    {SELECT_RO "0, " MARIADB_REPLICATING, SELECT_RO AURORA_COL MARIADB_REPLICATING},
+    {SELECT_RO "0, 0, NULL", SELECT_RO AURORA_COLS "NULL"},
+    {SELECT_RO "0, 0, " MARIADB_REPLICATING, SELECT_RO AURORA_COLS MARIADB_REPLICATING},
 };
+#define QUERY_COLS 5
+/* Aurora MySQL's global topology: every instance of every region */
+static const char *const QUERY_TOPOLOGY =
+    "SELECT SERVER_ID, SESSION_ID, AWS_REGION, VISIBILITY_LAG_IN_MSEC "
+    "FROM information_schema.aurora_global_db_instance_status";
 
 /* backend_tls.mode as a MySQL listener's config says it */
 static const char *const MYSQL_MODE_NAMES[] = {
@@ -283,32 +303,35 @@ static int start_query(struct disc_probe *p, struct disc_probe_result *r, int *f
     return err ? fail(r, "query", p->conn) : start_store(p, r, fd);
 }
 
-static int stored(struct disc_probe *p, struct disc_probe_result *r, MYSQL_RES *res)
+static int start_topology(struct disc_probe *p, struct disc_probe_result *r, int *fd);
+
+static int stored(struct disc_probe *p, struct disc_probe_result *r, int *fd, MYSQL_RES *res)
 {
     p->phase = MY_IDLE;
     if (!res)
         return fail(r, "query", p->conn);
     MYSQL_ROW row = mysql_fetch_row(res);
-    if (!row || mysql_num_fields(res) != 4 || !row[0] || !row[1]) {
+    if (!row || mysql_num_fields(res) != QUERY_COLS || !row[0] || !row[1]) {
         mysql_free_result(res);
         snprintf(r->detail, sizeof r->detail, "query: unexpected result");
         return -1;
     }
     if (!p->aurora_checked) {
         p->aurora = row[2] && strcmp(row[2], "0") != 0;
+        p->aurora_global = p->aurora && row[3] && strcmp(row[3], "0") != 0;
         p->aurora_checked = true;
     }
     r->ok = true;
     r->aurora = p->aurora;
-    r->replicating = row[3] && strcmp(row[3], "0") != 0;
+    r->replicating = row[4] && strcmp(row[4], "0") != 0;
     r->writable = strcmp(row[0], "0") == 0 && strcmp(row[1], "0") == 0 && !r->replicating;
     snprintf(r->detail, sizeof r->detail, "read_only=%.8s innodb_read_only=%.8s%s%.8s", row[0],
              row[1], r->replicating ? " replicating (Slaves_running=" : "",
-             r->replicating ? row[3] : "");
+             r->replicating ? row[4] : "");
     if (r->replicating)
         strncat(r->detail, ")", sizeof r->detail - strlen(r->detail) - 1);
     mysql_free_result(res);
-    return 0;
+    return p->aurora_global ? start_topology(p, r, fd) : 0;
 }
 
 static int start_store(struct disc_probe *p, struct disc_probe_result *r, int *fd)
@@ -316,7 +339,58 @@ static int start_store(struct disc_probe *p, struct disc_probe_result *r, int *f
     MYSQL_RES *res = NULL;
     int st = mysql_store_result_start(&res, p->conn);
     p->phase = MY_STORING;
-    return st ? wait_for(p, st, fd) : stored(p, r, res);
+    return st ? wait_for(p, st, fd) : stored(p, r, fd, res);
+}
+
+/* The topology query failed. A server error (a grant missing, the table
+ * gone) costs only the topology: the round's answer stands and the
+ * connection stays. A client error (the connection lost) fails the probe. */
+static int topology_failed(struct disc_probe *p, struct disc_probe_result *r)
+{
+    p->phase = MY_IDLE;
+    if (mysql_errno(p->conn) >= CR_MIN_ERROR)
+        return fail(r, "topology query", p->conn);
+    size_t n = strlen(r->detail);
+    snprintf(r->detail + n, sizeof r->detail - n, "; no topology: %.100s", mysql_error(p->conn));
+    return 0;
+}
+
+static int topology_stored(struct disc_probe *p, struct disc_probe_result *r, MYSQL_RES *res)
+{
+    p->phase = MY_IDLE;
+    if (!res)
+        return topology_failed(p, r);
+    r->ntopo = 0;
+    MYSQL_ROW row;
+    while (mysql_num_fields(res) == 4 && (row = mysql_fetch_row(res)) &&
+           r->ntopo < DISC_TOPO_MAX) {
+        struct disc_topo_member *m = &r->topo[r->ntopo++];
+        snprintf(m->server_id, sizeof m->server_id, "%s", row[0] ? row[0] : "");
+        m->writer = row[1] && strcmp(row[1], "MASTER_SESSION_ID") == 0;
+        snprintf(m->region, sizeof m->region, "%s", row[2] ? row[2] : "");
+        m->lag_ms = row[3] ? strtod(row[3], NULL) : -1.0;
+    }
+    mysql_free_result(res);
+    return 0;
+}
+
+static int start_topology_store(struct disc_probe *p, struct disc_probe_result *r, int *fd)
+{
+    MYSQL_RES *res = NULL;
+    int st = mysql_store_result_start(&res, p->conn);
+    p->phase = MY_TOPO_STORING;
+    return st ? wait_for(p, st, fd) : topology_stored(p, r, res);
+}
+
+static int start_topology(struct disc_probe *p, struct disc_probe_result *r, int *fd)
+{
+    int err = 0;
+    int st = mysql_real_query_start(&err, p->conn, QUERY_TOPOLOGY,
+                                    (unsigned long)strlen(QUERY_TOPOLOGY));
+    p->phase = MY_TOPO_QUERYING;
+    if (st)
+        return wait_for(p, st, fd);
+    return err ? topology_failed(p, r) : start_topology_store(p, r, fd);
 }
 
 static int my_step_in(struct disc_probe *p, struct disc_probe_result *r, int *fd)
@@ -337,7 +411,15 @@ static int my_step_in(struct disc_probe *p, struct disc_probe_result *r, int *fd
         return err ? fail(r, "query", p->conn) : start_store(p, r, fd);
     case MY_STORING:
         st = mysql_store_result_cont(&res, p->conn, ready_status(p));
-        return st ? wait_for(p, st, fd) : stored(p, r, res);
+        return st ? wait_for(p, st, fd) : stored(p, r, fd, res);
+    case MY_TOPO_QUERYING:
+        st = mysql_real_query_cont(&err, p->conn, ready_status(p));
+        if (st)
+            return wait_for(p, st, fd);
+        return err ? topology_failed(p, r) : start_topology_store(p, r, fd);
+    case MY_TOPO_STORING:
+        st = mysql_store_result_cont(&res, p->conn, ready_status(p));
+        return st ? wait_for(p, st, fd) : topology_stored(p, r, res);
     }
     snprintf(r->detail, sizeof r->detail, "internal: bad phase %d", p->phase);
     return -1;
@@ -364,6 +446,7 @@ static void my_drop(struct disc_probe *p)
     p->conn = NULL;
     p->phase = MY_IDLE;
     p->aurora_checked = false;
+    p->aurora_global = false;
 }
 
 const struct disc_engine disc_engine_mysql = {"mysql", my_step, my_drop};

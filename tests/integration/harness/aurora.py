@@ -149,12 +149,9 @@ What is modelled, and how (quotes are AWS's documentation; reference/aws.md
   a certificate whose SANs are its instance name, its cluster's writer and
   reader names, the global writer name and its address.
 
-NOT modelled: Aurora MySQL. MariaDB cannot add tables to information_schema
-(aurora_global_db_instance_status, replica_host_status live there), so an
-honest MySQL stand-in would be either a protocol-level server that answers
-those queries itself, or the same tables as views in another schema with the
-probe's queries pointed there (which tests a different query than the one
-ferry sends to Aurora). Also not modelled: storage-level replication
+Aurora MySQL has a stand-in of its own, harness/aurora_mysql.py (MariaDB
+behind a protocol relay); it shares the names and their moves
+(GlobalEndpoints, below). Not modelled: storage-level replication
 (Aurora readers share a volume; here each instance has its own copy),
 reader endpoint balancing, write forwarding, RPO capping
 (rds.global_db_rpo), cluster endpoints' TTLs beyond the two delays above.
@@ -333,7 +330,7 @@ class AuroraInstance(PgServer):
         self.sockdir = os.path.join(basedir, f"sock-{instance_id}")
         self.tls_files = tls_files          # (cert, key) or None
         self.session_uuid = str(uuid.uuid4())
-        self.endpoint = f"{instance_id}.{cluster.hash}.{cluster.region}.{DOMAIN}"
+        self.endpoint = cluster.instance_endpoint(instance_id)
 
     def __repr__(self):
         return f"<AuroraInstance {self.instance_id} {self.host}:{self.port}>"
@@ -376,12 +373,164 @@ class RegionalCluster:
     def __repr__(self):
         return f"<RegionalCluster {self.cluster_id} {self.region}>"
 
+    def instance_endpoint(self, instance_id):
+        return f"{instance_id}.{self.hash}.{self.region}.{DOMAIN}"
 
-class AuroraGlobalPg:
+
+class GlobalEndpoints:
+    """What every stand-in of a global database has, whatever the engine:
+    regional clusters of instances, each instance behind its own loopback
+    address (inst.host) on the stand-in's port, the Aurora-shaped endpoint
+    names in a PrivateHosts file and how they move, ferry's cluster entries,
+    the life cycle, and an event log. Subclasses say PROTOCOL and define
+    _prepare(), _setup() (which builds self.clusters) and stop()."""
+
+    PROTOCOL = None     # ferry's listener protocol
+    LISTENER = None     # ferry_listener()'s default name
+
+    def _init_names(self, hosts, global_id, writer_dns_delay, demoted_writer_linger):
+        self.hosts = hosts
+        self.global_id = global_id
+        self.writer_dns_delay = writer_dns_delay
+        self.demoted_writer_linger = demoted_writer_linger
+        self.global_name = f"{global_id}.global-{_hash(global_id)}.global.{DOMAIN}"
+        self.port = None
+        self.clusters = []
+        self.writer = None          # the instance that is the global writer (our view)
+        self.primary = None         # the cluster AWS calls IsWriter
+        self.events = []            # (monotonic time, text), for tests and debugging
+        self._state = threading.RLock()
+        self._name_gen = {}
+        self._timers = []
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def start(self):
+        """_prepare() (what stop() can undo), then _setup(); stops what was
+        started if that fails."""
+        self._prepare()
+        try:
+            self._setup()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _event(self, text):
+        self.events.append((time.monotonic(), text))
+
+    def _point_all(self):
+        """The names at the start: every instance's, the primary's writer
+        endpoint and the global one at the writer, secondaries' writer
+        endpoints inactive, reader endpoints at a reader."""
+        for inst in self.instances():
+            self.hosts.set(inst.endpoint, inst.host)
+        self._point(self.global_name, self.writer)
+        self._point(self.primary.writer_name, self.writer)
+        for c in self.clusters:
+            if c is not self.primary:
+                self._point(c.writer_name, None)
+        self._point_readers()
+
+    # ---- lookup ----------------------------------------------------------
+
+    def instances(self):
+        return [i for c in self.clusters for i in c.instances]
+
+    def cluster(self, region):
+        for c in self.clusters:
+            if c.region == region or c.cluster_id == region:
+                return c
+        raise KeyError(f"no regional cluster {region!r}")
+
+    def instance(self, instance_id):
+        for i in self.instances():
+            if i.instance_id == instance_id:
+                return i
+        raise KeyError(instance_id)
+
+    def resolve(self, name):
+        """The address name resolves to in the hosts file now (None: NXDOMAIN)."""
+        return self.hosts.get(name)
+
+    def endpoints(self):
+        """{name: address or None} of every endpoint name the stand-in owns."""
+        names = [self.global_name] + [n for c in self.clusters
+                                      for n in (c.writer_name, c.reader_name)]
+        names += [i.endpoint for i in self.instances()]
+        return {n: self.hosts.get(n) for n in names}
+
+    # ---- ferry configuration ---------------------------------------------
+
+    def ferry_clusters(self):
+        """Cluster entries for a ferry listener: one per region, named after
+        the region, its writer (cluster) endpoint name, its reader endpoint
+        name (probed while the writer endpoint does not resolve), region and
+        db_cluster_identifier."""
+        return [{"name": c.region, "endpoint": f"{c.writer_name}:{self.port}",
+                 "reader_endpoint": f"{c.reader_name}:{self.port}",
+                 "region": c.region, "db_cluster_identifier": c.cluster_id}
+                for c in self.clusters]
+
+    def ferry_listener(self, name=None, aws=True, **options):
+        """A harness.listener() entry over ferry_clusters(); aws=True adds
+        aws_global_cluster (ferry needs a `probe` object with it)."""
+        if aws:
+            options.setdefault("aws_global_cluster", self.global_id)
+        name = name or self.LISTENER
+        return listener(name, self.PROTOCOL, self.ferry_clusters(), **options)
+
+    # ---- DNS -------------------------------------------------------------
+
+    def _point(self, name, inst, after=0.0):
+        """name resolves to inst (None: does not resolve) from now on, or
+        after `after` seconds unless changed again meanwhile."""
+        with self._state:
+            gen = self._name_gen.get(name, 0) + 1
+            self._name_gen[name] = gen
+
+        def apply():
+            with self._state:
+                if self._name_gen.get(name) == gen:
+                    self.hosts.set(name, inst.host if inst is not None else None)
+                    self._event(f"dns {name} -> {inst.instance_id if inst else 'NXDOMAIN'}")
+        if after > 0:
+            t = threading.Timer(after, apply)
+            t.daemon = True
+            self._timers.append(t)
+            t.start()
+        else:
+            apply()
+
+    def _point_readers(self):
+        for c in self.clusters:
+            others = [i for i in c.instances if i is not self.writer]
+            self._point(c.reader_name, (others or c.instances)[0])
+
+    def _move_writer_names(self, old_cluster, new_writer):
+        """At a promotion: the global endpoint follows at once, the new
+        primary's writer name after writer_dns_delay, the old primary's
+        writer name lingers on its old writer, then goes inactive."""
+        self._point(self.global_name, new_writer)
+        new_cluster = new_writer.cluster
+        if new_cluster is not old_cluster:
+            self._point(new_cluster.writer_name, new_writer, after=self.writer_dns_delay)
+            self._point(old_cluster.writer_name, None, after=self.demoted_writer_linger)
+        else:
+            self._point(new_cluster.writer_name, new_writer)
+
+
+class AuroraGlobalPg(GlobalEndpoints):
     """An Aurora PostgreSQL global database made of real servers; see the
     module docstring. Use as a context manager, or start()/stop()."""
 
     TMP_PREFIX = "ferry-aurora-"
+    PROTOCOL = "postgresql"
+    LISTENER = "pg"
 
     def __init__(self, hosts=None, *, global_id="g1",
                  regions=(("us-east-1", 2), ("eu-west-1", 1)), tls=False,
@@ -395,48 +544,24 @@ class AuroraGlobalPg:
         points at its old writer. settings: extra postgresql.conf entries."""
         if not regions or any(n < 1 for _, n in regions):
             raise ValueError("every region needs at least one instance")
-        self.hosts = hosts
-        self.global_id = global_id
+        self._init_names(hosts, global_id, writer_dns_delay, demoted_writer_linger)
         self.region_spec = [(r, int(n)) for r, n in regions]
         self.tls = tls
-        self.writer_dns_delay = writer_dns_delay
-        self.demoted_writer_linger = demoted_writer_linger
         self.settings = dict(settings or {})
         self.databases = list(databases)
-        self.global_name = f"{global_id}.global-{_hash(global_id)}.global.{DOMAIN}"
         self.basedir = None
-        self.port = None
-        self.clusters = []
-        self.writer = None          # the instance that is the global writer (our view)
-        self.primary = None         # the cluster AWS calls IsWriter
         self.failover_state = None  # dict(status, from, to, data_loss) while an operation runs
         self.generation = 0
-        self.events = []            # (monotonic time, text), for tests and debugging
         self.pki = None
-        self._state = threading.RLock()
         self._op = threading.Lock()
-        self._name_gen = {}
-        self._timers = []
         self._lag_cache = (0.0, {})
         self._cleanup = None
 
     # ---- life cycle ------------------------------------------------------
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def start(self):
+    def _prepare(self):
         self.basedir = proc.make_tempdir(self.TMP_PREFIX, owner=RUN_AS)
         self._cleanup = proc.on_cleanup(self._kill_all)
-        try:
-            self._setup()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def stop(self):
         """Stops every instance (readers first), never leaving one behind."""
@@ -490,13 +615,7 @@ class AuroraGlobalPg:
         for inst in self.instances():
             if inst is not self.writer:
                 self._wait_streaming(inst, self.writer)
-        for inst in self.instances():
-            self.hosts.set(inst.endpoint, inst.host)
-        self._point(self.global_name, self.writer)
-        self._point(self.primary.writer_name, self.writer)
-        for c in self.clusters[1:]:
-            self._point(c.writer_name, None)
-        self._point_readers()
+        self._point_all()
         self.wait_converged()
         self._event("started")
 
@@ -520,7 +639,7 @@ class AuroraGlobalPg:
         """A certificate from the stand-in's CA for the instance's names
         (instance, its cluster's writer and reader, the global writer)."""
         d = self.pki
-        names = [f"{iid}.{cluster.hash}.{cluster.region}.{DOMAIN}", cluster.writer_name,
+        names = [cluster.instance_endpoint(iid), cluster.writer_name,
                  cluster.reader_name, self.global_name]
         ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         openssl("req", *ec, "-keyout", f"{iid}.key", "-out", f"{iid}.csr", "-subj",
@@ -545,96 +664,7 @@ class AuroraGlobalPg:
         """A CA that signed nothing the stand-in serves."""
         return str(self.pki / "other.pem") if self.pki else None
 
-    # ---- lookup ----------------------------------------------------------
-
-    def instances(self):
-        return [i for c in self.clusters for i in c.instances]
-
-    def cluster(self, region):
-        for c in self.clusters:
-            if c.region == region or c.cluster_id == region:
-                return c
-        raise KeyError(f"no regional cluster {region!r}")
-
-    def instance(self, instance_id):
-        for i in self.instances():
-            if i.instance_id == instance_id:
-                return i
-        raise KeyError(instance_id)
-
-    def resolve(self, name):
-        """The address name resolves to in the hosts file now (None: NXDOMAIN)."""
-        return self.hosts.get(name)
-
-    def endpoints(self):
-        """{name: address or None} of every endpoint name the stand-in owns."""
-        names = [self.global_name] + [n for c in self.clusters
-                                      for n in (c.writer_name, c.reader_name)]
-        names += [i.endpoint for i in self.instances()]
-        return {n: self.hosts.get(n) for n in names}
-
-    # ---- ferry configuration ---------------------------------------------
-
-    def ferry_clusters(self):
-        """Cluster entries for a ferry listener: one per region, named after
-        the region, its writer (cluster) endpoint name, its reader endpoint
-        name (probed while the writer endpoint does not resolve), region and
-        db_cluster_identifier."""
-        return [{"name": c.region, "endpoint": f"{c.writer_name}:{self.port}",
-                 "reader_endpoint": f"{c.reader_name}:{self.port}",
-                 "region": c.region, "db_cluster_identifier": c.cluster_id}
-                for c in self.clusters]
-
-    def ferry_listener(self, name="pg", aws=True, **options):
-        """A harness.listener() entry over ferry_clusters(); aws=True adds
-        aws_global_cluster (ferry needs a `probe` object with it)."""
-        if aws:
-            options.setdefault("aws_global_cluster", self.global_id)
-        return listener(name, "postgresql", self.ferry_clusters(), **options)
-
-    # ---- DNS -------------------------------------------------------------
-
-    def _point(self, name, inst, after=0.0):
-        """name resolves to inst (None: does not resolve) from now on, or
-        after `after` seconds unless changed again meanwhile."""
-        with self._state:
-            gen = self._name_gen.get(name, 0) + 1
-            self._name_gen[name] = gen
-
-        def apply():
-            with self._state:
-                if self._name_gen.get(name) == gen:
-                    self.hosts.set(name, inst.host if inst is not None else None)
-                    self._event(f"dns {name} -> {inst.instance_id if inst else 'NXDOMAIN'}")
-        if after > 0:
-            t = threading.Timer(after, apply)
-            t.daemon = True
-            self._timers.append(t)
-            t.start()
-        else:
-            apply()
-
-    def _point_readers(self):
-        for c in self.clusters:
-            others = [i for i in c.instances if i is not self.writer]
-            self._point(c.reader_name, (others or c.instances)[0])
-
-    def _move_writer_names(self, old_cluster, new_writer):
-        """At a promotion: the global endpoint follows at once, the new
-        primary's writer name after writer_dns_delay, the old primary's
-        writer name lingers on its old writer, then goes inactive."""
-        self._point(self.global_name, new_writer)
-        new_cluster = new_writer.cluster
-        if new_cluster is not old_cluster:
-            self._point(new_cluster.writer_name, new_writer, after=self.writer_dns_delay)
-            self._point(old_cluster.writer_name, None, after=self.demoted_writer_linger)
-        else:
-            self._point(new_cluster.writer_name, new_writer)
-
     # ---- topology --------------------------------------------------------
-
-    def _event(self, text):
-        self.events.append((time.monotonic(), text))
 
     def _write_topology(self, on=None):
         """Rewrites the topology tables on the writer (on): replication
