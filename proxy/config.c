@@ -237,8 +237,7 @@ static bool is_wildcard(const char *host)
     return strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0 || strcmp(host, "*") == 0;
 }
 
-/* Two binds collide when they share a port and either host, or a wildcard. */
-static bool binds_collide(const struct ferry_hostport *a, const struct ferry_hostport *b)
+bool ferry_hostport_collide(const struct ferry_hostport *a, const struct ferry_hostport *b)
 {
     return a->port == b->port &&
            (strcmp(a->host, b->host) == 0 || is_wildcard(a->host) || is_wildcard(b->host));
@@ -1033,7 +1032,7 @@ static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg
                 subkey_index(key, "", "listeners", i);
                 subkey(key, key, ".name");
                 cfg_fail(c, key, "duplicate listener name \"%s\"", l->name);
-            } else if (binds_collide(&cfg->listeners[k].bind, &l->bind)) {
+            } else if (ferry_hostport_collide(&cfg->listeners[k].bind, &l->bind)) {
                 char other[300];
                 ferry_hostport_format(&cfg->listeners[k].bind, other, sizeof other);
                 subkey_index(key, "", "listeners", i);
@@ -1041,7 +1040,7 @@ static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg
                 cfg_fail(c, key, "duplicate bind address (listeners[%zu] binds %s)", k, other);
             }
         }
-        if (!c->failed && cfg->admin_enabled && binds_collide(&cfg->admin_bind, &l->bind)) {
+        if (!c->failed && cfg->admin_enabled && ferry_hostport_collide(&cfg->admin_bind, &l->bind)) {
             subkey_index(key, "", "listeners", i);
             subkey(key, key, ".bind");
             cfg_fail(c, key, "same address as admin.bind");

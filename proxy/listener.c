@@ -66,6 +66,49 @@ failed:
     return -1;
 }
 
+int px_bind_probe(const struct ferry_hostport *hp, char *err, size_t errlen)
+{
+    char addr[FERRY_HOST_MAX + 16];
+    ferry_hostport_format(hp, addr, sizeof addr);
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int rc = resolve_bind(hp, &ss, &len);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s: cannot resolve: %s", addr, gai_strerror(rc));
+        return -EINVAL;
+    }
+    /* SO_REUSEADDR (as every ferry socket) so that connections of a previous
+     * run in TIME_WAIT do not count; Linux still refuses it next to a
+     * listening socket. No SO_REUSEPORT: that is what would share the port. */
+    const char *errpos = "socket";
+    int one = 1, fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        goto failed;
+    errpos = "setsockopt(SO_REUSEADDR)";
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
+        goto failed;
+    errpos = "setsockopt(IPV6_V6ONLY)";
+    if (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0)
+        goto failed;
+    errpos = "bind";
+    if (bind(fd, (const struct sockaddr *)&ss, len) < 0) {
+        if (errno == EADDRINUSE) {
+            close(fd);
+            snprintf(err, errlen, "%s is already in use by another process", addr);
+            return -EADDRINUSE;
+        }
+        goto failed;
+    }
+    close(fd);
+    return 0;
+failed:
+    rc = -errno;
+    snprintf(err, errlen, "%s: %s: %s", addr, errpos, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
 struct px_listener *px_listener_create(const struct ferry_listener_cfg *lcfg, unsigned nworkers,
                                        char *err, size_t errlen)
 {

@@ -69,18 +69,29 @@ static struct px_listener **listeners_for(const struct ferry_config *cfg, char *
         for (size_t k = 0; k < px_proc.nlisteners && !out[i]; k++)
             if (px_listener_matches(px_proc.listeners[k], lcfg))
                 out[i] = px_listener_ref(px_proc.listeners[k]);
-        if (!out[i] && !(out[i] = px_listener_create(lcfg, px_proc.nworkers, err, errlen))) {
-            for (size_t k = 0; k < i; k++)
-                px_listener_unref(out[k]);
-            free(out);
-            return NULL;
+        /* An address this process does not hold yet must be free: our
+         * SO_REUSEPORT bind would otherwise share it with another ferry. */
+        bool held = false;
+        for (size_t k = 0; k < px_proc.nlisteners && !out[i]; k++)
+            held |= ferry_hostport_collide(&px_proc.listeners[k]->bind, &lcfg->bind);
+        char why[FERRY_HOST_MAX + 80];
+        if (!out[i] && !held && px_bind_probe(&lcfg->bind, why, sizeof why) != 0) {
+            snprintf(err, errlen, "listeners[%zu] (%s): %s", i, lcfg->name, why);
+            goto failed;
         }
+        if (!out[i] && !(out[i] = px_listener_create(lcfg, px_proc.nworkers, err, errlen)))
+            goto failed;
         /* a listener rebuilt (new bind) keeps the operator's pause by name */
         for (size_t k = 0; k < px_proc.nlisteners; k++)
             if (px_proc.listeners[k] != out[i] && strcmp(px_proc.listeners[k]->name, lcfg->name) == 0)
                 out[i]->paused = __atomic_load_n(&px_proc.listeners[k]->paused, __ATOMIC_SEQ_CST);
     }
     return out;
+failed:
+    for (size_t k = 0; k < cfg->nlisteners; k++)
+        px_listener_unref(out[k]);
+    free(out);
+    return NULL;
 }
 
 static void post_config(struct ferry_config *cfg, struct px_listener **pls)
@@ -189,6 +200,19 @@ static bool admin_changed(const struct ferry_config *cfg)
 {
     return cfg->admin_enabled != mainloop.admin_enabled ||
            (cfg->admin_enabled && !ferry_hostport_equal(&cfg->admin_bind, &mainloop.admin_bind));
+}
+
+/* px_admin_start(), after checking that no other process serves the
+ * address (MHD's bind would say only that it failed). */
+static struct px_admin *admin_start(const struct ferry_config *cfg, char *err, size_t errlen)
+{
+    char why[FERRY_HOST_MAX + 80];
+    bool held = mainloop.admin && ferry_hostport_collide(&mainloop.admin_bind, &cfg->admin_bind);
+    if (!held && px_bind_probe(&cfg->admin_bind, why, sizeof why) != 0) {
+        snprintf(err, errlen, "admin.bind: %s", why);
+        return NULL;
+    }
+    return px_admin_start(cfg, err, errlen);
 }
 
 static void post_all(enum px_msg_type type)
@@ -358,7 +382,7 @@ static bool reload(char *err, size_t errlen)
     struct px_listener **pls = listeners_for(cfg, err, errlen);
     struct px_admin *new_admin = NULL;
     if (pls && admin_changed(cfg) && cfg->admin_enabled)
-        new_admin = px_admin_start(cfg, err, errlen);
+        new_admin = admin_start(cfg, err, errlen);
     if (!pls || (admin_changed(cfg) && cfg->admin_enabled && !new_admin)) {
         log_reload_failed(err);
         if (pls) {
@@ -606,9 +630,18 @@ static int cmd_check(const char *path)
     return 0;
 }
 
+/* Said twice: to the person who started ferry, and to the log. */
+static void start_failed(const char *err)
+{
+    char esc[FERRY_LOG_QUOTED_MAX(FERRY_ERR_MAX)];
+    fprintf(stderr, "ferry: %s\n", err);
+    ferry_log(FERRY_LOG_ERROR, "ferry.start_failed", "error=\"%s\"",
+              ferry_log_escape(err, esc, sizeof esc));
+}
+
 static int cmd_run(const char *path)
 {
-    char err[FERRY_ERR_MAX], esc[FERRY_LOG_QUOTED_MAX(FERRY_ERR_MAX)];
+    char err[FERRY_ERR_MAX];
     struct ferry_config *cfg = load_config(path, err);
     if (!cfg) {
         fprintf(stderr, "ferry: %s\n", err);
@@ -625,17 +658,15 @@ static int cmd_run(const char *path)
     px_proc.workers = calloc(cfg->workers, sizeof *px_proc.workers);
     struct px_listener **pls = px_proc.workers ? listeners_for(cfg, err, sizeof err) : NULL;
     if (!pls) {
-        ferry_log(FERRY_LOG_ERROR, "ferry.start_failed", "error=\"%s\"",
-                  ferry_log_escape(err, esc, sizeof esc));
+        start_failed(err);
         free(px_proc.workers);
         ferry_config_unref(cfg);
         return EXIT_RUNTIME;
     }
     mainloop.admin_enabled = cfg->admin_enabled;
     mainloop.admin_bind = cfg->admin_bind;
-    if (cfg->admin_enabled && !(mainloop.admin = px_admin_start(cfg, err, sizeof err))) {
-        ferry_log(FERRY_LOG_ERROR, "ferry.start_failed", "error=\"%s\"",
-                  ferry_log_escape(err, esc, sizeof esc));
+    if (cfg->admin_enabled && !(mainloop.admin = admin_start(cfg, err, sizeof err))) {
+        start_failed(err);
         for (size_t i = 0; i < cfg->nlisteners; i++)
             px_listener_unref(pls[i]);
         free(pls);

@@ -113,6 +113,11 @@ struct px_listener {
 
 struct px_listener *px_listener_create(const struct ferry_listener_cfg *lcfg, unsigned nworkers,
                                        char *err, size_t errlen);
+/* Whether another process listens on hp (listeners share their port with
+ * SO_REUSEPORT, so binding them would not tell): binds a probe socket
+ * without it. 0 free, -EADDRINUSE taken ("ADDR is already in use by another
+ * process" in err), another -errno (err says why). Main thread. */
+int px_bind_probe(const struct ferry_hostport *hp, char *err, size_t errlen);
 struct px_listener *px_listener_ref(struct px_listener *pl);
 void px_listener_unref(struct px_listener *pl);
 bool px_listener_matches(const struct px_listener *pl, const struct ferry_listener_cfg *lcfg);

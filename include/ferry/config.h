@@ -199,6 +199,9 @@ int ferry_hostport_parse(const char *s, struct ferry_hostport *out, char *why, s
 void ferry_hostport_format(const struct ferry_hostport *hp, char *out, size_t outlen);
 
 bool ferry_hostport_equal(const struct ferry_hostport *a, const struct ferry_hostport *b);
+/* Two binds collide when they share a port and either host, or a wildcard
+ * (IPv4 or IPv6: conservative). */
+bool ferry_hostport_collide(const struct ferry_hostport *a, const struct ferry_hostport *b);
 
 /* Sets t's options on a connected (or connecting) TCP socket. 0 or -errno
  * of the first setsockopt that failed (the others are still tried). */

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 import harness
-from fronts import pg_listener
+from fronts import pg_dsn, pg_listener
 from harness import cluster, listener, make_config
 from harness.proc import wait_for
 
@@ -112,7 +112,69 @@ def test_run_fails_cleanly_when_address_is_taken(tmp_path, pg_pair):
         res = subprocess.run([harness.require_binary(), "run", "-c", path], capture_output=True,
                              text=True, timeout=10, stdin=subprocess.DEVNULL)
         assert res.returncode == 1
-        assert f"127.0.0.1:{port}: bind: Address already in use" in res.stderr
+        assert (f"ferry: listeners[0] (pg): 127.0.0.1:{port} is already in use by another process"
+                in res.stderr.splitlines())
+    finally:
+        blocker.close()
+
+
+def run_briefly(path, timeout=10):
+    return subprocess.run([harness.require_binary(), "run", "-c", path], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_second_ferry_on_the_same_address_exits(ferry_factory, pg_pair, tmp_path):
+    """Listeners share their port with SO_REUSEPORT (workers, reloads): a second
+    ferry given the same config would take a share of the clients unseen. It
+    refuses to start, naming the listener and the address; the first serves on."""
+    first = ferry_factory(make_config(pg_listener(pg_pair), workers=2))
+    host, port = first.listener_addr("pg")
+    second = harness.ferry.write_config(first.config, str(tmp_path / "second.json"))
+    res = run_briefly(second)
+    assert res.returncode == 1, res.stderr
+    assert (f"ferry: listeners[0] (pg): {host}:{port} is already in use by another process"
+            in res.stderr.splitlines()), res.stderr
+    # every new connection still reaches the first ferry (none to a half-started second)
+    for _ in range(8):
+        conn = harness.pg.connect(pg_dsn(first))
+        conn.close()
+    assert first.is_running() and first.http_get("/readyz")[0] == 200
+
+
+def test_second_ferry_on_the_same_admin_address_exits(ferry_factory, pg_pair, tmp_path):
+    first = ferry_factory(make_config(pg_listener(pg_pair), workers=1))
+    admin_host, admin_port = first.admin_addr()
+    cfg = make_config(pg_listener(pg_pair), workers=1)
+    cfg["admin"] = dict(first.config["admin"])
+    res = run_briefly(harness.ferry.write_config(cfg, str(tmp_path / "second.json")))
+    assert res.returncode == 1, res.stderr
+    assert (f"ferry: admin.bind: {admin_host}:{admin_port} is already in use by another process"
+            in res.stderr.splitlines()), res.stderr
+    assert first.http_get("/readyz")[0] == 200
+
+
+def test_reload_checks_only_addresses_it_does_not_hold(ferry_factory, pg_pair):
+    """A reload rebuilds a listener on an address ferry already holds (here:
+    renamed, same bind) without tripping over itself; a new address another
+    process holds fails the reload, and the running config stays."""
+    import socket
+    ferry = ferry_factory(make_config(pg_listener(pg_pair), workers=2))
+    renamed = dict(ferry.config, listeners=[dict(ferry.config["listeners"][0], name="pg2")])
+    ferry.reload(renamed)
+    wait_for(lambda: ferry.status()["config_generation"] == 2, timeout=10, what="generation 2")
+    harness.pg.connect(pg_dsn(ferry, "pg2")).close()
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    try:
+        port = blocker.getsockname()[1]
+        taken = pg_listener(pg_pair, name="pg3", bind=f"127.0.0.1:{port}")
+        ferry.reload(dict(renamed, listeners=renamed["listeners"] + [taken]))
+        wait_for(lambda: "event=config.reload_failed" in ferry.log_text(), timeout=10,
+                 what="config.reload_failed")
+        line = [x for x in ferry.log_text().splitlines() if "config.reload_failed" in x][0]
+        assert f"listeners[1] (pg3): 127.0.0.1:{port} is already in use by another process" in line
+        assert ferry.status()["config_generation"] == 2
     finally:
         blocker.close()
 
