@@ -129,7 +129,8 @@ def test_second_ferry_on_the_same_address_exits(ferry_factory, pg_pair, tmp_path
     refuses to start, naming the listener and the address; the first serves on."""
     first = ferry_factory(make_config(pg_listener(pg_pair), workers=2))
     host, port = first.listener_addr("pg")
-    second = harness.ferry.write_config(first.config, str(tmp_path / "second.json"))
+    own_admin = dict(first.config, admin={"bind": f"127.0.0.1:{harness.ports.free_port()}"})
+    second = harness.ferry.write_config(own_admin, str(tmp_path / "second.json"))
     res = run_briefly(second)
     assert res.returncode == 1, res.stderr
     assert (f"ferry: listeners[0] (pg): {host}:{port} is already in use by another process"
