@@ -225,6 +225,7 @@ struct px_counters px_listener_totals(const struct px_listener *pl)
         sum.errors_protocol += PX_STAT_GET(c->errors_protocol);
         sum.errors_auth += PX_STAT_GET(c->errors_auth);
         sum.errors_failover += PX_STAT_GET(c->errors_failover);
+        sum.errors_backend_refused += PX_STAT_GET(c->errors_backend_refused);
     }
     return sum;
 }

@@ -654,6 +654,9 @@ static int cmd_run(const char *path)
     warn_backend_tls(cfg, false);
     mainloop.config_path = path;
     px_proc.started_ms = px_now_ms();
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    px_proc.started_unix = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
     px_proc.nworkers = cfg->workers;
     px_proc.workers = calloc(cfg->workers, sizeof *px_proc.workers);
     struct px_listener **pls = px_proc.workers ? listeners_for(cfg, err, sizeof err) : NULL;
@@ -736,7 +739,7 @@ static int cmd_discover(const char *path, bool as_json)
     bool has_writer = false;
     json_t *doc = ferry_discovery_once(cfg, &has_writer);
     if (as_json) {
-        char *text = json_dumps(doc, JSON_INDENT(2));
+        char *text = px_json_dumps(doc, JSON_INDENT(2));
         printf("%s\n", text ? text : "[]");
         free(text);
     } else if (json_array_size(doc) == 0) {
