@@ -23,6 +23,7 @@ struct cfg_ctx {
     const char *path;
     char *err;      /* borrowed: FERRY_ERR_MAX bytes */
     bool failed;
+    bool admin_only;    /* ferry_config_load_admin: the admin section alone */
 };
 
 static void cfg_fail(struct cfg_ctx *c, const char *key, const char *fmt, ...)
@@ -909,53 +910,9 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
     }
 }
 
-static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg)
+/* admin.*: also all that `ferry ctl -c` reads (ferry_config_load_admin). */
+static void parse_admin(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg)
 {
-    static const char *const keys[] = {"workers", "log_level", "log_format", "shutdown_timeout",
-                                       "admin", "discovery", "aws", "listeners", NULL};
-    if (!json_is_object(root)) {
-        cfg_fail(c, NULL, "the top level must be an object, got %s", json_type_name(root));
-        return;
-    }
-    check_keys(c, "", root, keys);
-
-    long long n = 0;
-    get_uint(c, root, "workers", "workers", 0, 256, &n);
-    if (n == 0) {
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        n = cpus > 0 ? cpus : 1;
-    }
-    cfg->workers = (unsigned)n;
-
-    const char *lvl = NULL;
-    cfg->log_level = FERRY_LOG_INFO;
-    if (get_string(c, root, "log_level", "log_level", &lvl)) {
-        static const char *const names[] = {"debug", "info", "warn", "error"};
-        bool ok = false;
-        for (int i = 0; i < 4; i++)
-            if (strcmp(lvl, names[i]) == 0) {
-                cfg->log_level = (enum ferry_log_level)i;
-                ok = true;
-            }
-        if (!ok)
-            cfg_fail(c, "log_level", "\"%s\" is not one of debug, info, warn, error", lvl);
-    }
-
-    const char *fmt = NULL;
-    cfg->log_format = FERRY_LOG_TEXT;
-    if (get_string(c, root, "log_format", "log_format", &fmt)) {
-        if (strcmp(fmt, "json") == 0)
-            cfg->log_format = FERRY_LOG_JSON;
-        else if (strcmp(fmt, "text") != 0)
-            cfg_fail(c, "log_format", "\"%s\" is not one of text, json", fmt);
-    }
-
-    cfg->shutdown_timeout = 30;
-    get_seconds(c, root, "shutdown_timeout", "shutdown_timeout", 0, 3600, &cfg->shutdown_timeout);
-
-    parse_discovery(c, root, &cfg->discovery);
-    parse_aws(c, root, &cfg->aws);
-
     char why[256];
     cfg->admin_enabled = true;
     cfg->admin_max_connections = DEFAULT_ADMIN_MAX_CONNECTIONS;
@@ -1002,6 +959,60 @@ static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg
                          cfg->admin_max_connections_per_peer, cfg->admin_max_connections);
         }
     }
+}
+
+static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg)
+{
+    static const char *const keys[] = {"workers", "log_level", "log_format", "shutdown_timeout",
+                                       "admin", "discovery", "aws", "listeners", NULL};
+    if (!json_is_object(root)) {
+        cfg_fail(c, NULL, "the top level must be an object, got %s", json_type_name(root));
+        return;
+    }
+    if (c->admin_only) {
+        parse_admin(c, root, cfg);
+        return;
+    }
+    check_keys(c, "", root, keys);
+
+    long long n = 0;
+    get_uint(c, root, "workers", "workers", 0, 256, &n);
+    if (n == 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        n = cpus > 0 ? cpus : 1;
+    }
+    cfg->workers = (unsigned)n;
+
+    const char *lvl = NULL;
+    cfg->log_level = FERRY_LOG_INFO;
+    if (get_string(c, root, "log_level", "log_level", &lvl)) {
+        static const char *const names[] = {"debug", "info", "warn", "error"};
+        bool ok = false;
+        for (int i = 0; i < 4; i++)
+            if (strcmp(lvl, names[i]) == 0) {
+                cfg->log_level = (enum ferry_log_level)i;
+                ok = true;
+            }
+        if (!ok)
+            cfg_fail(c, "log_level", "\"%s\" is not one of debug, info, warn, error", lvl);
+    }
+
+    const char *fmt = NULL;
+    cfg->log_format = FERRY_LOG_TEXT;
+    if (get_string(c, root, "log_format", "log_format", &fmt)) {
+        if (strcmp(fmt, "json") == 0)
+            cfg->log_format = FERRY_LOG_JSON;
+        else if (strcmp(fmt, "text") != 0)
+            cfg_fail(c, "log_format", "\"%s\" is not one of text, json", fmt);
+    }
+
+    cfg->shutdown_timeout = 30;
+    get_seconds(c, root, "shutdown_timeout", "shutdown_timeout", 0, 3600, &cfg->shutdown_timeout);
+
+    parse_discovery(c, root, &cfg->discovery);
+    parse_aws(c, root, &cfg->aws);
+
+    parse_admin(c, root, cfg);
 
     json_t *arr = json_object_get(root, "listeners");
     if (!arr) {
@@ -1146,9 +1157,10 @@ static bool json_pos_in_secret(const char *text, size_t pos)
     return str ? str_secret : secret || last_secret;
 }
 
-struct ferry_config *ferry_config_parse(const char *path, const char *text, char err[FERRY_ERR_MAX])
+static struct ferry_config *parse_text(const char *path, const char *text, bool admin_only,
+                                       char err[FERRY_ERR_MAX])
 {
-    struct cfg_ctx c = {.path = path, .err = err, .failed = false};
+    struct cfg_ctx c = {.path = path, .err = err, .failed = false, .admin_only = admin_only};
     json_error_t jerr;
     /* Duplicate keys are rejected: which one wins is otherwise a surprise. */
     json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
@@ -1187,7 +1199,12 @@ struct ferry_config *ferry_config_parse(const char *path, const char *text, char
     return cfg;
 }
 
-struct ferry_config *ferry_config_load(const char *path, char err[FERRY_ERR_MAX])
+struct ferry_config *ferry_config_parse(const char *path, const char *text, char err[FERRY_ERR_MAX])
+{
+    return parse_text(path, text, false, err);
+}
+
+static struct ferry_config *load(const char *path, bool admin_only, char err[FERRY_ERR_MAX])
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -1221,9 +1238,19 @@ struct ferry_config *ferry_config_load(const char *path, char err[FERRY_ERR_MAX]
         free(text);
         return NULL;
     }
-    struct ferry_config *cfg = ferry_config_parse(path, text, err);
+    struct ferry_config *cfg = parse_text(path, text, admin_only, err);
     free(text);
     return cfg;
+}
+
+struct ferry_config *ferry_config_load(const char *path, char err[FERRY_ERR_MAX])
+{
+    return load(path, false, err);
+}
+
+struct ferry_config *ferry_config_load_admin(const char *path, char err[FERRY_ERR_MAX])
+{
+    return load(path, true, err);
 }
 
 struct ferry_config *ferry_config_ref(struct ferry_config *cfg)

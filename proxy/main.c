@@ -42,16 +42,45 @@ uint64_t px_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* One line per command for `ferry --help`, and each command's own help. */
+static const struct command {
+    const char *name, *synopsis, *summary, *help;
+    bool config, json;          /* takes -c FILE (required) / --json */
+} commands[] = {
+    {"run", "ferry run -c FILE", "run the proxy in the foreground", "run the proxy in the foreground; logs go to stderr.\n"
+     "  Exit 0 after a clean stop (SIGTERM, SIGINT), 1 when it cannot start or serve\n"
+     "  (e.g. an address already in use), 2 for a bad config or command line.\n", true, false},
+    {"check", "ferry check -c FILE", "validate FILE; exit 0 if valid, 2 if not", "validate FILE (and the files and environment variables it\n"
+     "  names); exit 0 if valid, 2 with the file, key and reason if not.\n", true, false},
+    {"discover", "ferry discover -c FILE [--json]", "probe once and print the writer decision",
+     "probe every cluster once and print the\n"
+     "  decision; exit 0 with a writer for every discovered listener, 1 without, 2 bad config.\n",
+     true, true},
+    {"ctl", "ferry ctl COMMAND [options]", "talk to a running ferry's admin endpoint", "talk to a running ferry's admin endpoint\n"
+     "  (status, sessions, metrics, reload, pause, resume, switchover): ferry ctl --help.\n",
+     false, false},
+    {"version", "ferry version [--json]", "print the version (--json: build information)",
+     "print the version; --json adds the git commit and\n"
+     "  the version of every library ferry links.\n", false, true},
+};
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: ferry run -c FILE              run the proxy in the foreground\n"
-            "       ferry check -c FILE            validate FILE; exit 0 if valid, 2 if not\n"
-            "       ferry discover -c FILE [--json] probe once; exit 0 with a writer for every\n"
-            "                                      discovered listener, 1 without, 2 bad config\n"
-            "       ferry ctl status|metrics|reload|pause|resume [--json] [--admin URL | -c FILE]\n"
-            "                                      talk to a running ferry's admin endpoint\n"
-            "       ferry version                  print the version\n");
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        fprintf(out, "%s %-36s %s\n", i ? "      " : "usage:", commands[i].synopsis,
+                commands[i].summary);
+    fprintf(out, "       ferry COMMAND --help                 that command's options\n");
+}
+
+static void command_usage(const struct command *c, FILE *out)
+{
+    fprintf(out, "usage: %s\n  %s", c->synopsis, c->help);
+    if (c->config)
+        fprintf(out, "  -c, --config FILE   the config file (README: Configuration)\n");
+    if (c->json)
+        fprintf(out, "  --json              machine-readable output\n");
+    fprintf(out, "  -h, --help          this help\n");
 }
 
 /* Builds the listener set for cfg, reusing listeners of the running set that
@@ -766,24 +795,42 @@ static int cmd_discover(const char *path, bool as_json)
     return has_writer ? 0 : 1;
 }
 
-static bool has_flag(int argc, char **argv, const char *flag)
-{
-    for (int i = 2; i < argc; i++)
-        if (strcmp(argv[i], flag) == 0)
-            return true;
-    return false;
-}
+/* What a command's arguments asked for. */
+struct command_args {
+    const char *config;
+    bool json, help;
+};
 
-/* Returns the value of -c/--config, or NULL. */
-static const char *config_arg(int argc, char **argv)
+/* Parses argv[2..] for c: -c/--config FILE (or --config=FILE), --json,
+ * -h/--help. 0, or EXIT_CONFIG with the mistake named on stderr. */
+static int parse_args(const struct command *c, int argc, char **argv, struct command_args *a)
 {
-    for (int i = 2; i < argc; i++) {
-        if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc)
-            return argv[i + 1];
-        if (strncmp(argv[i], "--config=", 9) == 0)
-            return argv[i] + 9;
+    char bad[160] = "";
+    for (int i = 2; i < argc && !bad[0]; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0)
+            a->help = true;
+        else if (c->json && strcmp(arg, "--json") == 0)
+            a->json = true;
+        else if (c->config && (strcmp(arg, "-c") == 0 || strcmp(arg, "--config") == 0)) {
+            if (i + 1 < argc)
+                a->config = argv[++i];
+            else
+                snprintf(bad, sizeof bad, "%s needs a FILE", arg);
+        } else if (c->config && strncmp(arg, "--config=", 9) == 0)
+            a->config = arg + 9;
+        else if (arg[0] != '-')
+            snprintf(bad, sizeof bad, "unexpected argument %.100s", arg);
+        else
+            snprintf(bad, sizeof bad, "unknown option %.100s", arg);
     }
-    return NULL;
+    if (!bad[0] && !a->help && c->config && !a->config)
+        snprintf(bad, sizeof bad, "needs -c FILE");
+    if (!bad[0])
+        return 0;
+    fprintf(stderr, "ferry: %s: %s\n", c->name, bad);
+    command_usage(c, stderr);
+    return EXIT_CONFIG;
 }
 
 int main(int argc, char **argv)
@@ -793,28 +840,34 @@ int main(int argc, char **argv)
         return EXIT_CONFIG;
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
-        printf("ferry %s (libuv %s)\n", FERRY_VERSION, uv_version_string());
-        return 0;
-    }
-    if (strcmp(cmd, "ctl") == 0)
-        return ferry_ctl_main(argc - 2, argv + 2);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         usage(stdout);
         return 0;
     }
-    if (strcmp(cmd, "run") == 0 || strcmp(cmd, "check") == 0 || strcmp(cmd, "discover") == 0) {
-        const char *path = config_arg(argc, argv);
-        if (!path) {
-            fprintf(stderr, "ferry: %s needs -c FILE\n", cmd);
-            usage(stderr);
-            return EXIT_CONFIG;
-        }
-        if (strcmp(cmd, "discover") == 0)
-            return cmd_discover(path, has_flag(argc, argv, "--json"));
-        return strcmp(cmd, "run") == 0 ? cmd_run(path) : cmd_check(path);
+    if (strcmp(cmd, "--version") == 0)
+        return ferry_version_main(false);
+    const struct command *c = NULL;
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (strcmp(cmd, commands[i].name) == 0)
+            c = &commands[i];
+    if (!c) {
+        fprintf(stderr, "ferry: unknown command \"%s\"\n", cmd);
+        usage(stderr);
+        return EXIT_CONFIG;
     }
-    fprintf(stderr, "ferry: unknown command \"%s\"\n", cmd);
-    usage(stderr);
-    return EXIT_CONFIG;
+    if (strcmp(cmd, "ctl") == 0)
+        return ferry_ctl_main(argc - 2, argv + 2);     /* its own options and help */
+    struct command_args a = {0};
+    int rc = parse_args(c, argc, argv, &a);
+    if (rc != 0)
+        return rc;
+    if (a.help) {
+        command_usage(c, stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "version") == 0)
+        return ferry_version_main(a.json);
+    if (strcmp(cmd, "discover") == 0)
+        return cmd_discover(a.config, a.json);
+    return strcmp(cmd, "run") == 0 ? cmd_run(a.config) : cmd_check(a.config);
 }

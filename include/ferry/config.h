@@ -170,6 +170,11 @@ struct ferry_config {
  * Thread: any; no global state. */
 struct ferry_config *ferry_config_load(const char *path, char err[FERRY_ERR_MAX]);
 
+/* Only the admin section of path (bind, token, limits), validated as
+ * ferry_config_load does; no listener is read and no other file or
+ * environment variable is needed (`ferry ctl -c`). */
+struct ferry_config *ferry_config_load_admin(const char *path, char err[FERRY_ERR_MAX]);
+
 /* Same, from a string already in memory; path is used in messages only. */
 struct ferry_config *ferry_config_parse(const char *path, const char *json,
                                         char err[FERRY_ERR_MAX]);

@@ -2,6 +2,7 @@
 the file, the key path and the reason; the exit code is 2; nothing starts."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -247,3 +248,88 @@ def test_reload_never_quotes_a_secret(ferry_factory, pg_pair, bad, reason):
     assert body["ok"] is False and secret_error(ferry.config_path, reason).match(body["message"])
     assert SECRET[:4] not in ferry.log_text()
     assert ferry.status()["config_generation"] == 1
+
+
+COMMANDS = ["run", "check", "discover", "ctl", "version"]
+
+
+def ferry_cli(*argv, env=None):
+    return subprocess.run([harness.require_binary(), *argv], capture_output=True, text=True,
+                          timeout=30, stdin=subprocess.DEVNULL, env=env)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_its_help(command):
+    for flag in ("--help", "-h"):
+        res = ferry_cli(command, flag)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith(f"usage: ferry {command}"), res.stdout
+        assert "--help" in res.stdout and not res.stderr
+    overview = ferry_cli("--help")
+    assert overview.returncode == 0 and f"ferry {command}" in overview.stdout
+    assert "ferry COMMAND --help" in overview.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_unknown_option_is_named_and_exits_2(command, tmp_path):
+    config = [] if command == "version" else ["-c", str(tmp_path / "ferry.json")]
+    res = ferry_cli(command, *config, "--frobnicate")
+    assert res.returncode == 2
+    assert res.stderr.splitlines()[0] == f"ferry: {command}: unknown option --frobnicate", res.stderr
+    assert f"usage: ferry {command}" in res.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run"], "ferry: run: needs -c FILE"),
+    (["check", "-c"], "ferry: check: -c needs a FILE"),
+    (["discover", "-c", "x.json", "extra"], "ferry: discover: unexpected argument extra"),
+    (["run", "-c", "x.json", "--json"], "ferry: run: unknown option --json"),
+    (["ctl"], "ferry: ctl: needs a command"),
+    (["ctl", "statuz"], 'ferry: ctl: unknown command "statuz"'),
+    (["ctl", "status", "--admin"], "ferry: ctl: --admin needs a value"),
+    (["ctl", "switchover"], "ferry: ctl: switchover needs a CLUSTER"),
+])
+def test_usage_errors_say_what_is_wrong(argv, message):
+    res = ferry_cli(*argv)
+    assert res.returncode == 2
+    assert res.stderr.splitlines()[0] == message, res.stderr
+
+
+def test_version_json_has_build_info():
+    plain = ferry_cli("version")
+    res = ferry_cli("version", "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert plain.stdout.startswith(f"ferry {doc['version']} ")
+    assert re.fullmatch(r"[0-9a-f]{12}(-dirty)?|unknown", doc["git_commit"]), doc
+    libs = doc["libraries"]
+    assert set(libs) == {"libuv", "openssl", "libpq", "mariadb_connector_c", "jansson",
+                         "libmicrohttpd", "libcurl", "libxml2"}
+    assert all(re.search(r"\d+\.\d+", v) for v in libs.values()), libs
+    assert f"libuv {libs['libuv']}" in plain.stdout
+    assert libs["openssl"].startswith("OpenSSL 3")
+
+
+def test_ctl_reads_only_the_admin_section(ferry_factory, pg_pair, tmp_path, monkeypatch):
+    """`ferry ctl -c` needs the admin address and token, not the listeners'
+    passwords: a config whose password variables are unset in ctl's
+    environment (they are in ferry's) still drives ferry."""
+    token_file = tmp_path / "token"
+    token_file.write_text("ctl-token-0123456789abcdef\n")
+    users = [{"name": "ferry_test", "password_env": "FERRY_TEST_CTL_PW"}]
+    cfg = make_config(pg_listener(pg_pair, auth={"mode": "terminated", "users": users}), workers=1)
+    cfg["admin"]["token_file"] = str(token_file)
+    monkeypatch.setenv("FERRY_TEST_CTL_PW", "ferry_pw")
+    ferry = ferry_factory(cfg)
+    without = {k: v for k, v in os.environ.items() if k != "FERRY_TEST_CTL_PW"}
+    res = ferry_cli("ctl", "status", "-c", ferry.config_path, env=without)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("ferry 0.") and "state running" in res.stdout
+    res = ferry_cli("ctl", "reload", "-c", ferry.config_path, env=without)   # POST: the token
+    assert res.returncode == 0, res.stderr
+    bad = dict(cfg, admin=dict(cfg["admin"], bind=None))
+    path = harness.ferry.write_config(bad, str(tmp_path / "noadmin.json"))
+    res = ferry_cli("ctl", "status", "-c", path, env=without)
+    assert res.returncode == 2
+    assert res.stderr.strip() == (f"ferry: ctl: {path}: admin.bind is null: "
+                                  "that ferry has no admin endpoint")
