@@ -4,6 +4,7 @@
  */
 #include "ferry/config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
@@ -236,6 +237,22 @@ bool ferry_hostport_equal(const struct ferry_hostport *a, const struct ferry_hos
 static bool is_wildcard(const char *host)
 {
     return strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0 || strcmp(host, "*") == 0;
+}
+
+bool ferry_hostport_loopback(const struct ferry_hostport *hp)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (strcmp(hp->host, "localhost") == 0)
+        return true;
+    if (inet_pton(AF_INET, hp->host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    return inet_pton(AF_INET6, hp->host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
+bool ferry_config_admin_open(const struct ferry_config *cfg)
+{
+    return cfg->admin_enabled && !cfg->admin_token && !ferry_hostport_loopback(&cfg->admin_bind);
 }
 
 bool ferry_hostport_collide(const struct ferry_hostport *a, const struct ferry_hostport *b)
@@ -922,7 +939,8 @@ static void parse_admin(struct cfg_ctx *c, json_t *root, struct ferry_config *cf
     json_t *admin = json_object_get(root, "admin");
     if (admin) {
         static const char *const akeys[] = {"bind", "token_file", "token_env", "max_connections",
-                                            "max_connections_per_peer", "request_timeout", NULL};
+                                            "max_connections_per_peer", "request_timeout",
+                                            "allow_unauthenticated_writes", NULL};
         if (!json_is_object(admin)) {
             cfg_fail(c, "admin", "expected an object, got %s", json_type_name(admin));
         } else {
@@ -957,7 +975,17 @@ static void parse_admin(struct cfg_ctx *c, json_t *root, struct ferry_config *cf
             if (!c->failed && cfg->admin_max_connections_per_peer > cfg->admin_max_connections)
                 cfg_fail(c, "admin.max_connections_per_peer", "%u is above admin.max_connections (%u)",
                          cfg->admin_max_connections_per_peer, cfg->admin_max_connections);
+            get_bool(c, admin, "allow_unauthenticated_writes", "admin.allow_unauthenticated_writes",
+                     &cfg->admin_allow_unauthenticated_writes);
         }
+    }
+    if (!c->failed && ferry_config_admin_open(cfg) && !cfg->admin_allow_unauthenticated_writes) {
+        char addr[FERRY_HOST_MAX + 16];
+        ferry_hostport_format(&cfg->admin_bind, addr, sizeof addr);
+        cfg_fail(c, "admin.bind", "%s is not a loopback address and no admin token is set: whoever "
+                 "reaches it could POST /v1/pause, /v1/switchover, /v1/reload; set "
+                 "admin.token_file or admin.token_env (or, knowingly, "
+                 "admin.allow_unauthenticated_writes: true)", addr);
     }
 }
 

@@ -395,6 +395,8 @@ static void log_reload_failed(const char *err)
               (unsigned long long)px_proc.generation, ferry_log_escape(err, esc, sizeof esc));
 }
 
+static void warn_admin_open(const struct ferry_config *cfg, bool to_stderr);
+
 /* Reloads the config file; false (running config kept) with the reason in
  * err. Main thread only. */
 static bool reload(char *err, size_t errlen)
@@ -423,6 +425,7 @@ static bool reload(char *err, size_t errlen)
         return false;
     }
     if (admin_changed(cfg)) {
+        warn_admin_open(cfg, false);
         px_admin_stop(mainloop.admin);
         mainloop.admin = new_admin;
         mainloop.admin_enabled = cfg->admin_enabled;
@@ -641,6 +644,23 @@ static void warn_backend_tls(const struct ferry_config *cfg, bool to_stdout)
     }
 }
 
+/* admin.allow_unauthenticated_writes in force: said at start (log) and by
+ * `ferry check` (stderr), as the backend_tls warnings. */
+static void warn_admin_open(const struct ferry_config *cfg, bool to_stderr)
+{
+    if (!ferry_config_admin_open(cfg))
+        return;
+    char addr[FERRY_HOST_MAX + 16];
+    ferry_hostport_format(&cfg->admin_bind, addr, sizeof addr);
+    const char *what = "admin.allow_unauthenticated_writes: whoever reaches the admin endpoint "
+                       "can pause, switch over and reload ferry";
+    if (to_stderr)
+        fprintf(stderr, "ferry: warning: admin.bind %s: %s\n", addr, what);
+    else
+        ferry_log(FERRY_LOG_WARN, "config.admin_unauthenticated", "bind=%s detail=\"%s\"", addr,
+                  what);
+}
+
 static int cmd_check(const char *path)
 {
     char err[FERRY_ERR_MAX];
@@ -652,6 +672,7 @@ static int cmd_check(const char *path)
     printf("%s: ok (%zu listener%s, %u workers)\n", path, cfg->nlisteners,
            cfg->nlisteners == 1 ? "" : "s", cfg->workers);
     warn_backend_tls(cfg, true);
+    warn_admin_open(cfg, true);
     char why[400];
     if (fd_limit_low(cfg, true, why, sizeof why))
         fprintf(stderr, "ferry: %s: warning: %s\n", path, why);
@@ -681,6 +702,7 @@ static int cmd_run(const char *path)
     ferry_log_set_json(cfg->log_format == FERRY_LOG_JSON);
     raise_fd_limit();
     warn_backend_tls(cfg, false);
+    warn_admin_open(cfg, false);
     mainloop.config_path = path;
     px_proc.started_ms = px_now_ms();
     struct timespec wall;

@@ -60,6 +60,14 @@ CASES = [
      "{path}: listeners[0].client_tcp_keepalive.idel: unknown key"),
     ("user-timeout-range", doc(server_tcp_user_timeout=5000),
      "{path}: listeners[0].server_tcp_user_timeout: 5000 seconds out of range 0..3600"),
+    ("admin-open", json.dumps({"admin": {"bind": "0.0.0.0:19187"}, "listeners": [GOOD_LISTENER]}),
+     "{path}: admin.bind: 0.0.0.0:19187 is not a loopback address and no admin token is set: "
+     "whoever reaches it could POST /v1/pause, /v1/switchover, /v1/reload; set admin.token_file "
+     "or admin.token_env (or, knowingly, admin.allow_unauthenticated_writes: true)"),
+    ("admin-open-type", json.dumps({"admin": {"bind": "127.0.0.1:19187",
+                                              "allow_unauthenticated_writes": "yes"},
+                                    "listeners": [GOOD_LISTENER]}),
+     "{path}: admin.allow_unauthenticated_writes: expected a boolean, got a string"),
 ]
 
 
@@ -333,3 +341,43 @@ def test_ctl_reads_only_the_admin_section(ferry_factory, pg_pair, tmp_path, monk
     assert res.returncode == 2
     assert res.stderr.strip() == (f"ferry: ctl: {path}: admin.bind is null: "
                                   "that ferry has no admin endpoint")
+
+
+@pytest.mark.parametrize("admin, allowed", [
+    ({"bind": "127.0.0.2:{port}"}, True),
+    ({"bind": "[::1]:{port}"}, True),
+    ({"bind": "localhost:{port}"}, True),
+    ({"bind": None}, True),
+    ({"bind": "0.0.0.0:{port}", "token_env": "FERRY_TEST_ADMIN_TOKEN"}, True),
+    ({"bind": "0.0.0.0:{port}"}, False),
+    ({"bind": "[::]:{port}"}, False),
+    ({"bind": "0.0.0.0:{port}", "allow_unauthenticated_writes": False}, False),
+])
+def test_admin_beyond_loopback_needs_a_token(tmp_path, pg_pair, monkeypatch, admin, allowed):
+    monkeypatch.setenv("FERRY_TEST_ADMIN_TOKEN", "admin-token-0123456789")
+    admin = {k: (v.format(port=harness.ports.free_port()) if isinstance(v, str) else v)
+             for k, v in admin.items()}
+    cfg = make_config(pg_listener(pg_pair), workers=1, admin=admin)
+    code, out, err = harness.check(cfg)
+    if allowed:
+        assert code == 0, err
+        assert "allow_unauthenticated_writes" not in err
+    else:
+        assert code == 2 and "is not a loopback address and no admin token is set" in err, err
+
+
+def test_allow_unauthenticated_writes_is_a_logged_choice(ferry_factory, pg_pair):
+    port = harness.ports.free_port()
+    cfg = make_config(pg_listener(pg_pair), workers=1,
+                      admin={"bind": f"0.0.0.0:{port}", "allow_unauthenticated_writes": True})
+    code, _, err = harness.check(cfg)
+    assert code == 0, err
+    assert (f"ferry: warning: admin.bind 0.0.0.0:{port}: admin.allow_unauthenticated_writes: "
+            "whoever reaches the admin endpoint can pause, switch over and reload ferry"
+            in err.splitlines()), err
+    ferry = ferry_factory(dict(cfg, admin=dict(cfg["admin"], bind=f"127.0.0.1:{port}")))
+    assert "config.admin_unauthenticated" not in ferry.log_text()      # loopback: nothing to say
+    ferry.stop()
+    ferry = ferry_factory(cfg, name="open")
+    line = [x for x in ferry.log_text().splitlines() if "event=config.admin_unauthenticated" in x]
+    assert line and "level=warn" in line[0] and f"bind=0.0.0.0:{port}" in line[0], ferry.log_tail()
