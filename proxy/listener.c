@@ -35,12 +35,16 @@ static int resolve_bind(const struct ferry_hostport *hp, struct sockaddr_storage
     return 0;
 }
 
-/* Returns a bound (not yet listening) socket, or -1 with err filled. */
+/* Returns a bound (not yet listening) socket, or -errno with err filled.
+ * reuseport: share the port with ferry's other sockets on it (SO_REUSEPORT).
+ * SO_REUSEADDR either way, so that connections of a previous run in
+ * TIME_WAIT do not count; Linux still refuses a bind next to a listening
+ * socket unless both sides share with SO_REUSEPORT. */
 static int open_bound_socket(const struct sockaddr_storage *ss, socklen_t len, const char *addr,
-                             char *err, size_t errlen)
+                             bool reuseport, char *err, size_t errlen)
 {
     const char *errpos = "socket";
-    int one = 1;
+    int one = 1, rc;
     int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         goto failed;
@@ -48,7 +52,7 @@ static int open_bound_socket(const struct sockaddr_storage *ss, socklen_t len, c
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
         goto failed;
     errpos = "setsockopt(SO_REUSEPORT)";
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
         goto failed;
     if (ss->ss_family == AF_INET6) {
         errpos = "setsockopt(IPV6_V6ONLY)";
@@ -60,10 +64,11 @@ static int open_bound_socket(const struct sockaddr_storage *ss, socklen_t len, c
         goto failed;
     return fd;
 failed:
-    snprintf(err, errlen, "%s: %s: %s", addr, errpos, strerror(errno));
+    rc = -errno;
+    snprintf(err, errlen, "%s: %s: %s", addr, errpos, strerror(-rc));
     if (fd >= 0)
         close(fd);
-    return -1;
+    return rc;
 }
 
 int px_bind_probe(const struct ferry_hostport *hp, char *err, size_t errlen)
@@ -77,36 +82,13 @@ int px_bind_probe(const struct ferry_hostport *hp, char *err, size_t errlen)
         snprintf(err, errlen, "%s: cannot resolve: %s", addr, gai_strerror(rc));
         return -EINVAL;
     }
-    /* SO_REUSEADDR (as every ferry socket) so that connections of a previous
-     * run in TIME_WAIT do not count; Linux still refuses it next to a
-     * listening socket. No SO_REUSEPORT: that is what would share the port. */
-    const char *errpos = "socket";
-    int one = 1, fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = open_bound_socket(&ss, len, addr, false, err, errlen);
+    if (fd == -EADDRINUSE)
+        snprintf(err, errlen, "%s is already in use by another process", addr);
     if (fd < 0)
-        goto failed;
-    errpos = "setsockopt(SO_REUSEADDR)";
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
-        goto failed;
-    errpos = "setsockopt(IPV6_V6ONLY)";
-    if (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0)
-        goto failed;
-    errpos = "bind";
-    if (bind(fd, (const struct sockaddr *)&ss, len) < 0) {
-        if (errno == EADDRINUSE) {
-            close(fd);
-            snprintf(err, errlen, "%s is already in use by another process", addr);
-            return -EADDRINUSE;
-        }
-        goto failed;
-    }
+        return fd;
     close(fd);
     return 0;
-failed:
-    rc = -errno;
-    snprintf(err, errlen, "%s: %s: %s", addr, errpos, strerror(errno));
-    if (fd >= 0)
-        close(fd);
-    return rc;
 }
 
 struct px_listener *px_listener_create(const struct ferry_listener_cfg *lcfg, unsigned nworkers,
@@ -142,7 +124,7 @@ struct px_listener *px_listener_create(const struct ferry_listener_cfg *lcfg, un
     for (unsigned i = 0; i < nworkers; i++)
         pl->fds[i] = -1;
     for (unsigned i = 0; i < nworkers; i++) {
-        pl->fds[i] = open_bound_socket(&ss, len, addr, err, errlen);
+        pl->fds[i] = open_bound_socket(&ss, len, addr, true, err, errlen);
         if (pl->fds[i] < 0) {
             px_listener_unref(pl);
             return NULL;

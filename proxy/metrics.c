@@ -6,6 +6,8 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <math.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,26 +117,35 @@ static long proc_open_fds(void)
     return n - 3;   /* ".", "..", and the directory's own descriptor */
 }
 
+#define PER_LISTENER SIZE_MAX     /* a family with several samples per listener */
+#define FIELD(x) offsetof(struct px_counters, x)
+
 static void listener_metrics(FILE *f)
 {
     struct {
         const char *name, *type, *text;
+        size_t field;       /* the one counter of each listener's sample, or PER_LISTENER */
     } const families[] = {
-        {"ferry_client_connections", "gauge", "Client connections open now."},
-        {"ferry_client_connections_total", "counter", "Client connections by outcome."},
-        {"ferry_clients_held", "gauge", "Clients waiting for a writer."},
-        {"ferry_errors_total", "counter", "Errors ferry reported to clients, by class."},
-        {"ferry_received_bytes_total", "counter", "Bytes received, by side (client or server)."},
+        {"ferry_client_connections", "gauge", "Client connections open now.", FIELD(active)},
+        {"ferry_client_connections_total", "counter", "Client connections by outcome.", PER_LISTENER},
+        {"ferry_clients_held", "gauge", "Clients waiting for a writer.", FIELD(held)},
+        {"ferry_errors_total", "counter", "Errors ferry reported to clients, by class.", PER_LISTENER},
+        {"ferry_received_bytes_total", "counter", "Bytes received, by side (client or server).",
+         PER_LISTENER},
         {"ferry_queries_total", "counter",
-         "Commands completed (PostgreSQL: ReadyForQuery; MySQL: a command's whole response)."},
-        {"ferry_transactions_total", "counter", "Transactions ended (protocol-aware listeners)."},
-        {"ferry_backend_connections", "gauge", "Backend connections open now."},
+         "Commands completed (PostgreSQL: ReadyForQuery; MySQL: a command's whole response).",
+         FIELD(queries)},
+        {"ferry_transactions_total", "counter", "Transactions ended (protocol-aware listeners).",
+         FIELD(transactions)},
+        {"ferry_backend_connections", "gauge", "Backend connections open now.", FIELD(backends)},
         {"ferry_sessions_waiting_to_move", "gauge",
-         "Idle sessions whose writer moved, without a backend until used or moved in the background."},
+         "Idle sessions whose writer moved, without a backend until used or moved in the background.",
+         FIELD(waiting_to_move)},
         {"ferry_sessions_moved_total", "counter",
-         "Sessions moved to a new writer without an error to the client (terminated auth)."},
+         "Sessions moved to a new writer without an error to the client (terminated auth).",
+         FIELD(moves)},
         {"ferry_sessions_move_failed_total", "counter",
-         "Sessions that could not be moved to a new writer: closed instead."},
+         "Sessions that could not be moved to a new writer: closed instead.", FIELD(moves_failed)},
     };
     /* px_counters is cache-line aligned: calloc does not promise that */
     size_t bytes = (px_proc.nlisteners ? px_proc.nlisteners : 1) * sizeof(struct px_counters);
@@ -149,18 +160,17 @@ static void listener_metrics(FILE *f)
         for (size_t i = 0; i < px_proc.nlisteners; i++) {
             const char *l = px_proc.listeners[i]->name;
             const struct px_counters *c = &sums[i];
+            if (families[k].field != PER_LISTENER) {
+                uint64_t v;
+                memcpy(&v, (const char *)c + families[k].field, sizeof v);
+                fprintf(f, "%s{listener=\"%s\"} %llu\n", families[k].name, l, (unsigned long long)v);
+                continue;
+            }
             switch (k) {
-            case 0:
-                fprintf(f, "ferry_client_connections{listener=\"%s\"} %llu\n", l,
-                        (unsigned long long)c->active);
-                break;
             case 1:
                 fprintf(f, "ferry_client_connections_total{listener=\"%s\",outcome=\"accepted\"} %llu\n"
                            "ferry_client_connections_total{listener=\"%s\",outcome=\"refused\"} %llu\n",
                         l, (unsigned long long)c->accepted, l, (unsigned long long)c->refused);
-                break;
-            case 2:
-                fprintf(f, "ferry_clients_held{listener=\"%s\"} %llu\n", l, (unsigned long long)c->held);
                 break;
             case 3:
                 fprintf(f, "ferry_errors_total{listener=\"%s\",class=\"too_many_clients\"} %llu\n"
@@ -187,30 +197,6 @@ static void listener_metrics(FILE *f)
                            "ferry_received_bytes_total{listener=\"%s\",side=\"server\"} %llu\n",
                         l, (unsigned long long)c->bytes_from_clients, l,
                         (unsigned long long)c->bytes_from_servers);
-                break;
-            case 5:
-                fprintf(f, "ferry_queries_total{listener=\"%s\"} %llu\n", l,
-                        (unsigned long long)c->queries);
-                break;
-            case 6:
-                fprintf(f, "ferry_transactions_total{listener=\"%s\"} %llu\n", l,
-                        (unsigned long long)c->transactions);
-                break;
-            case 7:
-                fprintf(f, "ferry_backend_connections{listener=\"%s\"} %llu\n", l,
-                        (unsigned long long)c->backends);
-                break;
-            case 8:
-                fprintf(f, "ferry_sessions_waiting_to_move{listener=\"%s\"} %llu\n", l,
-                        (unsigned long long)c->waiting_to_move);
-                break;
-            case 9:
-                fprintf(f, "ferry_sessions_moved_total{listener=\"%s\"} %llu\n", l,
-                        (unsigned long long)c->moves);
-                break;
-            case 10:
-                fprintf(f, "ferry_sessions_move_failed_total{listener=\"%s\"} %llu\n", l,
-                        (unsigned long long)c->moves_failed);
                 break;
             }
         }
