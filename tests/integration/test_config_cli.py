@@ -127,6 +127,26 @@ def test_run_fails_cleanly_when_address_is_taken(tmp_path, pg_pair):
         blocker.close()
 
 
+def test_a_wildcard_bind_over_a_taken_address_exits(tmp_path, pg_pair):
+    """0.0.0.0:P covers 127.0.0.1:P: another process listening on the latter
+    makes the wildcard bind overlap it, and ferry says so."""
+    import socket
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    try:
+        port = blocker.getsockname()[1]
+        cfg = make_config(listener("pg", "postgresql", [cluster("a", pg_pair.primary)], port=port,
+                                   host="0.0.0.0"))
+        res = run_briefly(harness.ferry.write_config(cfg, str(tmp_path / "ferry.json")))
+        assert res.returncode == 1
+        assert (f"ferry: listeners[0] (pg): 0.0.0.0:{port} is already in use by another process"
+                in res.stderr.splitlines()), res.stderr
+    finally:
+        blocker.close()
+
+
 def run_briefly(path, timeout=10):
     return subprocess.run([harness.require_binary(), "run", "-c", path], capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
