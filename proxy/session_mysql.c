@@ -951,8 +951,8 @@ static void client_packet(struct walk *w, struct my_dir *d, struct my_logical *l
 static void login_refused(struct px_session *s, const uint8_t *p, size_t n)
 {
     struct my_err e;
-    if (my_err_parse(p, n, &e) != 0)
-        return;
+    if (s->lcfg->auth_terminated || my_err_parse(p, n, &e) != 0)
+        return;     /* terminated: ferry's own login to the server (session_mysql_login.c) */
     char code[8];
     snprintf(code, sizeof code, "%u", e.code);
     /* a greeting's ERR has no SQLSTATE: 1045 ER_ACCESS_DENIED_ERROR and 1698
