@@ -47,21 +47,27 @@ static const struct command {
     const char *name, *synopsis, *summary, *help;
     bool config, json;          /* takes -c FILE (required) / --json */
 } commands[] = {
-    {"run", "ferry run -c FILE", "run the proxy in the foreground", "run the proxy in the foreground; logs go to stderr.\n"
+    {"run", "ferry run -c FILE", "run the proxy in the foreground",
+     "run the proxy in the foreground; logs go to stderr.\n"
      "  Exit 0 after a clean stop (SIGTERM, SIGINT), 1 when it cannot start or serve\n"
-     "  (e.g. an address already in use), 2 for a bad config or command line.\n", true, false},
-    {"check", "ferry check -c FILE", "validate FILE; exit 0 if valid, 2 if not", "validate FILE (and the files and environment variables it\n"
-     "  names); exit 0 if valid, 2 with the file, key and reason if not.\n", true, false},
+     "  (e.g. an address already in use), 2 for a bad config or command line.\n",
+     true, false},
+    {"check", "ferry check -c FILE", "validate FILE; exit 0 if valid, 2 if not",
+     "validate FILE (and the files and environment variables it names);\n"
+     "  exit 0 if valid, 2 with the file, key and reason if not.\n",
+     true, false},
     {"discover", "ferry discover -c FILE [--json]", "probe once and print the writer decision",
-     "probe every cluster once and print the\n"
-     "  decision; exit 0 with a writer for every discovered listener, 1 without, 2 bad config.\n",
+     "probe every cluster once and print the decision; exit 0 with a\n"
+     "  writer for every discovered listener, 1 without, 2 for a bad config.\n",
      true, true},
-    {"ctl", "ferry ctl COMMAND [options]", "talk to a running ferry's admin endpoint", "talk to a running ferry's admin endpoint\n"
-     "  (status, sessions, metrics, reload, pause, resume, switchover): ferry ctl --help.\n",
+    {"ctl", "ferry ctl COMMAND [options]", "talk to a running ferry's admin endpoint",
+     "talk to a running ferry's admin endpoint (status, sessions,\n"
+     "  metrics, reload, pause, resume, switchover): ferry ctl --help.\n",
      false, false},
     {"version", "ferry version [--json]", "print the version (--json: build information)",
-     "print the version; --json adds the git commit and\n"
-     "  the version of every library ferry links.\n", false, true},
+     "print the version; --json adds the git commit and the version of\n"
+     "  every library ferry links.\n",
+     false, true},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
