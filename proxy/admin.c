@@ -184,7 +184,7 @@ static json_t *listener_status(const struct ferry_listener_cfg *lcfg, struct px_
         route_json = json_pack("{s:s, s:s}", "cluster", cluster, "endpoint", ep);
     }
     return json_pack("{s:s, s:s, s:s, s:s, s:o, s:b, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-                     "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                     "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
                      "name", lcfg->name, "protocol", ferry_proto_name(lcfg->protocol), "bind", bind,
                      "routing", lcfg->probe_enabled ? "discovered" : "static", "route", route_json,
                      "paused", px_listener_paused(pl), "holding", px_listener_holding(pl),
@@ -206,7 +206,8 @@ static json_t *listener_status(const struct ferry_listener_cfg *lcfg, struct px_
                      "sessions_move_failed", (json_int_t)sum.moves_failed,
                      "failover_errors_total", (json_int_t)sum.errors_failover,
                      "protocol_errors_total", (json_int_t)sum.errors_protocol,
-                     "auth_failures_total", (json_int_t)sum.errors_auth);
+                     "auth_failures_total", (json_int_t)sum.errors_auth,
+                     "backend_refused_total", (json_int_t)sum.errors_backend_refused);
 }
 
 static char *status_json(void)
@@ -237,7 +238,7 @@ static char *status_json(void)
     if (px_proc.discovery)
         json_object_set_new(doc, "discovery", ferry_discovery_status(px_proc.discovery));
     pthread_mutex_unlock(&px_proc.lock);
-    char *out = json_dumps(doc, JSON_INDENT(2));
+    char *out = px_json_dumps(doc, JSON_INDENT(2));
     json_decref(doc);
     return out;
 }
@@ -503,7 +504,7 @@ static unsigned sessions_page(struct admin_job *j, char **text)
     json_t *doc = json_pack("{s:I, s:I, s:I, s:o}", "total", (json_int_t)n, "offset",
                             (json_int_t)j->offset, "limit", (json_int_t)j->limit, "sessions", page);
     json_decref(all);
-    *text = json_dumps(doc, JSON_INDENT(2));
+    *text = px_json_dumps(doc, JSON_INDENT(2));
     json_decref(doc);
     return MHD_HTTP_OK;
 }

@@ -4,6 +4,7 @@
  */
 #include "ferry/config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
@@ -23,6 +24,7 @@ struct cfg_ctx {
     const char *path;
     char *err;      /* borrowed: FERRY_ERR_MAX bytes */
     bool failed;
+    bool admin_only;    /* ferry_config_load_admin: the admin section alone */
 };
 
 static void cfg_fail(struct cfg_ctx *c, const char *key, const char *fmt, ...)
@@ -237,8 +239,23 @@ static bool is_wildcard(const char *host)
     return strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0 || strcmp(host, "*") == 0;
 }
 
-/* Two binds collide when they share a port and either host, or a wildcard. */
-static bool binds_collide(const struct ferry_hostport *a, const struct ferry_hostport *b)
+bool ferry_hostport_loopback(const struct ferry_hostport *hp)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (strcmp(hp->host, "localhost") == 0)
+        return true;
+    if (inet_pton(AF_INET, hp->host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    return inet_pton(AF_INET6, hp->host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
+bool ferry_config_admin_open(const struct ferry_config *cfg)
+{
+    return cfg->admin_enabled && !cfg->admin_token && !ferry_hostport_loopback(&cfg->admin_bind);
+}
+
+bool ferry_hostport_collide(const struct ferry_hostport *a, const struct ferry_hostport *b)
 {
     return a->port == b->port &&
            (strcmp(a->host, b->host) == 0 || is_wildcard(a->host) || is_wildcard(b->host));
@@ -910,12 +927,78 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
     }
 }
 
+/* admin.*: also all that `ferry ctl -c` reads (ferry_config_load_admin). */
+static void parse_admin(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg)
+{
+    char why[256];
+    cfg->admin_enabled = true;
+    cfg->admin_max_connections = DEFAULT_ADMIN_MAX_CONNECTIONS;
+    cfg->admin_max_connections_per_peer = DEFAULT_ADMIN_MAX_CONNECTIONS_PER_PEER;
+    cfg->admin_request_timeout = DEFAULT_ADMIN_REQUEST_TIMEOUT;
+    ferry_hostport_parse(DEFAULT_ADMIN_BIND, &cfg->admin_bind, why, sizeof why);
+    json_t *admin = json_object_get(root, "admin");
+    if (admin) {
+        static const char *const akeys[] = {"bind", "token_file", "token_env", "max_connections",
+                                            "max_connections_per_peer", "request_timeout",
+                                            "allow_unauthenticated_writes", NULL};
+        if (!json_is_object(admin)) {
+            cfg_fail(c, "admin", "expected an object, got %s", json_type_name(admin));
+        } else {
+            check_keys(c, "admin", admin, akeys);
+            json_t *b = json_object_get(admin, "bind");
+            if (json_is_null(b))
+                cfg->admin_enabled = false;
+            else
+                get_hostport(c, admin, "bind", "admin.bind", &cfg->admin_bind, false);
+            const char *src = NULL;
+            if (json_object_get(admin, "token_file") && json_object_get(admin, "token_env"))
+                cfg_fail(c, "admin", "give only one of token_file, token_env");
+            else if (get_string(c, admin, "token_file", "admin.token_file", &src))
+                cfg->admin_token = read_secret_file(c, "admin.token_file", src);
+            if (!c->failed && get_string(c, admin, "token_env", "admin.token_env", &src)) {
+                const char *val = getenv(src);
+                if (!val || !*val)
+                    cfg_fail(c, "admin.token_env", "environment variable %s is not set", src);
+                else
+                    cfg->admin_token = strdup(val);
+            }
+            if (cfg->admin_token && strlen(cfg->admin_token) < 16)
+                cfg_fail(c, "admin", "the admin token must be at least 16 characters");
+            long long lim;
+            if (get_uint(c, admin, "max_connections", "admin.max_connections", 16, 65536, &lim))
+                cfg->admin_max_connections = (unsigned)lim;
+            if (get_uint(c, admin, "max_connections_per_peer", "admin.max_connections_per_peer", 1,
+                         65536, &lim))
+                cfg->admin_max_connections_per_peer = (unsigned)lim;
+            get_seconds(c, admin, "request_timeout", "admin.request_timeout", 0.5, 300,
+                        &cfg->admin_request_timeout);
+            if (!c->failed && cfg->admin_max_connections_per_peer > cfg->admin_max_connections)
+                cfg_fail(c, "admin.max_connections_per_peer", "%u is above admin.max_connections (%u)",
+                         cfg->admin_max_connections_per_peer, cfg->admin_max_connections);
+            get_bool(c, admin, "allow_unauthenticated_writes", "admin.allow_unauthenticated_writes",
+                     &cfg->admin_allow_unauthenticated_writes);
+        }
+    }
+    if (!c->failed && ferry_config_admin_open(cfg) && !cfg->admin_allow_unauthenticated_writes) {
+        char addr[FERRY_HOST_MAX + 16];
+        ferry_hostport_format(&cfg->admin_bind, addr, sizeof addr);
+        cfg_fail(c, "admin.bind", "%s is not a loopback address and no admin token is set: whoever "
+                 "reaches it could POST /v1/pause, /v1/switchover, /v1/reload; set "
+                 "admin.token_file or admin.token_env (or, knowingly, "
+                 "admin.allow_unauthenticated_writes: true)", addr);
+    }
+}
+
 static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg)
 {
     static const char *const keys[] = {"workers", "log_level", "log_format", "shutdown_timeout",
                                        "admin", "discovery", "aws", "listeners", NULL};
     if (!json_is_object(root)) {
         cfg_fail(c, NULL, "the top level must be an object, got %s", json_type_name(root));
+        return;
+    }
+    if (c->admin_only) {
+        parse_admin(c, root, cfg);
         return;
     }
     check_keys(c, "", root, keys);
@@ -957,52 +1040,7 @@ static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg
     parse_discovery(c, root, &cfg->discovery);
     parse_aws(c, root, &cfg->aws);
 
-    char why[256];
-    cfg->admin_enabled = true;
-    cfg->admin_max_connections = DEFAULT_ADMIN_MAX_CONNECTIONS;
-    cfg->admin_max_connections_per_peer = DEFAULT_ADMIN_MAX_CONNECTIONS_PER_PEER;
-    cfg->admin_request_timeout = DEFAULT_ADMIN_REQUEST_TIMEOUT;
-    ferry_hostport_parse(DEFAULT_ADMIN_BIND, &cfg->admin_bind, why, sizeof why);
-    json_t *admin = json_object_get(root, "admin");
-    if (admin) {
-        static const char *const akeys[] = {"bind", "token_file", "token_env", "max_connections",
-                                            "max_connections_per_peer", "request_timeout", NULL};
-        if (!json_is_object(admin)) {
-            cfg_fail(c, "admin", "expected an object, got %s", json_type_name(admin));
-        } else {
-            check_keys(c, "admin", admin, akeys);
-            json_t *b = json_object_get(admin, "bind");
-            if (json_is_null(b))
-                cfg->admin_enabled = false;
-            else
-                get_hostport(c, admin, "bind", "admin.bind", &cfg->admin_bind, false);
-            const char *src = NULL;
-            if (json_object_get(admin, "token_file") && json_object_get(admin, "token_env"))
-                cfg_fail(c, "admin", "give only one of token_file, token_env");
-            else if (get_string(c, admin, "token_file", "admin.token_file", &src))
-                cfg->admin_token = read_secret_file(c, "admin.token_file", src);
-            if (!c->failed && get_string(c, admin, "token_env", "admin.token_env", &src)) {
-                const char *val = getenv(src);
-                if (!val || !*val)
-                    cfg_fail(c, "admin.token_env", "environment variable %s is not set", src);
-                else
-                    cfg->admin_token = strdup(val);
-            }
-            if (cfg->admin_token && strlen(cfg->admin_token) < 16)
-                cfg_fail(c, "admin", "the admin token must be at least 16 characters");
-            long long lim;
-            if (get_uint(c, admin, "max_connections", "admin.max_connections", 16, 65536, &lim))
-                cfg->admin_max_connections = (unsigned)lim;
-            if (get_uint(c, admin, "max_connections_per_peer", "admin.max_connections_per_peer", 1,
-                         65536, &lim))
-                cfg->admin_max_connections_per_peer = (unsigned)lim;
-            get_seconds(c, admin, "request_timeout", "admin.request_timeout", 0.5, 300,
-                        &cfg->admin_request_timeout);
-            if (!c->failed && cfg->admin_max_connections_per_peer > cfg->admin_max_connections)
-                cfg_fail(c, "admin.max_connections_per_peer", "%u is above admin.max_connections (%u)",
-                         cfg->admin_max_connections_per_peer, cfg->admin_max_connections);
-        }
-    }
+    parse_admin(c, root, cfg);
 
     json_t *arr = json_object_get(root, "listeners");
     if (!arr) {
@@ -1033,7 +1071,7 @@ static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg
                 subkey_index(key, "", "listeners", i);
                 subkey(key, key, ".name");
                 cfg_fail(c, key, "duplicate listener name \"%s\"", l->name);
-            } else if (binds_collide(&cfg->listeners[k].bind, &l->bind)) {
+            } else if (ferry_hostport_collide(&cfg->listeners[k].bind, &l->bind)) {
                 char other[300];
                 ferry_hostport_format(&cfg->listeners[k].bind, other, sizeof other);
                 subkey_index(key, "", "listeners", i);
@@ -1041,7 +1079,7 @@ static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg
                 cfg_fail(c, key, "duplicate bind address (listeners[%zu] binds %s)", k, other);
             }
         }
-        if (!c->failed && cfg->admin_enabled && binds_collide(&cfg->admin_bind, &l->bind)) {
+        if (!c->failed && cfg->admin_enabled && ferry_hostport_collide(&cfg->admin_bind, &l->bind)) {
             subkey_index(key, "", "listeners", i);
             subkey(key, key, ".bind");
             cfg_fail(c, key, "same address as admin.bind");
@@ -1147,9 +1185,10 @@ static bool json_pos_in_secret(const char *text, size_t pos)
     return str ? str_secret : secret || last_secret;
 }
 
-struct ferry_config *ferry_config_parse(const char *path, const char *text, char err[FERRY_ERR_MAX])
+static struct ferry_config *parse_text(const char *path, const char *text, bool admin_only,
+                                       char err[FERRY_ERR_MAX])
 {
-    struct cfg_ctx c = {.path = path, .err = err, .failed = false};
+    struct cfg_ctx c = {.path = path, .err = err, .failed = false, .admin_only = admin_only};
     json_error_t jerr;
     /* Duplicate keys are rejected: which one wins is otherwise a surprise. */
     json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
@@ -1188,7 +1227,12 @@ struct ferry_config *ferry_config_parse(const char *path, const char *text, char
     return cfg;
 }
 
-struct ferry_config *ferry_config_load(const char *path, char err[FERRY_ERR_MAX])
+struct ferry_config *ferry_config_parse(const char *path, const char *text, char err[FERRY_ERR_MAX])
+{
+    return parse_text(path, text, false, err);
+}
+
+static struct ferry_config *load(const char *path, bool admin_only, char err[FERRY_ERR_MAX])
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -1222,9 +1266,19 @@ struct ferry_config *ferry_config_load(const char *path, char err[FERRY_ERR_MAX]
         free(text);
         return NULL;
     }
-    struct ferry_config *cfg = ferry_config_parse(path, text, err);
+    struct ferry_config *cfg = parse_text(path, text, admin_only, err);
     free(text);
     return cfg;
+}
+
+struct ferry_config *ferry_config_load(const char *path, char err[FERRY_ERR_MAX])
+{
+    return load(path, false, err);
+}
+
+struct ferry_config *ferry_config_load_admin(const char *path, char err[FERRY_ERR_MAX])
+{
+    return load(path, true, err);
 }
 
 struct ferry_config *ferry_config_ref(struct ferry_config *cfg)

@@ -4,6 +4,7 @@
  */
 #include <curl/curl.h>
 #include <jansson.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,15 +138,35 @@ static void print_sessions(json_t *doc)
                (long long)json_integer_value(json_object_get(x, "bytes_from_server")));
 }
 
-static void usage(void)
+static void usage(FILE *out)
 {
-    fprintf(stderr,
+    fprintf(out,
             "usage: ferry ctl status|sessions|metrics|reload|pause|resume [--json]\n"
             "       ferry ctl pause|resume --listener NAME\n"
             "       ferry ctl switchover CLUSTER [--listener NAME] [--timeout SECONDS]\n"
-            "                 [--admin URL | -c ferry.json] [--token-file FILE]\n"
-            "  URL defaults to http://127.0.0.1:9187; -c takes admin.bind and the token from the\n"
-            "  config; the token may also come from $FERRY_ADMIN_TOKEN.\n");
+            "  each also takes [--admin URL | -c ferry.json] [--token-file FILE]\n"
+            "  --admin URL         the admin endpoint (default http://127.0.0.1:9187)\n"
+            "  -c, --config FILE   take admin.bind and the token (admin.token_file or\n"
+            "                      admin.token_env) from ferry's config; nothing else in it is read\n"
+            "  --token-file FILE   the bearer token (first line); else $FERRY_ADMIN_TOKEN\n"
+            "  --json              print the endpoint's JSON as it is\n"
+            "  -h, --help          this help\n"
+            "  Exit 0 done, 1 ferry said no or could not be reached, 2 bad usage.\n");
+}
+
+static int bad_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Names the mistake, shows the usage; the exit code for bad usage. */
+static int bad_usage(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("ferry: ctl: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    usage(stderr);
+    return 2;
 }
 
 /* Reads a token file (first line). */
@@ -163,31 +184,66 @@ static char *read_token(const char *path)
     return strdup(buf);
 }
 
+/* The admin endpoint's URL and token from the config's admin section alone
+ * (no listener, password file or variable is needed). 0, or 2 (said why). */
+static int from_config(const char *path, char *base, size_t baselen, char **token)
+{
+    char err[FERRY_ERR_MAX];
+    struct ferry_config *cfg = ferry_config_load_admin(path, err);
+    if (!cfg) {
+        fprintf(stderr, "ferry: %s\n", err);
+        return 2;
+    }
+    if (!cfg->admin_enabled) {
+        fprintf(stderr, "ferry: ctl: %s: admin.bind is null: that ferry has no admin endpoint\n", path);
+        ferry_config_unref(cfg);
+        return 2;
+    }
+    /* a wildcard bind is reached on the loopback address of its family */
+    struct ferry_hostport hp = cfg->admin_bind;
+    if (strcmp(hp.host, "0.0.0.0") == 0 || strcmp(hp.host, "*") == 0)
+        snprintf(hp.host, sizeof hp.host, "127.0.0.1");
+    else if (strcmp(hp.host, "::") == 0)
+        snprintf(hp.host, sizeof hp.host, "::1");
+    char text[FERRY_HOST_MAX + 16];
+    ferry_hostport_format(&hp, text, sizeof text);
+    snprintf(base, baselen, "http://%s", text);
+    *token = cfg->admin_token ? strdup(cfg->admin_token) : NULL;
+    ferry_config_unref(cfg);
+    return 0;
+}
+
 int ferry_ctl_main(int argc, char **argv)
 {
     const char *cmd = NULL, *admin = NULL, *cfg_path = NULL, *token_file = NULL;
     const char *target = NULL, *listener = NULL, *timeout = NULL;
     bool as_json = false;
+    static const char *const valued[] = {"--listener", "--timeout", "--admin", "-c", "--config",
+                                         "--token-file"};
+    const char **slot[] = {&listener, &timeout, &admin, &cfg_path, &cfg_path, &token_file};
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0)
+        const char *arg = argv[i];
+        int v = -1;
+        for (int k = 0; k < (int)(sizeof valued / sizeof valued[0]); k++)
+            if (strcmp(arg, valued[k]) == 0)
+                v = k;
+        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(arg, "--json") == 0) {
             as_json = true;
-        else if (strcmp(argv[i], "--listener") == 0 && i + 1 < argc)
-            listener = argv[++i];
-        else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc)
-            timeout = argv[++i];
-        else if (cmd && strcmp(cmd, "switchover") == 0 && !target && argv[i][0] != '-')
-            target = argv[i];
-        else if (strcmp(argv[i], "--admin") == 0 && i + 1 < argc)
-            admin = argv[++i];
-        else if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc)
-            cfg_path = argv[++i];
-        else if (strcmp(argv[i], "--token-file") == 0 && i + 1 < argc)
-            token_file = argv[++i];
-        else if (!cmd && argv[i][0] != '-')
-            cmd = argv[i];
-        else {
-            usage();
-            return 2;
+        } else if (v >= 0) {
+            if (i + 1 >= argc)
+                return bad_usage("%s needs a value", arg);
+            *slot[v] = argv[++i];
+        } else if (arg[0] == '-') {
+            return bad_usage("unknown option %s", arg);
+        } else if (!cmd) {
+            cmd = arg;
+        } else if (strcmp(cmd, "switchover") == 0 && !target) {
+            target = arg;
+        } else {
+            return bad_usage("unexpected argument %s", arg);
         }
     }
     static const struct {
@@ -200,10 +256,14 @@ int ferry_ctl_main(int argc, char **argv)
     for (int i = 0; cmd && i < (int)(sizeof cmds / sizeof cmds[0]); i++)
         if (strcmp(cmd, cmds[i].name) == 0)
             which = i;
-    if (which < 0 || (strcmp(cmd, "switchover") == 0) != (target != NULL)) {
-        usage();
-        return 2;
-    }
+    if (!cmd)
+        return bad_usage("needs a command");
+    if (which < 0)
+        return bad_usage("unknown command \"%s\"", cmd);
+    if (strcmp(cmd, "switchover") == 0 && !target)
+        return bad_usage("switchover needs a CLUSTER");
+    if (cfg_path && admin)
+        return bad_usage("give --admin or -c, not both");
     char *payload = NULL;
     if (target) {
         json_t *req = json_pack("{s:s}", "to", target);
@@ -221,25 +281,17 @@ int ferry_ctl_main(int argc, char **argv)
 
     char base[300] = "http://127.0.0.1:9187";
     char *token = NULL;
-    if (cfg_path) {
-        char err[FERRY_ERR_MAX];
-        struct ferry_config *cfg = ferry_config_load(cfg_path, err);
-        if (!cfg) {
-            fprintf(stderr, "ferry: %s\n", err);
-            return 2;
-        }
-        char hp[FERRY_HOST_MAX + 16];
-        ferry_hostport_format(&cfg->admin_bind, hp, sizeof hp);
-        snprintf(base, sizeof base, "http://%s", hp);
-        token = cfg->admin_token ? strdup(cfg->admin_token) : NULL;
-        ferry_config_unref(cfg);
+    if (cfg_path && from_config(cfg_path, base, sizeof base, &token) != 0) {
+        free(payload);
+        return 2;
     }
     if (admin)
         snprintf(base, sizeof base, "%s", admin);
     if (token_file) {
         free(token);
         if (!(token = read_token(token_file))) {
-            fprintf(stderr, "ferry: cannot read token file %s\n", token_file);
+            fprintf(stderr, "ferry: ctl: cannot read token file %s\n", token_file);
+            free(payload);
             return 2;
         }
     } else if (!token && getenv("FERRY_ADMIN_TOKEN")) {

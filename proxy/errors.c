@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "ferry/log.h"
 #include "pg/codec.h"
 #include "proxy.h"
+#include "session.h"
 
 struct err_code {
     const char *sqlstate;
@@ -86,4 +88,25 @@ void px_error_message(enum ferry_proto proto, enum px_err kind, const char *text
     ferry_wbuf_put(out, code.sqlstate, 5);
     ferry_wbuf_put(out, msg, strlen(msg));
     ferry_wbuf_patch_u24le(out, start, (uint32_t)(out->len - start - 4));
+}
+
+void px_session_login_refused(struct px_session *s, const char *code, const char *sqlstate,
+                              const char *msg, size_t msglen)
+{
+    bool auth = strncmp(sqlstate, "28", 2) == 0;
+    struct px_counters *c = px_session_stats(s);
+    if (auth)
+        PX_STAT_ADD(c->errors_auth, 1);
+    else
+        PX_STAT_ADD(c->errors_backend_refused, 1);
+    /* the server's words, bounded: they may quote a user or database name */
+    char text[256], esc_code[FERRY_LOG_QUOTED_MAX(16)], esc_text[FERRY_LOG_QUOTED_MAX(sizeof text)];
+    snprintf(text, sizeof text, "%.*s", (int)(msglen < sizeof text ? msglen : sizeof text - 1),
+             msg ? msg : "");
+    ferry_log(FERRY_LOG_INFO, "session.login_refused",
+              "listener=%s session=%llu cluster=%s class=%s code=\"%s\" message=\"%s\" "
+              "detail=\"the server refused the client's login; the client has its error\"",
+              s->pl->name, (unsigned long long)s->id, s->cluster, auth ? "auth" : "backend_refused",
+              ferry_log_escape(code, esc_code, sizeof esc_code),
+              ferry_log_escape(text, esc_text, sizeof esc_text));
 }

@@ -35,12 +35,16 @@ static int resolve_bind(const struct ferry_hostport *hp, struct sockaddr_storage
     return 0;
 }
 
-/* Returns a bound (not yet listening) socket, or -1 with err filled. */
+/* Returns a bound (not yet listening) socket, or -errno with err filled.
+ * reuseport: share the port with ferry's other sockets on it (SO_REUSEPORT).
+ * SO_REUSEADDR either way, so that connections of a previous run in
+ * TIME_WAIT do not count; Linux still refuses a bind next to a listening
+ * socket unless both sides share with SO_REUSEPORT. */
 static int open_bound_socket(const struct sockaddr_storage *ss, socklen_t len, const char *addr,
-                             char *err, size_t errlen)
+                             bool reuseport, char *err, size_t errlen)
 {
     const char *errpos = "socket";
-    int one = 1;
+    int one = 1, rc;
     int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         goto failed;
@@ -48,7 +52,7 @@ static int open_bound_socket(const struct sockaddr_storage *ss, socklen_t len, c
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
         goto failed;
     errpos = "setsockopt(SO_REUSEPORT)";
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
         goto failed;
     if (ss->ss_family == AF_INET6) {
         errpos = "setsockopt(IPV6_V6ONLY)";
@@ -60,10 +64,31 @@ static int open_bound_socket(const struct sockaddr_storage *ss, socklen_t len, c
         goto failed;
     return fd;
 failed:
-    snprintf(err, errlen, "%s: %s: %s", addr, errpos, strerror(errno));
+    rc = -errno;
+    snprintf(err, errlen, "%s: %s: %s", addr, errpos, strerror(-rc));
     if (fd >= 0)
         close(fd);
-    return -1;
+    return rc;
+}
+
+int px_bind_probe(const struct ferry_hostport *hp, char *err, size_t errlen)
+{
+    char addr[FERRY_HOST_MAX + 16];
+    ferry_hostport_format(hp, addr, sizeof addr);
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int rc = resolve_bind(hp, &ss, &len);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s: cannot resolve: %s", addr, gai_strerror(rc));
+        return -EINVAL;
+    }
+    int fd = open_bound_socket(&ss, len, addr, false, err, errlen);
+    if (fd == -EADDRINUSE)
+        snprintf(err, errlen, "%s is already in use by another process", addr);
+    if (fd < 0)
+        return fd;
+    close(fd);
+    return 0;
 }
 
 struct px_listener *px_listener_create(const struct ferry_listener_cfg *lcfg, unsigned nworkers,
@@ -99,7 +124,7 @@ struct px_listener *px_listener_create(const struct ferry_listener_cfg *lcfg, un
     for (unsigned i = 0; i < nworkers; i++)
         pl->fds[i] = -1;
     for (unsigned i = 0; i < nworkers; i++) {
-        pl->fds[i] = open_bound_socket(&ss, len, addr, err, errlen);
+        pl->fds[i] = open_bound_socket(&ss, len, addr, true, err, errlen);
         if (pl->fds[i] < 0) {
             px_listener_unref(pl);
             return NULL;
@@ -182,6 +207,7 @@ struct px_counters px_listener_totals(const struct px_listener *pl)
         sum.errors_protocol += PX_STAT_GET(c->errors_protocol);
         sum.errors_auth += PX_STAT_GET(c->errors_auth);
         sum.errors_failover += PX_STAT_GET(c->errors_failover);
+        sum.errors_backend_refused += PX_STAT_GET(c->errors_backend_refused);
     }
     return sum;
 }

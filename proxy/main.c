@@ -42,16 +42,51 @@ uint64_t px_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* One line per command for `ferry --help`, and each command's own help. */
+static const struct command {
+    const char *name, *synopsis, *summary, *help;
+    bool config, json;          /* takes -c FILE (required) / --json */
+} commands[] = {
+    {"run", "ferry run -c FILE", "run the proxy in the foreground",
+     "run the proxy in the foreground; logs go to stderr.\n"
+     "  Exit 0 after a clean stop (SIGTERM, SIGINT), 1 when it cannot start or serve\n"
+     "  (e.g. an address already in use), 2 for a bad config or command line.\n",
+     true, false},
+    {"check", "ferry check -c FILE", "validate FILE; exit 0 if valid, 2 if not",
+     "validate FILE (and the files and environment variables it names);\n"
+     "  exit 0 if valid, 2 with the file, key and reason if not.\n",
+     true, false},
+    {"discover", "ferry discover -c FILE [--json]", "probe once and print the writer decision",
+     "probe every cluster once and print the decision; exit 0 with a\n"
+     "  writer for every discovered listener, 1 without, 2 for a bad config.\n",
+     true, true},
+    {"ctl", "ferry ctl COMMAND [options]", "talk to a running ferry's admin endpoint",
+     "talk to a running ferry's admin endpoint (status, sessions,\n"
+     "  metrics, reload, pause, resume, switchover): ferry ctl --help.\n",
+     false, false},
+    {"version", "ferry version [--json]", "print the version (--json: build information)",
+     "print the version; --json adds the git commit and the version of\n"
+     "  every library ferry links.\n",
+     false, true},
+};
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: ferry run -c FILE              run the proxy in the foreground\n"
-            "       ferry check -c FILE            validate FILE; exit 0 if valid, 2 if not\n"
-            "       ferry discover -c FILE [--json] probe once; exit 0 with a writer for every\n"
-            "                                      discovered listener, 1 without, 2 bad config\n"
-            "       ferry ctl status|metrics|reload|pause|resume [--json] [--admin URL | -c FILE]\n"
-            "                                      talk to a running ferry's admin endpoint\n"
-            "       ferry version                  print the version\n");
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        fprintf(out, "%s %-36s %s\n", i ? "      " : "usage:", commands[i].synopsis,
+                commands[i].summary);
+    fprintf(out, "       ferry COMMAND --help                 that command's options\n");
+}
+
+static void command_usage(const struct command *c, FILE *out)
+{
+    fprintf(out, "usage: %s\n  %s", c->synopsis, c->help);
+    if (c->config)
+        fprintf(out, "  -c, --config FILE   the config file (README: Configuration)\n");
+    if (c->json)
+        fprintf(out, "  --json              machine-readable output\n");
+    fprintf(out, "  -h, --help          this help\n");
 }
 
 /* Builds the listener set for cfg, reusing listeners of the running set that
@@ -69,18 +104,29 @@ static struct px_listener **listeners_for(const struct ferry_config *cfg, char *
         for (size_t k = 0; k < px_proc.nlisteners && !out[i]; k++)
             if (px_listener_matches(px_proc.listeners[k], lcfg))
                 out[i] = px_listener_ref(px_proc.listeners[k]);
-        if (!out[i] && !(out[i] = px_listener_create(lcfg, px_proc.nworkers, err, errlen))) {
-            for (size_t k = 0; k < i; k++)
-                px_listener_unref(out[k]);
-            free(out);
-            return NULL;
+        /* An address this process does not hold yet must be free: our
+         * SO_REUSEPORT bind would otherwise share it with another ferry. */
+        bool held = false;
+        for (size_t k = 0; k < px_proc.nlisteners && !out[i]; k++)
+            held |= ferry_hostport_collide(&px_proc.listeners[k]->bind, &lcfg->bind);
+        char why[FERRY_HOST_MAX + 80];
+        if (!out[i] && !held && px_bind_probe(&lcfg->bind, why, sizeof why) != 0) {
+            snprintf(err, errlen, "listeners[%zu] (%s): %s", i, lcfg->name, why);
+            goto failed;
         }
+        if (!out[i] && !(out[i] = px_listener_create(lcfg, px_proc.nworkers, err, errlen)))
+            goto failed;
         /* a listener rebuilt (new bind) keeps the operator's pause by name */
         for (size_t k = 0; k < px_proc.nlisteners; k++)
             if (px_proc.listeners[k] != out[i] && strcmp(px_proc.listeners[k]->name, lcfg->name) == 0)
                 out[i]->paused = __atomic_load_n(&px_proc.listeners[k]->paused, __ATOMIC_SEQ_CST);
     }
     return out;
+failed:
+    for (size_t k = 0; k < cfg->nlisteners; k++)
+        px_listener_unref(out[k]);
+    free(out);
+    return NULL;
 }
 
 static void post_config(struct ferry_config *cfg, struct px_listener **pls)
@@ -189,6 +235,19 @@ static bool admin_changed(const struct ferry_config *cfg)
 {
     return cfg->admin_enabled != mainloop.admin_enabled ||
            (cfg->admin_enabled && !ferry_hostport_equal(&cfg->admin_bind, &mainloop.admin_bind));
+}
+
+/* px_admin_start(), after checking that no other process serves the
+ * address (MHD's bind would say only that it failed). */
+static struct px_admin *admin_start(const struct ferry_config *cfg, char *err, size_t errlen)
+{
+    char why[FERRY_HOST_MAX + 80];
+    bool held = mainloop.admin && ferry_hostport_collide(&mainloop.admin_bind, &cfg->admin_bind);
+    if (!held && px_bind_probe(&cfg->admin_bind, why, sizeof why) != 0) {
+        snprintf(err, errlen, "admin.bind: %s", why);
+        return NULL;
+    }
+    return px_admin_start(cfg, err, errlen);
 }
 
 static void post_all(enum px_msg_type type)
@@ -342,6 +401,8 @@ static void log_reload_failed(const char *err)
               (unsigned long long)px_proc.generation, ferry_log_escape(err, esc, sizeof esc));
 }
 
+static void warn_admin_open(const struct ferry_config *cfg, bool to_stderr);
+
 /* Reloads the config file; false (running config kept) with the reason in
  * err. Main thread only. */
 static bool reload(char *err, size_t errlen)
@@ -358,7 +419,7 @@ static bool reload(char *err, size_t errlen)
     struct px_listener **pls = listeners_for(cfg, err, errlen);
     struct px_admin *new_admin = NULL;
     if (pls && admin_changed(cfg) && cfg->admin_enabled)
-        new_admin = px_admin_start(cfg, err, errlen);
+        new_admin = admin_start(cfg, err, errlen);
     if (!pls || (admin_changed(cfg) && cfg->admin_enabled && !new_admin)) {
         log_reload_failed(err);
         if (pls) {
@@ -370,6 +431,7 @@ static bool reload(char *err, size_t errlen)
         return false;
     }
     if (admin_changed(cfg)) {
+        warn_admin_open(cfg, false);
         px_admin_stop(mainloop.admin);
         mainloop.admin = new_admin;
         mainloop.admin_enabled = cfg->admin_enabled;
@@ -588,6 +650,23 @@ static void warn_backend_tls(const struct ferry_config *cfg, bool to_stdout)
     }
 }
 
+/* admin.allow_unauthenticated_writes in force: said at start (log) and by
+ * `ferry check` (stderr), as the backend_tls warnings. */
+static void warn_admin_open(const struct ferry_config *cfg, bool to_stderr)
+{
+    if (!ferry_config_admin_open(cfg))
+        return;
+    char addr[FERRY_HOST_MAX + 16];
+    ferry_hostport_format(&cfg->admin_bind, addr, sizeof addr);
+    const char *what = "admin.allow_unauthenticated_writes: whoever reaches the admin endpoint "
+                       "can pause, switch over and reload ferry";
+    if (to_stderr)
+        fprintf(stderr, "ferry: warning: admin.bind %s: %s\n", addr, what);
+    else
+        ferry_log(FERRY_LOG_WARN, "config.admin_unauthenticated", "bind=%s detail=\"%s\"", addr,
+                  what);
+}
+
 static int cmd_check(const char *path)
 {
     char err[FERRY_ERR_MAX];
@@ -599,6 +678,7 @@ static int cmd_check(const char *path)
     printf("%s: ok (%zu listener%s, %u workers)\n", path, cfg->nlisteners,
            cfg->nlisteners == 1 ? "" : "s", cfg->workers);
     warn_backend_tls(cfg, true);
+    warn_admin_open(cfg, true);
     char why[400];
     if (fd_limit_low(cfg, true, why, sizeof why))
         fprintf(stderr, "ferry: %s: warning: %s\n", path, why);
@@ -606,9 +686,18 @@ static int cmd_check(const char *path)
     return 0;
 }
 
+/* Said twice: to the person who started ferry, and to the log. */
+static void start_failed(const char *err)
+{
+    char esc[FERRY_LOG_QUOTED_MAX(FERRY_ERR_MAX)];
+    fprintf(stderr, "ferry: %s\n", err);
+    ferry_log(FERRY_LOG_ERROR, "ferry.start_failed", "error=\"%s\"",
+              ferry_log_escape(err, esc, sizeof esc));
+}
+
 static int cmd_run(const char *path)
 {
-    char err[FERRY_ERR_MAX], esc[FERRY_LOG_QUOTED_MAX(FERRY_ERR_MAX)];
+    char err[FERRY_ERR_MAX];
     struct ferry_config *cfg = load_config(path, err);
     if (!cfg) {
         fprintf(stderr, "ferry: %s\n", err);
@@ -619,23 +708,25 @@ static int cmd_run(const char *path)
     ferry_log_set_json(cfg->log_format == FERRY_LOG_JSON);
     raise_fd_limit();
     warn_backend_tls(cfg, false);
+    warn_admin_open(cfg, false);
     mainloop.config_path = path;
     px_proc.started_ms = px_now_ms();
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    px_proc.started_unix = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
     px_proc.nworkers = cfg->workers;
     px_proc.workers = calloc(cfg->workers, sizeof *px_proc.workers);
     struct px_listener **pls = px_proc.workers ? listeners_for(cfg, err, sizeof err) : NULL;
     if (!pls) {
-        ferry_log(FERRY_LOG_ERROR, "ferry.start_failed", "error=\"%s\"",
-                  ferry_log_escape(err, esc, sizeof esc));
+        start_failed(err);
         free(px_proc.workers);
         ferry_config_unref(cfg);
         return EXIT_RUNTIME;
     }
     mainloop.admin_enabled = cfg->admin_enabled;
     mainloop.admin_bind = cfg->admin_bind;
-    if (cfg->admin_enabled && !(mainloop.admin = px_admin_start(cfg, err, sizeof err))) {
-        ferry_log(FERRY_LOG_ERROR, "ferry.start_failed", "error=\"%s\"",
-                  ferry_log_escape(err, esc, sizeof esc));
+    if (cfg->admin_enabled && !(mainloop.admin = admin_start(cfg, err, sizeof err))) {
+        start_failed(err);
         for (size_t i = 0; i < cfg->nlisteners; i++)
             px_listener_unref(pls[i]);
         free(pls);
@@ -705,7 +796,7 @@ static int cmd_discover(const char *path, bool as_json)
     bool has_writer = false;
     json_t *doc = ferry_discovery_once(cfg, &has_writer);
     if (as_json) {
-        char *text = json_dumps(doc, JSON_INDENT(2));
+        char *text = px_json_dumps(doc, JSON_INDENT(2));
         printf("%s\n", text ? text : "[]");
         free(text);
     } else if (json_array_size(doc) == 0) {
@@ -732,24 +823,42 @@ static int cmd_discover(const char *path, bool as_json)
     return has_writer ? 0 : 1;
 }
 
-static bool has_flag(int argc, char **argv, const char *flag)
-{
-    for (int i = 2; i < argc; i++)
-        if (strcmp(argv[i], flag) == 0)
-            return true;
-    return false;
-}
+/* What a command's arguments asked for. */
+struct command_args {
+    const char *config;
+    bool json, help;
+};
 
-/* Returns the value of -c/--config, or NULL. */
-static const char *config_arg(int argc, char **argv)
+/* Parses argv[2..] for c: -c/--config FILE (or --config=FILE), --json,
+ * -h/--help. 0, or EXIT_CONFIG with the mistake named on stderr. */
+static int parse_args(const struct command *c, int argc, char **argv, struct command_args *a)
 {
-    for (int i = 2; i < argc; i++) {
-        if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc)
-            return argv[i + 1];
-        if (strncmp(argv[i], "--config=", 9) == 0)
-            return argv[i] + 9;
+    char bad[160] = "";
+    for (int i = 2; i < argc && !bad[0]; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0)
+            a->help = true;
+        else if (c->json && strcmp(arg, "--json") == 0)
+            a->json = true;
+        else if (c->config && (strcmp(arg, "-c") == 0 || strcmp(arg, "--config") == 0)) {
+            if (i + 1 < argc)
+                a->config = argv[++i];
+            else
+                snprintf(bad, sizeof bad, "%s needs a FILE", arg);
+        } else if (c->config && strncmp(arg, "--config=", 9) == 0)
+            a->config = arg + 9;
+        else if (arg[0] != '-')
+            snprintf(bad, sizeof bad, "unexpected argument %.100s", arg);
+        else
+            snprintf(bad, sizeof bad, "unknown option %.100s", arg);
     }
-    return NULL;
+    if (!bad[0] && !a->help && c->config && !a->config)
+        snprintf(bad, sizeof bad, "needs -c FILE");
+    if (!bad[0])
+        return 0;
+    fprintf(stderr, "ferry: %s: %s\n", c->name, bad);
+    command_usage(c, stderr);
+    return EXIT_CONFIG;
 }
 
 int main(int argc, char **argv)
@@ -759,28 +868,34 @@ int main(int argc, char **argv)
         return EXIT_CONFIG;
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
-        printf("ferry %s (libuv %s)\n", FERRY_VERSION, uv_version_string());
-        return 0;
-    }
-    if (strcmp(cmd, "ctl") == 0)
-        return ferry_ctl_main(argc - 2, argv + 2);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         usage(stdout);
         return 0;
     }
-    if (strcmp(cmd, "run") == 0 || strcmp(cmd, "check") == 0 || strcmp(cmd, "discover") == 0) {
-        const char *path = config_arg(argc, argv);
-        if (!path) {
-            fprintf(stderr, "ferry: %s needs -c FILE\n", cmd);
-            usage(stderr);
-            return EXIT_CONFIG;
-        }
-        if (strcmp(cmd, "discover") == 0)
-            return cmd_discover(path, has_flag(argc, argv, "--json"));
-        return strcmp(cmd, "run") == 0 ? cmd_run(path) : cmd_check(path);
+    if (strcmp(cmd, "--version") == 0)
+        return ferry_version_main(false);
+    const struct command *c = NULL;
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (strcmp(cmd, commands[i].name) == 0)
+            c = &commands[i];
+    if (!c) {
+        fprintf(stderr, "ferry: unknown command \"%s\"\n", cmd);
+        usage(stderr);
+        return EXIT_CONFIG;
     }
-    fprintf(stderr, "ferry: unknown command \"%s\"\n", cmd);
-    usage(stderr);
-    return EXIT_CONFIG;
+    if (strcmp(cmd, "ctl") == 0)
+        return ferry_ctl_main(argc - 2, argv + 2);     /* its own options and help */
+    struct command_args a = {0};
+    int rc = parse_args(c, argc, argv, &a);
+    if (rc != 0)
+        return rc;
+    if (a.help) {
+        command_usage(c, stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "version") == 0)
+        return ferry_version_main(a.json);
+    if (strcmp(cmd, "discover") == 0)
+        return cmd_discover(a.config, a.json);
+    return strcmp(cmd, "run") == 0 ? cmd_run(a.config) : cmd_check(a.config);
 }

@@ -3,10 +3,15 @@
  * path), the discovery status and /proc. Names follow Prometheus practice:
  * ferry_ prefix, _total counters, base units (seconds, bytes).
  */
+#include <ctype.h>
 #include <dirent.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "ferry/discovery.h"
@@ -16,6 +21,76 @@
 static void help(FILE *f, const char *name, const char *type, const char *text)
 {
     fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, text, name, type);
+}
+
+const char *px_fmt_double(double v, char buf[PX_DOUBLE_MAX])
+{
+    if (isnan(v))
+        return strcpy(buf, "NaN");
+    if (isinf(v))
+        return strcpy(buf, v > 0 ? "+Inf" : "-Inf");
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(buf, PX_DOUBLE_MAX, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v)
+            break;
+    }
+    return buf;
+}
+
+char *px_json_dumps(const json_t *doc, size_t flags)
+{
+    char *in = json_dumps(doc, flags);
+    if (!in)
+        return NULL;
+    /* jansson writes reals with %.17g: rewrite each number token outside
+     * strings that has a fraction or an exponent (a real; integers have
+     * neither), keeping it a real (".0" when the short form has neither). */
+    size_t n = strlen(in);
+    char *out = malloc(n + 1);      /* a shortest form is never longer */
+    if (!out)
+        return in;
+    size_t o = 0;
+    bool in_string = false;
+    for (size_t i = 0; i < n;) {
+        char ch = in[i];
+        if (in_string) {
+            out[o++] = in[i++];
+            if (ch == '\\' && i < n)
+                out[o++] = in[i++];
+            else if (ch == '"')
+                in_string = false;
+            continue;
+        }
+        if (ch == '"')
+            in_string = true;
+        if (ch != '-' && !isdigit((unsigned char)ch)) {
+            out[o++] = in[i++];
+            continue;
+        }
+        size_t end = i;
+        bool real = false;
+        while (end < n && strchr("0123456789+-.eE", in[end])) {
+            real |= in[end] == '.' || in[end] == 'e' || in[end] == 'E';
+            end++;
+        }
+        char num[PX_DOUBLE_MAX];
+        if (real && end - i < sizeof num) {
+            px_fmt_double(strtod(in + i, NULL), num);
+            if (!strpbrk(num, ".eE"))
+                strcat(num, ".0");
+        }
+        if (real && end - i < sizeof num && strlen(num) <= end - i) {
+            memcpy(out + o, num, strlen(num));
+            o += strlen(num);
+        } else {
+            memcpy(out + o, in + i, end - i);
+            o += end - i;
+        }
+        i = end;
+    }
+    out[o] = '\0';
+    free(in);
+    return out;
 }
 
 static long long proc_rss_bytes(void)
@@ -42,22 +117,35 @@ static long proc_open_fds(void)
     return n - 3;   /* ".", "..", and the directory's own descriptor */
 }
 
+#define PER_LISTENER SIZE_MAX     /* a family with several samples per listener */
+#define FIELD(x) offsetof(struct px_counters, x)
+
 static void listener_metrics(FILE *f)
 {
     struct {
         const char *name, *type, *text;
+        size_t field;       /* the one counter of each listener's sample, or PER_LISTENER */
     } const families[] = {
-        {"ferry_client_connections", "gauge", "Client connections open now."},
-        {"ferry_client_connections_total", "counter", "Client connections by outcome."},
-        {"ferry_clients_held", "gauge", "Clients waiting for a writer."},
-        {"ferry_errors_total", "counter", "Errors ferry reported to clients, by class."},
-        {"ferry_received_bytes_total", "counter", "Bytes received, by side (client or server)."},
+        {"ferry_client_connections", "gauge", "Client connections open now.", FIELD(active)},
+        {"ferry_client_connections_total", "counter", "Client connections by outcome.", PER_LISTENER},
+        {"ferry_clients_held", "gauge", "Clients waiting for a writer.", FIELD(held)},
+        {"ferry_errors_total", "counter", "Errors ferry reported to clients, by class.", PER_LISTENER},
+        {"ferry_received_bytes_total", "counter", "Bytes received, by side (client or server).",
+         PER_LISTENER},
         {"ferry_queries_total", "counter",
-         "Commands completed (PostgreSQL: ReadyForQuery; MySQL: a command's whole response)."},
-        {"ferry_transactions_total", "counter", "Transactions ended (protocol-aware listeners)."},
-        {"ferry_backend_connections", "gauge", "Backend connections open now."},
+         "Commands completed (PostgreSQL: ReadyForQuery; MySQL: a command's whole response).",
+         FIELD(queries)},
+        {"ferry_transactions_total", "counter", "Transactions ended (protocol-aware listeners).",
+         FIELD(transactions)},
+        {"ferry_backend_connections", "gauge", "Backend connections open now.", FIELD(backends)},
         {"ferry_sessions_waiting_to_move", "gauge",
-         "Idle sessions whose writer moved, without a backend until used or moved in the background."},
+         "Idle sessions whose writer moved, without a backend until used or moved in the background.",
+         FIELD(waiting_to_move)},
+        {"ferry_sessions_moved_total", "counter",
+         "Sessions moved to a new writer without an error to the client (terminated auth).",
+         FIELD(moves)},
+        {"ferry_sessions_move_failed_total", "counter",
+         "Sessions that could not be moved to a new writer: closed instead.", FIELD(moves_failed)},
     };
     /* px_counters is cache-line aligned: calloc does not promise that */
     size_t bytes = (px_proc.nlisteners ? px_proc.nlisteners : 1) * sizeof(struct px_counters);
@@ -72,18 +160,17 @@ static void listener_metrics(FILE *f)
         for (size_t i = 0; i < px_proc.nlisteners; i++) {
             const char *l = px_proc.listeners[i]->name;
             const struct px_counters *c = &sums[i];
+            if (families[k].field != PER_LISTENER) {
+                uint64_t v;
+                memcpy(&v, (const char *)c + families[k].field, sizeof v);
+                fprintf(f, "%s{listener=\"%s\"} %llu\n", families[k].name, l, (unsigned long long)v);
+                continue;
+            }
             switch (k) {
-            case 0:
-                fprintf(f, "ferry_client_connections{listener=\"%s\"} %llu\n", l,
-                        (unsigned long long)c->active);
-                break;
             case 1:
                 fprintf(f, "ferry_client_connections_total{listener=\"%s\",outcome=\"accepted\"} %llu\n"
                            "ferry_client_connections_total{listener=\"%s\",outcome=\"refused\"} %llu\n",
                         l, (unsigned long long)c->accepted, l, (unsigned long long)c->refused);
-                break;
-            case 2:
-                fprintf(f, "ferry_clients_held{listener=\"%s\"} %llu\n", l, (unsigned long long)c->held);
                 break;
             case 3:
                 fprintf(f, "ferry_errors_total{listener=\"%s\",class=\"too_many_clients\"} %llu\n"
@@ -93,7 +180,8 @@ static void listener_metrics(FILE *f)
                            "ferry_errors_total{listener=\"%s\",class=\"protocol\"} %llu\n"
                            "ferry_errors_total{listener=\"%s\",class=\"auth\"} %llu\n"
                            "ferry_errors_total{listener=\"%s\",class=\"failover\"} %llu\n"
-                           "ferry_errors_total{listener=\"%s\",class=\"idle_timeout\"} %llu\n",
+                           "ferry_errors_total{listener=\"%s\",class=\"idle_timeout\"} %llu\n"
+                           "ferry_errors_total{listener=\"%s\",class=\"backend_refused\"} %llu\n",
                         l, (unsigned long long)c->refused, l,
                         (unsigned long long)c->backend_connect_failed, l,
                         (unsigned long long)c->hold_timeouts, l,
@@ -101,29 +189,14 @@ static void listener_metrics(FILE *f)
                         (unsigned long long)c->errors_protocol, l,
                         (unsigned long long)c->errors_auth, l,
                         (unsigned long long)c->errors_failover, l,
-                        (unsigned long long)c->idle_timeouts);
+                        (unsigned long long)c->idle_timeouts, l,
+                        (unsigned long long)c->errors_backend_refused);
                 break;
             case 4:
                 fprintf(f, "ferry_received_bytes_total{listener=\"%s\",side=\"client\"} %llu\n"
                            "ferry_received_bytes_total{listener=\"%s\",side=\"server\"} %llu\n",
                         l, (unsigned long long)c->bytes_from_clients, l,
                         (unsigned long long)c->bytes_from_servers);
-                break;
-            case 5:
-                fprintf(f, "ferry_queries_total{listener=\"%s\"} %llu\n", l,
-                        (unsigned long long)c->queries);
-                break;
-            case 6:
-                fprintf(f, "ferry_transactions_total{listener=\"%s\"} %llu\n", l,
-                        (unsigned long long)c->transactions);
-                break;
-            case 7:
-                fprintf(f, "ferry_backend_connections{listener=\"%s\"} %llu\n", l,
-                        (unsigned long long)c->backends);
-                break;
-            case 8:
-                fprintf(f, "ferry_sessions_waiting_to_move{listener=\"%s\"} %llu\n", l,
-                        (unsigned long long)c->waiting_to_move);
                 break;
             }
         }
@@ -187,9 +260,10 @@ static void discovery_metrics(FILE *f, json_t *st)
                     v = json_number_value(json_object_get(c, per_cluster[k].key)) / 1000.0;
                 else
                     v = json_number_value(json_object_get(c, per_cluster[k].key));
-                fprintf(f, "%s{listener=\"%s\",cluster=\"%s\"} %.17g\n", per_cluster[k].metric,
+                char num[PX_DOUBLE_MAX];
+                fprintf(f, "%s{listener=\"%s\",cluster=\"%s\"} %s\n", per_cluster[k].metric,
                         json_string_value(json_object_get(l, "name")),
-                        json_string_value(json_object_get(c, "name")), v);
+                        json_string_value(json_object_get(c, "name")), px_fmt_double(v, num));
             }
         }
     }
@@ -206,11 +280,12 @@ static void discovery_metrics(FILE *f, json_t *st)
         json_array_foreach(ls, i, l) {
             json_array_foreach(json_object_get(l, "clusters"), j, c) {
                 json_t *v = json_object_get(json_object_get(c, "aws"), lag_metric[k][1]);
+                char num[PX_DOUBLE_MAX];
                 if (json_is_number(v))
-                    fprintf(f, "%s{listener=\"%s\",cluster=\"%s\"} %.17g\n", lag_metric[k][0],
+                    fprintf(f, "%s{listener=\"%s\",cluster=\"%s\"} %s\n", lag_metric[k][0],
                             json_string_value(json_object_get(l, "name")),
                             json_string_value(json_object_get(c, "name")),
-                            json_number_value(v) / (k == 0 ? 1000.0 : 1.0));
+                            px_fmt_double(json_number_value(v) / (k == 0 ? 1000.0 : 1.0), num));
             }
         }
     }
@@ -236,16 +311,44 @@ static void discovery_metrics(FILE *f, json_t *st)
         const char *name = json_string_value(json_object_get(l, "name"));
         json_t *h = json_object_get(l, "failover_seconds");
         json_t *b;
+        char num[PX_DOUBLE_MAX];
         json_array_foreach(json_object_get(h, "buckets"), j, b)
-            fprintf(f, "ferry_failover_duration_seconds_bucket{listener=\"%s\",le=\"%g\"} %lld\n", name,
-                    json_number_value(json_object_get(b, "le")),
+            fprintf(f, "ferry_failover_duration_seconds_bucket{listener=\"%s\",le=\"%s\"} %lld\n", name,
+                    px_fmt_double(json_number_value(json_object_get(b, "le")), num),
                     (long long)json_integer_value(json_object_get(b, "count")));
         long long count = (long long)json_integer_value(json_object_get(h, "count"));
         fprintf(f, "ferry_failover_duration_seconds_bucket{listener=\"%s\",le=\"+Inf\"} %lld\n", name, count);
-        fprintf(f, "ferry_failover_duration_seconds_sum{listener=\"%s\"} %.17g\n", name,
-                json_number_value(json_object_get(h, "sum")));
+        fprintf(f, "ferry_failover_duration_seconds_sum{listener=\"%s\"} %s\n", name,
+                px_fmt_double(json_number_value(json_object_get(h, "sum")), num));
         fprintf(f, "ferry_failover_duration_seconds_count{listener=\"%s\"} %lld\n", name, count);
     }
+}
+
+/* The process_* family of Prometheus's client libraries, same names, units
+ * and types. */
+static void process_metrics(FILE *f)
+{
+    char num[PX_DOUBLE_MAX];
+    struct rusage ru;
+    double cpu = 0;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+              ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) / 1e6;
+    help(f, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
+    fprintf(f, "process_cpu_seconds_total %s\n", px_fmt_double(cpu, num));
+    help(f, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+    fprintf(f, "process_resident_memory_bytes %lld\n", proc_rss_bytes());
+    help(f, "process_open_fds", "gauge", "Number of open file descriptors.");
+    fprintf(f, "process_open_fds %ld\n", proc_open_fds());
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        help(f, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
+        fprintf(f, "process_max_fds %s\n",
+                rl.rlim_cur == RLIM_INFINITY ? "+Inf" : px_fmt_double((double)rl.rlim_cur, num));
+    }
+    help(f, "process_start_time_seconds", "gauge",
+         "Start time of the process since unix epoch in seconds.");
+    fprintf(f, "process_start_time_seconds %s\n", px_fmt_double(px_proc.started_unix, num));
 }
 
 char *px_metrics_text(void)
@@ -285,10 +388,7 @@ char *px_metrics_text(void)
                 (unsigned long long)__atomic_load_n(&px_admin_stats.dropped[i], __ATOMIC_RELAXED));
     help(f, "ferry_buffer_queued_bytes", "gauge", "Bytes queued in session buffers.");
     fprintf(f, "ferry_buffer_queued_bytes %llu\n", (unsigned long long)queued);
-    help(f, "ferry_process_resident_memory_bytes", "gauge", "Resident set size.");
-    fprintf(f, "ferry_process_resident_memory_bytes %lld\n", proc_rss_bytes());
-    help(f, "ferry_process_open_fds", "gauge", "Open file descriptors.");
-    fprintf(f, "ferry_process_open_fds %ld\n", proc_open_fds());
+    process_metrics(f);
     fclose(f);
     return out;
 }

@@ -8,6 +8,7 @@
 #ifndef FERRY_PROXY_H
 #define FERRY_PROXY_H
 
+#include <jansson.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <uv.h>
@@ -45,6 +46,8 @@ struct px_counters {
     uint64_t errors_auth;           /* terminated auth: wrong password or unknown user */
     uint64_t errors_failover;       /* errors a writer move gave clients (reconnect, retry,
                                        outcome unknown) */
+    uint64_t errors_backend_refused; /* passthrough: the server refused the login for
+                                       another reason than the credentials */
 } __attribute__((aligned(64)));
 
 
@@ -113,6 +116,11 @@ struct px_listener {
 
 struct px_listener *px_listener_create(const struct ferry_listener_cfg *lcfg, unsigned nworkers,
                                        char *err, size_t errlen);
+/* Whether another process listens on hp (listeners share their port with
+ * SO_REUSEPORT, so binding them would not tell): binds a probe socket
+ * without it. 0 free, -EADDRINUSE taken ("ADDR is already in use by another
+ * process" in err), another -errno (err says why). Main thread. */
+int px_bind_probe(const struct ferry_hostport *hp, char *err, size_t errlen);
 struct px_listener *px_listener_ref(struct px_listener *pl);
 void px_listener_unref(struct px_listener *pl);
 bool px_listener_matches(const struct px_listener *pl, const struct ferry_listener_cfg *lcfg);
@@ -229,6 +237,7 @@ struct px_process {
     int paused;                     /* atomic: POST /v1/pause without a listener: every
                                        listener's new clients and transactions held */
     uint64_t started_ms;
+    double started_unix;                /* wall clock at start (process_start_time_seconds) */
 };
 
 extern struct px_process px_proc;
@@ -324,6 +333,14 @@ bool px_set_paused(const char *listener, bool paused);
  * NULL when none) for px_switchover_release(), which ends the hold. */
 struct px_listener **px_switchover_hold(const char *listener, const char *cluster, size_t *n);
 void px_switchover_release(struct px_listener **pls, size_t n);
+
+/* Numbers for /metrics and the admin JSON (metrics.c). px_fmt_double: the
+ * shortest text that reads back as v (%.15g, %.16g or %.17g, whichever is
+ * first to round-trip), NaN, +Inf, -Inf as Prometheus spells them.
+ * px_json_dumps: json_dumps with every real so written. */
+#define PX_DOUBLE_MAX 32
+const char *px_fmt_double(double v, char buf[PX_DOUBLE_MAX]);
+char *px_json_dumps(const json_t *doc, size_t flags);
 
 /* admin HTTP (admin.c). Start and stop: main thread. */
 struct px_admin;

@@ -119,6 +119,8 @@ struct px_pg_session {
     bool end_at_idle;                       /* stale: close once the server says idle */
     bool cleartext_refused;                 /* passthrough: an unverified server asked the
                                                client for its password in cleartext */
+    bool login_refused;                     /* passthrough: the server answered the login
+                                               with an error (it closes next) */
     uint32_t cancel_pid;                    /* the key pair ferry gave the client; 0 = none */
     /* terminated authentication (session_pg.c) */
     const struct ferry_user_cfg *user;      /* borrowed from cfg; NULL = passthrough */
@@ -216,6 +218,14 @@ int px_session_write(struct px_session *s, struct px_conn *conn, struct ferry_wb
 /* Counts an error ferry gave the client by its class (px_session_fail
  * counts its own; this is for errors that do not end the session). */
 void px_session_count_error(struct px_session *s, enum px_err kind);
+/* Passthrough: the server answered the client's login with an error and
+ * ends the connection (the client has the server's own error). Counted as
+ * auth when the SQLSTATE is of class 28 (invalid authorization: wrong
+ * password, unknown user), else as backend_refused (unknown database, too
+ * many connections, starting up...), and logged with the server's code.
+ * code: SQLSTATE (PostgreSQL) or error number (MySQL); sqlstate may be "". */
+void px_session_login_refused(struct px_session *s, const char *code, const char *sqlstate,
+                              const char *msg, size_t msglen);
 /* The session's listener is paused by the operator (POST /v1/pause) or held
  * by a switchover: no new transaction may start. */
 bool px_session_paused(const struct px_session *s);

@@ -946,6 +946,21 @@ static void client_packet(struct walk *w, struct my_dir *d, struct my_logical *l
 
 /* ---- server packets ---- */
 
+/* The server answered the client's login with ERR (passthrough): counted
+ * by its SQLSTATE, 28000 for a refused password (session.h). */
+static void login_refused(struct px_session *s, const uint8_t *p, size_t n)
+{
+    struct my_err e;
+    if (s->lcfg->auth_terminated || my_err_parse(p, n, &e) != 0)
+        return;     /* terminated: ferry's own login to the server (session_mysql_login.c) */
+    char code[8];
+    snprintf(code, sizeof code, "%u", e.code);
+    /* a greeting's ERR has no SQLSTATE: 1045 ER_ACCESS_DENIED_ERROR and 1698
+     * ER_ACCESS_DENIED_NO_PASSWORD_ERROR are 28000 */
+    const char *state = e.has_sqlstate ? e.sqlstate : e.code == 1045 || e.code == 1698 ? "28000" : "";
+    px_session_login_refused(s, code, state, (const char *)e.message.p, e.message.len);
+}
+
 /* The greeting: ferry's connection id and capabilities, in place. */
 static void greeting(struct walk *w, struct my_dir *d, struct my_logical *lp)
 {
@@ -955,6 +970,7 @@ static void greeting(struct walk *w, struct my_dir *d, struct my_logical *lp)
     size_t n = lp->len;
     m->greeted = true;
     if (n > 0 && p[0] == MY_ERR) {      /* e.g. too many connections, host blocked */
+        login_refused(s, p, n);
         m->phase = MS_PLAIN;
         m->hs_next = (uint8_t)(lp->last_seq + 1);
         return;
@@ -1009,6 +1025,7 @@ static void auth_packet(struct walk *w, struct my_logical *lp)
                   "connection_id=%u backend_id=%u", s->pl->name, (unsigned long long)s->id,
                   m->ferry_id, m->backend_id);
     } else if (head == MY_ERR) {
+        login_refused(s, lp->payload.p, lp->payload.len);
         m->phase = MS_PLAIN;    /* the server closes after it */
     } else {
         m->client_turn = true;

@@ -619,21 +619,33 @@ static void client_auth_advance(struct px_session *s)
 /* ---- the relay's message scanners ---- */
 
 /* SQLSTATE of an ErrorResponse prefix, or "" (fields: type byte, C string). */
-static void error_sqlstate(const uint8_t *body, uint32_t n, char out[6])
+/* One field of an ErrorResponse body (the first n bytes): its text and
+ * length, or NULL. */
+static const uint8_t *error_field(const uint8_t *body, uint32_t n, uint8_t want, size_t *len)
 {
-    out[0] = '\0';
     for (uint32_t i = 0; i < n && body[i];) {
         uint8_t field = body[i++];
         const uint8_t *v = body + i;
         const uint8_t *end = memchr(v, 0, n - i);
         if (!end)
-            return;
-        if (field == 'C' && end - v == 5) {
-            memcpy(out, v, 5);
-            out[5] = '\0';
-            return;
+            return NULL;
+        if (field == want) {
+            *len = (size_t)(end - v);
+            return v;
         }
         i = (uint32_t)(end - body) + 1;
+    }
+    return NULL;
+}
+
+static void error_sqlstate(const uint8_t *body, uint32_t n, char out[6])
+{
+    size_t len = 0;
+    const uint8_t *v = error_field(body, n, 'C', &len);
+    out[0] = '\0';
+    if (v && len == 5) {
+        memcpy(out, v, 5);
+        out[5] = '\0';
     }
 }
 
@@ -714,6 +726,14 @@ static void on_server_message(void *ud, uint8_t type, const uint8_t *body, uint3
         /* read_only_sql_transaction: the writer was demoted under us */
         if (strcmp(state, "25006") == 0)
             px_session_probe_now(s);
+        /* passthrough, before the first ReadyForQuery: the server refuses
+         * the login (a database is checked after AuthenticationOk) */
+        if (!p->user && !p->txn && !p->login_refused) {
+            size_t mlen = 0;
+            const uint8_t *msg = error_field(body, captured, 'M', &mlen);
+            p->login_refused = true;
+            px_session_login_refused(s, state, state, (const char *)msg, mlen);
+        }
     }
 }
 
@@ -1509,8 +1529,8 @@ static bool pg_connected(struct px_session *s)
 static bool pg_server_lost(struct px_session *s)
 {
     struct px_pg_session *p = pgs(s);
-    if (!p->startup_done || s->client.eof || p->terminating)
-        return false;
+    if (!p->startup_done || s->client.eof || p->terminating || p->login_refused)
+        return false;   /* login_refused: the server's error goes out, then its EOF */
     if (!p->inflight && p->txn == 'I' && movable(s)) {
         /* nothing was lost: log into whichever cluster is the writer next */
         ferry_log(FERRY_LOG_INFO, "session.writer_lost", "listener=%s session=%llu cluster=%s",

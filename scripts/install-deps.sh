@@ -15,6 +15,9 @@ PACKAGES=(
   openssl procps iproute2 ca-certificates
   # deployment checks (tests/deploy): manifests are YAML; Node.js runs the offline Kubernetes schema check
   python3-yaml nodejs
+  # promtool (tests/integration/test_signals.py: `promtool check metrics` on /metrics);
+  # Debian ships it only inside the server package (about 100 MB installed)
+  prometheus
 )
 
 missing=()

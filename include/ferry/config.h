@@ -157,6 +157,8 @@ struct ferry_config {
     unsigned admin_max_connections;     /* admin connections open at once (all peers) */
     unsigned admin_max_connections_per_peer; /* ... from one client address */
     double admin_request_timeout;       /* seconds to send a whole request, and to take its answer */
+    bool admin_allow_unauthenticated_writes; /* a non-loopback admin.bind without a token is
+                                           refused unless this is set */
     enum { FERRY_LOG_TEXT, FERRY_LOG_JSON } log_format;
     struct ferry_listener_cfg *listeners; /* owned, nlisteners entries */
     size_t nlisteners;
@@ -169,6 +171,11 @@ struct ferry_config {
  * On failure returns NULL and writes "path: key.path: reason" into err.
  * Thread: any; no global state. */
 struct ferry_config *ferry_config_load(const char *path, char err[FERRY_ERR_MAX]);
+
+/* Only the admin section of path (bind, token, limits), validated as
+ * ferry_config_load does; no listener is read and no other file or
+ * environment variable is needed (`ferry ctl -c`). */
+struct ferry_config *ferry_config_load_admin(const char *path, char err[FERRY_ERR_MAX]);
 
 /* Same, from a string already in memory; path is used in messages only. */
 struct ferry_config *ferry_config_parse(const char *path, const char *json,
@@ -199,6 +206,14 @@ int ferry_hostport_parse(const char *s, struct ferry_hostport *out, char *why, s
 void ferry_hostport_format(const struct ferry_hostport *hp, char *out, size_t outlen);
 
 bool ferry_hostport_equal(const struct ferry_hostport *a, const struct ferry_hostport *b);
+/* Whether hp is a loopback address (127.0.0.0/8, ::1, "localhost"). */
+bool ferry_hostport_loopback(const struct ferry_hostport *hp);
+/* The admin endpoint takes POSTs from anyone who reaches it: enabled, no
+ * token, not on loopback (only with admin.allow_unauthenticated_writes). */
+bool ferry_config_admin_open(const struct ferry_config *cfg);
+/* Two binds collide when they share a port and either host, or a wildcard
+ * (IPv4 or IPv6: conservative). */
+bool ferry_hostport_collide(const struct ferry_hostport *a, const struct ferry_hostport *b);
 
 /* Sets t's options on a connected (or connecting) TCP socket. 0 or -errno
  * of the first setsockopt that failed (the others are still tried). */

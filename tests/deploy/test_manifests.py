@@ -184,8 +184,64 @@ def test_ferry_check_rejects_an_unknown_key(ferry_binary, tmp_path):
     config["listeners"][0]["bogus_key"] = 1
     path = tmp_path / "ferry.json"
     path.write_text(json.dumps(config))
-    out = subprocess.run([ferry_binary, "check", "-c", str(path)], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 2 and "bogus_key" in out.stderr
+    env = {**os.environ, config["admin"]["token_env"]: "placeholder-for-ferry-check"}
+    out = subprocess.run([ferry_binary, "check", "-c", str(path)], capture_output=True, text=True,
+                         timeout=30, env=env)
+    assert out.returncode == 2 and "bogus_key" in out.stderr, out.stderr
+
+
+def test_ferry_check_refuses_an_open_admin_endpoint(ferry_binary, tmp_path):
+    """The check above is meaningful for the admin token too: without one,
+    ferry refuses the manifests' non-loopback admin.bind."""
+    config = d.ferry_json(d.find(d.base_docs(), "ConfigMap", "ferry-config"))
+    del config["admin"]["token_env"]
+    path = tmp_path / "ferry.json"
+    path.write_text(json.dumps(config))
+    out = subprocess.run([ferry_binary, "check", "-c", str(path)], capture_output=True, text=True,
+                         timeout=30, env={**os.environ, "FERRY_PG_PROBE_PASSWORD": "x",
+                                          "FERRY_MYSQL_PROBE_PASSWORD": "x"})
+    assert out.returncode == 2
+    assert "admin.bind: 0.0.0.0:9187 is not a loopback address and no admin token is set" in out.stderr
+
+
+@pytest.mark.parametrize("source,cm,container,secrets", _deployments(),
+                         ids=[x[0] for x in _deployments()])
+def test_admin_token_comes_from_a_secret(source, cm, container, secrets):
+    """Every shipped deployment binds the admin endpoint beyond loopback (the
+    kubelet probes the pod IP), so its POST endpoints need a token: named by
+    admin.token_env and set from a Secret, never inline."""
+    admin = d.ferry_json(cm)["admin"]
+    assert "token_file" not in admin and not admin.get("allow_unauthenticated_writes")
+    var = admin["token_env"]
+    entry = next((e for e in container.get("env", []) if e["name"] == var), None)
+    assert entry, f"{source}: the ferry container does not set {var}"
+    ref = entry["valueFrom"]["secretKeyRef"]
+    secret = next(x for x in secrets if x["metadata"]["name"] == ref["name"])
+    assert secret["stringData"][ref["key"]].startswith("REPLACE_ME")
+
+
+def test_network_policy_admits_only_prometheus_to_the_admin_port(ds, ferry_config):
+    policy = d.find(d.base_docs(), "NetworkPolicy", "ferry")
+    spec = policy["spec"]
+    labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= labels.items(), "selects the ferry pods"
+    assert spec["policyTypes"] == ["Ingress"]
+    c = _container(ds)
+    admin_port = d.hostport(ferry_config["admin"]["bind"])[1]
+    listener_ports = {d.hostport(l["bind"])[1] for l in ferry_config["listeners"]}
+    open_ports, admin_rules = set(), []
+    for rule in spec["ingress"]:
+        ports = {_port_number(c, p["port"]) for p in rule["ports"]}
+        if "from" not in rule:
+            open_ports |= ports
+        if admin_port in ports:
+            admin_rules.append(rule)
+    assert open_ports == listener_ports, "only the listeners are open to every peer"
+    assert len(admin_rules) == 1 and admin_rules[0].get("from"), "the admin port needs a source"
+    for peer in admin_rules[0]["from"]:
+        assert "ipBlock" not in peer, "an address range would admit every pod in it (VPC CNI)"
+        assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+        assert peer["namespaceSelector"]["matchLabels"]
 
 
 def test_configmap_describes_a_two_region_global_database():

@@ -2,6 +2,7 @@
 the file, the key path and the reason; the exit code is 2; nothing starts."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import urllib.request
 import pytest
 
 import harness
-from fronts import pg_listener
+from fronts import pg_dsn, pg_listener
 from harness import cluster, listener, make_config
 from harness.proc import wait_for
 
@@ -59,6 +60,14 @@ CASES = [
      "{path}: listeners[0].client_tcp_keepalive.idel: unknown key"),
     ("user-timeout-range", doc(server_tcp_user_timeout=5000),
      "{path}: listeners[0].server_tcp_user_timeout: 5000 seconds out of range 0..3600"),
+    ("admin-open", json.dumps({"admin": {"bind": "0.0.0.0:19187"}, "listeners": [GOOD_LISTENER]}),
+     "{path}: admin.bind: 0.0.0.0:19187 is not a loopback address and no admin token is set: "
+     "whoever reaches it could POST /v1/pause, /v1/switchover, /v1/reload; set admin.token_file "
+     "or admin.token_env (or, knowingly, admin.allow_unauthenticated_writes: true)"),
+    ("admin-open-type", json.dumps({"admin": {"bind": "127.0.0.1:19187",
+                                              "allow_unauthenticated_writes": "yes"},
+                                    "listeners": [GOOD_LISTENER]}),
+     "{path}: admin.allow_unauthenticated_writes: expected a boolean, got a string"),
 ]
 
 
@@ -112,7 +121,90 @@ def test_run_fails_cleanly_when_address_is_taken(tmp_path, pg_pair):
         res = subprocess.run([harness.require_binary(), "run", "-c", path], capture_output=True,
                              text=True, timeout=10, stdin=subprocess.DEVNULL)
         assert res.returncode == 1
-        assert f"127.0.0.1:{port}: bind: Address already in use" in res.stderr
+        assert (f"ferry: listeners[0] (pg): 127.0.0.1:{port} is already in use by another process"
+                in res.stderr.splitlines())
+    finally:
+        blocker.close()
+
+
+def test_a_wildcard_bind_over_a_taken_address_exits(tmp_path, pg_pair):
+    """0.0.0.0:P covers 127.0.0.1:P: another process listening on the latter
+    makes the wildcard bind overlap it, and ferry says so."""
+    import socket
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    try:
+        port = blocker.getsockname()[1]
+        cfg = make_config(listener("pg", "postgresql", [cluster("a", pg_pair.primary)], port=port,
+                                   host="0.0.0.0"))
+        res = run_briefly(harness.ferry.write_config(cfg, str(tmp_path / "ferry.json")))
+        assert res.returncode == 1
+        assert (f"ferry: listeners[0] (pg): 0.0.0.0:{port} is already in use by another process"
+                in res.stderr.splitlines()), res.stderr
+    finally:
+        blocker.close()
+
+
+def run_briefly(path, timeout=10):
+    return subprocess.run([harness.require_binary(), "run", "-c", path], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_second_ferry_on_the_same_address_exits(ferry_factory, pg_pair, tmp_path):
+    """Listeners share their port with SO_REUSEPORT (workers, reloads): a second
+    ferry given the same config would take a share of the clients unseen. It
+    refuses to start, naming the listener and the address; the first serves on."""
+    first = ferry_factory(make_config(pg_listener(pg_pair), workers=2))
+    host, port = first.listener_addr("pg")
+    own_admin = dict(first.config, admin={"bind": f"127.0.0.1:{harness.ports.free_port()}"})
+    second = harness.ferry.write_config(own_admin, str(tmp_path / "second.json"))
+    res = run_briefly(second)
+    assert res.returncode == 1, res.stderr
+    assert (f"ferry: listeners[0] (pg): {host}:{port} is already in use by another process"
+            in res.stderr.splitlines()), res.stderr
+    # every new connection still reaches the first ferry (none to a half-started second)
+    for _ in range(8):
+        conn = harness.pg.connect(pg_dsn(first))
+        conn.close()
+    assert first.is_running() and first.http_get("/readyz")[0] == 200
+
+
+def test_second_ferry_on_the_same_admin_address_exits(ferry_factory, pg_pair, tmp_path):
+    first = ferry_factory(make_config(pg_listener(pg_pair), workers=1))
+    admin_host, admin_port = first.admin_addr()
+    cfg = make_config(pg_listener(pg_pair), workers=1)
+    cfg["admin"] = dict(first.config["admin"])
+    res = run_briefly(harness.ferry.write_config(cfg, str(tmp_path / "second.json")))
+    assert res.returncode == 1, res.stderr
+    assert (f"ferry: admin.bind: {admin_host}:{admin_port} is already in use by another process"
+            in res.stderr.splitlines()), res.stderr
+    assert first.http_get("/readyz")[0] == 200
+
+
+def test_reload_checks_only_addresses_it_does_not_hold(ferry_factory, pg_pair):
+    """A reload rebuilds a listener on an address ferry already holds (here:
+    renamed, same bind) without tripping over itself; a new address another
+    process holds fails the reload, and the running config stays."""
+    import socket
+    ferry = ferry_factory(make_config(pg_listener(pg_pair), workers=2))
+    renamed = dict(ferry.config, listeners=[dict(ferry.config["listeners"][0], name="pg2")])
+    ferry.reload(renamed)
+    wait_for(lambda: ferry.status()["config_generation"] == 2, timeout=10, what="generation 2")
+    harness.pg.connect(pg_dsn(ferry, "pg2")).close()
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    try:
+        port = blocker.getsockname()[1]
+        taken = pg_listener(pg_pair, name="pg3", bind=f"127.0.0.1:{port}")
+        ferry.reload(dict(renamed, listeners=renamed["listeners"] + [taken]))
+        wait_for(lambda: "event=config.reload_failed" in ferry.log_text(), timeout=10,
+                 what="config.reload_failed")
+        line = [x for x in ferry.log_text().splitlines() if "config.reload_failed" in x][0]
+        assert f"listeners[1] (pg3): 127.0.0.1:{port} is already in use by another process" in line
+        assert ferry.status()["config_generation"] == 2
     finally:
         blocker.close()
 
@@ -184,3 +276,128 @@ def test_reload_never_quotes_a_secret(ferry_factory, pg_pair, bad, reason):
     assert body["ok"] is False and secret_error(ferry.config_path, reason).match(body["message"])
     assert SECRET[:4] not in ferry.log_text()
     assert ferry.status()["config_generation"] == 1
+
+
+COMMANDS = ["run", "check", "discover", "ctl", "version"]
+
+
+def ferry_cli(*argv, env=None):
+    return subprocess.run([harness.require_binary(), *argv], capture_output=True, text=True,
+                          timeout=30, stdin=subprocess.DEVNULL, env=env)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_its_help(command):
+    for flag in ("--help", "-h"):
+        res = ferry_cli(command, flag)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith(f"usage: ferry {command}"), res.stdout
+        assert "--help" in res.stdout and not res.stderr
+    overview = ferry_cli("--help")
+    assert overview.returncode == 0 and f"ferry {command}" in overview.stdout
+    assert "ferry COMMAND --help" in overview.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_unknown_option_is_named_and_exits_2(command, tmp_path):
+    config = [] if command == "version" else ["-c", str(tmp_path / "ferry.json")]
+    res = ferry_cli(command, *config, "--frobnicate")
+    assert res.returncode == 2
+    assert res.stderr.splitlines()[0] == f"ferry: {command}: unknown option --frobnicate", res.stderr
+    assert f"usage: ferry {command}" in res.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run"], "ferry: run: needs -c FILE"),
+    (["check", "-c"], "ferry: check: -c needs a FILE"),
+    (["discover", "-c", "x.json", "extra"], "ferry: discover: unexpected argument extra"),
+    (["run", "-c", "x.json", "--json"], "ferry: run: unknown option --json"),
+    (["ctl"], "ferry: ctl: needs a command"),
+    (["ctl", "statuz"], 'ferry: ctl: unknown command "statuz"'),
+    (["ctl", "status", "--admin"], "ferry: ctl: --admin needs a value"),
+    (["ctl", "switchover"], "ferry: ctl: switchover needs a CLUSTER"),
+])
+def test_usage_errors_say_what_is_wrong(argv, message):
+    res = ferry_cli(*argv)
+    assert res.returncode == 2
+    assert res.stderr.splitlines()[0] == message, res.stderr
+
+
+def test_version_json_has_build_info():
+    plain = ferry_cli("version")
+    res = ferry_cli("version", "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert plain.stdout.startswith(f"ferry {doc['version']} ")
+    assert re.fullmatch(r"[0-9a-f]{12}(-dirty)?|unknown", doc["git_commit"]), doc
+    libs = doc["libraries"]
+    assert set(libs) == {"libuv", "openssl", "libpq", "mariadb_connector_c", "jansson",
+                         "libmicrohttpd", "libcurl", "libxml2"}
+    assert all(re.search(r"\d+\.\d+", v) for v in libs.values()), libs
+    assert f"libuv {libs['libuv']}" in plain.stdout
+    assert libs["openssl"].startswith("OpenSSL 3")
+
+
+def test_ctl_reads_only_the_admin_section(ferry_factory, pg_pair, tmp_path, monkeypatch):
+    """`ferry ctl -c` needs the admin address and token, not the listeners'
+    passwords: a config whose password variables are unset in ctl's
+    environment (they are in ferry's) still drives ferry."""
+    token_file = tmp_path / "token"
+    token_file.write_text("ctl-token-0123456789abcdef\n")
+    users = [{"name": "ferry_test", "password_env": "FERRY_TEST_CTL_PW"}]
+    cfg = make_config(pg_listener(pg_pair, auth={"mode": "terminated", "users": users}), workers=1)
+    cfg["admin"]["token_file"] = str(token_file)
+    monkeypatch.setenv("FERRY_TEST_CTL_PW", "ferry_pw")
+    ferry = ferry_factory(cfg)
+    without = {k: v for k, v in os.environ.items() if k != "FERRY_TEST_CTL_PW"}
+    res = ferry_cli("ctl", "status", "-c", ferry.config_path, env=without)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("ferry 0.") and "state running" in res.stdout
+    res = ferry_cli("ctl", "reload", "-c", ferry.config_path, env=without)   # POST: the token
+    assert res.returncode == 0, res.stderr
+    bad = dict(cfg, admin=dict(cfg["admin"], bind=None))
+    path = harness.ferry.write_config(bad, str(tmp_path / "noadmin.json"))
+    res = ferry_cli("ctl", "status", "-c", path, env=without)
+    assert res.returncode == 2
+    assert res.stderr.strip() == (f"ferry: ctl: {path}: admin.bind is null: "
+                                  "that ferry has no admin endpoint")
+
+
+@pytest.mark.parametrize("admin, allowed", [
+    ({"bind": "127.0.0.2:{port}"}, True),
+    ({"bind": "[::1]:{port}"}, True),
+    ({"bind": "localhost:{port}"}, True),
+    ({"bind": None}, True),
+    ({"bind": "0.0.0.0:{port}", "token_env": "FERRY_TEST_ADMIN_TOKEN"}, True),
+    ({"bind": "0.0.0.0:{port}"}, False),
+    ({"bind": "[::]:{port}"}, False),
+    ({"bind": "0.0.0.0:{port}", "allow_unauthenticated_writes": False}, False),
+])
+def test_admin_beyond_loopback_needs_a_token(tmp_path, pg_pair, monkeypatch, admin, allowed):
+    monkeypatch.setenv("FERRY_TEST_ADMIN_TOKEN", "admin-token-0123456789")
+    admin = {k: (v.format(port=harness.ports.free_port()) if isinstance(v, str) else v)
+             for k, v in admin.items()}
+    cfg = make_config(pg_listener(pg_pair), workers=1, admin=admin)
+    code, out, err = harness.check(cfg)
+    if allowed:
+        assert code == 0, err
+        assert "allow_unauthenticated_writes" not in err
+    else:
+        assert code == 2 and "is not a loopback address and no admin token is set" in err, err
+
+
+def test_allow_unauthenticated_writes_is_a_logged_choice(ferry_factory, pg_pair):
+    port = harness.ports.free_port()
+    cfg = make_config(pg_listener(pg_pair), workers=1,
+                      admin={"bind": f"0.0.0.0:{port}", "allow_unauthenticated_writes": True})
+    code, _, err = harness.check(cfg)
+    assert code == 0, err
+    assert (f"ferry: warning: admin.bind 0.0.0.0:{port}: admin.allow_unauthenticated_writes: "
+            "whoever reaches the admin endpoint can pause, switch over and reload ferry"
+            in err.splitlines()), err
+    ferry = ferry_factory(dict(cfg, admin=dict(cfg["admin"], bind=f"127.0.0.1:{port}")))
+    assert "config.admin_unauthenticated" not in ferry.log_text()      # loopback: nothing to say
+    ferry.stop()
+    ferry = ferry_factory(cfg, name="open")
+    line = [x for x in ferry.log_text().splitlines() if "event=config.admin_unauthenticated" in x]
+    assert line and "level=warn" in line[0] and f"bind=0.0.0.0:{port}" in line[0], ferry.log_tail()

@@ -95,7 +95,9 @@ def test_reload_with_unbindable_address_keeps_running_config(ferry_factory, pg_p
         ferry.reload(dict(cfg, listeners=cfg["listeners"] + [taken]))
         wait_for(lambda: "event=config.reload_failed" in ferry.log_text(), timeout=10,
                  what="config.reload_failed in the log")
-        assert "Address already in use" in ferry.log_text()
+        port = blocker.getsockname()[1]
+        assert f"listeners[1] (pg2): 127.0.0.1:{port} is already in use by another process" \
+            in ferry.log_text()
         assert generation(ferry) == 1
         assert harness.pg.run_query(pg_dsn(ferry), "SELECT 1") == [(1,)]
     finally:

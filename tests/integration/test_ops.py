@@ -46,7 +46,7 @@ def parse_metrics(text):
             name, labels, value = m.group(1), m.group(3) or "", m.group(5)
             family = re.sub(r"_(bucket|sum|count)$", "", name) if name not in types else name
             assert family in types and family in helps, f"sample without HELP/TYPE: {line}"
-            assert name.startswith("ferry_")
+            assert name.startswith(("ferry_", "process_"))
             v = float(value)
             assert not math.isnan(v)
             key = (name, labels)
@@ -108,8 +108,8 @@ def test_metrics_parse_and_move_with_traffic(ferry_factory, pg_pair, mariadb_pai
              timeout=10, what="the backend connections to close")
     assert metric(after, "ferry_config_generation") == 1
     assert metric(after, "ferry_workers") == 2
-    assert metric(after, "ferry_process_open_fds") > 0
-    assert metric(after, "ferry_process_resident_memory_bytes") > 1 << 20
+    assert metric(after, "process_open_fds") > 0
+    assert metric(after, "process_resident_memory_bytes") > 1 << 20
 
 
 def test_metrics_cover_discovery(ferry_factory, pg_pair):
