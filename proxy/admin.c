@@ -204,6 +204,7 @@ static json_t *listener_status(const struct ferry_listener_cfg *lcfg, struct px_
                      "sessions_waiting_to_move", (json_int_t)sum.waiting_to_move,
                      "sessions_moved", (json_int_t)sum.moves,
                      "sessions_move_failed", (json_int_t)sum.moves_failed,
+                     "sessions_ended_by_server", (json_int_t)sum.ended_by_server,
                      "failover_errors_total", (json_int_t)sum.errors_failover,
                      "protocol_errors_total", (json_int_t)sum.errors_protocol,
                      "auth_failures_total", (json_int_t)sum.errors_auth);

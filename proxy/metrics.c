@@ -58,6 +58,8 @@ static void listener_metrics(FILE *f)
         {"ferry_backend_connections", "gauge", "Backend connections open now."},
         {"ferry_sessions_waiting_to_move", "gauge",
          "Idle sessions whose writer moved, without a backend until used or moved in the background."},
+        {"ferry_sessions_ended_by_server_total", "counter",
+         "Sessions the server ended on its own while the writer stayed the writer (not moved)."},
     };
     /* px_counters is cache-line aligned: calloc does not promise that */
     size_t bytes = (px_proc.nlisteners ? px_proc.nlisteners : 1) * sizeof(struct px_counters);
@@ -124,6 +126,10 @@ static void listener_metrics(FILE *f)
             case 8:
                 fprintf(f, "ferry_sessions_waiting_to_move{listener=\"%s\"} %llu\n", l,
                         (unsigned long long)c->waiting_to_move);
+                break;
+            case 9:
+                fprintf(f, "ferry_sessions_ended_by_server_total{listener=\"%s\"} %llu\n", l,
+                        (unsigned long long)c->ended_by_server);
                 break;
             }
         }

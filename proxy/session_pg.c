@@ -619,7 +619,9 @@ static void client_auth_advance(struct px_session *s)
 /* ---- the relay's message scanners ---- */
 
 /* SQLSTATE of an ErrorResponse prefix, or "" (fields: type byte, C string). */
-static void error_sqlstate(const uint8_t *body, uint32_t n, char out[6])
+/* The value of field `code` of an ErrorResponse body (n bytes) into out
+ * ("" when absent, cut at len - 1). */
+static void error_field(const uint8_t *body, uint32_t n, uint8_t code, char *out, size_t len)
 {
     out[0] = '\0';
     for (uint32_t i = 0; i < n && body[i];) {
@@ -628,13 +630,42 @@ static void error_sqlstate(const uint8_t *body, uint32_t n, char out[6])
         const uint8_t *end = memchr(v, 0, n - i);
         if (!end)
             return;
-        if (field == 'C' && end - v == 5) {
-            memcpy(out, v, 5);
-            out[5] = '\0';
+        if (field == code) {
+            size_t k = (size_t)(end - v) < len - 1 ? (size_t)(end - v) : len - 1;
+            memcpy(out, v, k);
+            out[k] = '\0';
             return;
         }
         i = (uint32_t)(end - body) + 1;
     }
+}
+
+static void error_sqlstate(const uint8_t *body, uint32_t n, char out[6])
+{
+    error_field(body, n, 'C', out, 6);
+    if (strlen(out) != 5)
+        out[0] = '\0';
+}
+
+/* An ErrorResponse that ends the session: severity FATAL or PANIC (V is
+ * the untranslated severity, S the localized one of older servers). */
+static bool error_is_fatal(const uint8_t *body, uint32_t n)
+{
+    char sev[8];
+    error_field(body, n, 'V', sev, sizeof sev);
+    if (!sev[0])
+        error_field(body, n, 'S', sev, sizeof sev);
+    return strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0;
+}
+
+/* A FATAL that a writer going down sends too: 57P01 admin_shutdown (a fast
+ * or smart shutdown, and pg_terminate_backend), 57P02 crash_shutdown,
+ * 57P03 cannot_connect_now. Any other (57P05 idle_session_timeout, 25P03,
+ * 57P04, ...) is the server ending this one session. */
+static bool fatal_may_be_shutdown(const char *state)
+{
+    return strcmp(state, "57P01") == 0 || strcmp(state, "57P02") == 0 ||
+           strcmp(state, "57P03") == 0;
 }
 
 /* Passthrough auth: SCRAM with channel binding binds the client's TLS
@@ -714,6 +745,10 @@ static void on_server_message(void *ud, uint8_t type, const uint8_t *body, uint3
         /* read_only_sql_transaction: the writer was demoted under us */
         if (strcmp(state, "25006") == 0)
             px_session_probe_now(s);
+        if (error_is_fatal(body, captured)) {
+            p->server_fatal = true;     /* relayed; the server closes next */
+            memcpy(p->fatal_state, state, sizeof p->fatal_state);
+        }
     }
 }
 
@@ -781,6 +816,30 @@ static void on_stale_message(void *ud, uint8_t type, const uint8_t *body, uint32
     px_session_fail(s, PX_ERR_WRITER_MOVED, text);
 }
 
+/* An idle session that could move gets a FATAL that a shutdown sends too
+ * (the whole chunk, one ErrorResponse, as the server writes it before it
+ * closes): it is held back until discovery says whether the writer is
+ * going away (then the session moves and the client never sees it) or not
+ * (then it is relayed and the session ends; px_session_await_verdict). */
+static bool hold_goodbye(struct px_session *s, const uint8_t *data, size_t n)
+{
+    struct px_pg_session *p = pgs(s);
+    if (n < 5 || data[0] != 'E' || (size_t)ferry_get_u32be(data + 1) + 1 != n ||
+        p->txn != 'I' || p->inflight || s->stale || !movable(s) || s->server_said.len)
+        return false;
+    const uint8_t *body = data + 5;
+    uint32_t len = (uint32_t)n - 5;
+    char state[6];
+    error_sqlstate(body, len, state);
+    if (!error_is_fatal(body, len) || !fatal_may_be_shutdown(state))
+        return false;
+    ferry_wbuf_init(&s->server_said, 0);
+    ferry_wbuf_put(&s->server_said, data, n);
+    p->server_fatal = true;
+    memcpy(p->fatal_state, state, sizeof p->fatal_state);
+    return true;
+}
+
 /* Checks a chunk's messages before it is relayed. */
 static enum px_scan pg_scan(struct px_session *s, struct px_conn *src, uint8_t *data, size_t n)
 {
@@ -806,6 +865,8 @@ static enum px_scan pg_scan(struct px_session *s, struct px_conn *src, uint8_t *
             px_session_fail(s, PX_ERR_PROTOCOL, "invalid message length from the client");
         return PX_SCAN_DROP;
     }
+    if (!from_client && hold_goodbye(s, data, n))
+        return PX_SCAN_DROP;
     if (from_client && n > 0)
         p->inflight = true;
     int rc = from_client ? pg_stream_feed(&p->scan_c2s, data, n, on_client_message, s)
@@ -1477,6 +1538,8 @@ static bool pg_connected(struct px_session *s)
         return false;   /* on_backend_ssl_answer goes on */
     }
     uint32_t max = s->lcfg->max_message_size;
+    p->server_fatal = false;    /* a new backend: the old one's goodbye is history */
+    p->fatal_state[0] = '\0';
     pg_stream_free(&p->scan_c2s);
     pg_stream_init(&p->scan_c2s, max, p->user ? "XQPC" : "X");
     pg_stream_init(&p->scan_s2c, max, p->user ? "ZKES" : "ZKER");
@@ -1511,12 +1574,22 @@ static bool pg_server_lost(struct px_session *s)
     struct px_pg_session *p = pgs(s);
     if (!p->startup_done || s->client.eof || p->terminating)
         return false;
-    if (!p->inflight && p->txn == 'I' && movable(s)) {
-        /* nothing was lost: log into whichever cluster is the writer next */
-        ferry_log(FERRY_LOG_INFO, "session.writer_lost", "listener=%s session=%llu cluster=%s",
-                  s->pl->name, (unsigned long long)s->id, s->cluster);
-        px_session_probe_now(s);
-        move_begin(s);
+    bool idle = !p->inflight && p->txn == 'I';
+    char why[64];
+    snprintf(why, sizeof why, p->server_fatal ? "FATAL %s" : "closed without a message",
+             p->fatal_state);
+    if (p->server_fatal && !(idle && s->server_said.len)) {
+        /* the server said why it ends the session: that, and nothing more */
+        px_session_end_by_server(s, why);
+        return true;
+    }
+    if (idle && movable(s)) {
+        if (s->stale) {
+            move_begin(s);  /* the writer moved already */
+            return true;
+        }
+        /* the writer going down, or the server ending this session? */
+        px_session_await_verdict(s, why);
         return true;
     }
     px_conn_stop_reading(&s->server);
