@@ -66,11 +66,12 @@ def server_words(conn, timeout=5):
     (message type, {field code: value}) read off a copy of libpq's socket,
     and whether the connection ended (EOF) after them."""
     sock = socket.socket(fileno=os.dup(conn.fileno()))
-    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
     data = b""
     ended = False
     try:
-        while True:
+        while time.monotonic() < deadline:     # a revived session may send more and more
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
             chunk = sock.recv(65536)
             if not chunk:
                 ended = True
