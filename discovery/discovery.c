@@ -384,6 +384,12 @@ static void core_decide(struct disc_core *c)
         disc_decide(&l->decision, obs, l->names, now, &p, &next);
         bool split_news = next.split_brain && !l->decision.split_brain;
         l->decision = next;
+        /* sessions whose backend ended wait for this (writer_verdict) */
+        if (next.changed || next.writer < 0)
+            l->writer_ok_ns = 0;
+        else if (obs[next.writer].probe == DISC_PROBE_OK && obs[next.writer].writable &&
+                 !next.c[next.writer].failures)
+            l->writer_ok_ns = l->cl[next.writer].obs_started_ns;
         if (next.changed) {
             record_change(c, l, from);
             changed = true;
@@ -476,6 +482,7 @@ static void on_probe_result(struct disc_probe *p, const struct disc_probe_result
     v->last_wall_ms = disc_wall_ms();
     /* tls-failed is a failed probe for decide(); only its status differs */
     v->obs.probe = r->ok ? DISC_PROBE_OK : r->inactive ? DISC_PROBE_INACTIVE : DISC_PROBE_FAILED;
+    v->obs_started_ns = p->started_ns;
     v->probes_total++;
     v->failures_total += !r->ok && !r->inactive;
     v->obs.writable = r->writable;
@@ -836,6 +843,25 @@ bool ferry_discovery_writer_is(struct ferry_discovery *d, const char *listener, 
     bool yes = each_switch_target(d, listener, cluster, is_writer) == 1;
     pthread_mutex_unlock(&d->lock);
     return yes;
+}
+
+enum ferry_writer_verdict ferry_discovery_writer_verdict(struct ferry_discovery *d,
+                                                         const char *listener, uint64_t gen,
+                                                         uint64_t since_ns)
+{
+    enum ferry_writer_verdict v = FERRY_VERDICT_MOVED;
+    pthread_mutex_lock(&d->lock);
+    for (size_t i = 0; d->core && i < d->core->nls; i++) {
+        const struct disc_listener *l = &d->core->ls[i];
+        if (strcmp(listener, l->lcfg->name) != 0)
+            continue;
+        if (l->decision.writer < 0 || l->decision.generation != gen)
+            break;
+        v = l->writer_ok_ns >= since_ns ? FERRY_VERDICT_HEALTHY : FERRY_VERDICT_PENDING;
+        break;
+    }
+    pthread_mutex_unlock(&d->lock);
+    return v;
 }
 
 void ferry_discovery_stop(struct ferry_discovery *d)

@@ -39,6 +39,7 @@ struct disc_cluster_view {
     bool has_last;
     uint64_t probes_total;
     uint64_t failures_total;            /* failed probes (an inactive endpoint is none) */
+    uint64_t obs_started_ns;            /* uv_hrtime() when the probe behind obs began */
     bool logged_inactive;               /* probe.endpoint_inactive logged, not yet _active */
     bool logged_tls;                    /* probe.tls_failed logged, not yet tls_ok */
     char logged_tls_detail[sizeof ((struct disc_probe_result *)0)->detail];
@@ -62,6 +63,9 @@ struct disc_listener {
     struct disc_decision decision;
     uint64_t changed_wall_ms;
     uint64_t lost_ms;                   /* loop time the last writer was lost (0: has one) */
+    uint64_t writer_ok_ns;              /* uv_hrtime() when the newest probe that found the
+                                           writer writable, and left it the writer, began
+                                           (0: none since it became the writer) */
     int candidate;                      /* disc_candidate() as last published, -1 none */
     char writer_addr[48];               /* the writer's address as last published ("" none) */
     int writer_addr_of;                 /* the cluster it belonged to */

@@ -184,7 +184,7 @@ static json_t *listener_status(const struct ferry_listener_cfg *lcfg, struct px_
         route_json = json_pack("{s:s, s:s}", "cluster", cluster, "endpoint", ep);
     }
     return json_pack("{s:s, s:s, s:s, s:s, s:o, s:b, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-                     "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                     "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
                      "name", lcfg->name, "protocol", ferry_proto_name(lcfg->protocol), "bind", bind,
                      "routing", lcfg->probe_enabled ? "discovered" : "static", "route", route_json,
                      "paused", px_listener_paused(pl), "holding", px_listener_holding(pl),
@@ -204,6 +204,7 @@ static json_t *listener_status(const struct ferry_listener_cfg *lcfg, struct px_
                      "sessions_waiting_to_move", (json_int_t)sum.waiting_to_move,
                      "sessions_moved", (json_int_t)sum.moves,
                      "sessions_move_failed", (json_int_t)sum.moves_failed,
+                     "sessions_ended_by_server", (json_int_t)sum.ended_by_server,
                      "failover_errors_total", (json_int_t)sum.errors_failover,
                      "protocol_errors_total", (json_int_t)sum.errors_protocol,
                      "auth_failures_total", (json_int_t)sum.errors_auth,

@@ -204,6 +204,7 @@ struct px_counters px_listener_totals(const struct px_listener *pl)
         sum.moves += PX_STAT_GET(c->moves);
         sum.backends += PX_STAT_GET(c->backends);
         sum.moves_failed += PX_STAT_GET(c->moves_failed);
+        sum.ended_by_server += PX_STAT_GET(c->ended_by_server);
         sum.errors_protocol += PX_STAT_GET(c->errors_protocol);
         sum.errors_auth += PX_STAT_GET(c->errors_auth);
         sum.errors_failover += PX_STAT_GET(c->errors_failover);

@@ -146,6 +146,9 @@ static void listener_metrics(FILE *f)
          FIELD(moves)},
         {"ferry_sessions_move_failed_total", "counter",
          "Sessions that could not be moved to a new writer: closed instead.", FIELD(moves_failed)},
+        {"ferry_sessions_ended_by_server_total", "counter",
+         "Sessions the server ended on its own while the writer stayed the writer (not moved).",
+         FIELD(ended_by_server)},
     };
     /* px_counters is cache-line aligned: calloc does not promise that */
     size_t bytes = (px_proc.nlisteners ? px_proc.nlisteners : 1) * sizeof(struct px_counters);

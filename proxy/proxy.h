@@ -42,6 +42,8 @@ struct px_counters {
     uint64_t idle_timeouts;         /* idle clients closed after client_idle_timeout */
     uint64_t moves;                 /* sessions moved to a new writer without an error */
     uint64_t moves_failed;          /* sessions that could not be moved: closed instead */
+    uint64_t ended_by_server;       /* sessions the server ended on its own (its error relayed,
+                                       no move: the writer had not moved) */
     uint64_t errors_protocol;       /* malformed/hostile/unsupported traffic: session ended */
     uint64_t errors_auth;           /* terminated auth: wrong password or unknown user */
     uint64_t errors_failover;       /* errors a writer move gave clients (reconnect, retry,

@@ -130,6 +130,7 @@ static void session_free(struct px_session *s)
     ferry_config_unref(s->cfg);
     if (s->parked)
         chunk_put(w, s->parked);
+    ferry_wbuf_free(&s->server_said);
     ferry_tls_free(s->client.tls);
     ferry_tls_free(s->server.tls);
     if (s->proto && s->proto->free)
@@ -201,6 +202,8 @@ static void on_server_dropped(uv_handle_t *h)
         PX_STAT_ADD(px_session_stats(s)->backends, -1);
     s->server = (struct px_conn){.owner = s, .peer = &s->client, .name = "server"};
     s->client.paused = false;
+    if (s->verdict_wait)
+        return;     /* on_verdict_poll decides what comes next */
     if (s->hold_after_drop) {
         s->hold_after_drop = false;
         wait_again(s, background);  /* the next topology routes it again */
@@ -1131,6 +1134,101 @@ void px_session_fail(struct px_session *s, enum px_err kind, const char *text)
     if (s->proto && s->proto->defer_error && s->proto->defer_error(s, kind, text))
         return;
     px_session_send_error(s, kind, text);
+}
+
+/* ---- a backend the server ended ----
+ * A session moves only because the writer moved. A backend that ends
+ * while the session's writer generation is current may be the server
+ * ending that one session (KILL, wait_timeout, pg_terminate_backend,
+ * idle_session_timeout): the client must see that, as it would directly,
+ * and not carry on in a new session without its temporary tables, locks
+ * and variables. It may also be the first sign of the writer going down
+ * (a crash or shutdown closes every backend before discovery notices),
+ * and then an idle session should move as before. The two look alike on
+ * the connection, so discovery decides: a probe starts now, and the
+ * session waits (without a backend, its client not read) until the worker
+ * sees a new writer generation (moved) or discovery's writer answers a
+ * probe that began after the loss (healthy: the server ended the session
+ * on its own). A verdict that takes longer than hold_timeout ends the
+ * session: the writer stayed in doubt without being replaced. */
+
+enum { VERDICT_POLL_MS = 25 };
+
+void px_session_end_by_server(struct px_session *s, const char *why)
+{
+    if (s->closing || s->failing)
+        return;
+    s->failing = true;
+    s->verdict_wait = false;
+    PX_STAT_ADD(px_session_stats(s)->ended_by_server, 1);
+    char esc[256];
+    ferry_log(FERRY_LOG_INFO, "session.ended_by_server",
+              "listener=%s session=%llu cluster=%s reason=\"%s\"", s->pl->name,
+              (unsigned long long)s->id, s->cluster, ferry_log_escape(why, esc, sizeof esc));
+    uv_timer_stop(&s->timer);
+    px_conn_stop_reading(&s->server);
+    px_conn_stop_reading(&s->client);
+    struct ferry_wbuf said = s->server_said;  /* may be empty: then only the close */
+    s->server_said = (struct ferry_wbuf){0};
+    int rc = said.len           ? px_session_write(s, &s->client, &said, true)
+             : s->client.tls    ? tls_send(s, &s->client, true)
+                                : write_raw(s, &s->client, &said, true);
+    if (rc != 0)
+        px_session_close(s, FERRY_LOG_INFO, "client write failed");
+}
+
+static void on_verdict_poll(uv_timer_t *t)
+{
+    struct px_session *s = t->data;
+    if (s->closing || s->failing || !s->verdict_wait)
+        return;
+    const char *name = s->lcfg->name;
+    const struct ferry_topology_listener *tl = ferry_topology_find(s->owner->topology, name);
+    if (!tl || tl->generation != s->topo_gen) {
+        /* the writer moved (this worker's snapshot says so, so routing
+         * goes to the new one): the move goes on as after a topology */
+        s->verdict_wait = false;
+        ferry_wbuf_free(&s->server_said);   /* the old writer's goodbye is not the client's */
+        s->stale = true;
+        s->proto->writer_moved(s, tl && tl->cut_old);
+        if (!s->failing)    /* moving: its next request parks until the move is done */
+            conn_start_reading(&s->client);
+        return;
+    }
+    enum ferry_writer_verdict v =
+        ferry_discovery_writer_verdict(px_proc.discovery, name, s->topo_gen, s->lost_ns);
+    uint64_t waited_ms = (uv_hrtime() - s->lost_ns) / 1000000u;
+    if (v == FERRY_VERDICT_HEALTHY) {
+        px_session_end_by_server(s, s->server_said.len ? "the server ended the session; "
+                                 "its writer answers probes" : "the server closed the connection; "
+                                 "its writer answers probes");
+        return;
+    }
+    if (waited_ms > (uint64_t)(s->cfg->discovery.hold_timeout * 1000.0)) {
+        px_session_end_by_server(s, "the connection ended and the writer stayed in doubt past "
+                                 "hold_timeout without being replaced");
+        return;
+    }
+    uv_timer_start(&s->timer, on_verdict_poll, VERDICT_POLL_MS, 0);
+}
+
+void px_session_await_verdict(struct px_session *s, const char *why)
+{
+    if (!s->lcfg->probe_enabled || !px_proc.discovery) {
+        px_session_end_by_server(s, why);   /* a static writer never moves */
+        return;
+    }
+    char esc[256];
+    ferry_log(FERRY_LOG_INFO, "session.backend_ended", "listener=%s session=%llu cluster=%s "
+              "reason=\"%s\" action=\"asking discovery whether the writer moved\"",
+              s->pl->name, (unsigned long long)s->id, s->cluster,
+              ferry_log_escape(why, esc, sizeof esc));
+    s->verdict_wait = true;
+    s->lost_ns = uv_hrtime();
+    px_conn_stop_reading(&s->client);
+    px_session_reconnect(s);    /* drops the backend; on_server_dropped routes nothing */
+    px_session_probe_now(s);
+    uv_timer_start(&s->timer, on_verdict_poll, VERDICT_POLL_MS, 0);
 }
 
 /* ---- backend connect ---- */

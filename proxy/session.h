@@ -117,6 +117,9 @@ struct px_pg_session {
     bool terminating;                       /* client sent Terminate */
     bool fenced;                            /* stale and cut from the server: ferry answers */
     bool end_at_idle;                       /* stale: close once the server says idle */
+    bool server_fatal;                      /* the server sent a FATAL/PANIC ErrorResponse:
+                                               it is ending the session and said why */
+    char fatal_state[6];                    /* its SQLSTATE ("" unknown) */
     bool cleartext_refused;                 /* passthrough: an unverified server asked the
                                                client for its password in cleartext */
     bool login_refused;                     /* passthrough: the server answered the login
@@ -175,6 +178,12 @@ struct px_session {
                                                old backend is gone) */
     uint8_t login;                          /* enum px_login: the backend connect and login
                                                under way, as the worker counts it */
+    bool verdict_wait;                      /* the backend ended with the writer unchanged:
+                                               waiting for discovery's verdict (moved or
+                                               healthy), client not read, no backend */
+    uint64_t lost_ns;                       /* uv_hrtime() when that backend ended */
+    struct ferry_wbuf server_said;          /* the server's last message, held back while
+                                               the verdict is awaited (PostgreSQL's FATAL) */
     bool prelogin;                          /* connected to the candidate while there is no
                                                writer: logging in ahead of its promotion */
     bool prelogin_ready;                    /* ... and logged in: waits for the topology */
@@ -256,6 +265,20 @@ void px_session_start_relay(struct px_session *s);
  * counted and logged; the client gets an error, or, while retry_connect,
  * the session waits for the next topology. */
 void px_session_backend_failed(struct px_session *s, const char *error);
+/* The server ended the session on its own (the writer did not move): what
+ * it said is relayed (with server_said, if held), nothing of ferry's is
+ * added, and the session closes once that is written. why: for the log
+ * (the server's SQLSTATE or error number, or how the connection ended). */
+void px_session_end_by_server(struct px_session *s, const char *why);
+/* The backend of an idle session that could move ended, and the server
+ * gave no reason that rules out the writer going away (a crash, a
+ * shutdown, a KILL, a timeout all look alike here). The session drops the
+ * backend, stops reading its client, asks discovery to probe now, and
+ * waits for the verdict: the writer moved (a new topology) -> the
+ * protocol's writer_moved hook moves it as today; the same writer answered
+ * a probe that began after the loss -> px_session_end_by_server. Without
+ * discovery (a static writer, which never moves) it ends at once. */
+void px_session_await_verdict(struct px_session *s, const char *why);
 /* Drops the backend connection and routes the session again (to the
  * writer of now, or held until there is one); the client side stays. The
  * protocol's connected hook runs again on the new connection. */

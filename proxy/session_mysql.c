@@ -1283,11 +1283,13 @@ static bool my_server_lost(struct px_session *s)
     if (m->phase != MS_COMMAND && !s->client.eof)
         return false;
     if (!s->client.eof && !m->fenced && !mid_packet(&m->c2s) && mys_movable(s)) {
-        /* nothing was lost: log into whichever cluster is the writer next */
-        ferry_log(FERRY_LOG_INFO, "session.writer_lost", "listener=%s session=%llu cluster=%s",
-                  s->pl->name, (unsigned long long)s->id, s->cluster);
-        px_session_probe_now(s);
-        mys_move_begin(s);
+        /* nothing was lost: if the writer moved, log into the next one;
+         * if the server ended this session (KILL, wait_timeout: MariaDB
+         * closes without a word), the client sees it end, as directly */
+        if (s->stale)
+            mys_move_begin(s);
+        else
+            px_session_await_verdict(s, "closed without a message");
         return true;
     }
     if (s->client.eof && mid_packet(&m->c2s)) {

@@ -649,6 +649,28 @@ static void error_sqlstate(const uint8_t *body, uint32_t n, char out[6])
     }
 }
 
+/* An ErrorResponse that ends the session: severity FATAL or PANIC (V is
+ * the untranslated severity, S the localized one of older servers). */
+static bool error_is_fatal(const uint8_t *body, uint32_t n)
+{
+    size_t len = 0;
+    const uint8_t *sev = error_field(body, n, 'V', &len);
+    if (!sev)
+        sev = error_field(body, n, 'S', &len);
+    return sev && ((len == 5 && memcmp(sev, "FATAL", 5) == 0) ||
+                   (len == 5 && memcmp(sev, "PANIC", 5) == 0));
+}
+
+/* A FATAL that a writer going down sends too: 57P01 admin_shutdown (a fast
+ * or smart shutdown, and pg_terminate_backend), 57P02 crash_shutdown,
+ * 57P03 cannot_connect_now. Any other (57P05 idle_session_timeout, 25P03,
+ * 57P04, ...) is the server ending this one session. */
+static bool fatal_may_be_shutdown(const char *state)
+{
+    return strcmp(state, "57P01") == 0 || strcmp(state, "57P02") == 0 ||
+           strcmp(state, "57P03") == 0;
+}
+
 /* Passthrough auth: SCRAM with channel binding binds the client's TLS
  * connection, which ends at ferry, so the backend's proof could never
  * match. A backend on TLS offers SCRAM-SHA-256-PLUS; ferry renames that
@@ -734,6 +756,10 @@ static void on_server_message(void *ud, uint8_t type, const uint8_t *body, uint3
             p->login_refused = true;
             px_session_login_refused(s, state, state, (const char *)msg, mlen);
         }
+        if (error_is_fatal(body, captured)) {
+            p->server_fatal = true;     /* relayed; the server closes next */
+            memcpy(p->fatal_state, state, sizeof p->fatal_state);
+        }
     }
 }
 
@@ -801,6 +827,30 @@ static void on_stale_message(void *ud, uint8_t type, const uint8_t *body, uint32
     px_session_fail(s, PX_ERR_WRITER_MOVED, text);
 }
 
+/* An idle session that could move gets a FATAL that a shutdown sends too
+ * (the whole chunk, one ErrorResponse, as the server writes it before it
+ * closes): it is held back until discovery says whether the writer is
+ * going away (then the session moves and the client never sees it) or not
+ * (then it is relayed and the session ends; px_session_await_verdict). */
+static bool hold_goodbye(struct px_session *s, const uint8_t *data, size_t n)
+{
+    struct px_pg_session *p = pgs(s);
+    if (n < 5 || data[0] != 'E' || (size_t)ferry_get_u32be(data + 1) + 1 != n ||
+        p->txn != 'I' || p->inflight || s->stale || !movable(s) || s->server_said.len)
+        return false;
+    const uint8_t *body = data + 5;
+    uint32_t len = (uint32_t)n - 5;
+    char state[6];
+    error_sqlstate(body, len, state);
+    if (!error_is_fatal(body, len) || !fatal_may_be_shutdown(state))
+        return false;
+    ferry_wbuf_init(&s->server_said, 0);
+    ferry_wbuf_put(&s->server_said, data, n);
+    p->server_fatal = true;
+    memcpy(p->fatal_state, state, sizeof p->fatal_state);
+    return true;
+}
+
 /* Checks a chunk's messages before it is relayed. */
 static enum px_scan pg_scan(struct px_session *s, struct px_conn *src, uint8_t *data, size_t n)
 {
@@ -826,6 +876,8 @@ static enum px_scan pg_scan(struct px_session *s, struct px_conn *src, uint8_t *
             px_session_fail(s, PX_ERR_PROTOCOL, "invalid message length from the client");
         return PX_SCAN_DROP;
     }
+    if (!from_client && hold_goodbye(s, data, n))
+        return PX_SCAN_DROP;
     if (from_client && n > 0)
         p->inflight = true;
     int rc = from_client ? pg_stream_feed(&p->scan_c2s, data, n, on_client_message, s)
@@ -1497,6 +1549,8 @@ static bool pg_connected(struct px_session *s)
         return false;   /* on_backend_ssl_answer goes on */
     }
     uint32_t max = s->lcfg->max_message_size;
+    p->server_fatal = false;    /* a new backend: the old one's goodbye is history */
+    p->fatal_state[0] = '\0';
     pg_stream_free(&p->scan_c2s);
     pg_stream_init(&p->scan_c2s, max, p->user ? "XQPC" : "X");
     pg_stream_init(&p->scan_s2c, max, p->user ? "ZKES" : "ZKER");
@@ -1531,12 +1585,22 @@ static bool pg_server_lost(struct px_session *s)
     struct px_pg_session *p = pgs(s);
     if (!p->startup_done || s->client.eof || p->terminating || p->login_refused)
         return false;   /* login_refused: the server's error goes out, then its EOF */
-    if (!p->inflight && p->txn == 'I' && movable(s)) {
-        /* nothing was lost: log into whichever cluster is the writer next */
-        ferry_log(FERRY_LOG_INFO, "session.writer_lost", "listener=%s session=%llu cluster=%s",
-                  s->pl->name, (unsigned long long)s->id, s->cluster);
-        px_session_probe_now(s);
-        move_begin(s);
+    bool idle = !p->inflight && p->txn == 'I';
+    char why[64];
+    snprintf(why, sizeof why, p->server_fatal ? "FATAL %s" : "closed without a message",
+             p->fatal_state);
+    if (p->server_fatal && !(idle && s->server_said.len)) {
+        /* the server said why it ends the session: that, and nothing more */
+        px_session_end_by_server(s, why);
+        return true;
+    }
+    if (idle && movable(s)) {
+        if (s->stale) {
+            move_begin(s);  /* the writer moved already */
+            return true;
+        }
+        /* the writer going down, or the server ending this session? */
+        px_session_await_verdict(s, why);
         return true;
     }
     px_conn_stop_reading(&s->server);

@@ -8,6 +8,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "ferry/config.h"
 #include "ferry/topology.h"
@@ -45,6 +46,21 @@ void ferry_discovery_switchover_cancel(struct ferry_discovery *d);
 /* Any thread: true when every listener the switchover named has `cluster`
  * as its writer now. */
 bool ferry_discovery_writer_is(struct ferry_discovery *d, const char *listener, const char *cluster);
+
+/* What discovery says of a listener's writer after a session's backend
+ * ended without the writer having moved (proxy/session.c). */
+enum ferry_writer_verdict {
+    FERRY_VERDICT_PENDING,      /* no probe of the writer has answered since `since` */
+    FERRY_VERDICT_HEALTHY,      /* the writer of generation gen answered a probe that
+                                   began after `since`, writable and still the writer */
+    FERRY_VERDICT_MOVED,        /* the writer is no longer the one of generation gen */
+};
+
+/* Any thread: the verdict on the writer of `listener` at generation `gen`
+ * for a backend lost at `since_ns` (uv_hrtime()). Unknown listener: MOVED. */
+enum ferry_writer_verdict ferry_discovery_writer_verdict(struct ferry_discovery *d,
+                                                         const char *listener, uint64_t gen,
+                                                         uint64_t since_ns);
 
 /* Any thread: stops the thread and closes every connection; d stays valid
  * (status and probe_now still work) until ferry_discovery_free(). */
