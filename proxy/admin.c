@@ -213,13 +213,12 @@ static json_t *listener_status(const struct ferry_listener_cfg *lcfg, struct px_
 
 static char *status_json(void)
 {
-    uint64_t buffered = 0, peak = 0, chunks = 0;
+    uint64_t buffered = 0, peak = 0;
     for (unsigned i = 0; i < px_proc.nworkers; i++) {
         struct px_worker *w = &px_proc.workers[i];
         buffered += PX_STAT_GET(w->buffered_bytes);
         uint64_t p = PX_STAT_GET(w->buffered_peak);
         peak = p > peak ? p : peak;
-        chunks += PX_STAT_GET(w->chunks_allocated);
     }
     pthread_mutex_lock(&px_proc.lock);
     const char *why = NULL;
@@ -228,13 +227,13 @@ static char *status_json(void)
     for (size_t i = 0; i < px_proc.nlisteners; i++)
         json_array_append_new(ls, listener_status(&px_proc.cfg->listeners[i], px_proc.listeners[i]));
     json_t *doc = json_pack(
-        "{s:s, s:f, s:s, s:I, s:s, s:I, s:b, s:o, s:{s:I, s:I, s:I, s:I}}", "version",
+        "{s:s, s:f, s:s, s:I, s:s, s:I, s:b, s:o, s:{s:I, s:I, s:I}}", "version",
         FERRY_VERSION, "uptime_seconds", (double)(px_now_ms() - px_proc.started_ms) / 1000.0,
         "state", __atomic_load_n(&px_proc.draining, __ATOMIC_RELAXED) ? "draining" : "running",
         "config_generation", (json_int_t)px_proc.generation, "config_path", px_proc.cfg->path,
         "workers", (json_int_t)px_proc.nworkers, "ready", ready, "listeners", ls, "buffers",
         "queued_bytes", (json_int_t)buffered, "queued_bytes_peak", (json_int_t)peak,
-        "chunk_bytes", (json_int_t)PX_CHUNK_SIZE, "chunks_allocated", (json_int_t)chunks);
+        "read_bytes", (json_int_t)FERRY_READ_SIZE);
     json_object_set_new(doc, "paused", json_boolean(__atomic_load_n(&px_proc.paused, __ATOMIC_RELAXED)));
     if (px_proc.discovery)
         json_object_set_new(doc, "discovery", ferry_discovery_status(px_proc.discovery));

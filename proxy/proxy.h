@@ -16,10 +16,10 @@
 #include "ferry/config.h"
 #include "ferry/list.h"
 #include "ferry/log.h"
+#include "ferry/outq.h"
 #include "ferry/topology.h"
 #include "ferry/wbuf.h"
 
-#define PX_CHUNK_SIZE (32 * 1024)   /* one read buffer; also the write unit */
 
 /* Counters one worker keeps for one listener. Written only by that worker,
  * read by the admin thread: relaxed atomics, one cache line per worker so the
@@ -172,8 +172,6 @@ struct px_accepting {
     struct ferry_list link;                 /* in owner->accepting */
 };
 
-struct px_chunk;
-
 struct px_worker {
     unsigned index;
     pthread_t thread;
@@ -201,11 +199,11 @@ struct px_worker {
     unsigned nsessions;
     bool draining;
     bool configured;                /* first CONFIG applied */
-    struct px_chunk *free_chunks;   /* per-worker pool; never crosses threads */
-    unsigned nfree_chunks;
-    uint64_t buffered_bytes;        /* atomic read by admin: bytes queued in sessions */
-    uint64_t buffered_peak;         /* atomic read by admin: most one direction ever queued */
-    uint64_t chunks_allocated;      /* atomic read by admin */
+    struct ferry_readbuf readbuf;   /* every read of this worker's sessions lands here */
+    uv_timer_t trim_timer;          /* malloc_trim() after queues freed much (session.c) */
+    size_t released;                /* queue bytes freed since the last trim */
+    uint64_t buffered_bytes;        /* atomic read by admin: memory of sessions' write queues */
+    uint64_t buffered_peak;         /* atomic read by admin: most one direction ever held */
 };
 
 int px_worker_start(struct px_worker *w, unsigned index);
@@ -215,7 +213,7 @@ void px_worker_join(struct px_worker *w);
 /* session.c: worker-side entry points */
 void px_session_accept(struct px_accepting *a);
 void px_session_close_all(struct px_worker *w, const char *reason);
-void px_chunk_pool_free(struct px_worker *w);   /* after the loop has stopped */
+void px_session_trim_init(struct px_worker *w);     /* before the loop runs */
 void px_session_release_held(struct px_worker *w); /* route held sessions again */
 void px_session_topology_changed(struct px_worker *w); /* fence sessions on an old writer */
 void px_session_moves_init(struct px_worker *w);    /* before the loop runs */

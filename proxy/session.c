@@ -1,7 +1,10 @@
 /* A session: one client connection, its backend connection, and the byte
- * relay between them (see session.h for the protocol hooks). The relay forwards whole read chunks without copying,
- * stops reading a side whose peer has session_buffer bytes queued and resumes
- * below half of it, and propagates half-closes. Every teardown goes through
+ * relay between them (see session.h for the protocol hooks). Reads land in
+ * the worker's one read buffer and are written on at once; only what the
+ * peer's socket does not take is copied into its write queue (ferry/outq.h),
+ * sized to the data. The relay stops reading a side while the memory queued
+ * towards its peer is at session_buffer and resumes below half of it, and
+ * propagates half-closes. Every teardown goes through
  * px_session_close(), which is idempotent and frees in the last close callback.
  */
 #include <arpa/inet.h>
@@ -9,17 +12,19 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "ferry/discovery.h"
 #include "ferry/tls.h"
 #include "session.h"
 
+/* A client request held at a safe point (parked), copied out of the read
+ * buffer: at most one read per session. */
 struct px_chunk {
-    uv_write_t req;             /* must outlive the write: embedded here */
-    struct px_chunk *next_free; /* pool link */
-    struct px_conn *dst;        /* borrowed: the side it is queued on */
     size_t len;
-    char data[PX_CHUNK_SIZE];
+    char data[];
 };
 
 static uint64_t next_session_id;
@@ -29,49 +34,34 @@ struct px_counters *px_session_stats(struct px_session *s)
     return &s->pl->stats[s->owner->index];
 }
 
-/* ---- chunk pool (per worker, never crosses threads) ---- */
+/* ---- returning memory ----
+ * Write queues come and go with slow peers; glibc keeps what they freed in
+ * its arenas (the worker threads' arenas are trimmed only from their top).
+ * Once a worker has freed TRIM_AFTER bytes of queues, malloc_trim() gives
+ * the free pages back a second later (one call for a burst of closes). */
 
-enum { POOL_KEEP = 256 };   /* chunks kept for reuse; 8 MiB per worker */
+enum { TRIM_AFTER = 4 << 20, TRIM_DELAY_MS = 1000 };
 
-static struct px_chunk *chunk_get(struct px_worker *w)
+static void on_trim_timer(uv_timer_t *t)
 {
-    struct px_chunk *c = w->free_chunks;
-    if (c) {
-        w->free_chunks = c->next_free;
-        w->nfree_chunks--;
-        return c;
-    }
-    c = malloc(sizeof *c);
-    if (c)
-        PX_STAT_ADD(w->chunks_allocated, 1);
-    return c;
+    struct px_worker *w = t->data;
+    w->released = 0;
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
 }
 
-static void chunk_put(struct px_worker *w, struct px_chunk *c)
+void px_session_trim_init(struct px_worker *w)
 {
-    if (w->nfree_chunks >= POOL_KEEP) {
-        free(c);
-        PX_STAT_ADD(w->chunks_allocated, -1);
-        return;
-    }
-    c->next_free = w->free_chunks;
-    w->free_chunks = c;
-    w->nfree_chunks++;
+    uv_timer_init(&w->loop, &w->trim_timer);
+    w->trim_timer.data = w;
 }
 
-void px_chunk_pool_free(struct px_worker *w)
+static void released(struct px_worker *w, size_t n)
 {
-    while (w->free_chunks) {
-        struct px_chunk *c = w->free_chunks;
-        w->free_chunks = c->next_free;
-        free(c);
-    }
-    w->nfree_chunks = 0;
-}
-
-static struct px_chunk *chunk_of(const char *base)
-{
-    return ferry_container_of(base, struct px_chunk, data);
+    w->released += n;
+    if (w->released >= TRIM_AFTER && !uv_is_active((uv_handle_t *)&w->trim_timer))
+        uv_timer_start(&w->trim_timer, on_trim_timer, TRIM_DELAY_MS, 0);
 }
 
 /* ---- teardown ---- */
@@ -128,9 +118,10 @@ static void session_free(struct px_session *s)
         PX_STAT_ADD(px_session_stats(s)->backends, -1);
     px_listener_unref(s->pl);
     ferry_config_unref(s->cfg);
-    if (s->parked)
-        chunk_put(w, s->parked);
+    free(s->parked);
     ferry_wbuf_free(&s->server_said);
+    ferry_outq_free(&s->client.out);    /* (empty: writes end before the close callbacks) */
+    ferry_outq_free(&s->server.out);
     ferry_tls_free(s->client.tls);
     ferry_tls_free(s->server.tls);
     if (s->proto && s->proto->free)
@@ -198,6 +189,7 @@ static void on_server_dropped(uv_handle_t *h)
     bool background = s->login == PX_LOGIN_BACKGROUND;
     login_set(s, PX_LOGIN_NONE);
     ferry_tls_free(s->server.tls);
+    ferry_outq_free(&s->server.out);
     if (s->server.counted)
         PX_STAT_ADD(px_session_stats(s)->backends, -1);
     s->server = (struct px_conn){.owner = s, .peer = &s->client, .name = "server"};
@@ -258,8 +250,8 @@ static void on_timer(uv_timer_t *t);
 static void on_shutdown(uv_shutdown_t *req, int status);
 
 static void conn_start_reading(struct px_conn *c);
-static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chunk *ch, size_t n);
-static void park(struct px_session *s, struct px_chunk *ch, size_t n);
+static void relay(struct px_session *s, struct px_conn *src, char *data, size_t n);
+static void park(struct px_session *s, const char *data, size_t n);
 static void tls_failed(struct px_session *s, struct px_conn *c);
 static int tls_send(struct px_session *s, struct px_conn *c, bool close_after);
 
@@ -267,38 +259,69 @@ void px_session_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
     struct px_conn *c = h->data;
-    struct px_chunk *ch = chunk_get(c->owner->owner);
-    buf->base = ch ? ch->data : NULL;
-    buf->len = ch ? PX_CHUNK_SIZE : 0;
+    ferry_readbuf_get(&c->owner->owner->readbuf, buf);
 }
 
+void px_session_free_buf(struct px_session *s, const uv_buf_t *buf)
+{
+    ferry_readbuf_put(&s->owner->readbuf, buf);
+}
+
+/* Queue memory of dst changed by n bytes (negative: freed). */
 static void buffered_add(struct px_worker *w, struct px_conn *dst, ssize_t n)
 {
-    dst->queued += (size_t)n;
     PX_STAT_ADD(w->buffered_bytes, n);
-    if (dst->queued > w->buffered_peak)
-        __atomic_store_n(&w->buffered_peak, (uint64_t)dst->queued, __ATOMIC_RELAXED);
+    if (n > 0 && dst->out.bytes > w->buffered_peak)
+        __atomic_store_n(&w->buffered_peak, (uint64_t)dst->out.bytes, __ATOMIC_RELAXED);
+    if (n < 0)
+        released(w, (size_t)-n);
 }
 
-static void on_written(uv_write_t *req, int status)
+/* Resumes a side stopped for backpressure once the queue it feeds (and,
+ * for the client, the queue of ferry's answers to it) is below half of
+ * session_buffer. */
+static void maybe_resume(struct px_session *s, struct px_conn *c)
 {
-    struct px_chunk *ch = ferry_container_of(req, struct px_chunk, req);
-    struct px_conn *dst = ch->dst;
+    size_t half = s->lcfg->session_buffer / 2;
+    if (c->paused && !s->closing && c->peer->out.bytes <= half &&
+        (c != &s->client || c->out.bytes <= half)) {
+        c->paused = false;
+        conn_start_reading(c);
+    }
+}
+
+static void on_sent(struct ferry_outq *q, int status, size_t freed)
+{
+    struct px_conn *dst = ferry_container_of(q, struct px_conn, out);
     struct px_session *s = dst->owner;
-    struct px_worker *w = s->owner;
-    buffered_add(w, dst, -(ssize_t)ch->len);
-    chunk_put(w, ch);
+    buffered_add(s->owner, dst, -(ssize_t)freed);
+    if (dst->close_when_sent && (status < 0 || ferry_outq_empty(q))) {
+        px_session_close(s, FERRY_LOG_DEBUG, "error sent to client");   /* sent or not */
+        return;
+    }
     if (status < 0) {
         if (status != UV_ECANCELED)
             px_session_close(s, FERRY_LOG_INFO, dst == &s->client ? "client write failed"
                                                                 : "server write failed");
         return;
     }
-    struct px_conn *src = dst->peer;
-    if (src->paused && !s->closing && dst->queued <= s->lcfg->session_buffer / 2) {
-        src->paused = false;
-        conn_start_reading(src);
-    }
+    maybe_resume(s, dst->peer);
+    maybe_resume(s, dst);
+}
+
+/* Writes n bytes to c's socket after what is queued there (the rest of
+ * what the socket does not take at once is copied into c's queue);
+ * notify: the bytes go through the queue even when it is empty, so on_sent
+ * runs for them. 0 or a libuv error. */
+static int conn_write(struct px_session *s, struct px_conn *c, const void *p, size_t n,
+                      bool notify)
+{
+    size_t before = c->out.bytes;
+    int rc = ferry_outq_write(&c->out, (uv_stream_t *)&c->tcp, p, n, s->lcfg->session_buffer,
+                              notify, on_sent);
+    if (c->out.bytes != before)
+        buffered_add(s->owner, c, (ssize_t)(c->out.bytes - before));
+    return rc;
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status)
@@ -316,62 +339,72 @@ static void on_shutdown(uv_shutdown_t *req, int status)
         px_session_close(s, FERRY_LOG_DEBUG, "both sides closed");
 }
 
+/* Half-closes c once what is queued towards it is written. */
+static int conn_shutdown(struct px_conn *c)
+{
+    c->shutdown_req.data = c;
+    return ferry_outq_shutdown(&c->out, (uv_stream_t *)&c->tcp, &c->shutdown_req, on_shutdown);
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct px_conn *src = stream->data;
     struct px_conn *dst = src->peer;
     struct px_session *s = src->owner;
-    struct px_worker *w = s->owner;
 
-    if (nread <= 0) {
-        if (buf->base)
-            chunk_put(w, chunk_of(buf->base));
-        if (nread == 0)
-            return;     /* EAGAIN: not an EOF */
-        if (src == &s->server && s->connected && s->proto && s->proto->server_lost &&
-            s->proto->server_lost(s))
-            return;
-        if (nread == UV_EOF) {
-            src->eof = true;
-            uv_read_stop(stream);
-            src->reading = false;
-            if (!s->connected) {
-                px_session_close(s, FERRY_LOG_DEBUG, "client closed before backend connected");
-                return;
-            }
-            /* Half-close: pass the EOF on once everything queued is written. */
-            dst->shutdown_req.data = dst;
-            if (uv_shutdown(&dst->shutdown_req, (uv_stream_t *)&dst->tcp, on_shutdown) != 0)
-                px_session_close(s, FERRY_LOG_DEBUG, "shutdown failed");
-            return;
-        }
-        if (nread == UV_ENOBUFS) {
-            px_session_close(s, FERRY_LOG_ERROR, "out of memory for buffers");
-            return;
-        }
-        char reason[96];
-        snprintf(reason, sizeof reason, "%s read failed: %s", src->name, uv_strerror((int)nread));
-        px_session_close(s, FERRY_LOG_INFO, reason);
+    if (nread > 0) {
+        relay(s, src, buf->base, (size_t)nread);
+        px_session_free_buf(s, buf);
         return;
     }
-
-    relay_chunk(s, src, chunk_of(buf->base), (size_t)nread);
+    px_session_free_buf(s, buf);
+    if (nread == 0)
+        return;     /* EAGAIN: not an EOF */
+    if (src == &s->server && s->connected && s->proto && s->proto->server_lost &&
+        s->proto->server_lost(s))
+        return;
+    if (nread == UV_EOF) {
+        src->eof = true;
+        uv_read_stop(stream);
+        src->reading = false;
+        if (!s->connected) {
+            px_session_close(s, FERRY_LOG_DEBUG, "client closed before backend connected");
+            return;
+        }
+        /* Half-close: pass the EOF on once everything queued is written. */
+        if (conn_shutdown(dst) != 0)
+            px_session_close(s, FERRY_LOG_DEBUG, "shutdown failed");
+        return;
+    }
+    if (nread == UV_ENOBUFS) {
+        px_session_close(s, FERRY_LOG_ERROR, "out of memory for buffers");
+        return;
+    }
+    char reason[96];
+    snprintf(reason, sizeof reason, "%s read failed: %s", src->name, uv_strerror((int)nread));
+    px_session_close(s, FERRY_LOG_INFO, reason);
 }
 
-/* Hands one chunk read from src to the protocol, then to the peer. */
-static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chunk *ch, size_t n)
+/* Hands n bytes read from src to the protocol, then to the peer. The bytes
+ * stay the caller's (the read buffer): what is kept is copied. */
+static void relay(struct px_session *s, struct px_conn *src, char *data, size_t n)
 {
     struct px_worker *w = s->owner;
     struct px_conn *dst = src->peer;
     s->last_traffic = uv_now(&w->loop);
     enum px_scan verdict = s->proto && s->proto->scan
-                               ? s->proto->scan(s, src, (uint8_t *)ch->data, n) : PX_SCAN_RELAY;
+                               ? s->proto->scan(s, src, (uint8_t *)data, n) : PX_SCAN_RELAY;
     if (verdict == PX_SCAN_PARK && src == &s->client && !s->parked) {
-        park(s, ch, n);
+        park(s, data, n);
         return;
     }
     if (verdict != PX_SCAN_RELAY) {
-        chunk_put(w, ch);
+        /* Ferry answered the client itself: a client that sends without
+         * reading those answers is stopped like one whose server is slow. */
+        if (src == &s->client && !s->closing && src->out.bytes >= s->lcfg->session_buffer) {
+            px_conn_stop_reading(src);
+            src->paused = true;
+        }
         return;
     }
     if (src == &s->client) {
@@ -383,9 +416,7 @@ static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chu
     }
     if (dst->tls) {
         /* the plaintext goes into the engine; its ciphertext is ferry's own write */
-        int rc = ferry_tls_write(dst->tls, ch->data, n);
-        chunk_put(w, ch);
-        if (rc < 0) {
+        if (ferry_tls_write(dst->tls, data, n) < 0) {
             tls_failed(s, dst);
             return;
         }
@@ -394,29 +425,14 @@ static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chu
             return;
         }
     } else {
-        /* Most relayed writes complete at once: try that first, so libuv
-         * neither queues a request nor re-arms the socket in epoll for it
-         * (an epoll_ctl per write, ~9 % of ferry's CPU in the profile).
-         * With writes still queued, uv_try_write refuses: order is kept. */
-        uv_buf_t out = uv_buf_init(ch->data, (unsigned)n);
-        int rc = dst->queued ? UV_EAGAIN : uv_try_write((uv_stream_t *)&dst->tcp, &out, 1);
-        size_t done = rc > 0 ? (size_t)rc : 0;
-        if (done == n) {
-            chunk_put(w, ch);
-        } else {
-            ch->dst = dst;
-            ch->len = n - done;
-            out = uv_buf_init(ch->data + done, (unsigned)(n - done));
-            if (rc >= 0 || rc == UV_EAGAIN)
-                rc = uv_write(&ch->req, (uv_stream_t *)&dst->tcp, &out, 1, on_written);
-            if (rc < 0) {
-                chunk_put(w, ch);
-                char reason[96];
-                snprintf(reason, sizeof reason, "%s write failed: %s", dst->name, uv_strerror(rc));
-                px_session_close(s, FERRY_LOG_INFO, reason);
-                return;
-            }
-            buffered_add(w, dst, (ssize_t)(n - done));
+        /* The fast path: the socket takes it all (uv_try_write), nothing is
+         * copied or queued, no epoll_ctl. */
+        int rc = conn_write(s, dst, data, n, false);
+        if (rc < 0) {
+            char reason[96];
+            snprintf(reason, sizeof reason, "%s write failed: %s", dst->name, uv_strerror(rc));
+            px_session_close(s, FERRY_LOG_INFO, reason);
+            return;
         }
     }
     if (src == &s->server && s->proto && s->proto->relayed) {
@@ -425,7 +441,7 @@ static void relay_chunk(struct px_session *s, struct px_conn *src, struct px_chu
             return;
     }
     /* Backpressure: the peer is slow; stop taking more from this side. */
-    if (dst->queued >= s->lcfg->session_buffer) {
+    if (dst->out.bytes >= s->lcfg->session_buffer) {
         px_conn_stop_reading(src);
         src->paused = true;
     }
@@ -721,12 +737,18 @@ void px_session_moves_init(struct px_worker *w)
     w->move_timer.data = w;
 }
 
-/* The protocol said the client's next request must wait (pause): keep the
- * chunk, read nothing more from the client, and wait like a new client
- * waits for a writer. */
-static void park(struct px_session *s, struct px_chunk *ch, size_t n)
+/* The protocol said the client's next request must wait (pause): keep a
+ * copy of what was read, read nothing more from the client, and wait like a
+ * new client waits for a writer. */
+static void park(struct px_session *s, const char *data, size_t n)
 {
+    struct px_chunk *ch = malloc(sizeof *ch + n);
+    if (!ch) {
+        px_session_close(s, FERRY_LOG_ERROR, "out of memory for buffers");
+        return;
+    }
     ch->len = n;
+    memcpy(ch->data, data, n);
     s->parked = ch;
     px_conn_stop_reading(&s->client);
     ferry_log(FERRY_LOG_DEBUG, "session.parked", "listener=%s session=%llu", s->pl->name,
@@ -773,7 +795,8 @@ static void unpark(struct px_session *s)
     s->hold_until = 0;
     unhold(s);
     uv_timer_stop(&s->timer);
-    relay_chunk(s, &s->client, ch, ch->len);
+    relay(s, &s->client, ch->data, ch->len);     /* (may park a copy again) */
+    free(ch);
     if (!s->parked && !s->client.paused)
         conn_start_reading(&s->client);
 }
@@ -787,14 +810,7 @@ void px_conn_stop_reading(struct px_conn *c)
 
 void px_session_shutdown_server(struct px_session *s)
 {
-    s->server.shutdown_req.data = &s->server;
-    uv_shutdown(&s->server.shutdown_req, (uv_stream_t *)&s->server.tcp, on_shutdown);
-}
-
-void px_session_free_buf(struct px_session *s, const uv_buf_t *buf)
-{
-    if (buf->base)
-        chunk_put(s->owner, chunk_of(buf->base));
+    conn_shutdown(&s->server);
 }
 
 ssize_t px_session_read_into(struct px_session *s, struct ferry_wbuf *into, ssize_t nread,
@@ -896,7 +912,7 @@ static void conn_start_reading(struct px_conn *c)
 /* ---- TLS on a connection: decrypt reads, encrypt writes ----
  * The engine (proxy/tls.c) works on memory buffers; here its ciphertext
  * meets the socket. Plaintext is handed to the connection's read callback
- * in pooled chunks, exactly as if it had been read, so the relay and the
+ * in the read buffer, exactly as if it had been read, so the relay and the
  * protocols do not know TLS is there. */
 
 static void tls_failed(struct px_session *s, struct px_conn *c)
@@ -951,7 +967,7 @@ static void tls_drain(struct px_session *s, struct px_conn *c)
     c->in_tls_loop = true;
     while (c->reading && !s->closing && !s->failing) {
         uv_buf_t plain;
-        px_session_alloc((uv_handle_t *)&c->tcp, PX_CHUNK_SIZE, &plain);
+        px_session_alloc((uv_handle_t *)&c->tcp, FERRY_READ_SIZE, &plain);
         if (!plain.base) {
             px_session_close(s, FERRY_LOG_ERROR, "out of memory for buffers");
             break;
@@ -1014,34 +1030,6 @@ int px_conn_read_start(struct px_conn *c, uv_read_cb cb)
 
 /* ---- errors ferry sends before any server has spoken ---- */
 
-struct px_owned_write {
-    uv_write_t req;
-    struct ferry_wbuf buf;
-    struct px_session *s;
-    struct px_conn *dst;
-    bool close_after;           /* an error message: close the session once written */
-};
-
-static void on_owned_written(uv_write_t *req, int status)
-{
-    struct px_owned_write *e = ferry_container_of(req, struct px_owned_write, req);
-    struct px_conn *dst = e->dst;
-    struct px_session *s = e->s;
-    buffered_add(s->owner, dst, -(ssize_t)e->buf.len);
-    /* ferry's writes count towards backpressure like relayed chunks */
-    if (status == 0 && !e->close_after && dst->peer->paused && !s->closing &&
-        dst->queued <= s->lcfg->session_buffer / 2) {
-        dst->peer->paused = false;
-        conn_start_reading(dst->peer);
-    }
-    if (e->close_after)
-        px_session_close(e->s, FERRY_LOG_DEBUG, "error sent to client");   /* sent or not */
-    else if (status < 0 && status != UV_ECANCELED)
-        px_session_close(e->s, FERRY_LOG_INFO, "server write failed");
-    ferry_wbuf_free(&e->buf);
-    free(e);
-}
-
 /* Writes bytes that ferry made (taking buf's memory) to conn: plaintext
  * goes through conn's TLS engine first. */
 int px_session_write(struct px_session *s, struct px_conn *conn, struct ferry_wbuf *buf,
@@ -1056,30 +1044,16 @@ int px_session_write(struct px_session *s, struct px_conn *conn, struct ferry_wb
     return tls_send(s, conn, close_after);
 }
 
-/* Writes bytes as they are (taking buf's memory) to conn's socket. */
+/* Writes bytes as they are (taking buf's memory) to conn's socket, in
+ * order with relayed bytes; they count towards backpressure like them. */
 static int write_raw(struct px_session *s, struct px_conn *conn, struct ferry_wbuf *buf,
                      bool close_after)
 {
-    struct px_owned_write *e = calloc(1, sizeof *e);
-    if (!e || buf->failed) {
-        free(e);
-        ferry_wbuf_free(buf);
-        return UV_ENOMEM;
-    }
-    e->buf = *buf;
-    e->s = s;
-    e->dst = conn;
-    e->close_after = close_after;
-    *buf = (struct ferry_wbuf){0};
-    uv_buf_t b = uv_buf_init((char *)e->buf.data, (unsigned)e->buf.len);
-    int rc = uv_write(&e->req, (uv_stream_t *)&conn->tcp, &b, 1, on_owned_written);
-    if (rc != 0) {
-        ferry_wbuf_free(&e->buf);
-        free(e);
-        return rc;
-    }
-    buffered_add(s->owner, conn, (ssize_t)e->buf.len);
-    return 0;
+    int rc = buf->failed ? UV_ENOMEM : conn_write(s, conn, buf->data, buf->len, close_after);
+    ferry_wbuf_free(buf);
+    if (rc == 0 && close_after)
+        conn->close_when_sent = true;
+    return rc;
 }
 
 /* Sends one error message to the client, then closes the session. */

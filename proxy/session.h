@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include "ferry/log.h"
+#include "ferry/outq.h"
 #include "pg/stream.h"
 #include "proxy.h"
 
@@ -28,7 +29,8 @@ struct px_conn {
     struct px_session *owner;
     struct px_conn *peer;
     uv_shutdown_t shutdown_req;
-    size_t queued;              /* bytes written to this side, not yet completed */
+    struct ferry_outq out;      /* bytes for this side its socket has not taken yet */
+    bool close_when_sent;       /* close the session once `out` is written (an error) */
     bool open;                  /* tcp initialised: must be closed */
     bool reading;               /* uv_read_start in effect (EALREADY otherwise) */
     bool paused;                /* stopped for backpressure by the peer's queue */
@@ -167,7 +169,8 @@ struct px_session {
     bool stale;                             /* the writer moved since this session was routed */
     bool relaying;                          /* the relay runs (not connecting, logging in,
                                                or moving to another backend) */
-    struct px_chunk *parked;                /* owned: client request held at a safe point */
+    struct px_chunk *parked;                /* owned: a copy of the client request held at a
+                                               safe point */
     bool retry_connect;                     /* a failed backend connect holds (and retries on
                                                the next topology) instead of failing: moving */
     bool hold_after_drop;                   /* scratch: the dropped backend was unreachable */
@@ -300,7 +303,8 @@ int px_conn_tls_flush(struct px_session *s, struct px_conn *c);
 void px_conn_stop_reading(struct px_conn *c);
 /* Half-closes the server side: the server sees EOF once queued bytes went. */
 void px_session_shutdown_server(struct px_session *s);
-/* The chunk allocator for reads of a protocol's own client phase. */
+/* The read buffer allocator (the worker's one buffer) for reads of a
+ * protocol's own phases. */
 void px_session_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 /* Returns a read buffer from px_session_alloc. */
 void px_session_free_buf(struct px_session *s, const uv_buf_t *buf);

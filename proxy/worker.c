@@ -116,6 +116,7 @@ static void maybe_finish_drain(struct px_worker *w)
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
         uv_close((uv_handle_t *)&w->move_timer, NULL);
         uv_close((uv_handle_t *)&w->idle_timer, NULL);
+        uv_close((uv_handle_t *)&w->trim_timer, NULL);
     }
 }
 
@@ -226,6 +227,7 @@ int px_worker_start(struct px_worker *w, unsigned index)
     w->drain_timer.data = w;
     px_session_moves_init(w);
     px_session_idle_init(w);
+    px_session_trim_init(w);
     return pthread_create(&w->thread, NULL, worker_main, w) == 0 ? 0 : UV_EAGAIN;
 }
 
@@ -255,8 +257,8 @@ void px_worker_join(struct px_worker *w)
     w->cfg = NULL;
     ferry_topology_unref(w->topology);
     w->topology = NULL;
-    /* Free pooled chunks and close the loop; every handle is closed. */
-    px_chunk_pool_free(w);
+    /* Free the read buffer and close the loop; every handle is closed. */
+    ferry_readbuf_free(&w->readbuf);
     int rc = uv_loop_close(&w->loop);
     if (rc != 0)
         ferry_log(FERRY_LOG_WARN, "worker.loop_not_empty", "worker=%u", w->index);
