@@ -992,7 +992,8 @@ static void parse_admin(struct cfg_ctx *c, json_t *root, struct ferry_config *cf
 static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg)
 {
     static const char *const keys[] = {"workers", "log_level", "log_format", "shutdown_timeout",
-                                       "admin", "discovery", "aws", "listeners", NULL};
+                                       "watch_config", "admin", "discovery", "aws", "listeners",
+                                       NULL};
     if (!json_is_object(root)) {
         cfg_fail(c, NULL, "the top level must be an object, got %s", json_type_name(root));
         return;
@@ -1036,6 +1037,9 @@ static void parse_root(struct cfg_ctx *c, json_t *root, struct ferry_config *cfg
 
     cfg->shutdown_timeout = 30;
     get_seconds(c, root, "shutdown_timeout", "shutdown_timeout", 0, 3600, &cfg->shutdown_timeout);
+
+    cfg->watch_config = true;
+    get_bool(c, root, "watch_config", "watch_config", &cfg->watch_config);
 
     parse_discovery(c, root, &cfg->discovery);
     parse_aws(c, root, &cfg->aws);

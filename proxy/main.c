@@ -33,6 +33,7 @@ static struct {
     bool admin_enabled;
     struct ferry_hostport admin_bind;
     const char *config_path;
+    struct px_config_watch *watch;  /* NULL: watch_config off (or not possible) */
 } mainloop;
 
 uint64_t px_now_ms(void)
@@ -402,11 +403,13 @@ static void log_reload_failed(const char *err)
 }
 
 static void warn_admin_open(const struct ferry_config *cfg, bool to_stderr);
+static void watch_apply(const struct ferry_config *cfg);
 
 /* Reloads the config file; false (running config kept) with the reason in
  * err. Main thread only. */
 static bool reload(char *err, size_t errlen)
 {
+    px_config_watch_rebase(mainloop.watch);
     struct ferry_config *cfg = load_config(mainloop.config_path, err);
     if (!cfg) {
         log_reload_failed(err);
@@ -450,6 +453,7 @@ static bool reload(char *err, size_t errlen)
                   "key=admin action=\"max_connections, max_connections_per_peer and request_timeout "
                   "apply when the admin endpoint starts: restart ferry or change admin.bind\"");
     install(cfg, pls);
+    watch_apply(cfg);
     ferry_log(FERRY_LOG_INFO, "config.reloaded",
               "generation=%llu listeners=%zu added=%zu removed=%zu kept=%zu",
               (unsigned long long)px_proc.generation, cfg->nlisteners, added, removed, kept);
@@ -588,6 +592,8 @@ static void on_drain_poll(uv_timer_t *t)
         if (!__atomic_load_n(&px_proc.workers[i].finished, __ATOMIC_ACQUIRE))
             return;
     uv_close((uv_handle_t *)&mainloop.sighup, NULL);
+    px_config_watch_stop(mainloop.watch);
+    mainloop.watch = NULL;
     uv_close((uv_handle_t *)&mainloop.sigterm, NULL);
     uv_close((uv_handle_t *)&mainloop.sigint, NULL);
     uv_close((uv_handle_t *)t, NULL);
@@ -600,15 +606,41 @@ static void on_drain_poll(uv_timer_t *t)
     uv_close((uv_handle_t *)&control.async, NULL);
 }
 
+/* SIGHUP, or the watched config file changed: the same reload. */
+static void reload_unless_draining(void)
+{
+    char err[FERRY_ERR_MAX + 64];
+    if (__atomic_load_n(&px_proc.draining, __ATOMIC_RELAXED))
+        ferry_log(FERRY_LOG_WARN, "config.reload_ignored", "reason=draining");
+    else
+        reload(err, sizeof err);
+}
+
+static void on_config_changed(void *arg)
+{
+    (void)arg;
+    reload_unless_draining();
+}
+
+/* Starts or stops watching the config file as cfg's watch_config says. */
+static void watch_apply(const struct ferry_config *cfg)
+{
+    if (cfg->watch_config && !mainloop.watch &&
+        !__atomic_load_n(&px_proc.draining, __ATOMIC_RELAXED))
+        mainloop.watch = px_config_watch_start(mainloop.loop, mainloop.config_path,
+                                               on_config_changed, NULL);
+    else if (!cfg->watch_config && mainloop.watch) {
+        px_config_watch_stop(mainloop.watch);
+        mainloop.watch = NULL;
+        ferry_log(FERRY_LOG_INFO, "config.watch_stopped", "reason=\"watch_config is false\"");
+    }
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     (void)h;
     if (signum == SIGHUP) {
-        char err[FERRY_ERR_MAX + 64];
-        if (__atomic_load_n(&px_proc.draining, __ATOMIC_RELAXED))
-            ferry_log(FERRY_LOG_WARN, "config.reload_ignored", "reason=draining");
-        else
-            reload(err, sizeof err);
+        reload_unless_draining();
         return;
     }
     if (__atomic_load_n(&px_proc.draining, __ATOMIC_RELAXED)) {
@@ -760,6 +792,7 @@ static int cmd_run(const char *path)
     install(cfg, pls);
     log_listeners(cfg);
     warn_fd_limit(cfg);
+    watch_apply(cfg);
 
     uv_run(mainloop.loop, UV_RUN_DEFAULT);
 

@@ -343,6 +343,18 @@ const char *px_fmt_double(double v, char buf[PX_DOUBLE_MAX]);
 char *px_json_dumps(const json_t *doc, size_t flags);
 
 /* admin HTTP (admin.c). Start and stop: main thread. */
+/* watch_config: calls on_change on the main loop when the content of the
+ * config file at path changes (path's directory is watched, so a symlink
+ * swapped over it counts). NULL, logged, when it cannot watch. Stop closes
+ * the handles; the watch is freed when they are. Main thread only. */
+struct px_config_watch;
+struct px_config_watch *px_config_watch_start(uv_loop_t *loop, const char *path,
+                                              void (*on_change)(void *), void *arg);
+void px_config_watch_stop(struct px_config_watch *w);
+/* Takes the file's content now as the one in force (a reload is about to
+ * read it), so a SIGHUP reload is not followed by a second, watched one. */
+void px_config_watch_rebase(struct px_config_watch *w);
+
 struct px_admin;
 struct px_admin *px_admin_start(const struct ferry_config *cfg, char *err, size_t errlen);
 void px_admin_stop(struct px_admin *a);

@@ -151,6 +151,7 @@ struct ferry_config {
     unsigned workers;                   /* resolved: never 0 */
     enum ferry_log_level log_level;
     double shutdown_timeout;            /* seconds */
+    bool watch_config;                  /* reload when the file (or its symlink) changes */
     bool admin_enabled;
     struct ferry_hostport admin_bind;
     char *admin_token;                  /* owned; NULL = mutating endpoints open. Never log it */
