@@ -358,6 +358,13 @@ def _assert_config_mount(spec, container, configmap):
     assert volume["configMap"]["name"] == configmap
 
 
+def test_no_kubernetes_api_token_is_mounted(ds):
+    """ferry never calls the Kubernetes API; IRSA brings its own projected token."""
+    assert ds["spec"]["template"]["spec"].get("automountServiceAccountToken") is False
+    dep = d.find(d.load_docs(d.EXAMPLES / "sidecar-deployment.yaml"), "Deployment")
+    assert dep["spec"]["template"]["spec"].get("automountServiceAccountToken") is False
+
+
 def test_service_account_is_annotated_for_irsa(ds):
     sa = d.find(d.base_docs(), "ServiceAccount", ds["spec"]["template"]["spec"]["serviceAccountName"])
     arn = sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
