@@ -6,10 +6,7 @@ session must go on."""
 
 import struct
 
-import pytest
-
-from harness.mariadb import TEST_DB, TEST_PASSWORD, TEST_USER
-from test_mysql_protocol import CAPS, RawMy, ferry, native_password, parse_err  # noqa: F401
+from test_mysql_protocol import CAPS, RawMy, ferry  # noqa: F401
 
 LOCAL_FILES = 0x80
 CURSOR_TYPE_READ_ONLY = 0x01
@@ -26,23 +23,6 @@ class Direct:
 
 
 class Raw(RawMy):
-    def login(self, user=TEST_USER, password=TEST_PASSWORD, db=TEST_DB, caps=CAPS):
-        seq, g = self.read()
-        assert seq == 0 and g[0] == 10, g
-        end = g.index(b"\0", 1)
-        scramble = g[end + 5:end + 13] + g[end + 32:][:12]
-        body = (struct.pack("<IIB23x", caps, 1 << 24, 33) + user.encode() + b"\0" +
-                bytes([20]) + native_password(password, scramble) + db.encode() + b"\0" +
-                b"mysql_native_password\0")
-        self.send(body, 1)
-        seq, p = self.read()
-        if p[0] == 0xFE:    # auth switch
-            data = p[p.index(b"\0", 1) + 1:].rstrip(b"\0")
-            self.send(native_password(password, data[:20]), seq + 1)
-            seq, p = self.read()
-        assert p[0] == 0, p
-        return self
-
     def prepare(self, sql):
         """COM_STMT_PREPARE; returns the statement id."""
         self.send(b"\x16" + sql.encode())
@@ -147,7 +127,7 @@ def test_a_cursor_the_client_asks_for_still_waits_for_fetch(ferry):
 
 
 def load_local(conn, caps):
-    c = conn.login(caps=caps)
+    c = conn.login(client_caps=caps)
     c.query("DROP TABLE IF EXISTS t_ps_infile")
     c.query("CREATE TABLE t_ps_infile (id int, v text)")
     sid = c.prepare("LOAD DATA LOCAL INFILE 'ps.tsv' INTO TABLE t_ps_infile")
