@@ -338,6 +338,7 @@ static size_t capture_want(const struct px_session *s, bool from_client, uint8_t
         case MY_COM_STMT_PREPARE: return min_size(len, m->st.lim.max_stmt_sql + 2);
         case MY_COM_INIT_DB: return min_size(len, m->st.lim.max_name_len + 2);
         case MY_COM_CHANGE_USER: return min_size(len, CHANGE_USER_MAX);
+        case MY_COM_STMT_EXECUTE: return min_size(len, 6);     /* id, then the cursor flags */
         default: return min_size(len, 5);
         }
     }

@@ -67,6 +67,9 @@ enum {
 #define MY_STATUS_IN_TRANS_READONLY    0x2000
 #define MY_STATUS_SESSION_STATE_CHANGED 0x4000
 
+/* COM_STMT_EXECUTE flags. */
+#define MY_CURSOR_TYPE_READ_ONLY       0x01
+
 /* First payload byte of server responses. */
 enum { MY_OK = 0x00, MY_AUTH_MORE_DATA = 0x01, MY_LOCAL_INFILE = 0xFB, MY_EOF = 0xFE, MY_ERR = 0xFF };
 

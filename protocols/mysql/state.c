@@ -225,7 +225,13 @@ static int note_command(struct my_state *st, const uint8_t *p, size_t n)
 {
     struct ferry_slice rest = {p + 1, n - 1};
     uint32_t id;
+    st->cursor = false;
     switch (p[0]) {
+    case MY_COM_STMT_EXECUTE:
+        /* id (4 bytes), then the flags: the server opens a cursor only for
+         * CURSOR_TYPE_READ_ONLY, whatever else it says in its status. */
+        st->cursor = n > 5 && (p[5] & MY_CURSOR_TYPE_READ_ONLY);
+        return 0;
     case MY_COM_STMT_PREPARE:
         if (st->nstmts >= st->lim.max_stmts || rest.len > st->lim.max_stmt_sql ||
             rest.len > st->lim.max_sql_total - st->sql_total)
@@ -357,8 +363,13 @@ static int end_of_block(struct my_state *st)
     }
     if (!st->rows_follow)
         return finish(st);
-    /* A cursor (COM_STMT_EXECUTE with a cursor flag) sends no rows now. */
-    if (st->cmd == MY_COM_STMT_EXECUTE && (st->status & MY_STATUS_CURSOR_EXISTS) &&
+    /* A cursor the client asked for sends no rows now (they come by
+     * COM_STMT_FETCH). MariaDB also sets CURSOR_EXISTS on a result set of
+     * a prepared CALL whose procedure opened a cursor, with or without the
+     * client's cursor flag, and then sends the rows: such a result set
+     * announces more results (a cursor is never followed by any). */
+    if (st->cmd == MY_COM_STMT_EXECUTE && st->cursor &&
+        (st->status & MY_STATUS_CURSOR_EXISTS) && !(st->status & MY_STATUS_MORE_RESULTS) &&
         !(st->caps & MY_CLIENT_DEPRECATE_EOF))
         return finish(st);
     st->phase = MY_PH_ROWS;
@@ -419,7 +430,10 @@ static int on_first(struct my_state *st, const struct my_logical *pkt)
         return end_of_result(st, st->status);
     }
     if (p[0] == MY_LOCAL_INFILE) {
-        if (st->cmd != MY_COM_QUERY || !(st->caps & MY_CLIENT_LOCAL_FILES))
+        /* after a text query or a prepared LOAD DATA LOCAL, and only when
+         * the client negotiated LOCAL_FILES (otherwise hostile) */
+        if ((st->cmd != MY_COM_QUERY && st->cmd != MY_COM_STMT_EXECUTE) ||
+            !(st->caps & MY_CLIENT_LOCAL_FILES))
             return FERRY_BAD_MSG;
         st->phase = MY_PH_INFILE;
         return 0;

@@ -77,6 +77,8 @@ struct my_state {
     uint32_t defs_left;         /* definitions left in this block */
     uint32_t next_block;        /* definitions in the block after it (prepare: columns) */
     bool rows_follow;           /* rows come after the definitions */
+    bool cursor;                /* a COM_STMT_EXECUTE that asked for a cursor
+                                   (CURSOR_TYPE_READ_ONLY): its rows come by COM_STMT_FETCH */
     char *pending;              /* owned: SQL being prepared, or schema of INIT_DB / CHANGE_USER */
     size_t pending_len;
 };

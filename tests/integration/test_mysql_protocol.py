@@ -119,7 +119,7 @@ class RawMy:
     def send(self, payload, seq=0):
         self.sock.sendall(packet(payload, seq))
 
-    def login(self, user=TEST_USER, password=TEST_PASSWORD, db=TEST_DB):
+    def login(self, user=TEST_USER, password=TEST_PASSWORD, db=TEST_DB, client_caps=CAPS):
         seq, g = self.read()
         assert seq == 0 and g[0] == 10, g
         end = g.index(b"\0", 1)
@@ -130,7 +130,7 @@ class RawMy:
         rest = g[end + 32:]
         scramble = part1 + rest[:12]
         self.greeting = {"conn_id": conn_id, "caps": caps}
-        body = (struct.pack("<IIB23x", CAPS, 1 << 24, 33) + user.encode() + b"\0" +
+        body = (struct.pack("<IIB23x", client_caps, 1 << 24, 33) + user.encode() + b"\0" +
                 bytes([20]) + native_password(password, scramble) + db.encode() + b"\0" +
                 b"mysql_native_password\0")
         self.send(body, 1)

@@ -222,6 +222,92 @@ static void test_local_infile(void)
     my_state_free(&st);
 }
 
+/* Issue 24 item 2: MariaDB 10.11.19 sets CURSOR_EXISTS on the result set of
+ * a prepared CALL whose procedure opened a cursor (status 0x4a with
+ * MORE_RESULTS), with or without the client's cursor flag, then sends the
+ * rows; only a cursor the client asked for (and no more results) waits for
+ * COM_STMT_FETCH. */
+static void test_cursor_exists_without_a_cursor(void)
+{
+    static const struct step call_prepare[] = {
+        {'C', "090000001643414c4c20702829", 0},                     /* CALL p() */
+        {'S', "0c000001000100000000000000000000", DONE | MY_STATE_PREPARED},
+    };
+    /* the server's answer to COM_STMT_EXECUTE of CALL p(): 2 columns,
+     * one row, then the procedure's final OK */
+    static const struct step call_rows[] = {
+        {'S', "0100000102", 0},
+        {'S', "1700000203646566000000013f000c3f0000000000068000000000", 0},
+        {'S', "1700000303646566000000013f000c3f0000000000068000000000", 0},
+        {'S', "05000004fe00004a00", 0},
+        {'S', "0800000500000162" "0a000000", 0},
+        {'S', "05000006fe00004a00", 0},
+        {'S', "0700000700000002000000", DONE},
+    };
+    static const struct step exec_plain[] = {
+        {'C', "0b0000001701000000000100000000", 0},
+    };
+    static const struct step exec_cursor[] = {
+        {'C', "0b0000001701000000010100000000", 0},                /* CURSOR_TYPE_READ_ONLY */
+    };
+    struct my_state st;
+    my_state_init(&st, NULL, BASE_CAPS, 45);
+    PLAY(&st, call_prepare);
+    PLAY(&st, exec_plain);
+    PLAY(&st, call_rows);
+    ASSERT_TRUE(my_state_at_safe_point(&st));
+    PLAY(&st, exec_cursor);
+    PLAY(&st, call_rows);
+    ASSERT_TRUE(my_state_at_safe_point(&st));
+    /* CURSOR_EXISTS on a single result set the client asked no cursor for:
+     * the rows still follow */
+    static const struct step single[] = {
+        {'C', "0b0000001701000000000100000000", 0},
+        {'S', "0100000101", 0},
+        {'S', "1700000203646566000000013f000c3f0000000000068000000000", 0},
+        {'S', "05000003fe00004200", 0},
+        {'S', "0a00000400000700000000000000", 0},
+        {'S', "05000005fe00000200", DONE},
+    };
+    PLAY(&st, single);
+    ASSERT_TRUE(my_state_at_safe_point(&st));
+    my_state_free(&st);
+}
+
+/* Issue 24 item 3: a prepared LOAD DATA LOCAL INFILE gets the file request
+ * after COM_STMT_EXECUTE, accepted only when the client negotiated
+ * LOCAL_FILES. */
+static void test_prepared_local_infile(void)
+{
+    static const struct step infile[] = {
+        {'C', "0b0000001701000000000100000000", 0},
+        {'S', "06000001fb782e747874", 0},
+        {'C', "02000002310a", 0},
+        {'C', "00000003", 0},
+        {'S', "0700000400010002000000", DONE},
+    };
+    struct my_state st;
+    my_state_init(&st, NULL, BASE_CAPS | MY_CLIENT_LOCAL_FILES, 45);
+    PLAY(&st, infile);
+    ASSERT_TRUE(my_state_at_safe_point(&st));
+    my_state_free(&st);
+    static const struct step refused[] = {
+        {'C', "0b0000001701000000000100000000", 0},
+        {'S', "06000001fb782e747874", BAD},
+    };
+    my_state_init(&st, NULL, BASE_CAPS, 45);
+    PLAY(&st, refused);
+    my_state_free(&st);
+    /* other commands still may not ask for a file */
+    static const struct step ping[] = {
+        {'C', "010000000e", 0},
+        {'S', "06000001fb782e747874", BAD},
+    };
+    my_state_init(&st, NULL, BASE_CAPS | MY_CLIENT_LOCAL_FILES, 45);
+    PLAY(&st, ping);
+    my_state_free(&st);
+}
+
 static void test_violations_and_limits(void)
 {
     struct my_state st;
@@ -305,6 +391,8 @@ int main(void)
     RUN(test_prepared_statements);
     RUN(test_schema_and_tracking);
     RUN(test_local_infile);
+    RUN(test_cursor_exists_without_a_cursor);
+    RUN(test_prepared_local_infile);
     RUN(test_violations_and_limits);
     RUN(test_change_user_and_long_rows);
     UNIT_DONE();
