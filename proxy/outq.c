@@ -117,7 +117,8 @@ int ferry_outq_write(struct ferry_outq *q, uv_stream_t *stream, const void *p, s
             return rc;
         done = rc > 0 ? (size_t)rc : 0;
     }
-    int rc = pending_put(q, (const char *)p + done, n - done, limit, cb);
+    /* p may be NULL with n 0 (a notify-only write): no pointer arithmetic on it */
+    int rc = pending_put(q, n ? (const char *)p + done : p, n - done, limit, cb);
     if (rc == 0 && !q->sending)
         rc = submit(q, stream);
     return rc;
