@@ -848,8 +848,8 @@ static void parse_listener(struct cfg_ctx *c, json_t *v, const char *where, stru
     get_client_limit(c, v, where, "max_client_connections", 10000, &l->max_client_connections);
     /* clients that have not logged in yet: bounded apart from the rest
      * (each may hold a backend connection in passthrough mode) */
-    get_client_limit(c, v, where, "max_login_clients", 256, &l->max_login_clients);
-    get_client_limit(c, v, where, "max_login_clients_per_source", 64,
+    get_client_limit(c, v, where, "max_login_clients", 1024, &l->max_login_clients);
+    get_client_limit(c, v, where, "max_login_clients_per_source", 256,
                      &l->max_login_clients_per_source);
     l->client_login_timeout = 15.0;
     subkey(key, where, ".client_login_timeout");

@@ -31,8 +31,8 @@ static void test_minimal_defaults(void)
     ASSERT_EQ_INT(l->protocol, FERRY_PROTO_POSTGRESQL);
     ASSERT_EQ_INT(l->bind.port, 6432);
     ASSERT_EQ_INT(l->max_client_connections, 10000);
-    ASSERT_EQ_INT(l->max_login_clients, 256);
-    ASSERT_EQ_INT(l->max_login_clients_per_source, 64);
+    ASSERT_EQ_INT(l->max_login_clients, 1024);
+    ASSERT_EQ_INT(l->max_login_clients_per_source, 256);
     ASSERT_TRUE(l->client_login_timeout == 15.0);
     ASSERT_TRUE(l->connect_timeout == 5.0);
     ASSERT_EQ_INT(l->session_buffer, 262144);
