@@ -955,7 +955,7 @@ static void login_failed(struct px_session *s, const char *why)
         move_failed(s, why);
         return;
     }
-    char text[300];
+    char text[720];
     snprintf(text, sizeof text, "cannot log into the writer %s as \"%s\": %s", s->cluster,
              s->user, why);
     login_free(pgs(s));
