@@ -293,31 +293,29 @@ def fuzz_role(pg_pair):
     return FUZZ_ROLE
 
 
-def healthy_pg(ferry, name, stop, result):
+def pg_client(ferry, name):
     host, port = ferry.listener_addr(name)
     conn = psycopg2.connect(host=host, port=port, user=PG_USER, password=PG_PASSWORD,
                             dbname="postgres", connect_timeout=10)
     conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            while not stop.is_set():
-                cur.execute("SELECT %s::int + 1", (result["ok"],))
-                assert cur.fetchone()[0] == result["ok"] + 1
-                result["ok"] += 1
-    except Exception as e:  # noqa: BLE001 - reported by the test
-        result["error"] = repr(e)
-    finally:
-        conn.close()
+    return conn, "SELECT %s::int + 1"
 
 
-def healthy_my(ferry, name, stop, result):
+def my_client(ferry, name):
     host, port = ferry.listener_addr(name)
     conn = pymysql.connect(host=host, port=port, user=MY_USER, password=MY_PASSWORD,
                            database=TEST_DB, connect_timeout=10, autocommit=True)
+    return conn, "SELECT %s + 1"
+
+
+def healthy(connect, ferry, name, stop, result):
+    """Queries without a pause until stop; the first error ends the loop
+    and is kept in result["error"]."""
+    conn, sql = connect(ferry, name)
     try:
         with conn.cursor() as cur:
             while not stop.is_set():
-                cur.execute("SELECT %s + 1", (result["ok"],))
+                cur.execute(sql, (result["ok"],))
                 assert cur.fetchone()[0] == result["ok"] + 1
                 result["ok"] += 1
     except Exception as e:  # noqa: BLE001 - reported by the test
@@ -338,10 +336,11 @@ def test_network_fuzz_beside_healthy_clients(ferry_factory, pg_pair, mariadb_pai
         my_listener(mariadb_pair, name="myt", auth={"mode": "terminated", "users": my_users}),
         workers=2, log_level="info"))
     stop = threading.Event()
-    healthy = {name: {"ok": 0, "error": None} for name in ("pg", "pgt", "my", "myt")}
-    threads = [threading.Thread(target=healthy_pg if name.startswith("pg") else healthy_my,
-                                args=(ferry, name, stop, healthy[name]), daemon=True)
-               for name in healthy]
+    results = {name: {"ok": 0, "error": None} for name in ("pg", "pgt", "my", "myt")}
+    threads = [threading.Thread(target=healthy,
+                                args=(pg_client if name.startswith("pg") else my_client, ferry,
+                                      name, stop, results[name]), daemon=True)
+               for name in results]
     stats = {"pg": Stats(), "my": Stats()}
     failures = []
 
@@ -377,7 +376,7 @@ def test_network_fuzz_beside_healthy_clients(ferry_factory, pg_pair, mariadb_pai
     assert ferry.is_running()
     status, body = ferry.http_get("/healthz")
     assert status == 200, body
-    for name, result in healthy.items():
+    for name, result in results.items():
         assert result["error"] is None, f"healthy {name} client failed (seed {seed}): " \
                                         f"{result['error']}"
         assert result["ok"] > 0, f"healthy {name} client never ran"
